@@ -1,0 +1,226 @@
+"""Channel factory: TLS, bearer token, retries, deadlines, keepalive, load balancing.
+
+Retries and default deadlines are declared once, in the channel's service config,
+built from the contract itself: methods whose proto says
+``idempotency_level = NO_SIDE_EFFECTS`` or ``IDEMPOTENT`` are retried on
+UNAVAILABLE; every unary method gets the default deadline.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+from google.protobuf.descriptor_pb2 import MethodOptions
+
+from mlbackend_clients import propagation
+
+_RETRYABLE_LEVELS = (MethodOptions.NO_SIDE_EFFECTS, MethodOptions.IDEMPOTENT)
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    """Verify the server with ``ca_cert`` (system roots when None); present a client
+    certificate for mTLS when ``client_cert``/``client_key`` are given."""
+
+    ca_cert: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    server_name: str | None = None
+    """Override the name checked against the server's certificate."""
+
+
+@dataclass(frozen=True)
+class ChannelOptions:
+    token: str | None = None
+    tls: TlsOptions | None = None
+    default_timeout: float = 10.0
+    """Deadline of unary calls that set none (seconds)."""
+    max_attempts: int = 4
+    """Attempts per idempotent call when the server is UNAVAILABLE."""
+    keepalive_seconds: float = 30.0
+    max_message_bytes: int = 64 * 1024 * 1024
+    extra_options: Sequence[tuple[str, Any]] = field(default_factory=tuple)
+
+
+def normalize_target(target: str) -> str:
+    """A gRPC target from what users write.
+
+    ``host:port`` and URIs (``dns:///…``, ``ipv4:…``, ``unix:…``) pass through; a
+    comma-separated list of ``host:port`` becomes an ``ipv4:``/``ipv6:`` address list
+    (host names resolved now) so round_robin spreads calls over them.
+    """
+    target = target.strip()
+    if "," not in target:
+        return target
+    v4: list[str] = []
+    v6: list[str] = []
+    for item in filter(None, (part.strip() for part in target.split(","))):
+        host, sep, port = item.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"address {item!r} in {target!r} needs host:port")
+        host = host.strip("[]")
+        for address in _resolve(host):
+            (v6 if address.version == 6 else v4).append(
+                f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+            )
+    if v4 and v6:
+        raise ValueError(f"{target!r} mixes IPv4 and IPv6 addresses; use one family")
+    return f"ipv4:{','.join(v4)}" if v4 else f"ipv6:{','.join(v6)}"
+
+
+def _resolve(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    try:
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        pass
+    infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    seen = dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos)
+    if not seen:
+        raise ValueError(f"cannot resolve {host!r}")
+    return list(seen)
+
+
+def service_config(
+    services: Sequence[ServiceDescriptor], default_timeout: float, max_attempts: int
+) -> dict[str, Any]:
+    """round_robin, per-method deadlines and retry policy for ``services``."""
+    retried: list[dict[str, str]] = []
+    timed: list[dict[str, str]] = []
+    for service in services:
+        for method in service.methods:
+            name = {"service": service.full_name, "method": method.name}
+            if _is_idempotent(method):
+                retried.append(name)
+            elif not (method.client_streaming or method.server_streaming):
+                timed.append(name)
+    timeout = f"{default_timeout:.3f}s"
+    method_config: list[dict[str, Any]] = []
+    if retried:
+        method_config.append(
+            {
+                "name": retried,
+                "timeout": timeout,
+                "retryPolicy": {
+                    "maxAttempts": max(2, min(max_attempts, 5)),
+                    "initialBackoff": "0.05s",
+                    "maxBackoff": "1s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        )
+    if timed:
+        method_config.append({"name": timed, "timeout": timeout})
+    return {"loadBalancingConfig": [{"round_robin": {}}], "methodConfig": method_config}
+
+
+def _is_idempotent(method: MethodDescriptor) -> bool:
+    # Streaming calls keep their own (often long) lifetimes: no default deadline.
+    if method.client_streaming or method.server_streaming:
+        return False
+    return method.GetOptions().idempotency_level in _RETRYABLE_LEVELS
+
+
+def channel_arguments(
+    services: Sequence[ServiceDescriptor], options: ChannelOptions
+) -> list[tuple[str, Any]]:
+    """The ``grpc`` channel arguments for ``options`` (also usable with sync channels)."""
+    config = service_config(services, options.default_timeout, options.max_attempts)
+    args: list[tuple[str, Any]] = [
+        ("grpc.service_config", json.dumps(config)),
+        ("grpc.enable_retries", 1),
+        ("grpc.keepalive_time_ms", int(options.keepalive_seconds * 1000)),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.max_receive_message_length", options.max_message_bytes),
+        ("grpc.max_send_message_length", options.max_message_bytes),
+    ]
+    if options.tls is not None and options.tls.server_name:
+        args.append(("grpc.ssl_target_name_override", options.tls.server_name))
+    args.extend(options.extra_options)
+    return args
+
+
+def create_channel(
+    target: str,
+    services: Sequence[ServiceDescriptor] = (),
+    options: ChannelOptions | None = None,
+) -> grpc.aio.Channel:
+    """An asyncio channel to ``target`` for calling ``services``."""
+    options = options or ChannelOptions()
+    args = channel_arguments(services, options)
+    interceptors = [_OutgoingInterceptor(options.token)]
+    address = normalize_target(target)
+    if options.tls is None:
+        return grpc.aio.insecure_channel(address, options=args, interceptors=interceptors)
+    tls = options.tls
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=tls.ca_cert.read_bytes() if tls.ca_cert else None,
+        private_key=tls.client_key.read_bytes() if tls.client_key else None,
+        certificate_chain=tls.client_cert.read_bytes() if tls.client_cert else None,
+    )
+    return grpc.aio.secure_channel(address, creds, options=args, interceptors=interceptors)
+
+
+class _OutgoingInterceptor(
+    grpc.aio.UnaryUnaryClientInterceptor,
+    grpc.aio.UnaryStreamClientInterceptor,
+    grpc.aio.StreamUnaryClientInterceptor,
+    grpc.aio.StreamStreamClientInterceptor,
+):
+    """Adds the bearer token and the propagated request id; caps the timeout at what is
+    left of the deadline of the call being served (so deadlines shrink hop by hop)."""
+
+    def __init__(self, token: str | None) -> None:
+        self._auth = (("authorization", f"Bearer {token}"),) if token else ()
+
+    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        metadata = grpc.aio.Metadata(*(details.metadata or ()))
+        for key, value in self._auth:
+            metadata[key] = value
+        context = propagation.current()
+        timeout = details.timeout
+        if context is not None:
+            if "x-request-id" not in metadata and "traceparent" not in metadata:
+                for key, value in propagation.outgoing_metadata(context.request_id):
+                    metadata[key] = value
+            remaining = context.time_remaining()
+            if remaining is not None:
+                if remaining <= 0:
+                    raise _deadline_passed(details.method)
+                timeout = remaining if timeout is None else min(timeout, remaining)
+        return grpc.aio.ClientCallDetails(
+            details.method, timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+    async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return await continuation(self._details(details), request)
+
+    async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return await continuation(self._details(details), request)
+
+    async def intercept_stream_unary(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
+        return await continuation(self._details(details), request_iterator)
+
+    async def intercept_stream_stream(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
+        return await continuation(self._details(details), request_iterator)
+
+
+def _deadline_passed(method: str | bytes) -> grpc.aio.AioRpcError:
+    name = method.decode() if isinstance(method, bytes) else method
+    return grpc.aio.AioRpcError(
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(),
+        details=f"caller's deadline passed before calling {name}",
+        debug_error_string=f"deadline passed at {time.time():.3f}",
+    )

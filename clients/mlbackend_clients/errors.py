@@ -1,0 +1,57 @@
+"""Decoding of failed calls: status code, message, field violations, dependency."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+class RpcError(Exception):
+    """A failed call, with the ``google.rpc`` details the server attached."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        violations: tuple[FieldViolation, ...] = (),
+        dependency: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+        self.violations = violations
+        self.dependency = dependency
+        self.request_id = request_id
+
+
+def decode_error(error: grpc.aio.AioRpcError | grpc.RpcError) -> RpcError:
+    """Turn a failed call into an :class:`RpcError` with its details decoded."""
+    code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
+    message: str = error.details() or code.name  # type: ignore[attr-defined]
+    trailing = tuple(error.trailing_metadata() or ())  # type: ignore[attr-defined]
+    violations: list[FieldViolation] = []
+    dependency: str | None = None
+    status = rpc_status.from_call(error) if trailing else None  # type: ignore[arg-type]
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad_request = error_details_pb2.BadRequest()
+            detail.Unpack(bad_request)
+            violations.extend(
+                FieldViolation(v.field, v.description) for v in bad_request.field_violations
+            )
+        elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            dependency = info.metadata.get("dependency", dependency)
+    request_id = next((str(v) for k, v in trailing if k == "x-request-id"), None)
+    return RpcError(code, message, tuple(violations), dependency, request_id)

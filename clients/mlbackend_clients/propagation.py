@@ -1,0 +1,82 @@
+"""What travels with a call from hop to hop: the request id and the caller's deadline.
+
+A server binds a :class:`CallContext` for the duration of each RPC (the runtime does
+it); every outgoing call made by ``mlbackend_clients`` channels while it is bound
+carries the same request id (as W3C ``traceparent`` and ``x-request-id``) and a
+timeout no longer than what is left of the caller's deadline.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import re
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+REQUEST_ID_KEY = "x-request-id"
+TRACEPARENT_KEY = "traceparent"
+
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """The request id and absolute deadline (``time.monotonic()`` clock) of a call."""
+
+    request_id: str
+    deadline: float | None = None
+
+    def time_remaining(self) -> float | None:
+        if self.deadline is None:
+            return None
+        return self.deadline - time.monotonic()
+
+
+_current: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar(
+    "mlbackend_call_context", default=None
+)
+
+
+def current() -> CallContext | None:
+    """The context of the RPC being served by this task, if any."""
+    return _current.get()
+
+
+def bind(context: CallContext) -> contextvars.Token[CallContext | None]:
+    return _current.set(context)
+
+
+def unbind(token: contextvars.Token[CallContext | None]) -> None:
+    _current.reset(token)
+
+
+def new_request_id() -> str:
+    """A fresh id that is also a valid W3C trace id (32 lowercase hex digits)."""
+    return secrets.token_hex(16)
+
+
+def request_id_from(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
+    """The caller's request id: ``traceparent``'s trace id, else ``x-request-id``, else new."""
+    fallback: str | None = None
+    for key, value in metadata or ():
+        if isinstance(value, bytes):
+            continue
+        if key == TRACEPARENT_KEY:
+            match = _TRACEPARENT.match(value.strip().lower())
+            if match and match.group(1) != "0" * 32:
+                return match.group(1)
+        elif key == REQUEST_ID_KEY and _REQUEST_ID.match(value):
+            fallback = value
+    return fallback or new_request_id()
+
+
+def outgoing_metadata(request_id: str) -> list[tuple[str, str]]:
+    """Metadata that carries ``request_id`` to the next hop."""
+    entries = [(REQUEST_ID_KEY, request_id)]
+    if len(request_id) == 32 and all(c in "0123456789abcdef" for c in request_id):
+        # A new span id per hop; the trace id is the request id.
+        entries.append((TRACEPARENT_KEY, f"00-{request_id}-{secrets.token_hex(8)}-01"))
+    return entries

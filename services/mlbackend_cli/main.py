@@ -1,0 +1,139 @@
+"""``mlbackend``: run one service, the whole suite, or the demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from mlbackend_cli import catalog
+
+# Flags of `serve` that map one-to-one onto ServerSettings fields (and MLBACKEND_* vars).
+_SERVER_FLAGS: tuple[tuple[str, type | None, str], ...] = (
+    ("host", str, "address to bind (default 127.0.0.1)"),
+    ("port", int, "gRPC port (default: the service's; 0 = ephemeral)"),
+    ("metrics-port", int, "HTTP /metrics port (default: the service's)"),
+    ("health-port", int, "extra plaintext port serving only grpc.health.v1"),
+    ("data-dir", Path, "where embedded stores keep their files (default ./data)"),
+    ("token-file", Path, "bearer tokens with roles; without it auth is off (loopback only)"),
+    ("tls-cert", Path, "PEM server certificate"),
+    ("tls-key", Path, "PEM private key"),
+    ("tls-client-ca", Path, "PEM CA bundle: require client certificates (mTLS)"),
+    ("insecure", None, "allow a non-loopback bind without TLS and auth"),
+    ("grace-seconds", float, "drain time for in-flight calls on SIGTERM (default 20)"),
+    ("max-message-bytes", int, "largest message accepted or sent"),
+    ("log-format", str, "text or json"),
+    ("log-level", str, "DEBUG, INFO, WARNING or ERROR"),
+    ("registry", str, "registry target for outgoing calls"),
+    ("features", str, "feature store target"),
+    ("serving", str, "serving target"),
+    ("monitoring", str, "monitoring target"),
+    ("token", str, "bearer token for outgoing calls (or MLBACKEND_TOKEN)"),
+    ("tls-ca", Path, "PEM CA bundle to verify dependencies' TLS"),
+)
+
+
+def _add_server_flags(parser: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
+    for flag, kind, help_text in _SERVER_FLAGS:
+        if only is not None and flag not in only:
+            continue
+        if kind is None:
+            parser.add_argument(f"--{flag}", action="store_true", default=None, help=help_text)
+        else:
+            parser.add_argument(f"--{flag}", type=kind, default=None, help=help_text)
+
+
+def _settings_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Only the flags given: everything else comes from MLBACKEND_* or the defaults."""
+    fields = (flag.replace("-", "_") for flag, _, _ in _SERVER_FLAGS)
+    return {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlbackend", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run one service in this process")
+    serve.add_argument("service", choices=list(catalog.SERVICES))
+    serve.add_argument(
+        "--ready-file", type=Path, help="write the bound ports here as JSON once serving"
+    )
+    _add_server_flags(serve)
+
+    shared = ("host", "data-dir", "token-file", "token", "log-format", "log-level", "grace-seconds")
+    up = commands.add_parser("up", help="run all five services, each in its own process")
+    up.add_argument(
+        "--ephemeral-ports",
+        action="store_true",
+        help="let every service pick free ports instead of the defaults",
+    )
+    _add_server_flags(up, shared)
+
+    demo = commands.add_parser("demo", help="start the suite, show it working, stop it")
+    _add_server_flags(demo, ("data-dir",))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    from mlbackend_cli import up
+
+    if args.command == "up":
+        return up.run_up(_settings_kwargs(args), ephemeral_ports=args.ephemeral_ports)
+    return up.run_demo(_settings_kwargs(args))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from mlbackend_runtime.logs import configure_logging
+    from mlbackend_runtime.server import ConfigError, run_until_signalled
+    from mlbackend_runtime.settings import ServerSettings
+
+    try:
+        settings = ServerSettings(**_settings_kwargs(args))
+    except ValidationError as exc:
+        print(f"mlbackend serve {args.service}: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    configure_logging(args.service, settings.log_format, settings.log_level)
+    app = catalog.load(args.service)
+
+    async def run() -> None:
+        running = await app.create_server(settings)
+        if args.ready_file is not None:
+            _write_ready_file(args.ready_file, args.service, running.address, running.port,
+                              running.metrics.port, running.health_port)  # fmt: skip
+        # Start-up objects live for the whole process: keep them out of full collections.
+        gc.freeze()
+        await run_until_signalled(running)
+
+    try:
+        asyncio.run(run())
+    except (ConfigError, OSError) as exc:
+        print(f"mlbackend serve {args.service}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _write_ready_file(
+    path: Path, service: str, address: str, port: int, metrics_port: int, health_port: int | None
+) -> None:
+    info = {
+        "service": service,
+        "pid": os.getpid(),
+        "address": address,
+        "port": port,
+        "metrics_port": metrics_port,
+        "health_port": health_port,
+    }
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info))
+    tmp.replace(path)  # atomic: a reader never sees half a file

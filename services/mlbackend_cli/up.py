@@ -1,0 +1,213 @@
+"""``mlbackend up`` and ``mlbackend demo``: the suite as one child process per service.
+
+The supervisor starts the services in dependency order, learns each one's bound
+ports from its ready file, passes those addresses to the services that call it,
+and stops them all on Ctrl-C / SIGTERM. A child that dies is reported with its exit
+code and the rest of the suite is stopped: nothing keeps running half-broken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from mlbackend_cli import catalog
+
+START_TIMEOUT_SECONDS = 60.0
+_FLAG_FOR = {
+    "host": "--host",
+    "data_dir": "--data-dir",
+    "token_file": "--token-file",
+    "log_format": "--log-format",
+    "log_level": "--log-level",
+    "grace_seconds": "--grace-seconds",
+}
+
+
+class SuiteError(RuntimeError):
+    """A service failed to start or died; the message names it."""
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen[bytes]
+    ready_file: Path
+    info: dict[str, Any] | None = None
+
+    @property
+    def address(self) -> str:
+        assert self.info is not None
+        return str(self.info["address"])
+
+
+class Suite:
+    def __init__(self, settings: Mapping[str, Any], ephemeral_ports: bool, workdir: Path) -> None:
+        self._settings = dict(settings)
+        self._ephemeral = ephemeral_ports
+        self._workdir = workdir
+        self.children: dict[str, Child] = {}
+        self.grace = float(self._settings.get("grace_seconds", 20.0))
+
+    def start(self) -> None:
+        """Start every service, dependencies first; raises :class:`SuiteError`."""
+        Path(self._settings.get("data_dir", "data")).mkdir(parents=True, exist_ok=True)
+        pending = list(catalog.SERVICES)
+        while pending:
+            wave = [
+                n for n in pending if all(d in self.children for d in catalog.DEPENDENCIES[n])
+            ]
+            for name in wave:
+                self.children[name] = self._spawn(name)
+            for name in wave:
+                self._wait_ready(self.children[name])
+                pending.remove(name)
+
+    def _spawn(self, name: str) -> Child:
+        ready_file = self._workdir / f"{name}.json"
+        command = [sys.executable, "-m", "mlbackend_cli", "serve", name]
+        command += ["--ready-file", str(ready_file)]
+        for key, flag in _FLAG_FOR.items():
+            if self._settings.get(key) is not None:
+                command += [flag, str(self._settings[key])]
+        if self._ephemeral:
+            command += ["--port", "0", "--metrics-port", "0"]
+        for dependency in catalog.DEPENDENCIES[name]:
+            command += [f"--{dependency}", self.children[dependency].address]
+        env = dict(os.environ)
+        if self._settings.get("token") is not None:
+            env["MLBACKEND_TOKEN"] = str(self._settings["token"])  # not on the command line
+        return Child(name, subprocess.Popen(command, env=env), ready_file)
+
+    def _wait_ready(self, child: Child) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            code = child.process.poll()
+            if code is not None:
+                raise SuiteError(f"{child.name} exited with code {code} while starting")
+            if child.ready_file.exists():
+                child.info = json.loads(child.ready_file.read_text())
+                return
+            time.sleep(0.05)
+        raise SuiteError(f"{child.name} did not become ready in {START_TIMEOUT_SECONDS:.0f} s")
+
+    def dead_child(self) -> Child | None:
+        return next((c for c in self.children.values() if c.process.poll() is not None), None)
+
+    def stop(self) -> dict[str, int]:
+        """SIGTERM to every child (reverse order), then wait; stragglers get SIGKILL."""
+        for child in reversed(list(self.children.values())):
+            if child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.grace + 5
+        codes: dict[str, int] = {}
+        for child in self.children.values():
+            try:
+                codes[child.name] = child.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+                codes[child.name] = child.process.wait()
+        return codes
+
+    def table(self) -> str:
+        rows = [("service", "gRPC", "metrics")]
+        for child in self.children.values():
+            assert child.info is not None
+            host = child.address.rsplit(":", 1)[0]
+            rows.append(
+                (child.name, child.address, f"http://{host}:{child.info['metrics_port']}/metrics")
+            )
+        width = [max(len(r[i]) for r in rows) for i in range(2)]
+        return "\n".join(f"  {r[0]:<{width[0]}}  {r[1]:<{width[1]}}  {r[2]}" for r in rows)
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _report_stop(codes: Mapping[str, int]) -> int:
+    failed = {name: code for name, code in codes.items() if code != 0}
+    for name, code in failed.items():
+        print(f"mlbackend: {name} exited with code {code}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def run_up(settings: Mapping[str, Any], *, ephemeral_ports: bool = False) -> int:
+    with tempfile.TemporaryDirectory(prefix="mlbackend-up-") as tmp, _stop_on_signals() as stop:
+        suite = Suite(settings, ephemeral_ports, Path(tmp))
+        try:
+            suite.start()
+        except SuiteError as exc:
+            print(f"mlbackend up: {exc}; stopping the others", file=sys.stderr)
+            suite.stop()
+            return 1
+        print("mlbackend is up:\n" + suite.table(), flush=True)
+        print("Ctrl-C stops every service.", flush=True)
+        while not stop.wait(0.2):
+            dead = suite.dead_child()
+            if dead is not None:
+                code = dead.process.returncode
+                print(f"mlbackend up: {dead.name} died (exit code {code}); stopping the others",
+                      file=sys.stderr)  # fmt: skip
+                suite.stop()
+                return 1
+        print("mlbackend: stopping…", flush=True)
+        return _report_stop(suite.stop())
+
+
+def run_demo(settings: Mapping[str, Any]) -> int:
+    """Start the suite on free ports, show every service healthy, stop it cleanly."""
+    with tempfile.TemporaryDirectory(prefix="mlbackend-demo-") as tmp:
+        suite = Suite({**settings, "grace_seconds": 5.0}, True, Path(tmp))
+        try:
+            suite.start()
+            print("mlbackend suite started:\n" + suite.table(), flush=True)
+            ok = asyncio.run(_show_health(suite))
+        except SuiteError as exc:
+            print(f"mlbackend demo: {exc}", file=sys.stderr)
+            suite.stop()
+            return 1
+        code = _report_stop(suite.stop())
+        print("all services stopped cleanly" if code == 0 else "a service failed to stop")
+        return 0 if ok and code == 0 else 1
+
+
+async def _show_health(suite: Suite) -> bool:
+    from mlbackend_clients.suite import CLIENT_CLASSES
+
+    healthy = True
+    for name, child in suite.children.items():
+        async with CLIENT_CLASSES[name].connect(child.address) as client:
+            status = await client.check_health(timeout=5)
+        assert child.info is not None
+        host = child.address.rsplit(":", 1)[0]
+        with urllib.request.urlopen(f"http://{host}:{child.info['metrics_port']}/metrics") as r:
+            series = sum(1 for line in r.read().decode().splitlines() if line[:1] not in "#")
+        print(f"  {name:<11} health {status:<12} metrics: {series} series")
+        healthy &= status == "SERVING"
+    return healthy

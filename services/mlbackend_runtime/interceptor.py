@@ -1,0 +1,195 @@
+"""The one server interceptor every mlbackend service runs.
+
+For each RPC (health and reflection excepted) it binds the request id and the
+caller's deadline for downstream calls, authenticates and authorizes the caller,
+maps domain errors to status codes with details, and records metrics. Handlers
+therefore contain no try/except for these concerns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from mlbackend_clients import propagation
+from mlbackend_runtime import errors, status
+from mlbackend_runtime.auth import ANONYMOUS, OPEN_SERVICES, Authenticator, Principal
+from mlbackend_runtime.metrics import RpcMetrics
+
+logger = logging.getLogger("mlbackend.rpc")
+
+_principal: contextvars.ContextVar[Principal] = contextvars.ContextVar(
+    "mlbackend_principal", default=ANONYMOUS
+)
+
+
+def caller() -> Principal:
+    """Who made the RPC being handled (``anonymous`` admin when auth is off)."""
+    return _principal.get()
+
+
+@dataclass
+class _Call:
+    service: str
+    method: str
+    request_id: str
+    started: float
+    code: grpc.StatusCode = grpc.StatusCode.OK
+    denied: errors.DomainError | None = None
+
+
+class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, authenticator: Authenticator, metrics: RpcMetrics) -> None:
+        self._auth = authenticator
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        path: str = handler_call_details.method
+        service, _, method = path.lstrip("/").partition("/")
+        if service in OPEN_SERVICES:
+            return handler
+        metadata = tuple(handler_call_details.invocation_metadata or ())
+        return _wrap(handler, lambda context: self._begin(path, service, method, metadata, context),
+                     self._fail, self._end)  # fmt: skip
+
+    def _begin(
+        self,
+        path: str,
+        service: str,
+        method: str,
+        metadata: tuple[tuple[str, str | bytes], ...],
+        context: grpc.aio.ServicerContext,
+    ) -> _Call:
+        call = _Call(service, method, propagation.request_id_from(metadata), time.perf_counter())
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        # Each RPC runs in its own task, so these bindings end with the call.
+        propagation.bind(propagation.CallContext(call.request_id, deadline))
+        self._metrics.in_flight.inc()
+        authorization = next((v for k, v in metadata if k == "authorization"), None)
+        try:
+            token = authorization if isinstance(authorization, str) else None
+            _principal.set(self._auth.authorize(path, token))
+        except errors.DomainError as exc:
+            call.denied = exc  # raised by the wrapper, so it is counted and mapped like any error
+        return call
+
+    async def _fail(
+        self, call: _Call, exc: BaseException, context: grpc.aio.ServicerContext
+    ) -> None:
+        """Record and send the status for ``exc``; always ends by raising."""
+        if isinstance(exc, grpc.aio.AbortError):
+            # The handler aborted itself with a status of its choosing.
+            call.code = context.code() or grpc.StatusCode.UNKNOWN
+            raise exc
+        if isinstance(exc, asyncio.CancelledError):
+            call.code = grpc.StatusCode.CANCELLED
+            raise exc
+        if isinstance(exc, errors.DomainError):
+            wire = status.from_domain_error(exc)
+        elif isinstance(exc, grpc.aio.AioRpcError):
+            wire = status.from_upstream_error(exc, dependency=None)
+        elif isinstance(exc, NotImplementedError):
+            wire = status.from_domain_error(errors.Unimplemented(f"{_path(call)} is not implemented"))
+        else:
+            logger.exception("unhandled error in %s (request id %s)", _path(call), call.request_id)
+            wire = status.internal(f"internal error (request id {call.request_id})")
+        call.code = wire.code
+        trailing = (*wire.trailing_metadata, (propagation.REQUEST_ID_KEY, call.request_id))
+        await context.abort(wire.code, wire.message, trailing)
+
+    def _end(self, call: _Call, context: grpc.aio.ServicerContext) -> None:
+        self._metrics.in_flight.dec()
+        code = call.code
+        if code is grpc.StatusCode.OK:
+            code = context.code() or grpc.StatusCode.OK
+            context.set_trailing_metadata(((propagation.REQUEST_ID_KEY, call.request_id),))
+        elapsed = time.perf_counter() - call.started
+        self._metrics.observe(call.service, call.method, code.name, elapsed)
+        if code is not grpc.StatusCode.OK:
+            level = logging.ERROR if code is grpc.StatusCode.INTERNAL else logging.INFO
+            logger.log(level, "%s -> %s in %.1f ms", _path(call), code.name, elapsed * 1e3)
+        elif logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s -> OK in %.1f ms", _path(call), elapsed * 1e3)
+
+
+def _path(call: _Call) -> str:
+    return f"/{call.service}/{call.method}"
+
+
+Begin = Callable[[grpc.aio.ServicerContext], _Call]
+Fail = Callable[[_Call, BaseException, grpc.aio.ServicerContext], Awaitable[None]]
+End = Callable[[_Call, grpc.aio.ServicerContext], None]
+
+
+def _wrap(handler: grpc.RpcMethodHandler, begin: Begin, fail: Fail, end: End) -> Any:
+    """The same handler with ``begin``/``fail``/``end`` around its behaviour.
+
+    Behaviours may be coroutines, async generators, plain functions (the generated
+    base servicer raises ``NotImplementedError`` synchronously) or ``context.write``
+    style coroutines; all of them end up in ``fail`` on error.
+    """
+    if not handler.response_streaming:
+        inner = handler.unary_unary or handler.stream_unary
+
+        async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            call = begin(context)
+            try:
+                if call.denied is not None:
+                    raise call.denied
+                result = inner(request, context)
+                return await result if inspect.isawaitable(result) else result
+            except BaseException as exc:
+                await fail(call, exc, context)
+            finally:
+                end(call, context)
+
+        factory = (
+            grpc.unary_unary_rpc_method_handler
+            if handler.unary_unary
+            else grpc.stream_unary_rpc_method_handler
+        )
+        return factory(unary_response, handler.request_deserializer, handler.response_serializer)
+
+    inner = handler.unary_stream or handler.stream_stream
+
+    async def streaming_response(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        call = begin(context)
+        try:
+            if call.denied is not None:
+                raise call.denied
+            result = inner(request, context)
+            if hasattr(result, "__aiter__"):
+                async for item in result:
+                    yield item
+            elif inspect.isawaitable(result):
+                await result
+            elif result is not None:
+                for item in result:
+                    yield item
+        except BaseException as exc:
+            await fail(call, exc, context)
+        finally:
+            end(call, context)
+
+    factory = (
+        grpc.unary_stream_rpc_method_handler
+        if handler.unary_stream
+        else grpc.stream_stream_rpc_method_handler
+    )
+    return factory(streaming_response, handler.request_deserializer, handler.response_serializer)

@@ -1,0 +1,232 @@
+"""Bootstrap of a service process: bind, health, reflection, metrics, auth, shutdown.
+
+``app.py`` of each service builds its core and servicers, then calls
+:func:`start_server` with a :class:`ServiceSpec` and a function that adds its
+servicers to the ``grpc.aio.Server``. The result knows its bound ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import signal
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
+
+from mlbackend_runtime.auth import Authenticator, Role, TokenStore, roles_from_descriptors
+from mlbackend_runtime.interceptor import CallInterceptor
+from mlbackend_runtime.metrics import MetricsEndpoint, RpcMetrics, serve_metrics
+from mlbackend_runtime.settings import ServerSettings
+from mlbackend_runtime.tls import server_credentials
+
+logger = logging.getLogger("mlbackend.server")
+
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+class ConfigError(ValueError):
+    """The settings cannot be used to start a server; the message says why."""
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """What the runtime needs to know about one service."""
+
+    name: str
+    """Short name, as in ``mlbackend serve NAME``."""
+    grpc_services: tuple[str, ...]
+    """Full names of the gRPC services on the port; each gets a health status."""
+    default_port: int
+    default_metrics_port: int
+    max_message_bytes: int
+    role_overrides: Mapping[str, Role] = field(default_factory=dict)
+    """Required roles for methods whose proto cannot declare them (full method path)."""
+
+
+Register = Callable[[grpc.aio.Server], None]
+
+
+@dataclass
+class RunningServer:
+    """A started server; ``port`` is the bound one (useful with port 0)."""
+
+    spec: ServiceSpec
+    settings: ServerSettings
+    port: int
+    health_port: int | None
+    metrics: MetricsEndpoint
+    registry: CollectorRegistry
+    health: health_aio.HealthServicer
+    _server: grpc.aio.Server
+    _health_server: grpc.aio.Server | None
+    _stopped: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def address(self) -> str:
+        return f"{_host_for_uri(self.settings.host)}:{self.port}"
+
+    async def set_serving(self, serving: bool) -> None:
+        """Report every service of this process (and the overall "") as (not) serving."""
+        state = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *self.spec.grpc_services):
+            await self.health.set(name, state)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting calls, let in-flight ones finish within ``grace`` seconds."""
+        if self._stopped.is_set():
+            return
+        grace = self.settings.grace_seconds if grace is None else grace
+        logger.info("%s: shutting down, draining for up to %.1f s", self.spec.name, grace)
+        # Probes see NOT_SERVING first, so load balancers move traffic away.
+        await self.health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
+        self.metrics.close()
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` only ever reaches this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
+
+
+def check_exposure(settings: ServerSettings) -> None:
+    """Refuse to expose an unauthenticated plaintext server beyond loopback."""
+    if is_loopback(settings.host) or settings.insecure:
+        return
+    missing = [
+        what
+        for what, present in (("TLS", settings.tls_enabled), ("auth", settings.token_file))
+        if not present
+    ]
+    if missing:
+        raise ConfigError(
+            f"refusing to bind {settings.host} without {' and '.join(missing)}: "
+            "give --tls-cert/--tls-key and --token-file, or --insecure to accept the risk"
+        )
+
+
+def _host_for_uri(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _server_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        # Two processes must never share a port silently.
+        ("grpc.so_reuseport", 0),
+        # Accept the clients' keepalive pings (every 30 s, also between calls).
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", 0),
+    ]
+
+
+def _bind(server: grpc.aio.Server, address: str, settings: ServerSettings) -> int:
+    try:
+        if settings.tls_cert is not None and settings.tls_key is not None:
+            creds = server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+            return int(server.add_secure_port(address, creds))
+        return int(server.add_insecure_port(address))
+    except RuntimeError as exc:
+        raise ConfigError(f"cannot bind {address}: {exc}") from None
+
+
+async def start_server(
+    spec: ServiceSpec,
+    settings: ServerSettings,
+    register: Register,
+    *,
+    registry: CollectorRegistry | None = None,
+) -> RunningServer:
+    """Build, bind and start the server of one service."""
+    check_exposure(settings)
+    registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+    tokens = TokenStore(settings.token_file) if settings.token_file is not None else None
+    roles = roles_from_descriptors(spec.grpc_services, spec.role_overrides)
+    interceptor = CallInterceptor(Authenticator(tokens, roles), RpcMetrics(registry, spec.name))
+    max_bytes = settings.max_message_bytes or spec.max_message_bytes
+
+    server = grpc.aio.server(interceptors=[interceptor], options=_server_options(max_bytes))
+    register(server)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (*spec.grpc_services, HEALTH_SERVICE, reflection.SERVICE_NAME), server
+    )
+    host = _host_for_uri(settings.host)
+    port = _bind(server, f"{host}:{spec.default_port if settings.port is None else settings.port}",
+                 settings)  # fmt: skip
+
+    health_server: grpc.aio.Server | None = None
+    health_port: int | None = None
+    if settings.health_port is not None:
+        # Plaintext, health only: what Kubernetes' built-in gRPC probe can speak.
+        health_server = grpc.aio.server(options=_server_options(64 * 1024))
+        health_pb2_grpc.add_HealthServicer_to_server(health, health_server)
+        health_port = int(health_server.add_insecure_port(f"{host}:{settings.health_port}"))
+
+    metrics_port = (
+        spec.default_metrics_port if settings.metrics_port is None else settings.metrics_port
+    )
+    try:
+        metrics = serve_metrics(registry, settings.host, metrics_port)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve metrics on {host}:{metrics_port}: {exc}") from None
+    await server.start()
+    if health_server is not None:
+        await health_server.start()
+    running = RunningServer(
+        spec, settings, port, health_port, metrics, registry, health, server, health_server
+    )
+    await running.set_serving(True)
+    logger.info(
+        "%s serving on %s (%s, auth %s), metrics %s",
+        spec.name,
+        running.address,
+        "mTLS" if settings.tls_client_ca else "TLS" if settings.tls_enabled else "plaintext",
+        "on" if tokens else "off",
+        metrics.url,
+    )
+    return running
+
+
+async def run_until_signalled(running: RunningServer) -> None:
+    """Serve until SIGTERM or SIGINT, then drain within the grace period."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    waiter = asyncio.ensure_future(running.wait_stopped())
+    signalled = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({waiter, signalled}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (waiter, signalled):
+        task.cancel()
+    await running.stop()

@@ -1,0 +1,60 @@
+"""Settings shared by every server, from flags and ``MLBACKEND_*`` environment variables.
+
+Built once in the CLI or a test, passed down to ``app.py``; nothing below reads the
+environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Port = int
+
+
+class ServerSettings(BaseSettings):
+    """How one service process listens, authenticates and reaches its dependencies."""
+
+    model_config = SettingsConfigDict(env_prefix="MLBACKEND_", extra="forbid", frozen=True)
+
+    host: str = Field("127.0.0.1", description="Address to bind gRPC and metrics to.")
+    port: Port | None = Field(None, ge=0, le=65535, description="gRPC port; 0 = ephemeral.")
+    metrics_port: Port | None = Field(None, ge=0, le=65535, description="HTTP /metrics port.")
+    health_port: Port | None = Field(
+        None, ge=0, le=65535, description="Extra plaintext port serving only grpc.health.v1."
+    )
+    data_dir: Path = Field(Path("data"), description="Where embedded stores keep their files.")
+    token_file: Path | None = Field(None, description="Bearer tokens with roles; unset = no auth.")
+    tls_cert: Path | None = Field(None, description="PEM server certificate (chain).")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert.")
+    tls_client_ca: Path | None = Field(None, description="PEM CA bundle: require client certs.")
+    insecure: bool = Field(False, description="Allow a non-loopback bind without TLS and auth.")
+    grace_seconds: float = Field(20.0, gt=0, description="Drain time for in-flight calls.")
+    max_message_bytes: int | None = Field(
+        None, gt=1024, description="Largest message accepted or sent; larger → RESOURCE_EXHAUSTED."
+    )
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # Outgoing calls to other services (who needs which is up to each service).
+    registry: str | None = Field(None, description="Registry target (host:port, list, dns:///).")
+    features: str | None = Field(None, description="Feature store target.")
+    serving: str | None = Field(None, description="Serving target.")
+    monitoring: str | None = Field(None, description="Monitoring target.")
+    token: SecretStr | None = Field(None, description="Bearer token for outgoing calls.")
+    tls_ca: Path | None = Field(None, description="PEM CA bundle to verify dependencies' TLS.")
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> ServerSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mTLS) needs tls_cert and tls_key")
+        return self
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert is not None

