@@ -190,7 +190,8 @@ class _OutgoingInterceptor(
         context = propagation.current()
         timeout = details.timeout
         if context is not None:
-            if "x-request-id" not in metadata and "traceparent" not in metadata:
+            keys = {key for key, _ in metadata}
+            if propagation.REQUEST_ID_KEY not in keys and propagation.TRACEPARENT_KEY not in keys:
                 for key, value in propagation.outgoing_metadata(context.request_id):
                     metadata[key] = value
             remaining = context.time_remaining()

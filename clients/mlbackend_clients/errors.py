@@ -36,12 +36,12 @@ class RpcError(Exception):
 
 def decode_error(error: grpc.aio.AioRpcError | grpc.RpcError) -> RpcError:
     """Turn a failed call into an :class:`RpcError` with its details decoded."""
-    code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
-    message: str = error.details() or code.name  # type: ignore[attr-defined]
-    trailing = tuple(error.trailing_metadata() or ())  # type: ignore[attr-defined]
+    code: grpc.StatusCode = error.code()
+    message: str = error.details() or code.name
+    trailing = tuple(error.trailing_metadata() or ())
     violations: list[FieldViolation] = []
     dependency: str | None = None
-    status = rpc_status.from_call(error) if trailing else None  # type: ignore[arg-type]
+    status = rpc_status.from_call(error) if trailing else None
     for detail in status.details if status is not None else ():
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad_request = error_details_pb2.BadRequest()

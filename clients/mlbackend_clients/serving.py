@@ -1,4 +1,4 @@
-"""Typed client of the model serving service (own API) (`mlbackend.serving.v1.ModelServingService`)."""
+"""Typed client of the model serving service's own API (`mlbackend.serving.v1`)."""
 
 from __future__ import annotations
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from mlbackend_clients.base import ServiceClient
 from mlbackend_clients.features import FeatureStoreClient
 from mlbackend_clients.gateway import GatewayClient
@@ -9,7 +11,7 @@ from mlbackend_clients.monitoring import MonitoringClient
 from mlbackend_clients.registry import RegistryClient
 from mlbackend_clients.serving import ServingClient
 
-CLIENT_CLASSES: dict[str, type[ServiceClient[object]]] = {
+CLIENT_CLASSES: dict[str, type[ServiceClient[Any]]] = {
     "registry": RegistryClient,
     "features": FeatureStoreClient,
     "monitoring": MonitoringClient,

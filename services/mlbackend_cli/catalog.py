@@ -43,6 +43,7 @@ def load(name: str) -> ServiceApp:
     try:
         module_name = SERVICES[name]
     except KeyError:
-        raise ValueError(f"unknown service {name!r}; expected one of {', '.join(SERVICES)}")
-    app: ServiceApp = importlib.import_module(module_name)  # type: ignore[assignment]
+        known = ", ".join(SERVICES)
+        raise ValueError(f"unknown service {name!r}; expected one of {known}") from None
+    app: ServiceApp = importlib.import_module(module_name)
     return app

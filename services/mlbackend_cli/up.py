@@ -68,9 +68,7 @@ class Suite:
         Path(self._settings.get("data_dir", "data")).mkdir(parents=True, exist_ok=True)
         pending = list(catalog.SERVICES)
         while pending:
-            wave = [
-                n for n in pending if all(d in self.children for d in catalog.DEPENDENCIES[n])
-            ]
+            wave = [n for n in pending if all(d in self.children for d in catalog.DEPENDENCIES[n])]
             for name in wave:
                 self.children[name] = self._spawn(name)
             for name in wave:
@@ -197,6 +195,11 @@ def run_demo(settings: Mapping[str, Any]) -> int:
         return 0 if ok and code == 0 else 1
 
 
+def _fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return str(response.read().decode())
+
+
 async def _show_health(suite: Suite) -> bool:
     from mlbackend_clients.suite import CLIENT_CLASSES
 
@@ -206,8 +209,9 @@ async def _show_health(suite: Suite) -> bool:
             status = await client.check_health(timeout=5)
         assert child.info is not None
         host = child.address.rsplit(":", 1)[0]
-        with urllib.request.urlopen(f"http://{host}:{child.info['metrics_port']}/metrics") as r:
-            series = sum(1 for line in r.read().decode().splitlines() if line[:1] not in "#")
+        url = f"http://{host}:{child.info['metrics_port']}/metrics"
+        text = await asyncio.to_thread(_fetch, url)
+        series = sum(1 for line in text.splitlines() if line[:1] not in "#")
         print(f"  {name:<11} health {status:<12} metrics: {series} series")
         healthy &= status == "SERVING"
     return healthy

@@ -24,10 +24,13 @@ SPEC = ServiceSpec(
 async def create_server(
     settings: ServerSettings, *, registry: CollectorRegistry | None = None
 ) -> RunningServer:
-    servicer = gateway_pb2_grpc.InferenceGatewayServiceServicer()
+    # The generated base answers UNIMPLEMENTED (it is abstract only in the stubs).
+    servicer = gateway_pb2_grpc.InferenceGatewayServiceServicer()  # type: ignore[abstract]
     return await start_server(
         SPEC,
         settings,
-        lambda server: gateway_pb2_grpc.add_InferenceGatewayServiceServicer_to_server(servicer, server),
+        lambda server: gateway_pb2_grpc.add_InferenceGatewayServiceServicer_to_server(
+            servicer, server
+        ),
         registry=registry,
     )

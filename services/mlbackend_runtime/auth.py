@@ -17,6 +17,7 @@ a method with no declaration needs ``admin`` (fail closed).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import hmac
@@ -126,10 +127,8 @@ class TokenStore:
         if now - self._checked_at > self.RECHECK_SECONDS:
             self._checked_at = now
             # A broken edit keeps the last good tokens rather than locking everyone out.
-            try:
+            with contextlib.suppress(OSError, TokenFileError):
                 self._reload()
-            except (OSError, TokenFileError):
-                pass
         digest = _digest(token)
         for known, principal in self._principals.items():
             if hmac.compare_digest(known, digest):

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 
@@ -46,16 +46,21 @@ class _Call:
     denied: errors.DomainError | None = None
 
 
-class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+# Generic only in the type stubs, hence the strings.
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+
+
+class CallInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, authenticator: Authenticator, metrics: RpcMetrics) -> None:
         self._auth = authenticator
         self._metrics = metrics
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> Handler | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
@@ -73,7 +78,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         service: str,
         method: str,
         metadata: tuple[tuple[str, str | bytes], ...],
-        context: grpc.aio.ServicerContext,
+        context: Context,
     ) -> _Call:
         call = _Call(service, method, propagation.request_id_from(metadata), time.perf_counter())
         remaining = context.time_remaining()
@@ -89,9 +94,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             call.denied = exc  # raised by the wrapper, so it is counted and mapped like any error
         return call
 
-    async def _fail(
-        self, call: _Call, exc: BaseException, context: grpc.aio.ServicerContext
-    ) -> None:
+    async def _fail(self, call: _Call, exc: BaseException, context: Context) -> None:
         """Record and send the status for ``exc``; always ends by raising."""
         if isinstance(exc, grpc.aio.AbortError):
             # The handler aborted itself with a status of its choosing.
@@ -105,7 +108,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         elif isinstance(exc, grpc.aio.AioRpcError):
             wire = status.from_upstream_error(exc, dependency=None)
         elif isinstance(exc, NotImplementedError):
-            wire = status.from_domain_error(errors.Unimplemented(f"{_path(call)} is not implemented"))
+            wire = status.from_domain_error(
+                errors.Unimplemented(f"{_path(call)} is not implemented")
+            )
         else:
             logger.exception("unhandled error in %s (request id %s)", _path(call), call.request_id)
             wire = status.internal(f"internal error (request id {call.request_id})")
@@ -113,7 +118,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         trailing = (*wire.trailing_metadata, (propagation.REQUEST_ID_KEY, call.request_id))
         await context.abort(wire.code, wire.message, trailing)
 
-    def _end(self, call: _Call, context: grpc.aio.ServicerContext) -> None:
+    def _end(self, call: _Call, context: Context) -> None:
         self._metrics.in_flight.dec()
         code = call.code
         if code is grpc.StatusCode.OK:
@@ -132,12 +137,12 @@ def _path(call: _Call) -> str:
     return f"/{call.service}/{call.method}"
 
 
-Begin = Callable[[grpc.aio.ServicerContext], _Call]
-Fail = Callable[[_Call, BaseException, grpc.aio.ServicerContext], Awaitable[None]]
-End = Callable[[_Call, grpc.aio.ServicerContext], None]
+Begin = Callable[[Context], _Call]
+Fail = Callable[[_Call, BaseException, Context], Awaitable[None]]
+End = Callable[[_Call, Context], None]
 
 
-def _wrap(handler: grpc.RpcMethodHandler, begin: Begin, fail: Fail, end: End) -> Any:
+def _wrap(handler: Handler, begin: Begin, fail: Fail, end: End) -> Handler:
     """The same handler with ``begin``/``fail``/``end`` around its behaviour.
 
     Behaviours may be coroutines, async generators, plain functions (the generated
@@ -145,9 +150,9 @@ def _wrap(handler: grpc.RpcMethodHandler, begin: Begin, fail: Fail, end: End) ->
     style coroutines; all of them end up in ``fail`` on error.
     """
     if not handler.response_streaming:
-        inner = handler.unary_unary or handler.stream_unary
+        inner: Callable[..., Any] = handler.unary_unary or handler.stream_unary  # type: ignore[assignment]
 
-        async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def unary_response(request: Any, context: Context) -> Any:
             call = begin(context)
             try:
                 if call.denied is not None:
@@ -166,9 +171,9 @@ def _wrap(handler: grpc.RpcMethodHandler, begin: Begin, fail: Fail, end: End) ->
         )
         return factory(unary_response, handler.request_deserializer, handler.response_serializer)
 
-    inner = handler.unary_stream or handler.stream_stream
+    inner: Callable[..., Any] = handler.unary_stream or handler.stream_stream  # type: ignore[no-redef]
 
-    async def streaming_response(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def streaming_response(request: Any, context: Context) -> AsyncIterator[Any]:
         call = begin(context)
         try:
             if call.denied is not None:

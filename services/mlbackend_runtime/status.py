@@ -55,7 +55,7 @@ class WireStatus:
 def code_for(error: errors.DomainError) -> grpc.StatusCode:
     """The status code for a domain error (walks the class hierarchy)."""
     for cls in type(error).__mro__:
-        code = _CODES.get(cls)  # type: ignore[call-overload]
+        code = _CODES.get(cls)
         if code is not None:
             return code
     return grpc.StatusCode.INTERNAL

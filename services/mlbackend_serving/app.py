@@ -7,6 +7,7 @@ UNIMPLEMENTED while health, reflection, auth and metrics already work.
 
 from __future__ import annotations
 
+import grpc
 from prometheus_client import CollectorRegistry
 
 from mlbackend.inference.v2 import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
@@ -40,10 +41,11 @@ SPEC = ServiceSpec(
 async def create_server(
     settings: ServerSettings, *, registry: CollectorRegistry | None = None
 ) -> RunningServer:
-    serving = serving_pb2_grpc.ModelServingServiceServicer()
-    inference = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer()
+    # Until issue #5 the generated bases answer UNIMPLEMENTED (abstract only in the stubs).
+    serving = serving_pb2_grpc.ModelServingServiceServicer()  # type: ignore[abstract]
+    inference = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer()  # type: ignore[abstract]
 
-    def register(server: object) -> None:
+    def register(server: grpc.aio.Server) -> None:
         serving_pb2_grpc.add_ModelServingServiceServicer_to_server(serving, server)
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
 

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from mlbackend_clients import propagation
-from mlbackend_clients.channel import ChannelOptions, create_channel
+from mlbackend_clients.channel import create_channel
 from mlbackend_clients.errors import decode_error
 from mlbackend_runtime import errors
 from mlbackend_runtime.auth import Role
@@ -68,7 +68,9 @@ class Probe:
         self.seen.append(info)
         return json.dumps(info).encode()
 
-    async def count(self, request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    async def count(
+        self, request: bytes, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
         for i in range(int(request.decode())):
             yield str(i).encode()
         raise errors.FailedPrecondition("stream ended by the core")
@@ -204,7 +206,7 @@ async def test_request_id_is_generated_when_absent(channel: grpc.aio.Channel) ->
 async def test_request_id_and_deadline_propagate_downstream(
     probe_server: tuple[Probe, RunningServer], channel: grpc.aio.Channel
 ) -> None:
-    probe, server = probe_server
+    server = probe_server[1]
     answer = await channel.unary_unary(f"/{PROBE}/Forward")(
         server.address.encode(), metadata=(("x-request-id", "req-42"),), timeout=5
     )

@@ -48,6 +48,11 @@ async def test_health_is_per_service(start_service: StartService) -> None:
         await server.stop(0.5)
 
 
+def _scrape(url: str) -> tuple[str, str]:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return str(response.headers["Content-Type"]), response.read().decode()
+
+
 @pytest.mark.parametrize("name", SERVICE_NAMES)
 async def test_metrics_endpoint_counts_rpcs_by_code(
     name: str, start_service: StartService, connect: Connect
@@ -60,9 +65,8 @@ async def test_metrics_endpoint_counts_rpcs_by_code(
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await call(b"", timeout=5)
         assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    with urllib.request.urlopen(server.metrics.url, timeout=5) as response:
-        text = response.read().decode()
-        assert response.headers["Content-Type"].startswith("text/plain")
+    content_type, text = await asyncio.to_thread(_scrape, server.metrics.url)
+    assert content_type.startswith("text/plain")
     assert f'mlbackend_server_info{{service="{name}"}} 1.0' in text
     assert "mlbackend_rpc_latency_seconds_bucket" in text
     if not method.client_streaming and not method.server_streaming:
@@ -273,9 +277,7 @@ async def _health(target: str, tls: TlsOptions | None) -> str:
             return error.code().name
 
 
-async def test_tls_server_is_verified_by_the_client(
-    start_service: StartService, pki: Path
-) -> None:
+async def test_tls_server_is_verified_by_the_client(start_service: StartService, pki: Path) -> None:
     server = await start_service(
         "registry", tls_cert=pki / "server.crt", tls_key=pki / "server.key"
     )
