@@ -40,12 +40,12 @@ fmt: venv
 	$(BIN)/ruff check --fix .
 
 typecheck: venv
-	$(BIN)/mypy services clients/mlbackend_clients tests scripts
+	$(BIN)/mypy services clients/mlbackend_clients scripts
 
 lint: venv buf-lint buf-breaking
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy services clients/mlbackend_clients
+	$(BIN)/mypy services clients/mlbackend_clients scripts
 
 test: venv
 	$(BIN)/python -m pytest

@@ -18,7 +18,8 @@ StubT = TypeVar("StubT")
 
 class ServiceClient(Generic[StubT]):
     """Base of the per-service clients: ``SERVICE`` is the service's descriptor, ``STUB``
-    its generated stub class, available as ``client.stub``."""
+    its generated stub class, available as ``client.stub`` (typed as the asyncio stub
+    that mypy-protobuf declares, so awaited calls type-check)."""
 
     SERVICE: ClassVar[ServiceDescriptor]
     STUB: ClassVar[type[Any]]

@@ -10,6 +10,6 @@ from mlbackend.inference.v2 import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from mlbackend_clients.base import ServiceClient
 
 
-class InferenceClient(ServiceClient[grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub]):
+class InferenceClient(ServiceClient["grpc_predict_v2_pb2_grpc.GRPCInferenceServiceAsyncStub"]):
     SERVICE = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     STUB = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub

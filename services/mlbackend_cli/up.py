@@ -122,15 +122,17 @@ class Suite:
         return codes
 
     def table(self) -> str:
-        rows = [("service", "gRPC", "metrics")]
+        rows = [("service", "gRPC", "metrics", "pid")]
         for child in self.children.values():
             assert child.info is not None
             host = child.address.rsplit(":", 1)[0]
-            rows.append(
-                (child.name, child.address, f"http://{host}:{child.info['metrics_port']}/metrics")
-            )
-        width = [max(len(r[i]) for r in rows) for i in range(2)]
-        return "\n".join(f"  {r[0]:<{width[0]}}  {r[1]:<{width[1]}}  {r[2]}" for r in rows)
+            metrics = f"http://{host}:{child.info['metrics_port']}/metrics"
+            rows.append((child.name, child.address, metrics, str(child.process.pid)))
+        width = [max(len(r[i]) for r in rows) for i in range(3)]
+        return "\n".join(
+            "  " + "  ".join(f"{cell:<{width[i]}}" for i, cell in enumerate(r[:3])) + "  " + r[3]
+            for r in rows
+        )
 
 
 @contextmanager

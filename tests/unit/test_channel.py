@@ -1,0 +1,74 @@
+"""Channel factory: targets, the service config built from the contract, propagation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mlbackend.registry.v1 import registry_pb2
+from mlbackend_clients import propagation
+from mlbackend_clients.channel import (
+    ChannelOptions,
+    channel_arguments,
+    normalize_target,
+    service_config,
+)
+
+REGISTRY = registry_pb2.DESCRIPTOR.services_by_name["ModelRegistryService"]
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("127.0.0.1:50053", "127.0.0.1:50053"),
+        ("dns:///serving.mlbackend:50053", "dns:///serving.mlbackend:50053"),
+        ("127.0.0.1:1,127.0.0.2:2", "ipv4:127.0.0.1:1,127.0.0.2:2"),
+        ("localhost:1, 127.0.0.1:2", "ipv4:127.0.0.1:1,127.0.0.1:2"),
+        ("[::1]:1,[::1]:2", "ipv6:[::1]:1,[::1]:2"),
+    ],
+)
+def test_targets(target: str, expected: str) -> None:
+    assert normalize_target(target) == expected
+
+
+def test_address_list_needs_ports() -> None:
+    with pytest.raises(ValueError, match="needs host:port"):
+        normalize_target("127.0.0.1,127.0.0.2:2")
+
+
+def test_service_config_retries_only_idempotent_calls() -> None:
+    config = service_config([REGISTRY], default_timeout=3, max_attempts=4)
+    assert config["loadBalancingConfig"] == [{"round_robin": {}}]
+    retried, timed = config["methodConfig"]
+    retried_names = {n["method"] for n in retried["name"]}
+    assert {"GetModelVersion", "ListRegisteredModels", "SetAlias"} <= retried_names
+    assert "CreateRegisteredModel" not in retried_names
+    assert "DeleteModelVersion" not in retried_names
+    assert retried["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
+    assert retried["timeout"] == "3.000s"
+    timed_names = {n["method"] for n in timed["name"]}
+    assert "CreateRegisteredModel" in timed_names
+    # Streams (upload, download, watch) get no default deadline.
+    everything = retried_names | timed_names
+    assert not everything & {"CreateModelVersion", "DownloadModelArtifact", "Watch"}
+
+
+def test_channel_arguments_are_valid_json_config() -> None:
+    args = dict(channel_arguments([REGISTRY], ChannelOptions(keepalive_seconds=15)))
+    assert json.loads(args["grpc.service_config"])["methodConfig"]
+    assert args["grpc.keepalive_time_ms"] == 15_000
+
+
+def test_request_id_from_metadata() -> None:
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert (
+        propagation.request_id_from([("traceparent", f"00-{trace}-00f067aa0ba902b7-01")]) == trace
+    )
+    assert propagation.request_id_from([("x-request-id", "abc-1")]) == "abc-1"
+    # Malformed values are not trusted: a fresh id instead.
+    fresh = propagation.request_id_from([("traceparent", "garbage"), ("x-request-id", "a b")])
+    assert len(fresh) == 32 and fresh != trace
+    headers = dict(propagation.outgoing_metadata(trace))
+    assert headers["x-request-id"] == trace
+    assert headers["traceparent"].startswith(f"00-{trace}-")
