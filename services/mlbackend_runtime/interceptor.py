@@ -142,6 +142,56 @@ Fail = Callable[[_Call, BaseException, Context], Awaitable[None]]
 End = Callable[[_Call, Context], None]
 
 
+_FACTORIES = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+@dataclass(frozen=True)
+class _Undecodable:
+    """Stands in for a request message that failed to parse.
+
+    gRPC would answer INTERNAL for a deserializer exception; bad input is the caller's
+    fault, so the wrapper turns this into INVALID_ARGUMENT instead.
+    """
+
+    reason: str
+
+    def error(self) -> errors.InvalidInput:
+        return errors.InvalidInput.field("request", f"not a valid message: {self.reason}")
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:
+            return _Undecodable(str(exc) or type(exc).__name__)
+
+    return deserialize
+
+
+async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, _Undecodable):
+            raise request.error()
+        yield request
+
+
+def _checked(request: Any, streaming: bool) -> Any:
+    if streaming:
+        return _checked_stream(request)
+    if isinstance(request, _Undecodable):
+        raise request.error()
+    return request
+
+
 def _wrap(handler: Handler, begin: Begin, fail: Fail, end: End) -> Handler:
     """The same handler with ``begin``/``fail``/``end`` around its behaviour.
 
@@ -149,36 +199,29 @@ def _wrap(handler: Handler, begin: Begin, fail: Fail, end: End) -> Handler:
     base servicer raises ``NotImplementedError`` synchronously) or ``context.write``
     style coroutines; all of them end up in ``fail`` on error.
     """
-    if not handler.response_streaming:
-        inner: Callable[..., Any] = handler.unary_unary or handler.stream_unary  # type: ignore[assignment]
+    request_streaming = bool(handler.request_streaming)
+    inner: Callable[..., Any] = (
+        handler.unary_unary or handler.stream_unary or handler.unary_stream or handler.stream_stream  # type: ignore[assignment]
+    )
 
-        async def unary_response(request: Any, context: Context) -> Any:
-            call = begin(context)
-            try:
-                if call.denied is not None:
-                    raise call.denied
-                result = inner(request, context)
-                return await result if inspect.isawaitable(result) else result
-            except BaseException as exc:
-                await fail(call, exc, context)
-            finally:
-                end(call, context)
-
-        factory = (
-            grpc.unary_unary_rpc_method_handler
-            if handler.unary_unary
-            else grpc.stream_unary_rpc_method_handler
-        )
-        return factory(unary_response, handler.request_deserializer, handler.response_serializer)
-
-    inner: Callable[..., Any] = handler.unary_stream or handler.stream_stream  # type: ignore[no-redef]
+    async def unary_response(request: Any, context: Context) -> Any:
+        call = begin(context)
+        try:
+            if call.denied is not None:
+                raise call.denied
+            result = inner(_checked(request, request_streaming), context)
+            return await result if inspect.isawaitable(result) else result
+        except BaseException as exc:
+            await fail(call, exc, context)
+        finally:
+            end(call, context)
 
     async def streaming_response(request: Any, context: Context) -> AsyncIterator[Any]:
         call = begin(context)
         try:
             if call.denied is not None:
                 raise call.denied
-            result = inner(request, context)
+            result = inner(_checked(request, request_streaming), context)
             if hasattr(result, "__aiter__"):
                 async for item in result:
                     yield item
@@ -192,9 +235,7 @@ def _wrap(handler: Handler, begin: Begin, fail: Fail, end: End) -> Handler:
         finally:
             end(call, context)
 
-    factory = (
-        grpc.unary_stream_rpc_method_handler
-        if handler.unary_stream
-        else grpc.stream_stream_rpc_method_handler
-    )
-    return factory(streaming_response, handler.request_deserializer, handler.response_serializer)
+    response_streaming = bool(handler.response_streaming)
+    factory = _FACTORIES[(request_streaming, response_streaming)]
+    behaviour = streaming_response if response_streaming else unary_response
+    return factory(behaviour, _tolerant(handler.request_deserializer), handler.response_serializer)

@@ -1,5 +1,5 @@
 """Every service as operators and clients meet it: health, reflection (real grpcurl),
-metrics, auth with roles, TLS and mTLS, UNIMPLEMENTED until its issue lands."""
+metrics, auth with roles, TLS and mTLS, and garbage input answered as INVALID_ARGUMENT."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import datetime
 import shutil
 import sys
 import urllib.request
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from mlbackend.registry.v1 import registry_pb2
 from mlbackend_cli import catalog
 from mlbackend_clients.base import ServiceClient
 from mlbackend_clients.channel import ChannelOptions, TlsOptions, create_channel
+from mlbackend_clients.errors import decode_error
 from mlbackend_clients.registry import RegistryClient
 
 from conftest import Connect, StartService
@@ -54,26 +56,31 @@ def _scrape(url: str) -> tuple[str, str]:
 
 
 @pytest.mark.parametrize("name", SERVICE_NAMES)
-async def test_metrics_endpoint_counts_rpcs_by_code(
+async def test_garbage_request_is_invalid_argument_and_counted(
     name: str, start_service: StartService, connect: Connect
 ) -> None:
     server = await start_service(name)
     client = connect(name, server)
-    method = client.SERVICE.methods[0]
-    call = client.channel.unary_unary(f"/{client.SERVICE.full_name}/{method.name}")
-    if not method.client_streaming and not method.server_streaming:
-        with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await call(b"", timeout=5)
-        assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    method = next(m for m in client.SERVICE.methods if not m.client_streaming)
+    path = f"/{client.SERVICE.full_name}/{method.name}"
+    # Not a protobuf message: gRPC alone would answer INTERNAL; bad input is the caller's.
+    garbage = b"\xff\xff\xff\xff"
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        if method.server_streaming:
+            async for _ in client.channel.unary_stream(path)(garbage, timeout=5):
+                pass
+        else:
+            await client.channel.unary_unary(path)(garbage, timeout=5)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in decode_error(raised.value).violations] == ["request"]
+
     content_type, text = await asyncio.to_thread(_scrape, server.metrics.url)
     assert content_type.startswith("text/plain")
     assert f'mlbackend_server_info{{service="{name}"}} 1.0' in text
-    assert "mlbackend_rpc_latency_seconds_bucket" in text
-    if not method.client_streaming and not method.server_streaming:
-        assert (
-            f'mlbackend_rpc_errors_total{{code="UNIMPLEMENTED",method="{method.name}",'
-            f'service="{client.SERVICE.full_name}"}} 1.0'
-        ) in text
+    labels = f'method="{method.name}",service="{client.SERVICE.full_name}"'
+    assert f'mlbackend_rpc_errors_total{{code="INVALID_ARGUMENT",{labels}}} 1.0' in text
+    assert f'mlbackend_rpc_requests_total{{code="INVALID_ARGUMENT",{labels}}} 1.0' in text
+    assert f"mlbackend_rpc_latency_seconds_count{{{labels}}} 1.0" in text
 
 
 # --- auth -------------------------------------------------------------------------------
@@ -93,39 +100,27 @@ def token_file(tmp_path: Path) -> Path:
     return path
 
 
-async def _call_list_models(client: RegistryClient) -> grpc.StatusCode:
+_AUTH_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
+
+async def _auth_outcome(call: Awaitable[object]) -> str:
+    """The auth refusal's code, or "passed" when the call got past auth (whatever the
+    service then answered: the empty request may well be invalid)."""
     try:
-        await client.stub.ListRegisteredModels(registry_pb2.ListRegisteredModelsRequest())
+        await call
     except grpc.aio.AioRpcError as error:
-        return error.code()
-    return grpc.StatusCode.OK
-
-
-async def _call_create_model(client: RegistryClient) -> grpc.StatusCode:
-    try:
-        await client.stub.CreateRegisteredModel(registry_pb2.CreateRegisteredModelRequest())
-    except grpc.aio.AioRpcError as error:
-        return error.code()
-    return grpc.StatusCode.OK
-
-
-async def _call_delete_model(client: RegistryClient) -> grpc.StatusCode:
-    try:
-        await client.stub.DeleteRegisteredModel(registry_pb2.DeleteRegisteredModelRequest())
-    except grpc.aio.AioRpcError as error:
-        return error.code()
-    return grpc.StatusCode.OK
+        return error.code().name if error.code() in _AUTH_CODES else "passed"
+    return "passed"
 
 
 @pytest.mark.parametrize(
     ("token", "read", "write", "delete"),
     [
-        # Past auth the registry's RPCs answer UNIMPLEMENTED until issue #3 lands.
         (None, "UNAUTHENTICATED", "UNAUTHENTICATED", "UNAUTHENTICATED"),
         ("not-a-valid-token-at-all", "UNAUTHENTICATED", "UNAUTHENTICATED", "UNAUTHENTICATED"),
-        (TOKENS["reader"], "UNIMPLEMENTED", "PERMISSION_DENIED", "PERMISSION_DENIED"),
-        (TOKENS["writer"], "UNIMPLEMENTED", "UNIMPLEMENTED", "PERMISSION_DENIED"),
-        (TOKENS["admin"], "UNIMPLEMENTED", "UNIMPLEMENTED", "UNIMPLEMENTED"),
+        (TOKENS["reader"], "passed", "PERMISSION_DENIED", "PERMISSION_DENIED"),
+        (TOKENS["writer"], "passed", "passed", "PERMISSION_DENIED"),
+        (TOKENS["admin"], "passed", "passed", "passed"),
     ],
 )
 async def test_roles_gate_reads_writes_and_deletes(
@@ -140,9 +135,19 @@ async def test_roles_gate_reads_writes_and_deletes(
     server = await start_service("registry", token_file=token_file)
     client = connect("registry", server, token=token)
     assert isinstance(client, RegistryClient)
-    assert (await _call_list_models(client)).name == read
-    assert (await _call_create_model(client)).name == write
-    assert (await _call_delete_model(client)).name == delete
+    stub = client.stub
+    assert (
+        await _auth_outcome(stub.ListRegisteredModels(registry_pb2.ListRegisteredModelsRequest()))
+        == read
+    )
+    assert (
+        await _auth_outcome(stub.CreateRegisteredModel(registry_pb2.CreateRegisteredModelRequest()))
+        == write
+    )
+    assert (
+        await _auth_outcome(stub.DeleteRegisteredModel(registry_pb2.DeleteRegisteredModelRequest()))
+        == delete
+    )
 
 
 async def test_health_and_reflection_need_no_token(
