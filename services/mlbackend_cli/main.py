@@ -30,6 +30,8 @@ _SERVER_FLAGS: tuple[tuple[str, type | None, str], ...] = (
     ("insecure", None, "allow a non-loopback bind without TLS and auth"),
     ("grace-seconds", float, "drain time for in-flight calls on SIGTERM (default 20)"),
     ("max-message-bytes", int, "largest message accepted or sent"),
+    ("database-url", str, "PostgreSQL URL for metadata (default: SQLite under --data-dir)"),
+    ("allow-pickle", None, "accept pickle/joblib model artifacts (they can run arbitrary code)"),
     ("log-format", str, "text or json"),
     ("log-level", str, "DEBUG, INFO, WARNING or ERROR"),
     ("registry", str, "registry target for outgoing calls"),
@@ -38,6 +40,11 @@ _SERVER_FLAGS: tuple[tuple[str, type | None, str], ...] = (
     ("monitoring", str, "monitoring target"),
     ("token", str, "bearer token for outgoing calls (or MLBACKEND_TOKEN)"),
     ("tls-ca", Path, "PEM CA bundle to verify dependencies' TLS"),
+    ("online-store", str, "feature store online engine: sqlite (default) or redis"),
+    ("redis-url", str, "Redis URL for the online feature store (or MLBACKEND_REDIS_URL)"),
+    ("redis-prefix", str, "prefix of the feature store's Redis keys"),
+    ("maintenance-seconds", float, "feature store cleanup/catch-up interval (default 30)"),
+    ("model-dir", Path, "serving: serve models from DIR/<model>/<version>/ (no registry)"),
 )
 
 

@@ -1,14 +1,14 @@
-"""Wiring of the monitoring service: settings → servicer → server.
-
-Its RPCs land with issue #6; until then the generated base servicer answers
-UNIMPLEMENTED while health, reflection, auth and metrics already work.
-"""
+"""Wiring of the monitoring service: settings → prediction log → core → servicer → server."""
 
 from __future__ import annotations
 
+import grpc
 from prometheus_client import CollectorRegistry
 
 from mlbackend.monitoring.v1 import monitoring_pb2, monitoring_pb2_grpc
+from mlbackend_monitoring.core.predictions import PredictionLogService
+from mlbackend_monitoring.stores.sqlite import SqlitePredictionLog
+from mlbackend_monitoring.transport.servicer import MonitoringServicer
 from mlbackend_runtime.server import RunningServer, ServiceSpec, start_server
 from mlbackend_runtime.settings import ServerSettings
 
@@ -24,13 +24,13 @@ SPEC = ServiceSpec(
 async def create_server(
     settings: ServerSettings, *, registry: CollectorRegistry | None = None
 ) -> RunningServer:
-    # The generated base answers UNIMPLEMENTED (it is abstract only in the stubs).
-    servicer = monitoring_pb2_grpc.MonitoringServiceServicer()  # type: ignore[abstract]
-    return await start_server(
-        SPEC,
-        settings,
-        lambda server: monitoring_pb2_grpc.add_MonitoringServiceServicer_to_server(
-            servicer, server
-        ),
-        registry=registry,
-    )
+    log = SqlitePredictionLog(settings.data_dir / "monitoring" / "predictions.sqlite")
+    # Metrics, drift and verdicts come with a later issue: the generated base answers them.
+    servicer = MonitoringServicer(PredictionLogService(log))  # type: ignore[abstract]
+
+    def register(server: grpc.aio.Server) -> None:
+        monitoring_pb2_grpc.add_MonitoringServiceServicer_to_server(servicer, server)
+
+    running = await start_server(SPEC, settings, register, registry=registry)
+    running.on_stop(log.close)
+    return running

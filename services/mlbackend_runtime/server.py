@@ -12,7 +12,7 @@ import ipaddress
 import logging
 import signal
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import grpc
@@ -68,6 +68,7 @@ class RunningServer:
     _server: grpc.aio.Server
     _health_server: grpc.aio.Server | None
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     @property
     def address(self) -> str:
@@ -83,6 +84,11 @@ class RunningServer:
         for name in ("", *self.spec.grpc_services):
             await self.health.set(name, state)
 
+    def on_stop(self, close: Callable[[], Awaitable[None]]) -> None:
+        """Run ``close`` (stores, executors) once in-flight calls have drained; the last
+        registered runs first."""
+        self._closers.append(close)
+
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, let in-flight ones finish within ``grace`` seconds."""
         if self._stopped.is_set():
@@ -94,6 +100,11 @@ class RunningServer:
         await self._server.stop(grace)
         if self._health_server is not None:
             await self._health_server.stop(0)
+        for close in reversed(self._closers):
+            try:
+                await close()
+            except Exception:
+                logger.exception("%s: a resource failed to close", self.spec.name)
         self.metrics.close()
         self._stopped.set()
 

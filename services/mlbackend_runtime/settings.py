@@ -36,6 +36,12 @@ class ServerSettings(BaseSettings):
     max_message_bytes: int | None = Field(
         None, gt=1024, description="Largest message accepted or sent; larger → RESOURCE_EXHAUSTED."
     )
+    database_url: str | None = Field(
+        None, description="PostgreSQL URL (postgresql://…) for metadata; unset: SQLite in data_dir"
+    )
+    allow_pickle: bool = Field(
+        False, description="Accept pickle/joblib model artifacts (they can run arbitrary code)."
+    )
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -47,12 +53,33 @@ class ServerSettings(BaseSettings):
     token: SecretStr | None = Field(None, description="Bearer token for outgoing calls.")
     tls_ca: Path | None = Field(None, description="PEM CA bundle to verify dependencies' TLS.")
 
+    # Feature store storage.
+    online_store: Literal["sqlite", "redis"] = Field(
+        "sqlite", description="Online feature store engine (redis needs redis_url)."
+    )
+    redis_url: str | None = Field(None, description="Redis URL (redis://host:port/db).")
+    redis_prefix: str = Field("mlbackend:features", description="Prefix of the store's Redis keys.")
+    maintenance_seconds: float = Field(
+        30.0, gt=0, description="Interval of TTL cleanup, retention and online catch-up."
+    )
+
+    # Serving, simple mode: models from a local directory instead of the registry.
+    model_dir: Path | None = Field(
+        None, description="Serve DIR/<model>/<version>/{model.json,model.skops} (no registry)."
+    )
+
     @model_validator(mode="after")
     def _tls_pairs(self) -> ServerSettings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be given together")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca (mTLS) needs tls_cert and tls_key")
+        return self
+
+    @model_validator(mode="after")
+    def _redis_url(self) -> ServerSettings:
+        if self.online_store == "redis" and not self.redis_url:
+            raise ValueError("online_store redis needs redis_url")
         return self
 
     @property

@@ -1,20 +1,30 @@
 """Wiring of the model serving service: its own API and the Open Inference Protocol v2
-on one port.
+on one port, over one core that holds the loaded model versions.
 
-Its RPCs land with issue #5; until then the generated base servicers answer
-UNIMPLEMENTED while health, reflection, auth and metrics already work.
+Simple mode (``--model-dir``) loads and warms every version of the directory before
+the server reports SERVING. Following the registry's watch stream comes with the
+registry (issue #5, item 3).
 """
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import grpc
 from prometheus_client import CollectorRegistry
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
 from mlbackend.inference.v2 import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from mlbackend.serving.v1 import serving_pb2, serving_pb2_grpc
+from mlbackend_models.loader import LoadPolicy
 from mlbackend_runtime.auth import Role
 from mlbackend_runtime.server import RunningServer, ServiceSpec, start_server
 from mlbackend_runtime.settings import ServerSettings
+from mlbackend_serving.core.model_dir import ModelDirectory
+from mlbackend_serving.core.service import ServingCore
+from mlbackend_serving.metrics import ModelMetrics
+from mlbackend_serving.transport.servicers import InferenceServicer, ModelServingServicer
 
 _OIP = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 
@@ -33,20 +43,47 @@ SPEC = ServiceSpec(
     ),
     default_port=50053,
     default_metrics_port=9053,
-    max_message_bytes=64 * 1024 * 1024,
+    # A 50 MB request is refused before it is parsed; a row limit guards the rest.
+    max_message_bytes=32 * 1024 * 1024,
     role_overrides=OIP_ROLES,
 )
+
+
+def _single_threaded_native_code() -> None:
+    # Measured here: OpenMP threads inside a model slow single-row serving on few cores
+    # and stall next to other load; throughput comes from batching and replicas instead.
+    # OpenMP's thread count is per calling thread, so every worker sets it.
+    threadpool_limits(limits=1)
+
+
+def model_executor() -> ThreadPoolExecutor:
+    """The threads model compute (and artifact loading) runs on, off the event loop."""
+    return ThreadPoolExecutor(
+        max_workers=max(2, os.cpu_count() or 2),
+        thread_name_prefix="model",
+        initializer=_single_threaded_native_code,
+    )
 
 
 async def create_server(
     settings: ServerSettings, *, registry: CollectorRegistry | None = None
 ) -> RunningServer:
-    # Until issue #5 the generated bases answer UNIMPLEMENTED (abstract only in the stubs).
-    serving = serving_pb2_grpc.ModelServingServiceServicer()  # type: ignore[abstract]
-    inference = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer()  # type: ignore[abstract]
+    registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+    directory = None
+    if settings.model_dir is not None:
+        directory = ModelDirectory(
+            settings.model_dir, LoadPolicy(allow_pickle=settings.allow_pickle)
+        )
+    core = ServingCore(model_executor(), directory=directory, observer=ModelMetrics(registry))
+    # Warm before taking traffic: health says SERVING only once this is done.
+    await core.load_directory()
 
     def register(server: grpc.aio.Server) -> None:
-        serving_pb2_grpc.add_ModelServingServiceServicer_to_server(serving, server)
-        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(inference, server)
+        serving_pb2_grpc.add_ModelServingServiceServicer_to_server(
+            ModelServingServicer(core), server
+        )
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(core), server
+        )
 
     return await start_server(SPEC, settings, register, registry=registry)

@@ -1,0 +1,1 @@
+"""Model artifacts shared by the registry and serving: secure loading and validation."""

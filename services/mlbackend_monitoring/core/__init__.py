@@ -1,0 +1,1 @@
+"""Monitoring's domain: the prediction log and feedback (no gRPC here)."""

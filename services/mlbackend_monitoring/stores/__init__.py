@@ -1,0 +1,1 @@
+"""Where the prediction log lives: one interface, one module per engine."""

@@ -1,0 +1,46 @@
+"""``mlbackend.monitoring.v1.MonitoringService``: convert, await the core, convert back.
+
+The prediction log and feedback are served here (issue #6); metrics, drift, verdicts,
+experiment results and rollback policies answer UNIMPLEMENTED until their issue.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlbackend.monitoring.v1 import monitoring_pb2 as pb
+from mlbackend.monitoring.v1 import monitoring_pb2_grpc
+from mlbackend_monitoring.core.predictions import PredictionLogService
+from mlbackend_monitoring.transport import convert
+
+Context = Any
+
+
+class MonitoringServicer(monitoring_pb2_grpc.MonitoringServiceServicer):
+    def __init__(self, predictions: PredictionLogService) -> None:
+        self._predictions = predictions
+
+    async def IngestPredictions(
+        self, request: pb.IngestPredictionsRequest, context: Context
+    ) -> pb.IngestPredictionsResponse:
+        records = [convert.record(r) for r in request.records]
+        return convert.ingest_pb(await self._predictions.ingest(records))
+
+    async def ListPredictions(
+        self, request: pb.ListPredictionsRequest, context: Context
+    ) -> pb.ListPredictionsResponse:
+        where = convert.prediction_filter(request.filter)
+        page = await self._predictions.page(where, request.page_size, request.page_token)
+        return convert.page_pb(page)
+
+    async def CountPredictions(
+        self, request: pb.CountPredictionsRequest, context: Context
+    ) -> pb.CountPredictionsResponse:
+        where = convert.prediction_filter(request.filter)
+        return convert.counts_pb(await self._predictions.count(where))
+
+    async def RecordFeedback(
+        self, request: pb.RecordFeedbackRequest, context: Context
+    ) -> pb.RecordFeedbackResponse:
+        feedback = [convert.feedback(f) for f in request.feedback]
+        return convert.feedback_pb(await self._predictions.record_feedback(feedback))

@@ -1,0 +1,285 @@
+"""The serving core: which model versions are loaded, and predictions through them."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from mlbackend_runtime.errors import DomainError, FailedPrecondition, InvalidInput, NotFound
+from mlbackend_serving.core.batching import (
+    DEFAULT_BATCHING,
+    Batcher,
+    BatchingPolicy,
+    BatchObserver,
+)
+from mlbackend_serving.core.health import HealthReport, RequestStats
+from mlbackend_serving.core.inputs import RowsInput
+from mlbackend_serving.core.model import LoadedModel, ModelKey, OutputSpec, Predictions
+from mlbackend_serving.core.model_dir import ModelDirectory
+
+logger = logging.getLogger("mlbackend.serving")
+
+DEFAULT_ALIAS = "production"
+WARMUP_ROUNDS = 3
+# One request must not monopolise the model for long: split bigger jobs.
+MAX_ROWS_PER_REQUEST = 65_536
+
+
+class ModelState(enum.Enum):
+    LOADING = "loading"
+    WARMING = "warming"
+    READY = "ready"
+    UNLOADING = "unloading"
+    FAILED = "failed"
+
+
+class ModelObserver(Protocol):
+    """Per-version metrics; the app wires Prometheus in, tests may pass nothing."""
+
+    def for_version(self, key: ModelKey) -> VersionObserver: ...
+
+
+class VersionObserver(BatchObserver):
+    def request(self, seconds: float, ok: bool) -> None:
+        pass
+
+
+class _NoMetrics:
+    def for_version(self, key: ModelKey) -> VersionObserver:
+        return VersionObserver()
+
+
+# Version selection: None (default), a version number, or an alias.
+Selector = int | str | None
+
+
+@dataclass
+class ServedVersion:
+    """A model version inside serving, whatever its state."""
+
+    key: ModelKey
+    state: ModelState
+    reason: str = ""
+    model: LoadedModel | None = None
+    batcher: Batcher | None = None
+    aliases: tuple[str, ...] = ()
+    ready_time: float | None = None
+    stats: RequestStats = field(default_factory=RequestStats)
+    observer: VersionObserver = field(default_factory=VersionObserver)
+
+    @property
+    def policy(self) -> BatchingPolicy:
+        return self.batcher.policy if self.batcher else BatchingPolicy()
+
+
+@dataclass(frozen=True)
+class PredictionResult:
+    key: ModelKey
+    output: OutputSpec
+    predictions: Predictions
+
+
+class ServingCore:
+    def __init__(
+        self,
+        executor: Executor,
+        *,
+        directory: ModelDirectory | None = None,
+        batching: BatchingPolicy = DEFAULT_BATCHING,
+        observer: ModelObserver | None = None,
+    ) -> None:
+        self._executor = executor
+        self._directory = directory
+        self._batching = batching
+        self._observer = observer or _NoMetrics()
+        self._versions: dict[ModelKey, ServedVersion] = {}
+        self._expected: set[ModelKey] = set()
+        """Versions that should be READY for the server to be ready."""
+
+    # --- predictions ------------------------------------------------------------------
+
+    async def predict(self, name: str, selector: Selector, inputs: RowsInput) -> PredictionResult:
+        served = self.resolve(name, selector)
+        assert served.model is not None and served.batcher is not None
+        started = time.perf_counter()
+        ok = False
+        try:
+            rows = inputs.matrix(served.model.signature)
+            if len(rows) > MAX_ROWS_PER_REQUEST:
+                raise InvalidInput.field(
+                    "rows", f"{len(rows)} rows; at most {MAX_ROWS_PER_REQUEST} per request"
+                )
+            predictions = await served.batcher.predict(rows)
+            ok = True
+        finally:
+            elapsed = time.perf_counter() - started
+            served.stats.record(elapsed, ok)
+            served.observer.request(elapsed, ok)
+        return PredictionResult(served.key, served.model.output, predictions)
+
+    def resolve(self, name: str, selector: Selector) -> ServedVersion:
+        """The READY version a request names: number, alias, or production/latest."""
+        versions = sorted((v for k, v in self._versions.items() if k.name == name), key=_version_of)
+        if not versions:
+            raise NotFound(f"model {name!r} is not loaded")
+        ready = [v for v in versions if v.state is ModelState.READY]
+        if isinstance(selector, int):
+            chosen = next((v for v in versions if v.key.version == selector), None)
+            if chosen is None:
+                raise NotFound(f"model {name!r} has no version {selector} loaded")
+        elif isinstance(selector, str):
+            chosen = next((v for v in reversed(ready) if selector in v.aliases), None)
+            if chosen is None:
+                raise NotFound(f"model {name!r} has no loaded version with alias {selector!r}")
+        else:
+            chosen = next((v for v in reversed(ready) if DEFAULT_ALIAS in v.aliases), None)
+            chosen = chosen or (ready[-1] if ready else versions[-1])
+        if chosen.state is not ModelState.READY:
+            raise FailedPrecondition(
+                f"{chosen.key} is {chosen.state.value}"
+                + (f": {chosen.reason}" if chosen.reason else "")
+            )
+        return chosen
+
+    def is_ready(self, name: str, selector: Selector) -> bool:
+        try:
+            self.resolve(name, selector)
+        except DomainError:
+            return False
+        return True
+
+    # --- what is loaded -----------------------------------------------------------------
+
+    def versions(self, name: str | None = None) -> list[ServedVersion]:
+        return sorted(
+            (v for k, v in self._versions.items() if name in (None, "", k.name)),
+            key=lambda v: (v.key.name, v.key.version),
+        )
+
+    @property
+    def ready(self) -> bool:
+        """Every version this server was asked to load is READY (strict readiness)."""
+        return all(
+            (v := self._versions.get(k)) is not None and v.state is ModelState.READY
+            for k in self._expected
+        )
+
+    def health(self, name: str | None, version: int | None, window: float | None) -> list[
+        tuple[ServedVersion, HealthReport]
+    ]:  # fmt: skip
+        chosen = [v for v in self.versions(name) if version in (None, 0, v.key.version)]
+        if name and not chosen:
+            raise NotFound(
+                f"model {name!r} is not loaded" + (f" at version {version}" if version else "")
+            )
+        return [(v, v.stats.report() if window is None else v.stats.report(window)) for v in chosen]
+
+    # --- loading (simple mode: from the model directory) ---------------------------------
+
+    def available(self) -> dict[str, list[int]]:
+        return self._directory.versions() if self._directory else {}
+
+    async def load_directory(self) -> None:
+        """Load and warm every version of the model directory; failures are kept as FAILED."""
+        for name, versions in self.available().items():
+            for version in versions:
+                await self.load(name, version, raise_on_failure=False)
+
+    async def load_model(self, name: str, selector: Selector) -> list[ServedVersion]:
+        """LoadModel / RepositoryModelLoad: a version, or every version of the model."""
+        versions = self._source().versions().get(name)
+        if not versions:
+            raise NotFound(f"model {name!r} is not in the model directory")
+        if isinstance(selector, int):
+            if selector not in versions:
+                raise NotFound(f"model {name!r} has no version {selector} in the model directory")
+            versions = [selector]
+        elif isinstance(selector, str):
+            raise FailedPrecondition("aliases are resolved by the registry; give a version number")
+        return [await self.load(name, v) for v in versions]
+
+    async def load(
+        self, name: str, version: int, *, raise_on_failure: bool = True
+    ) -> ServedVersion:
+        key = ModelKey(name, version)
+        self._expected.add(key)
+        current = self._versions.get(key)
+        if current is not None and current.state in {ModelState.READY, ModelState.LOADING,
+                                                     ModelState.WARMING}:  # fmt: skip
+            return current
+        served = ServedVersion(key, ModelState.LOADING, observer=self._observer.for_version(key))
+        self._versions[key] = served
+        loop = asyncio.get_running_loop()
+        source = self._source()
+        try:
+            model, batching, aliases = await loop.run_in_executor(
+                self._executor, source.load, name, version
+            )
+            served.model, served.aliases = model, tuple(aliases)
+            served.state = ModelState.WARMING
+            await loop.run_in_executor(self._executor, _warm_up, model)
+        except Exception as exc:  # a broken artifact must not take the server down
+            error = (
+                exc
+                if isinstance(exc, DomainError)
+                else FailedPrecondition(
+                    f"{key} failed to load or warm up: {type(exc).__name__}: {exc}"
+                )
+            )
+            served.state, served.reason = ModelState.FAILED, error.message
+            logger.error("%s failed to load: %s", key, error.message)
+            if raise_on_failure:
+                raise error from None
+            return served
+        served.batcher = Batcher(model.predict, self._executor, batching or self._batching,
+                                 served.observer, str(key))  # fmt: skip
+        served.state, served.ready_time = ModelState.READY, time.time()
+        logger.info("%s ready (batch ≤ %d rows)", key, served.policy.max_batch_size)
+        return served
+
+    async def unload(self, name: str, version: int | None) -> list[ServedVersion]:
+        """Unload one or every version of ``name`` after queued requests finish."""
+        chosen = [v for v in self.versions(name) if version in (None, 0, v.key.version)]
+        if not chosen:
+            raise NotFound(
+                f"model {name!r} is not loaded" + (f" at version {version}" if version else "")
+            )
+        for served in chosen:
+            served.state = ModelState.UNLOADING
+            self._expected.discard(served.key)
+            if served.batcher is not None:
+                await served.batcher.close()
+            self._versions.pop(served.key, None)
+        return chosen
+
+    async def close(self) -> None:
+        for served in list(self._versions.values()):
+            if served.batcher is not None:
+                await served.batcher.close()
+
+    def _source(self) -> ModelDirectory:
+        if self._directory is None:
+            raise FailedPrecondition("no model directory configured (--model-dir)")
+        return self._directory
+
+
+def _version_of(served: ServedVersion) -> int:
+    return served.key.version
+
+
+def _warm_up(model: LoadedModel) -> None:
+    """A few predictions on the stored example (or zeros): first-call costs paid now."""
+    import numpy as np
+
+    example = model.input_example
+    if example is None or example.size == 0:
+        example = np.zeros((1, len(model.signature.features)))
+    example = example.reshape(-1, len(model.signature.features))
+    for _ in range(WARMUP_ROUNDS):
+        model.predict(example)
+        model.predict(example[:1])

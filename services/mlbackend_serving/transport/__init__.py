@@ -1,0 +1,1 @@
+"""gRPC servicers of the serving service and their message ↔ domain converters."""
