@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import skops.io as sio  # type: ignore[import-untyped]
+import skops.io as sio
 
 from mlbackend_models.trees import TREE_TYPES, validate_trees
 from mlbackend_runtime.errors import FailedPrecondition, InvalidInput
@@ -143,6 +143,6 @@ def _load_pickle(data: bytes, policy: LoadPolicy, name: str) -> Any:
             f"{name}: pickle/joblib artifacts run arbitrary code when loaded and are "
             "refused; save the model with skops, or let the operator allow pickle"
         )
-    import joblib  # type: ignore[import-untyped]
+    import joblib
 
     return joblib.load(io.BytesIO(data))

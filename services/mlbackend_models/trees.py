@@ -167,7 +167,7 @@ def _validate_tree(tree: Any, path: str, ctx: _Context) -> None:
 
 
 def _validate_predictor(predictor: Any, path: str, owner: Any) -> None:
-    from sklearn.ensemble._hist_gradient_boosting.common import (  # type: ignore[import-untyped]
+    from sklearn.ensemble._hist_gradient_boosting.common import (
         PREDICTOR_RECORD_DTYPE,
     )
 

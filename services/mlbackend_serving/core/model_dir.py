@@ -156,7 +156,7 @@ def write_model_version(
     """Save ``estimator`` with skops and its model.json (for tests, demos and tooling)."""
     import hashlib
 
-    import skops.io as sio  # type: ignore[import-untyped]
+    import skops.io as sio
 
     directory = root / name / str(version)
     directory.mkdir(parents=True, exist_ok=True)
