@@ -84,7 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_server_flags(up, shared)
 
-    demo = commands.add_parser("demo", help="start the suite, show it working, stop it")
+    demo = commands.add_parser(
+        "demo", help="train the fraud model, start the suite, score unseen transactions, stop"
+    )
     _add_server_flags(demo, ("data-dir",))
     return parser
 
@@ -93,11 +95,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
-    from mlbackend_cli import up
-
     if args.command == "up":
+        from mlbackend_cli import up
+
         return up.run_up(_settings_kwargs(args), ephemeral_ports=args.ephemeral_ports)
-    return up.run_demo(_settings_kwargs(args))
+    from mlbackend_cli import demo
+
+    return demo.run_demo(_settings_kwargs(args))
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""``mlbackend up`` and ``mlbackend demo``: the suite as one child process per service.
+"""``mlbackend up``: the suite as one child process per service (``demo`` uses it too).
 
 The supervisor starts the services in dependency order, learns each one's bound
 ports from its ready file, passes those addresses to the services that call it,
@@ -8,7 +8,6 @@ code and the rest of the suite is stopped: nothing keeps running half-broken.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -17,8 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,10 +52,22 @@ class Child:
         assert self.info is not None
         return str(self.info["address"])
 
+    @property
+    def metrics_url(self) -> str:
+        assert self.info is not None
+        return f"http://{self.address.rsplit(':', 1)[0]}:{self.info['metrics_port']}/metrics"
+
 
 class Suite:
-    def __init__(self, settings: Mapping[str, Any], ephemeral_ports: bool, workdir: Path) -> None:
+    def __init__(
+        self,
+        settings: Mapping[str, Any],
+        ephemeral_ports: bool,
+        workdir: Path,
+        extra_args: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
         self._settings = dict(settings)
+        self._extra_args = dict(extra_args or {})
         self._ephemeral = ephemeral_ports
         self._workdir = workdir
         self.children: dict[str, Child] = {}
@@ -86,6 +96,7 @@ class Suite:
             command += ["--port", "0", "--metrics-port", "0"]
         for dependency in catalog.DEPENDENCIES[name]:
             command += [f"--{dependency}", self.children[dependency].address]
+        command += self._extra_args.get(name, ())
         env = dict(os.environ)
         if self._settings.get("token") is not None:
             env["MLBACKEND_TOKEN"] = str(self._settings["token"])  # not on the command line
@@ -124,10 +135,7 @@ class Suite:
     def table(self) -> str:
         rows = [("service", "gRPC", "metrics", "pid")]
         for child in self.children.values():
-            assert child.info is not None
-            host = child.address.rsplit(":", 1)[0]
-            metrics = f"http://{host}:{child.info['metrics_port']}/metrics"
-            rows.append((child.name, child.address, metrics, str(child.process.pid)))
+            rows.append((child.name, child.address, child.metrics_url, str(child.process.pid)))
         width = [max(len(r[i]) for r in rows) for i in range(3)]
         return "\n".join(
             "  " + "  ".join(f"{cell:<{width[i]}}" for i, cell in enumerate(r[:3])) + "  " + r[3]
@@ -150,7 +158,7 @@ def _stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(sig, handler)
 
 
-def _report_stop(codes: Mapping[str, int]) -> int:
+def report_stop(codes: Mapping[str, int]) -> int:
     failed = {name: code for name, code in codes.items() if code != 0}
     for name, code in failed.items():
         print(f"mlbackend: {name} exited with code {code}", file=sys.stderr)
@@ -177,43 +185,4 @@ def run_up(settings: Mapping[str, Any], *, ephemeral_ports: bool = False) -> int
                 suite.stop()
                 return 1
         print("mlbackend: stopping…", flush=True)
-        return _report_stop(suite.stop())
-
-
-def run_demo(settings: Mapping[str, Any]) -> int:
-    """Start the suite on free ports, show every service healthy, stop it cleanly."""
-    with tempfile.TemporaryDirectory(prefix="mlbackend-demo-") as tmp:
-        suite = Suite({**settings, "grace_seconds": 5.0}, True, Path(tmp))
-        try:
-            suite.start()
-            print("mlbackend suite started:\n" + suite.table(), flush=True)
-            ok = asyncio.run(_show_health(suite))
-        except SuiteError as exc:
-            print(f"mlbackend demo: {exc}", file=sys.stderr)
-            suite.stop()
-            return 1
-        code = _report_stop(suite.stop())
-        print("all services stopped cleanly" if code == 0 else "a service failed to stop")
-        return 0 if ok and code == 0 else 1
-
-
-def _fetch(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return str(response.read().decode())
-
-
-async def _show_health(suite: Suite) -> bool:
-    from mlbackend_clients.suite import CLIENT_CLASSES
-
-    healthy = True
-    for name, child in suite.children.items():
-        async with CLIENT_CLASSES[name].connect(child.address) as client:
-            status = await client.check_health(timeout=5)
-        assert child.info is not None
-        host = child.address.rsplit(":", 1)[0]
-        url = f"http://{host}:{child.info['metrics_port']}/metrics"
-        text = await asyncio.to_thread(_fetch, url)
-        series = sum(1 for line in text.splitlines() if line[:1] not in "#")
-        print(f"  {name:<11} health {status:<12} metrics: {series} series")
-        healthy &= status == "SERVING"
-    return healthy
+        return report_stop(suite.stop())

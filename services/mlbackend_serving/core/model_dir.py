@@ -8,6 +8,7 @@ threshold, the artifact's sha256 and an input example used to warm the model up.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal
 
@@ -152,6 +153,7 @@ def write_model_version(
     input_example: list[list[float]],
     decision_threshold: float | None = None,
     batching: dict[str, Any] | None = None,
+    nullable: Collection[str] = (),
 ) -> Path:
     """Save ``estimator`` with skops and its model.json (for tests, demos and tooling)."""
     import hashlib
@@ -164,7 +166,9 @@ def write_model_version(
     (directory / "model.skops").write_bytes(data)
     classifier = hasattr(estimator, "predict_proba")
     meta: dict[str, Any] = {
-        "signature": [{"name": n, "dtype": "double"} for n in feature_names],
+        "signature": [
+            {"name": n, "dtype": "double", "nullable": n in nullable} for n in feature_names
+        ],
         "output": {
             "kind": "classifier" if classifier else "regressor",
             "classes": np.asarray(estimator.classes_).tolist() if classifier else [],
