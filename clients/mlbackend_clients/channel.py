@@ -158,7 +158,7 @@ def create_channel(
     """An asyncio channel to ``target`` for calling ``services``."""
     options = options or ChannelOptions()
     args = channel_arguments(services, options)
-    interceptors = [_OutgoingInterceptor(options.token)]
+    interceptors = _interceptors(options.token)
     address = normalize_target(target)
     if options.tls is None:
         return grpc.aio.insecure_channel(address, options=args, interceptors=interceptors)
@@ -171,19 +171,14 @@ def create_channel(
     return grpc.aio.secure_channel(address, creds, options=args, interceptors=interceptors)
 
 
-class _OutgoingInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
+class _Outgoing:
     """Adds the bearer token and the propagated request id; caps the timeout at what is
     left of the deadline of the call being served (so deadlines shrink hop by hop)."""
 
     def __init__(self, token: str | None) -> None:
         self._auth = (("authorization", f"Bearer {token}"),) if token else ()
 
-    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    def details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
         metadata = grpc.aio.Metadata(*(details.metadata or ()))
         for key, value in self._auth:
             metadata[key] = value
@@ -203,17 +198,45 @@ class _OutgoingInterceptor(
             details.method, timeout, metadata, details.credentials, details.wait_for_ready
         )
 
+
+# grpc.aio files an interceptor under the first call type it implements only, so each
+# call type gets its own object around the shared logic.
+class _UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
+    def __init__(self, outgoing: _Outgoing) -> None:
+        self._outgoing = outgoing
+
     async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
-        return await continuation(self._details(details), request)
+        return await continuation(self._outgoing.details(details), request)
+
+
+class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):
+    def __init__(self, outgoing: _Outgoing) -> None:
+        self._outgoing = outgoing
 
     async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
-        return await continuation(self._details(details), request)
+        return await continuation(self._outgoing.details(details), request)
+
+
+class _StreamUnary(grpc.aio.StreamUnaryClientInterceptor):
+    def __init__(self, outgoing: _Outgoing) -> None:
+        self._outgoing = outgoing
 
     async def intercept_stream_unary(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
-        return await continuation(self._details(details), request_iterator)
+        return await continuation(self._outgoing.details(details), request_iterator)
+
+
+class _StreamStream(grpc.aio.StreamStreamClientInterceptor):
+    def __init__(self, outgoing: _Outgoing) -> None:
+        self._outgoing = outgoing
 
     async def intercept_stream_stream(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
-        return await continuation(self._details(details), request_iterator)
+        return await continuation(self._outgoing.details(details), request_iterator)
+
+
+def _interceptors(token: str | None) -> list[grpc.aio.ClientInterceptor]:
+    outgoing = _Outgoing(token)
+    return [_UnaryUnary(outgoing), _UnaryStream(outgoing), _StreamUnary(outgoing),
+            _StreamStream(outgoing)]  # fmt: skip
 
 
 def _deadline_passed(method: str | bytes) -> grpc.aio.AioRpcError:

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from mlbackend_cli import catalog
+from mlbackend_cli import catalog, models_cmd
 
 # Flags of `serve` that map one-to-one onto ServerSettings fields (and MLBACKEND_* vars).
 _SERVER_FLAGS: tuple[tuple[str, type | None, str], ...] = (
@@ -84,6 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_server_flags(up, shared)
 
+    models_cmd.add_parser(commands)
+
     demo = commands.add_parser(
         "demo", help="train the fraud model, start the suite, score unseen transactions, stop"
     )
@@ -95,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "models":
+        return models_cmd.run(args)
     if args.command == "up":
         from mlbackend_cli import up
 

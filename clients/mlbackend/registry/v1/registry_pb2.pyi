@@ -1877,6 +1877,58 @@ class AuditEvent(_message.Message):
 Global___AuditEvent: _TypeAlias = AuditEvent  # noqa: Y015
 
 @_typing.final
+class CreateAuditNoteRequest(_message.Message):
+    """Request for CreateAuditNote."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    resource: _builtins.str
+    """What the note is about: `models/{model}` or `models/{model}/versions/{version}`
+    (a number); the resource must exist.
+    """
+    reason: _builtins.str
+    """The note, e.g. "candidate v7: PR-AUC 0.69 < champion 0.71, not promoted"."""
+    def __init__(
+        self,
+        *,
+        resource: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "resource", b"resource"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateAuditNoteRequest: _TypeAlias = CreateAuditNoteRequest  # noqa: Y015
+
+@_typing.final
+class CreateAuditNoteResponse(_message.Message):
+    """Response for CreateAuditNote."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIT_EVENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def audit_event(self) -> Global___AuditEvent:
+        """The recorded event."""
+
+    def __init__(
+        self,
+        *,
+        audit_event: Global___AuditEvent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audit_event", b"audit_event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_event", b"audit_event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateAuditNoteResponse: _TypeAlias = CreateAuditNoteResponse  # noqa: Y015
+
+@_typing.final
 class ListAuditEventsRequest(_message.Message):
     """Request for ListAuditEvents."""
 

@@ -137,6 +137,11 @@ class ModelRegistryServiceStub:
                 request_serializer=mlbackend_dot_registry_dot_v1_dot_registry__pb2.TransitionStageRequest.SerializeToString,
                 response_deserializer=mlbackend_dot_registry_dot_v1_dot_registry__pb2.TransitionStageResponse.FromString,
                 _registered_method=True)
+        self.CreateAuditNote = channel.unary_unary(
+                '/mlbackend.registry.v1.ModelRegistryService/CreateAuditNote',
+                request_serializer=mlbackend_dot_registry_dot_v1_dot_registry__pb2.CreateAuditNoteRequest.SerializeToString,
+                response_deserializer=mlbackend_dot_registry_dot_v1_dot_registry__pb2.CreateAuditNoteResponse.FromString,
+                _registered_method=True)
         self.ListAuditEvents = channel.unary_unary(
                 '/mlbackend.registry.v1.ModelRegistryService/ListAuditEvents',
                 request_serializer=mlbackend_dot_registry_dot_v1_dot_registry__pb2.ListAuditEventsRequest.SerializeToString,
@@ -292,7 +297,19 @@ class ModelRegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def TransitionStage(self, request, context):
-        """Moves a version to another lifecycle stage (validated transitions).
+        """Moves a version to another lifecycle stage. Allowed moves: NONE -> STAGING
+        or ARCHIVED; STAGING -> NONE, PRODUCTION or ARCHIVED; PRODUCTION -> STAGING
+        or ARCHIVED; ARCHIVED -> STAGING (re-evaluation). Others, and archiving a
+        version an alias points at, are FAILED_PRECONDITION. Moving to the current
+        stage changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateAuditNote(self, request, context):
+        """Records a decision that changes nothing, e.g. why a candidate version was
+        not promoted, as an AUDIT_ACTION_NOTE event. Notes are not Watch changes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -309,7 +326,9 @@ class ModelRegistryServiceServicer:
         """Streams the registry's state and then every change in commit order.
         With start_revision 0 a consistent snapshot comes first, ended by a
         WATCH_EVENT_TYPE_SNAPSHOT_COMPLETE event; with a revision, exactly the
-        changes after it (OUT_OF_RANGE if the change log no longer holds it).
+        changes after it (OUT_OF_RANGE if the change log no longer holds it;
+        INVALID_ARGUMENT for a revision the registry has not reached). Deleting a
+        model is one DELETED event for the model: its versions and aliases go with it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -407,6 +426,11 @@ def add_ModelRegistryServiceServicer_to_server(servicer, server):
                     servicer.TransitionStage,
                     request_deserializer=mlbackend_dot_registry_dot_v1_dot_registry__pb2.TransitionStageRequest.FromString,
                     response_serializer=mlbackend_dot_registry_dot_v1_dot_registry__pb2.TransitionStageResponse.SerializeToString,
+            ),
+            'CreateAuditNote': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateAuditNote,
+                    request_deserializer=mlbackend_dot_registry_dot_v1_dot_registry__pb2.CreateAuditNoteRequest.FromString,
+                    response_serializer=mlbackend_dot_registry_dot_v1_dot_registry__pb2.CreateAuditNoteResponse.SerializeToString,
             ),
             'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAuditEvents,
@@ -918,6 +942,33 @@ class ModelRegistryService:
             '/mlbackend.registry.v1.ModelRegistryService/TransitionStage',
             mlbackend_dot_registry_dot_v1_dot_registry__pb2.TransitionStageRequest.SerializeToString,
             mlbackend_dot_registry_dot_v1_dot_registry__pb2.TransitionStageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateAuditNote(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlbackend.registry.v1.ModelRegistryService/CreateAuditNote',
+            mlbackend_dot_registry_dot_v1_dot_registry__pb2.CreateAuditNoteRequest.SerializeToString,
+            mlbackend_dot_registry_dot_v1_dot_registry__pb2.CreateAuditNoteResponse.FromString,
             options,
             channel_credentials,
             insecure,

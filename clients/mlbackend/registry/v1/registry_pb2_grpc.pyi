@@ -92,14 +92,25 @@ class ModelRegistryServiceStub:
     RollbackAlias: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RollbackAliasRequest, _registry_pb2.RollbackAliasResponse]
     """Moves an alias back to the version it pointed at before its last move."""
     TransitionStage: _grpc.UnaryUnaryMultiCallable[_registry_pb2.TransitionStageRequest, _registry_pb2.TransitionStageResponse]
-    """Moves a version to another lifecycle stage (validated transitions)."""
+    """Moves a version to another lifecycle stage. Allowed moves: NONE -> STAGING
+    or ARCHIVED; STAGING -> NONE, PRODUCTION or ARCHIVED; PRODUCTION -> STAGING
+    or ARCHIVED; ARCHIVED -> STAGING (re-evaluation). Others, and archiving a
+    version an alias points at, are FAILED_PRECONDITION. Moving to the current
+    stage changes nothing.
+    """
+    CreateAuditNote: _grpc.UnaryUnaryMultiCallable[_registry_pb2.CreateAuditNoteRequest, _registry_pb2.CreateAuditNoteResponse]
+    """Records a decision that changes nothing, e.g. why a candidate version was
+    not promoted, as an AUDIT_ACTION_NOTE event. Notes are not Watch changes.
+    """
     ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListAuditEventsRequest, _registry_pb2.ListAuditEventsResponse]
     """Lists the audit events of one model or of all models, oldest first."""
     Watch: _grpc.UnaryStreamMultiCallable[_registry_pb2.WatchRequest, _registry_pb2.WatchResponse]
     """Streams the registry's state and then every change in commit order.
     With start_revision 0 a consistent snapshot comes first, ended by a
     WATCH_EVENT_TYPE_SNAPSHOT_COMPLETE event; with a revision, exactly the
-    changes after it (OUT_OF_RANGE if the change log no longer holds it).
+    changes after it (OUT_OF_RANGE if the change log no longer holds it;
+    INVALID_ARGUMENT for a revision the registry has not reached). Deleting a
+    model is one DELETED event for the model: its versions and aliases go with it.
     """
 
 @_typing.type_check_only
@@ -166,14 +177,25 @@ class ModelRegistryServiceAsyncStub(ModelRegistryServiceStub):
     RollbackAlias: _aio.UnaryUnaryMultiCallable[_registry_pb2.RollbackAliasRequest, _registry_pb2.RollbackAliasResponse]  # type: ignore[assignment]
     """Moves an alias back to the version it pointed at before its last move."""
     TransitionStage: _aio.UnaryUnaryMultiCallable[_registry_pb2.TransitionStageRequest, _registry_pb2.TransitionStageResponse]  # type: ignore[assignment]
-    """Moves a version to another lifecycle stage (validated transitions)."""
+    """Moves a version to another lifecycle stage. Allowed moves: NONE -> STAGING
+    or ARCHIVED; STAGING -> NONE, PRODUCTION or ARCHIVED; PRODUCTION -> STAGING
+    or ARCHIVED; ARCHIVED -> STAGING (re-evaluation). Others, and archiving a
+    version an alias points at, are FAILED_PRECONDITION. Moving to the current
+    stage changes nothing.
+    """
+    CreateAuditNote: _aio.UnaryUnaryMultiCallable[_registry_pb2.CreateAuditNoteRequest, _registry_pb2.CreateAuditNoteResponse]  # type: ignore[assignment]
+    """Records a decision that changes nothing, e.g. why a candidate version was
+    not promoted, as an AUDIT_ACTION_NOTE event. Notes are not Watch changes.
+    """
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListAuditEventsRequest, _registry_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
     """Lists the audit events of one model or of all models, oldest first."""
     Watch: _aio.UnaryStreamMultiCallable[_registry_pb2.WatchRequest, _registry_pb2.WatchResponse]  # type: ignore[assignment]
     """Streams the registry's state and then every change in commit order.
     With start_revision 0 a consistent snapshot comes first, ended by a
     WATCH_EVENT_TYPE_SNAPSHOT_COMPLETE event; with a revision, exactly the
-    changes after it (OUT_OF_RANGE if the change log no longer holds it).
+    changes after it (OUT_OF_RANGE if the change log no longer holds it;
+    INVALID_ARGUMENT for a revision the registry has not reached). Deleting a
+    model is one DELETED event for the model: its versions and aliases go with it.
     """
 
 class ModelRegistryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -345,7 +367,22 @@ class ModelRegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.TransitionStageRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.TransitionStageResponse, _abc.Awaitable[_registry_pb2.TransitionStageResponse]]:
-        """Moves a version to another lifecycle stage (validated transitions)."""
+        """Moves a version to another lifecycle stage. Allowed moves: NONE -> STAGING
+        or ARCHIVED; STAGING -> NONE, PRODUCTION or ARCHIVED; PRODUCTION -> STAGING
+        or ARCHIVED; ARCHIVED -> STAGING (re-evaluation). Others, and archiving a
+        version an alias points at, are FAILED_PRECONDITION. Moving to the current
+        stage changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateAuditNote(
+        self,
+        request: _registry_pb2.CreateAuditNoteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.CreateAuditNoteResponse, _abc.Awaitable[_registry_pb2.CreateAuditNoteResponse]]:
+        """Records a decision that changes nothing, e.g. why a candidate version was
+        not promoted, as an AUDIT_ACTION_NOTE event. Notes are not Watch changes.
+        """
 
     @_abc_1.abstractmethod
     def ListAuditEvents(
@@ -364,7 +401,9 @@ class ModelRegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams the registry's state and then every change in commit order.
         With start_revision 0 a consistent snapshot comes first, ended by a
         WATCH_EVENT_TYPE_SNAPSHOT_COMPLETE event; with a revision, exactly the
-        changes after it (OUT_OF_RANGE if the change log no longer holds it).
+        changes after it (OUT_OF_RANGE if the change log no longer holds it;
+        INVALID_ARGUMENT for a revision the registry has not reached). Deleting a
+        model is one DELETED event for the model: its versions and aliases go with it.
         """
 
 def add_ModelRegistryServiceServicer_to_server(servicer: ModelRegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

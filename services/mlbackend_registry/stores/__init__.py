@@ -1,0 +1,2 @@
+"""Storage behind the registry: metadata stores (one interface, SQLAlchemy Core for
+SQLite and PostgreSQL) and the content-addressed artifact directory."""

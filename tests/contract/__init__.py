@@ -1,0 +1,1 @@
+"""Contract tests: one suite per store interface, run against every engine."""
