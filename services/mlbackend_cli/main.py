@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from mlbackend_cli import catalog, models_cmd
+from mlbackend_cli import catalog, features_cmd, models_cmd
 
 # Flags of `serve` that map one-to-one onto ServerSettings fields (and MLBACKEND_* vars).
 _SERVER_FLAGS: tuple[tuple[str, type | None, str], ...] = (
@@ -45,6 +45,7 @@ _SERVER_FLAGS: tuple[tuple[str, type | None, str], ...] = (
     ("redis-prefix", str, "prefix of the feature store's Redis keys"),
     ("maintenance-seconds", float, "feature store cleanup/catch-up interval (default 30)"),
     ("model-dir", Path, "serving: serve models from DIR/<model>/<version>/ (no registry)"),
+    ("serving-models", str, "serving: versions to follow, e.g. fraud@production,x@latest:2"),
 )
 
 
@@ -85,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_server_flags(up, shared)
 
     models_cmd.add_parser(commands)
+    features_cmd.add_parser(commands)
 
     demo = commands.add_parser(
         "demo", help="train the fraud model, start the suite, score unseen transactions, stop"
@@ -99,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "models":
         return models_cmd.run(args)
+    if args.command == "features":
+        return features_cmd.run(args)
     if args.command == "up":
         from mlbackend_cli import up
 

@@ -1,16 +1,27 @@
-"""Wiring of the feature store: settings → servicer → server.
-
-Its RPCs land with issue #4; until then the generated base servicer answers
-UNIMPLEMENTED while health, reflection, auth and metrics already work.
-"""
+"""Wiring of the feature store: settings → stores → core → servicer → server."""
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
 
 from prometheus_client import CollectorRegistry
 
 from mlbackend.features.v1 import features_pb2, features_pb2_grpc
+from mlbackend_features.core.service import FeatureStore
+from mlbackend_features.stores.definitions import DefinitionStore
+from mlbackend_features.stores.offline_sqlite import SqliteOfflineStore
+from mlbackend_features.stores.online import OnlineStore
+from mlbackend_features.stores.online_redis import RedisOnlineStore
+from mlbackend_features.stores.online_sqlite import SqliteOnlineStore
+from mlbackend_features.transport.metrics import FreshnessCollector
+from mlbackend_features.transport.servicer import FeatureStoreServicer
+from mlbackend_runtime.errors import DomainError
 from mlbackend_runtime.server import RunningServer, ServiceSpec, start_server
 from mlbackend_runtime.settings import ServerSettings
+
+logger = logging.getLogger("mlbackend.features")
 
 SPEC = ServiceSpec(
     name="features",
@@ -21,16 +32,64 @@ SPEC = ServiceSpec(
 )
 
 
+def _online_store(settings: ServerSettings) -> OnlineStore:
+    if settings.online_store == "redis" and settings.redis_url:
+        return RedisOnlineStore(settings.redis_url, settings.redis_prefix)
+    return SqliteOnlineStore(settings.data_dir / "features" / "online.db")
+
+
+async def build_store(settings: ServerSettings) -> FeatureStore:
+    """The feature store core on the configured engines, started (replay done)."""
+    base = settings.data_dir / "features"
+    store = FeatureStore(
+        DefinitionStore(base / "definitions.db"),
+        SqliteOfflineStore(base / "offline.db"),
+        _online_store(settings),
+    )
+    await store.start()
+    return store
+
+
+async def _maintain(store: FeatureStore, interval: float) -> None:
+    """TTL cleanup, offline retention and online catch-up, in bounded slices."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await store.sync_online()
+            await store.maintain()
+        except DomainError as exc:
+            logger.warning("feature store maintenance failed: %s", exc)
+        except Exception:  # a background loop must outlive one bad pass
+            logger.exception("feature store maintenance failed")
+
+
 async def create_server(
     settings: ServerSettings, *, registry: CollectorRegistry | None = None
 ) -> RunningServer:
-    # The generated base answers UNIMPLEMENTED (it is abstract only in the stubs).
-    servicer = features_pb2_grpc.FeatureStoreServiceServicer()  # type: ignore[abstract]
-    return await start_server(
-        SPEC,
-        settings,
-        lambda server: features_pb2_grpc.add_FeatureStoreServiceServicer_to_server(
-            servicer, server
-        ),
-        registry=registry,
-    )
+    registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+    store = await build_store(settings)
+    registry.register(FreshnessCollector(store))
+    servicer = FeatureStoreServicer(store)
+    try:
+        running = await start_server(
+            SPEC,
+            settings,
+            lambda server: features_pb2_grpc.add_FeatureStoreServiceServicer_to_server(
+                servicer, server
+            ),
+            registry=registry,
+        )
+    except BaseException:
+        await store.close()
+        raise
+    maintenance = asyncio.create_task(_maintain(store, settings.maintenance_seconds))
+
+    async def stop_maintenance() -> None:
+        maintenance.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await maintenance
+
+    # Closers run last-registered first: the loop stops before the stores close.
+    running.on_stop(store.close)
+    running.on_stop(stop_maintenance)
+    return running

@@ -340,7 +340,7 @@ class FeatureView(_message.Message):
     name: _builtins.str
     """Unique view name, e.g. "user_stats"."""
     online: _builtins.bool
-    """Whether values are kept in the online store."""
+    """Whether values are kept in the online store; unset = true."""
     description: _builtins.str
     """Free-text description."""
     owner: _builtins.str
@@ -382,7 +382,7 @@ class FeatureView(_message.Message):
         entities: _abc.Iterable[_builtins.str] | None = ...,
         features: _abc.Iterable[Global___Feature] | None = ...,
         ttl: _duration_pb2.Duration | None = ...,
-        online: _builtins.bool = ...,
+        online: _builtins.bool | None = ...,
         offline_retention: _duration_pb2.Duration | None = ...,
         description: _builtins.str = ...,
         owner: _builtins.str = ...,
@@ -391,11 +391,13 @@ class FeatureView(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "offline_retention", b"offline_retention", "ttl", b"ttl", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_online", b"_online", "create_time", b"create_time", "offline_retention", b"offline_retention", "online", b"online", "ttl", b"ttl", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "entities", b"entities", "features", b"features", "name", b"name", "offline_retention", b"offline_retention", "online", b"online", "owner", b"owner", "revision", b"revision", "tags", b"tags", "ttl", b"ttl", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_online", b"_online", "create_time", b"create_time", "description", b"description", "entities", b"entities", "features", b"features", "name", b"name", "offline_retention", b"offline_retention", "online", b"online", "owner", b"owner", "revision", b"revision", "tags", b"tags", "ttl", b"ttl", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__online: _TypeAlias = _typing.Literal["online"]  # noqa: Y015
+    _WhichOneofArgType__online: _TypeAlias = _typing.Literal["_online", b"_online"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__online) -> _WhichOneofReturnType__online | None: ...
 
 Global___FeatureView: _TypeAlias = FeatureView  # noqa: Y015
 

@@ -1,0 +1,96 @@
+"""How entity keys and feature values become the strings every store keeps.
+
+One encoding for every engine, so the offline commit log can be replayed into any
+online store byte for byte and both backends answer identically.
+- An entity key is the JSON array of its join-key values in the view's join-key order.
+- A row's values are a JSON object ``{feature: value}``; timestamps are integer
+  microseconds and non-finite doubles the strings ``"nan"``, ``"inf"``, ``"-inf"`` (strict
+  JSON, so SQL engines' JSON functions can read every row).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+
+from mlbackend_features.core.model import (
+    DType,
+    FeatureView,
+    JoinKey,
+    Scalar,
+    datetime_to_us,
+    us_to_datetime,
+)
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_loads = json.loads
+
+
+def encode_key(values: Sequence[Scalar]) -> str:
+    return _dumps(list(values))
+
+
+def encode_values(values: Mapping[str, Scalar]) -> str:
+    return _dumps({k: _plain(v) for k, v in values.items()})
+
+
+def _plain(value: Scalar) -> Scalar:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, datetime):
+        return datetime_to_us(value)
+    return value
+
+
+def decode_values(view: FeatureView, payload: str) -> dict[str, Scalar]:
+    """The stored values of one row, typed by the view's current definition."""
+    return decode_fields(payload, [(f.name, f.dtype) for f in view.features])
+
+
+def decode_fields(payload: str, fields: Sequence[tuple[str, DType]]) -> dict[str, Scalar]:
+    """Only the named fields of one stored row, typed (the read path's version)."""
+    raw: dict[str, object] = _loads(payload)
+    out: dict[str, Scalar] = {}
+    for name, dtype in fields:
+        value = raw.get(name)
+        if value is None:
+            out[name] = None
+        elif type(value) is _NATIVE.get(dtype):
+            out[name] = value  # type: ignore[assignment]  # checked just above
+        else:
+            out[name] = _typed(dtype, value)
+    return out
+
+
+# JSON already yields these types for these dtypes; everything else goes through _typed.
+_NATIVE: dict[DType, type] = {
+    DType.DOUBLE: float,
+    DType.INT64: int,
+    DType.STRING: str,
+    DType.BOOL: bool,
+}
+
+
+def _typed(dtype: DType, value: object) -> Scalar:
+    # A forced dtype change can leave old values of another type behind: they read as
+    # null rather than as a value of the wrong type.
+    if dtype is DType.DOUBLE:
+        if isinstance(value, str) and value in ("nan", "inf", "-inf"):
+            return float(value)
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return float(value) if ok else None  # type: ignore[arg-type]
+    if dtype is DType.INT64:
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+    if dtype is DType.STRING:
+        return value if isinstance(value, str) else None
+    if dtype is DType.BOOL:
+        return value if isinstance(value, bool) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return us_to_datetime(value)
+    return None
+
+
+def key_names(join_keys: Sequence[JoinKey]) -> tuple[str, ...]:
+    return tuple(k.name for k in join_keys)

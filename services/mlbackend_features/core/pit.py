@@ -1,0 +1,79 @@
+"""Point-in-time semantics shared by online and historical reads and by every backend.
+
+For a query (entity, as-of time) the candidate is the entity's latest stored row with
+``event_time <= as_of``; among rows with the same event time the one committed last
+wins (higher commit sequence, then later position in its batch), exactly as the online
+store's "newest event time wins, ties go to the later write" rule. The candidate
+counts only within the view's TTL: ``as_of - event_time <= ttl`` (TTL 0 = forever).
+Otherwise the value is null with status EXPIRED; with no candidate, NOT_FOUND.
+
+A store finds candidates (in SQL, in Redis...); :func:`cells` turns a candidate into
+the values and statuses a read returns, so the status rules live only here.
+:func:`as_of_join` is the reference implementation the stores are tested against.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+from mlbackend_features.core.model import Cell, Scalar, Status
+
+
+class Candidate(NamedTuple):
+    event_us: int
+    values: dict[str, Scalar]
+
+
+def is_expired(event_us: int, as_of_us: int, ttl_us: int) -> bool:
+    return ttl_us > 0 and as_of_us - event_us > ttl_us
+
+
+def cells(
+    candidate: Candidate | None, features: Sequence[str], as_of_us: int, ttl_us: int
+) -> list[Cell]:
+    """One cell per feature for what the store found at ``as_of_us``."""
+    if candidate is None:
+        missing = Cell(None, Status.NOT_FOUND, None)
+        return [missing] * len(features)
+    event_us = candidate.event_us
+    if is_expired(event_us, as_of_us, ttl_us):
+        expired = Cell(None, Status.EXPIRED, event_us)
+        return [expired] * len(features)
+    out: list[Cell] = []
+    for name in features:
+        value = candidate.values.get(name)
+        out.append(
+            Cell(value, Status.PRESENT, event_us)
+            if value is not None
+            else Cell(None, Status.NULL_VALUE, event_us)
+        )
+    return out
+
+
+class HistoryRow(NamedTuple):
+    """A stored row in commit order (the order rows were acknowledged)."""
+
+    entity: str
+    event_us: int
+    values: dict[str, Scalar]
+
+
+def as_of_join(
+    history: Iterable[HistoryRow], queries: Sequence[tuple[str, int]]
+) -> list[Candidate | None]:
+    """Reference as-of join: per query, the candidate row, or None."""
+    per_entity: dict[str, list[tuple[int, int, dict[str, Scalar]]]] = defaultdict(list)
+    for position, row in enumerate(history):
+        per_entity[row.entity].append((row.event_us, position, row.values))
+    for rows in per_entity.values():
+        rows.sort(key=lambda r: (r[0], r[1]))
+    out: list[Candidate | None] = []
+    for entity, as_of in queries:
+        rows = per_entity.get(entity, [])
+        # Everything with event time <= as_of, whatever its commit position.
+        end = bisect.bisect_right(rows, as_of, key=lambda r: r[0])
+        out.append(Candidate(rows[end - 1][0], rows[end - 1][2]) if end else None)
+    return out

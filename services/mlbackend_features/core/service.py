@@ -1,0 +1,547 @@
+"""The feature store's orchestration: definitions, the write path, reads, maintenance.
+
+Write path: validate the whole batch → append it to the offline commit log (durable,
+numbered) → acknowledge; the online store is updated from the same records, and its
+watermark says up to which commit it is complete. If the online store lags (a crash
+between the two steps, Redis unreachable), every later write first replays the missing
+commits in order, and so does start-up: nothing acknowledged is ever missing online for
+long, and nothing is applied out of order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from mlbackend_features.core import codec, definitions, pit, validation
+from mlbackend_features.core.model import (
+    DEFAULT_CHUNK_ROWS,
+    MAX_CHUNK_ROWS,
+    MAX_ENTITY_KEYS,
+    MAX_HISTORICAL_ROWS,
+    MIN_TIME_US,
+    Actor,
+    Cell,
+    DefinitionChange,
+    DefinitionSet,
+    DType,
+    Entity,
+    EntityKey,
+    FeatureService,
+    FeatureView,
+    HistoricalChunk,
+    HistoricalQuery,
+    JoinKey,
+    MaterializeProgress,
+    OnlineQuery,
+    PushAck,
+    ReadResult,
+    Record,
+    RowViolation,
+    Scalar,
+    Status,
+    WriteAck,
+    WriteBatch,
+    now_us,
+)
+from mlbackend_features.core.transforms import CompiledService, StoredRef, compile_refs
+from mlbackend_features.core.transforms import compile_service as compile_feature_service
+from mlbackend_features.stores.definitions import Definitions, DefinitionStore
+from mlbackend_features.stores.offline import NumericSummary, OfflineStore
+from mlbackend_features.stores.online import OnlineStore
+from mlbackend_runtime.errors import (
+    DependencyUnavailable,
+    FailedPrecondition,
+    InvalidInput,
+    NotFound,
+)
+
+logger = logging.getLogger("mlbackend.features")
+
+_REPLAY_BATCHES = 100
+_MATERIALIZE_SLICE = 1_000
+_DEFAULT_PAGE = 100
+_MAX_PAGE = 1_000
+_MAX_BATCH_ID = 128
+
+T = TypeVar("T")
+
+
+@dataclass
+class Freshness:
+    """Per view: when it was last written (wall clock) and the newest event time seen."""
+
+    last_write_us: int
+    newest_event_us: int
+
+
+@dataclass(frozen=True)
+class FeatureSummary:
+    name: str
+    dtype: DType
+    summary: NumericSummary
+
+
+@dataclass(frozen=True)
+class ViewStatistics:
+    features: list[FeatureSummary]
+    row_count: int
+    start_us: int
+    end_us: int
+    compute_us: int
+
+
+class FeatureStore:
+    def __init__(
+        self,
+        definition_store: DefinitionStore,
+        offline: OfflineStore,
+        online: OnlineStore,
+        *,
+        clock: Callable[[], int] = now_us,
+    ) -> None:
+        self._definition_store = definition_store
+        self._offline = offline
+        self._online = online
+        self._clock = clock
+        self._defs = Definitions({}, {}, {})
+        self._compiled: dict[tuple[tuple[str, ...], str], CompiledService] = {}
+        self._write_lock = asyncio.Lock()
+        self._apply_lock = asyncio.Lock()
+        self._online_behind = True
+        self.freshness: dict[str, Freshness] = {}
+
+    async def start(self) -> None:
+        """Load definitions and replay acknowledged batches the online store misses."""
+        self._defs = await self._definition_store.load()
+        async with self._write_lock:
+            await self._catch_up()
+
+    async def close(self) -> None:
+        await self._online.close()
+        await self._offline.close()
+        await self._definition_store.close()
+
+    def now_us(self) -> int:
+        return self._clock()
+
+    @property
+    def online_behind(self) -> bool:
+        return self._online_behind
+
+    # --- definitions --------------------------------------------------------------------
+
+    async def apply(
+        self, request: DefinitionSet, *, force: bool, dry_run: bool, actor: Actor
+    ) -> list[DefinitionChange]:
+        async with self._apply_lock:
+            now = datetime.now(UTC)
+            result = definitions.plan(self._defs, request, force=force, actor=actor, now=now)
+            if dry_run:
+                return result.changes
+            await self._definition_store.save(result.entities, result.views, result.services)
+            self._defs = await self._definition_store.load()
+            self._compiled.clear()
+            return result.changes
+
+    def entity(self, name: str) -> Entity:
+        found = self._defs.entities.get(name)
+        if found is None:
+            raise NotFound(f"entity {name!r} not found")
+        return found
+
+    def feature_view(self, name: str, field: str = "name") -> FeatureView:
+        found = self._defs.views.get(name)
+        if found is None:
+            raise NotFound(f"{field}: feature view {name!r} not found")
+        return found
+
+    def feature_service(self, ref: str, field: str = "name") -> FeatureService:
+        name, _, version = ref.partition("@")
+        versions = self._defs.services.get(name, [])
+        if version:
+            if not version.isdigit():
+                raise InvalidInput.field(field, "expected 'name@version' with a number")
+            found = next((s for s in versions if s.version == int(version)), None)
+        else:
+            found = versions[-1] if versions else None
+        if found is None:
+            raise NotFound(f"{field}: feature service {ref!r} not found")
+        return found
+
+    def list_entities(self, page_size: int, token: str) -> tuple[list[Entity], str]:
+        items = sorted(self._defs.entities.values(), key=lambda e: e.name)
+        return _page(items, lambda e: e.name, page_size, token)
+
+    def list_feature_views(
+        self, page_size: int, token: str, entity: str
+    ) -> tuple[list[FeatureView], str]:
+        items = sorted(
+            (v for v in self._defs.views.values() if not entity or entity in v.entities),
+            key=lambda v: v.name,
+        )
+        return _page(items, lambda v: v.name, page_size, token)
+
+    def list_feature_services(
+        self, page_size: int, token: str, name: str, all_versions: bool
+    ) -> tuple[list[FeatureService], str]:
+        items = [
+            s
+            for n, versions in sorted(self._defs.services.items())
+            if not name or n == name
+            for s in (versions if all_versions else versions[-1:])
+        ]
+        return _page(items, lambda s: f"{s.name}@{s.version:012d}", page_size, token)
+
+    # --- writes -------------------------------------------------------------------------
+
+    async def write(self, batch: WriteBatch) -> WriteAck:
+        view = self.feature_view(batch.feature_view, "batch.feature_view")
+        if len(batch.batch_id) > _MAX_BATCH_ID:
+            raise InvalidInput.field("batch.batch_id", f"longer than {_MAX_BATCH_ID} characters")
+        records, violations = validation.validate_batch(view, self._join_keys(view), batch)
+        if violations:
+            raise validation.rejection(violations)
+        batch_id = batch.batch_id or uuid.uuid4().hex
+        async with self._write_lock:
+            commit = await self._offline.append(batch_id, view.name, records)
+            # Acknowledged from here on: the online update below may lag, never lose it.
+            if not commit.duplicate:
+                await self._apply_online(view, records, commit.sequence)
+        if not commit.duplicate:
+            self._note_write(view.name, records)
+        return WriteAck(batch_id, commit.row_count, commit.sequence)
+
+    async def push(self, batches: AsyncIterator[WriteBatch]) -> AsyncIterator[PushAck]:
+        """One ack per batch, in order; a rejected batch does not end the stream."""
+        async for batch in batches:
+            try:
+                ack = await self.write(batch)
+            except InvalidInput as exc:
+                yield PushAck(batch.batch_id, None, exc, _violations_of(exc))
+            except (NotFound, FailedPrecondition) as exc:
+                yield PushAck(batch.batch_id, None, exc, ())
+            else:
+                yield PushAck(ack.batch_id, ack, None, ())
+
+    async def _apply_online(self, view: FeatureView, records: list[Record], sequence: int) -> None:
+        if self._online_behind:
+            await self._catch_up()
+            return
+        try:
+            await self._online.apply(view.name, records if view.online else [], sequence)
+        except DependencyUnavailable as exc:
+            self._online_behind = True
+            logger.warning("online store unavailable, will replay from the log: %s", exc)
+
+    async def _catch_up(self) -> None:
+        """Replay every committed batch past the online watermark, in order (write lock held)."""
+        try:
+            applied = await self._online.applied_sequence()
+            replayed = 0
+            while batches := await self._offline.committed_after(applied, _REPLAY_BATCHES):
+                for batch in batches:
+                    view = self._defs.views.get(batch.feature_view)
+                    online = view is not None and view.online
+                    await self._online.apply(
+                        batch.feature_view, batch.records if online else [], batch.sequence
+                    )
+                    applied = batch.sequence
+                    replayed += 1
+            if replayed:
+                logger.info("replayed %d committed batch(es) into the online store", replayed)
+            self._online_behind = False
+        except DependencyUnavailable as exc:
+            self._online_behind = True
+            logger.warning("online store unavailable, replay pending: %s", exc)
+
+    async def sync_online(self) -> bool:
+        """Retry a pending replay (maintenance loop); True when the online store is complete."""
+        if self._online_behind:
+            async with self._write_lock:
+                await self._catch_up()
+        return not self._online_behind
+
+    def _note_write(self, view: str, records: Sequence[Record]) -> None:
+        newest = max(r.event_us for r in records)
+        state = self.freshness.get(view)
+        self.freshness[view] = Freshness(
+            self._clock(), max(newest, state.newest_event_us) if state else newest
+        )
+
+    # --- reads --------------------------------------------------------------------------
+
+    def compile(self, refs: Sequence[str], service: str) -> CompiledService:
+        key = (tuple(refs), service)
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            if refs and service:
+                raise InvalidInput.field("feature_service", "set feature_refs or feature_service")
+            if service:
+                compiled = compile_feature_service(
+                    self.feature_service(service, "feature_service"), self._defs.views
+                )
+            else:
+                compiled = compile_refs(refs, self._defs.views, "feature_refs")
+            self._compiled[key] = compiled
+        return compiled
+
+    @staticmethod
+    def _fields(view: FeatureView, names: Sequence[str]) -> list[tuple[str, DType]]:
+        dtypes = {f.name: f.dtype for f in view.features}
+        return [(name, dtypes[name]) for name in names]
+
+    def _join_keys(self, view: FeatureView) -> list[JoinKey]:
+        keys: list[JoinKey] = []
+        for name in view.entities:
+            keys.extend(self._defs.entities[name].join_keys)
+        return keys
+
+    def _groups(
+        self, compiled: CompiledService, keys: Sequence[EntityKey], field: str
+    ) -> list[tuple[FeatureView, list[StoredRef], list[str]]]:
+        """Per view read: its refs and the encoded entity key of every request row."""
+        by_view: dict[str, list[StoredRef]] = {}
+        for ref in compiled.stored:
+            by_view.setdefault(ref.view, []).append(ref)
+        groups = []
+        known: set[str] = set()
+        for name, refs in by_view.items():
+            view = self._defs.views[name]
+            join_keys = self._join_keys(view)
+            known.update(k.name for k in join_keys)
+            groups.append((view, refs, validation.entity_strings(join_keys, keys, field)))
+        validation.check_unknown_keys(keys, known, field)
+        return groups
+
+    def _request_inputs(
+        self, compiled: CompiledService, supplied: dict[str, Scalar], field: str
+    ) -> dict[str, Cell]:
+        cells: dict[str, Cell] = {}
+        declared = {name for name, _, _ in compiled.request_inputs}
+        for name in supplied:
+            if name not in declared:
+                raise InvalidInput.field(f"{field}.{name}", "not a request input of the service")
+        for name, dtype, nullable in compiled.request_inputs:
+            value, problem = validation.coerce(dtype, supplied.get(name))
+            if problem:
+                raise InvalidInput.field(f"{field}.{name}", problem)
+            if value is None and not nullable:
+                raise InvalidInput.field(f"{field}.{name}", "required request input is missing")
+            cells[name] = Cell(value, Status.REQUEST_INPUT, None)
+        return cells
+
+    async def read_online(self, query: OnlineQuery) -> ReadResult:
+        count = len(query.entity_keys)
+        if count > MAX_ENTITY_KEYS:
+            raise InvalidInput.field(
+                "entity_keys", f"{count} entity keys; at most {MAX_ENTITY_KEYS} per call"
+            )
+        if count == 0:
+            raise InvalidInput.field("entity_keys", "name at least one entity")
+        compiled = self.compile(query.feature_refs, query.feature_service)
+        inputs = query.request_inputs
+        if len(inputs) not in (0, 1, count):
+            raise InvalidInput.field(
+                "request_inputs", f"give one entry per entity key ({count}) or a single one"
+            )
+        groups = self._groups(compiled, query.entity_keys, "entity_keys")
+        now = self._clock()
+        rows: list[dict[str, Cell]] = [{} for _ in range(count)]
+        for view, refs, keys in groups:
+            if not view.online:
+                raise FailedPrecondition(f"feature view {view.name!r} is not kept online")
+            found = await self._online.read(view.name, list(dict.fromkeys(keys)))
+            names = [r.feature for r in refs]
+            fields = self._fields(view, names)
+            decoded = {
+                entity: pit.Candidate(ts, codec.decode_fields(payload, fields))
+                for entity, (ts, payload) in found.items()
+            }
+            ttl = view.ttl_us
+            for row, key in zip(rows, keys, strict=True):
+                for ref, cell in zip(
+                    refs, pit.cells(decoded.get(key), names, now, ttl), strict=True
+                ):
+                    row[ref.ref] = cell
+        if compiled.request_inputs:
+            shared = (
+                self._request_inputs(compiled, inputs[0], "request_inputs[0]")
+                if len(inputs) == 1
+                else None
+            )
+            for i, row in enumerate(rows):
+                row.update(
+                    shared
+                    or self._request_inputs(
+                        compiled, inputs[i] if inputs else {}, f"request_inputs[{i}]"
+                    )
+                )
+        service = compiled.service.ref if compiled.service else ""
+        return ReadResult(compiled.schema, [compiled.evaluate(row) for row in rows], service)
+
+    async def read_historical(self, query: HistoricalQuery) -> AsyncIterator[HistoricalChunk]:
+        """Point-in-time correct rows, every request row in order, in chunks."""
+        count = len(query.rows)
+        if count > MAX_HISTORICAL_ROWS:
+            raise InvalidInput.field(
+                "entity_rows", f"{count} rows; at most {MAX_HISTORICAL_ROWS} per call"
+            )
+        if count == 0:
+            raise InvalidInput.field("entity_rows", "name at least one entity row")
+        compiled = self.compile(query.feature_refs, query.feature_service)
+        # Everything is checked before the first chunk goes out: a stream never fails halfway.
+        groups = self._groups(compiled, [r.entity_key for r in query.rows], "entity_rows")
+        times: list[int] = []
+        for i, entity_row in enumerate(query.rows):
+            problem = validation.check_time(entity_row.event_us)
+            if problem:
+                raise InvalidInput.field(f"entity_rows[{i}].event_time", problem)
+            times.append(entity_row.event_us or 0)
+        inputs = [
+            self._request_inputs(compiled, r.request_inputs, f"entity_rows[{i}].request_inputs")
+            if compiled.request_inputs
+            else {}
+            for i, r in enumerate(query.rows)
+        ]
+        size = query.chunk_size if query.chunk_size > 0 else DEFAULT_CHUNK_ROWS
+        size = min(size, MAX_CHUNK_ROWS)
+        service = compiled.service.ref if compiled.service else ""
+        for start in range(0, count, size):
+            end = min(start + size, count)
+            rows: list[dict[str, Cell]] = [dict(inputs[i]) for i in range(start, end)]
+            for view, refs, keys in groups:
+                queries = list(zip(keys[start:end], times[start:end], strict=True))
+                found = await self._offline.as_of(view.name, queries)
+                names = [r.feature for r in refs]
+                fields = self._fields(view, names)
+                ttl = view.ttl_us
+                for row, hit, (_, as_of) in zip(rows, found, queries, strict=True):
+                    candidate = (
+                        pit.Candidate(hit[0], codec.decode_fields(hit[1], fields)) if hit else None
+                    )
+                    for ref, cell in zip(
+                        refs, pit.cells(candidate, names, as_of, ttl), strict=True
+                    ):
+                        row[ref.ref] = cell
+            yield HistoricalChunk(
+                compiled.schema if start == 0 else (),
+                start,
+                [compiled.evaluate(row) for row in rows],
+                service if start == 0 else "",
+            )
+
+    # --- materialization, statistics, maintenance ---------------------------------------
+
+    async def materialize(
+        self, views: Sequence[str], start_us: int | None, end_us: int | None
+    ) -> AsyncIterator[MaterializeProgress]:
+        """Copy the newest offline row per entity in [start, end) into the online store."""
+        if views:
+            targets = [self.feature_view(v, f"feature_views[{i}]") for i, v in enumerate(views)]
+        else:
+            targets = [v for _, v in sorted(self._defs.views.items()) if v.online]
+        for i, view in enumerate(targets):
+            if not view.online:
+                raise FailedPrecondition(f"feature_views[{i}]: view {view.name!r} is not online")
+        end = end_us if end_us is not None else self._clock() + 1
+        for view in targets:
+            marker = f"materialized:{view.name}"
+            start = start_us if start_us is not None else (await self._offline.get_marker(marker))
+            start = MIN_TIME_US if start is None else start
+            total = await self._offline.count_entities(view.name, start, end)
+            done, after = 0, ""
+            while records := await self._offline.latest_in_range(
+                view.name, start, end, after, _MATERIALIZE_SLICE
+            ):
+                async with self._write_lock:
+                    # Sequence 0 leaves the watermark alone: this is not a commit-log replay.
+                    await self._online.apply(view.name, records, 0)
+                done += len(records)
+                after = records[-1].entity
+                yield MaterializeProgress(view.name, done, total, False, end)
+            await self._offline.set_marker(marker, end)
+            yield MaterializeProgress(view.name, done, total, True, end)
+
+    async def statistics(
+        self,
+        view_name: str,
+        features: Sequence[str],
+        start_us: int | None,
+        end_us: int | None,
+        bins: int,
+        quantiles: Sequence[float],
+    ) -> ViewStatistics:
+        view = self.feature_view(view_name, "feature_view")
+        chosen = []
+        for i, name in enumerate(features):
+            feature = view.feature(name)
+            if feature is None:
+                raise InvalidInput.field(f"features[{i}]", f"view has no feature {name!r}")
+            chosen.append(feature)
+        chosen = chosen or list(view.features)
+        if not 0 <= bins <= 1000:
+            raise InvalidInput.field("histogram_bins", "must be between 0 and 1000")
+        for i, q in enumerate(quantiles):
+            if not 0 <= q <= 1:
+                raise InvalidInput.field(f"quantiles[{i}]", "must be within [0, 1]")
+        bins = bins or 10
+        quantiles = list(quantiles) or [0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99]
+        start = MIN_TIME_US if start_us is None else start_us
+        end = self._clock() + 1 if end_us is None else end_us
+        summaries = []
+        for feature in chosen:
+            numeric = feature.dtype in (DType.INT64, DType.DOUBLE)
+            summary = await self._offline.feature_summary(
+                view.name, feature.name, numeric, start, end, quantiles, bins
+            )
+            summaries.append(FeatureSummary(feature.name, feature.dtype, summary))
+        rows = summaries[0].summary.total if summaries else 0
+        return ViewStatistics(summaries, rows, start, end, self._clock())
+
+    async def maintain(self, slice_rows: int = 1_000) -> int:
+        """One pass of cleanup in bounded slices: expired online values, offline retention."""
+        removed = 0
+        now = self._clock()
+        for view in list(self._defs.views.values()):
+            if view.online and view.ttl_us:
+                removed += await self._online.delete_expired(
+                    view.name, now - view.ttl_us, slice_rows
+                )
+            retention = int(view.offline_retention.total_seconds() * 1_000_000)
+            if retention:
+                removed += await self._offline.purge_before(view.name, now - retention, slice_rows)
+            await asyncio.sleep(0)
+        return removed
+
+
+def _violations_of(exc: InvalidInput) -> tuple[RowViolation, ...]:
+    if isinstance(exc, validation.BatchRejected):
+        return exc.row_violations
+    return tuple(RowViolation(-1, "", v.description, v.field) for v in exc.violations)
+
+
+def _page(
+    items: list[T], key: Callable[[T], str], page_size: int, token: str
+) -> tuple[list[T], str]:
+    if page_size < 0:
+        raise InvalidInput.field("page_size", "must not be negative")
+    size = min(page_size or _DEFAULT_PAGE, _MAX_PAGE)
+    after = ""
+    if token:
+        try:
+            after = base64.urlsafe_b64decode(token.encode()).decode()
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidInput.field("page_token", "not a token this server issued") from None
+    remaining = [item for item in items if key(item) > after]
+    page = remaining[:size]
+    next_token = (
+        base64.urlsafe_b64encode(key(page[-1]).encode()).decode() if len(remaining) > size else ""
+    )
+    return page, next_token

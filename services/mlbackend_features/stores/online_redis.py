@@ -1,0 +1,136 @@
+"""Online store on Redis: one string key per (view, entity) holding ``"<event_us>|<payload>"``.
+
+Writes go through one Lua script per slice of a batch, so the "newest event time wins"
+compare and the watermark update are atomic inside Redis; a read is one MGET per view.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from mlbackend_features.core.model import Record
+from mlbackend_features.stores.online import OnlineStore
+from mlbackend_runtime.errors import DependencyUnavailable
+
+# KEYS[1] = watermark, KEYS[2..] = values; ARGV[1] = sequence, then (event_us, payload) pairs.
+_APPLY = """
+local changed = 0
+for i = 2, #KEYS do
+  local ts = ARGV[2 * i - 2]
+  local current = redis.call('GET', KEYS[i])
+  local newer = true
+  if current then
+    local stored = tonumber(string.match(current, '^(-?%d+)|'))
+    if stored and stored > tonumber(ts) then newer = false end
+  end
+  if newer then
+    redis.call('SET', KEYS[i], ts .. '|' .. ARGV[2 * i - 1])
+    changed = changed + 1
+  end
+end
+local mark = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > mark then redis.call('SET', KEYS[1], ARGV[1]) end
+return changed
+"""
+
+# Records per script call: long scripts block every other Redis client.
+_SLICE = 500
+_DEPENDENCY = "redis"
+
+
+class RedisOnlineStore(OnlineStore):
+    name = "redis"
+
+    def __init__(self, url: str, prefix: str = "mlbackend:features") -> None:
+        self._client = redis.Redis.from_url(url, decode_responses=True)
+        self._prefix = prefix
+        self._watermark = f"{prefix}:applied_seq"
+        self._script = self._client.register_script(_APPLY)
+
+    def _key(self, view: str, entity: str) -> str:
+        return f"{self._prefix}:v:{view}:{entity}"
+
+    async def apply(self, view: str, records: Sequence[Record], sequence: int) -> int:
+        changed = 0
+        try:
+            if not records:
+                changed += int(await self._script(keys=[self._watermark], args=[sequence]))
+            for start in range(0, len(records), _SLICE):
+                part = records[start : start + _SLICE]
+                last = start + _SLICE >= len(records)
+                keys = [self._watermark, *(self._key(view, r.entity) for r in part)]
+                args: list[str | int] = [sequence if last else 0]
+                for record in part:
+                    args += [record.event_us, record.payload]
+                changed += int(await self._script(keys=keys, args=args))
+        except (RedisError, OSError) as exc:
+            raise DependencyUnavailable(_DEPENDENCY, f"redis: {exc}") from exc
+        return changed
+
+    async def read(self, view: str, entities: Sequence[str]) -> dict[str, tuple[int, str]]:
+        if not entities:
+            return {}
+        try:
+            raw = await self._client.mget([self._key(view, e) for e in entities])
+        except (RedisError, OSError) as exc:
+            raise DependencyUnavailable(_DEPENDENCY, f"redis: {exc}") from exc
+        out: dict[str, tuple[int, str]] = {}
+        for entity, value in zip(entities, raw, strict=True):
+            if value is not None:
+                text = value if isinstance(value, str) else value.decode()
+                ts, _, payload = text.partition("|")
+                out[entity] = (int(ts), payload)
+        return out
+
+    async def applied_sequence(self) -> int:
+        try:
+            return int(await self._client.get(self._watermark) or 0)
+        except (RedisError, OSError) as exc:
+            raise DependencyUnavailable(_DEPENDENCY, f"redis: {exc}") from exc
+
+    async def delete_expired(self, view: str, cutoff_us: int, limit: int) -> int:
+        # SCAN visits a bounded slice per call; each key is re-checked inside a script so
+        # a value refreshed meanwhile is kept.
+        deleted = 0
+        try:
+            cursor = 0
+            seen = 0
+            while seen < limit:
+                cursor, keys = await self._client.scan(
+                    cursor, match=f"{self._prefix}:v:{view}:*", count=min(limit, 500)
+                )
+                seen += len(keys)
+                if keys:
+                    deleted += int(
+                        await self._client.eval(_DELETE_OLDER, len(keys), *keys, cutoff_us)
+                    )
+                if cursor == 0:
+                    break
+        except (RedisError, OSError) as exc:
+            raise DependencyUnavailable(_DEPENDENCY, f"redis: {exc}") from exc
+        return deleted
+
+    async def ping(self) -> None:
+        try:
+            await self._client.ping()
+        except (RedisError, OSError) as exc:
+            raise DependencyUnavailable(_DEPENDENCY, f"redis: {exc}") from exc
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+_DELETE_OLDER = """
+local n = 0
+for i = 1, #KEYS do
+  local current = redis.call('GET', KEYS[i])
+  if current then
+    local stored = tonumber(string.match(current, '^(-?%d+)|'))
+    if stored and stored < tonumber(ARGV[1]) then redis.call('DEL', KEYS[i]); n = n + 1 end
+  end
+end
+return n
+"""

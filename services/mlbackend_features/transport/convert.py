@@ -1,0 +1,582 @@
+"""Messages ↔ domain types of the feature store. The only module that knows both."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from mlbackend.common.v1 import common_pb2
+from mlbackend.features.v1 import features_pb2 as pb
+from mlbackend_features.core import model as m
+from mlbackend_features.core.service import ViewStatistics
+from mlbackend_runtime import status as wire_status
+from mlbackend_runtime.errors import DomainError
+
+_DTYPES = {
+    common_pb2.DATA_TYPE_INT64: m.DType.INT64,
+    common_pb2.DATA_TYPE_DOUBLE: m.DType.DOUBLE,
+    common_pb2.DATA_TYPE_STRING: m.DType.STRING,
+    common_pb2.DATA_TYPE_BOOL: m.DType.BOOL,
+    common_pb2.DATA_TYPE_TIMESTAMP: m.DType.TIMESTAMP,
+}
+_DTYPES_PB = {v: k for k, v in _DTYPES.items()}
+_STATUS_PB = {
+    m.Status.PRESENT: common_pb2.FEATURE_STATUS_PRESENT,
+    m.Status.NOT_FOUND: common_pb2.FEATURE_STATUS_NOT_FOUND,
+    m.Status.EXPIRED: common_pb2.FEATURE_STATUS_EXPIRED,
+    m.Status.NULL_VALUE: common_pb2.FEATURE_STATUS_NULL_VALUE,
+    m.Status.REQUEST_INPUT: common_pb2.FEATURE_STATUS_REQUEST_INPUT,
+    m.Status.COMPUTED: common_pb2.FEATURE_STATUS_COMPUTED,
+}
+_NAN = {
+    pb.NAN_POLICY_UNSPECIFIED: m.NanPolicy.REJECT,
+    pb.NAN_POLICY_REJECT: m.NanPolicy.REJECT,
+    pb.NAN_POLICY_AS_NULL: m.NanPolicy.AS_NULL,
+    pb.NAN_POLICY_ALLOW: m.NanPolicy.ALLOW,
+}
+_NAN_PB = {
+    m.NanPolicy.REJECT: pb.NAN_POLICY_REJECT,
+    m.NanPolicy.AS_NULL: pb.NAN_POLICY_AS_NULL,
+    m.NanPolicy.ALLOW: pb.NAN_POLICY_ALLOW,
+}
+_CHANGES = {
+    m.ChangeType.CREATED: pb.CHANGE_TYPE_CREATED,
+    m.ChangeType.UPDATED: pb.CHANGE_TYPE_UPDATED,
+    m.ChangeType.FORCED: pb.CHANGE_TYPE_FORCED,
+    m.ChangeType.UNCHANGED: pb.CHANGE_TYPE_UNCHANGED,
+}
+_EPOCH = datetime.fromtimestamp(0, UTC)
+
+
+# --- scalars ----------------------------------------------------------------------------
+
+
+def dtype(value: int) -> m.DType:
+    # An unset dtype stays UNSPECIFIED, which the core reports as a field violation.
+    return _DTYPES.get(value, m.DType.UNSPECIFIED)  # type: ignore[call-overload,no-any-return]
+
+
+def micros(ts: timestamp_pb2.Timestamp) -> int:
+    return ts.seconds * 1_000_000 + ts.nanos // 1_000
+
+
+def timestamp(us: int) -> timestamp_pb2.Timestamp:
+    seconds, rest = divmod(us, 1_000_000)
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=rest * 1_000)
+
+
+def optional_micros(message: Any, field: str) -> int | None:
+    return micros(getattr(message, field)) if message.HasField(field) else None
+
+
+def scalar(value: common_pb2.Value) -> m.Scalar:
+    kind = value.WhichOneof("kind")
+    if kind is None or kind == "null_value":
+        return None
+    if kind == "timestamp_value":
+        return _EPOCH + timedelta(microseconds=micros(value.timestamp_value))
+    return getattr(value, kind)  # type: ignore[no-any-return]
+
+
+def value_pb(value: m.Scalar) -> common_pb2.Value:
+    if value is None:
+        return common_pb2.Value()
+    if isinstance(value, bool):
+        return common_pb2.Value(bool_value=value)
+    if isinstance(value, int):
+        return common_pb2.Value(int64_value=value)
+    if isinstance(value, float):
+        return common_pb2.Value(double_value=value)
+    if isinstance(value, str):
+        return common_pb2.Value(string_value=value)
+    return common_pb2.Value(timestamp_value=timestamp(m.datetime_to_us(value)))
+
+
+def entity_key(key: common_pb2.EntityKey) -> m.EntityKey:
+    return {name: scalar(v) for name, v in key.join_keys.items()}
+
+
+def feature_map(values: common_pb2.FeatureMap) -> dict[str, m.Scalar]:
+    return {name: scalar(v) for name, v in values.values.items()}
+
+
+def _duration(d: duration_pb2.Duration) -> timedelta:
+    return timedelta(seconds=d.seconds, microseconds=d.nanos // 1_000)
+
+
+def _duration_pb(t: timedelta) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromTimedelta(t)
+    return d
+
+
+def _time(message: Any, field: str) -> datetime | None:
+    us = optional_micros(message, field)
+    return None if us is None else m.us_to_datetime(us)
+
+
+def _set_time(target: Any, field: str, value: datetime | None) -> None:
+    if value is not None:
+        getattr(target, field).CopyFrom(timestamp(m.datetime_to_us(value)))
+
+
+# --- definitions ------------------------------------------------------------------------
+
+
+def definition_set(request: pb.ApplyDefinitionsRequest) -> m.DefinitionSet:
+    return m.DefinitionSet(
+        entities=tuple(entity(e) for e in request.entities),
+        feature_views=tuple(feature_view(v) for v in request.feature_views),
+        feature_services=tuple(feature_service(s) for s in request.feature_services),
+    )
+
+
+def entity(e: pb.Entity) -> m.Entity:
+    return m.Entity(
+        name=e.name,
+        join_keys=tuple(m.JoinKey(name=k.name, dtype=dtype(k.dtype)) for k in e.join_keys),
+        description=e.description,
+        owner=e.owner,
+        tags=dict(e.tags),
+    )
+
+
+def entity_pb(e: m.Entity) -> pb.Entity:
+    out = pb.Entity(
+        name=e.name,
+        join_keys=[pb.JoinKey(name=k.name, dtype=_DTYPES_PB[k.dtype]) for k in e.join_keys],
+        description=e.description,
+        owner=e.owner,
+        tags=e.tags,
+        revision=e.revision,
+    )
+    _set_time(out, "create_time", e.create_time)
+    _set_time(out, "update_time", e.update_time)
+    return out
+
+
+def feature_view(v: pb.FeatureView) -> m.FeatureView:
+    return m.FeatureView(
+        name=v.name,
+        entities=tuple(v.entities),
+        features=tuple(_feature(f) for f in v.features),
+        ttl=_duration(v.ttl),
+        online=v.online if v.HasField("online") else True,
+        offline_retention=_duration(v.offline_retention),
+        description=v.description,
+        owner=v.owner,
+        tags=dict(v.tags),
+    )
+
+
+def _feature(f: pb.Feature) -> m.Feature:
+    c = f.constraints
+    kind = dtype(f.dtype)
+    return m.Feature(
+        name=f.name,
+        dtype=kind,
+        description=f.description,
+        tags=dict(f.tags),
+        constraints=m.Constraints(
+            not_null=c.not_null,
+            min=c.min if c.HasField("min") else None,
+            max=c.max if c.HasField("max") else None,
+            allowed_values=tuple(scalar(v) for v in c.allowed_values),
+            max_length=c.max_length,
+            nan_policy=_NAN.get(c.nan_policy, m.NanPolicy.REJECT),
+        ),
+    )
+
+
+def feature_view_pb(v: m.FeatureView) -> pb.FeatureView:
+    out = pb.FeatureView(
+        name=v.name,
+        entities=v.entities,
+        features=[_feature_pb(f) for f in v.features],
+        ttl=_duration_pb(v.ttl),
+        online=v.online,
+        offline_retention=_duration_pb(v.offline_retention),
+        description=v.description,
+        owner=v.owner,
+        tags=v.tags,
+        revision=v.revision,
+    )
+    _set_time(out, "create_time", v.create_time)
+    _set_time(out, "update_time", v.update_time)
+    return out
+
+
+def _feature_pb(f: m.Feature) -> pb.Feature:
+    c = f.constraints
+    constraints = pb.FeatureConstraints(
+        not_null=c.not_null,
+        allowed_values=[value_pb(v) for v in c.allowed_values],
+        max_length=c.max_length,
+        nan_policy=_NAN_PB[c.nan_policy],
+    )
+    if c.min is not None:
+        constraints.min = c.min
+    if c.max is not None:
+        constraints.max = c.max
+    return pb.Feature(
+        name=f.name,
+        dtype=_DTYPES_PB[f.dtype],
+        description=f.description,
+        constraints=constraints,
+        tags=f.tags,
+    )
+
+
+def _transform(t: pb.Transform) -> m.Transform:
+    kind = t.WhichOneof("kind")
+    out = t.output
+    if kind == "standard_scale":
+        s = t.standard_scale
+        return m.StandardScale(output=out, input=s.input, mean=s.mean, std=s.std)
+    if kind == "min_max_scale":
+        mm = t.min_max_scale
+        return m.MinMaxScale(output=out, input=mm.input, min=mm.min, max=mm.max)
+    if kind == "log1p":
+        return m.Log1p(output=out, input=t.log1p.input)
+    if kind == "clip":
+        c = t.clip
+        return m.Clip(
+            output=out,
+            input=c.input,
+            min=c.min if c.HasField("min") else None,
+            max=c.max if c.HasField("max") else None,
+        )
+    if kind == "bucketize":
+        b = t.bucketize
+        return m.Bucketize(output=out, input=b.input, boundaries=tuple(b.boundaries))
+    if kind == "one_hot":
+        o = t.one_hot
+        return m.OneHot(
+            output=out,
+            input=o.input,
+            categories=tuple(o.categories),
+            include_other=o.include_other,
+        )
+    if kind == "hash_bucket":
+        h = t.hash_bucket
+        return m.HashBucket(output=out, input=h.input, num_buckets=h.num_buckets, salt=h.salt)
+    if kind == "product":
+        return m.Product(output=out, left=t.product.left, right=t.product.right)
+    if kind == "ratio":
+        r = t.ratio
+        return m.Ratio(
+            output=out,
+            numerator=r.numerator,
+            denominator=r.denominator,
+            default_value=r.default_value,
+        )
+    if kind == "hour_of_day":
+        return m.HourOfDay(output=out, input=t.hour_of_day.input, time_zone=t.hour_of_day.time_zone)
+    if kind == "day_of_week":
+        return m.DayOfWeek(output=out, input=t.day_of_week.input, time_zone=t.day_of_week.time_zone)
+    # No kind: an input nothing can produce, so the core names the transform's field.
+    return m.Log1p(output=out, input="")
+
+
+def _transform_pb(t: m.Transform) -> pb.Transform:
+    out = pb.Transform(output=t.output)
+    if isinstance(t, m.StandardScale):
+        out.standard_scale.CopyFrom(
+            pb.Transform.StandardScale(input=t.input, mean=t.mean, std=t.std)
+        )
+    elif isinstance(t, m.MinMaxScale):
+        out.min_max_scale.CopyFrom(pb.Transform.MinMaxScale(input=t.input, min=t.min, max=t.max))
+    elif isinstance(t, m.Log1p):
+        out.log1p.CopyFrom(pb.Transform.Log1p(input=t.input))
+    elif isinstance(t, m.Clip):
+        clip = pb.Transform.Clip(input=t.input)
+        if t.min is not None:
+            clip.min = t.min
+        if t.max is not None:
+            clip.max = t.max
+        out.clip.CopyFrom(clip)
+    elif isinstance(t, m.Bucketize):
+        out.bucketize.CopyFrom(pb.Transform.Bucketize(input=t.input, boundaries=t.boundaries))
+    elif isinstance(t, m.OneHot):
+        out.one_hot.CopyFrom(
+            pb.Transform.OneHot(
+                input=t.input, categories=t.categories, include_other=t.include_other
+            )
+        )
+    elif isinstance(t, m.HashBucket):
+        out.hash_bucket.CopyFrom(
+            pb.Transform.HashBucket(input=t.input, num_buckets=t.num_buckets, salt=t.salt)
+        )
+    elif isinstance(t, m.Product):
+        out.product.CopyFrom(pb.Transform.Product(left=t.left, right=t.right))
+    elif isinstance(t, m.Ratio):
+        out.ratio.CopyFrom(
+            pb.Transform.Ratio(
+                numerator=t.numerator, denominator=t.denominator, default_value=t.default_value
+            )
+        )
+    elif isinstance(t, m.HourOfDay):
+        out.hour_of_day.CopyFrom(pb.Transform.HourOfDay(input=t.input, time_zone=t.time_zone))
+    else:
+        out.day_of_week.CopyFrom(pb.Transform.DayOfWeek(input=t.input, time_zone=t.time_zone))
+    return out
+
+
+def feature_service(s: pb.FeatureService) -> m.FeatureService:
+    return m.FeatureService(
+        name=s.name,
+        feature_refs=tuple(s.feature_refs),
+        request_inputs=tuple(
+            m.RequestInput(name=r.name, dtype=dtype(r.dtype), nullable=r.nullable)
+            for r in s.request_inputs
+        ),
+        transforms=tuple(_transform(t) for t in s.transforms),
+        outputs=tuple(s.outputs),
+        description=s.description,
+        owner=s.owner,
+        tags=dict(s.tags),
+    )
+
+
+def schema_pb(columns: Iterable[m.OutputColumn]) -> list[common_pb2.FeatureSpec]:
+    return [
+        common_pb2.FeatureSpec(
+            name=c.name, dtype=_DTYPES_PB[c.dtype], nullable=c.nullable, description=c.description
+        )
+        for c in columns
+    ]
+
+
+def feature_service_pb(s: m.FeatureService) -> pb.FeatureService:
+    out = pb.FeatureService(
+        name=s.name,
+        version=s.version,
+        feature_refs=s.feature_refs,
+        request_inputs=[
+            pb.RequestInput(name=r.name, dtype=_DTYPES_PB[r.dtype], nullable=r.nullable)
+            for r in s.request_inputs
+        ],
+        transforms=[_transform_pb(t) for t in s.transforms],
+        outputs=s.outputs,
+        output_schema=schema_pb(s.output_schema),
+        description=s.description,
+        owner=s.owner,
+        tags=s.tags,
+        created_by=s.created_by,
+    )
+    _set_time(out, "create_time", s.create_time)
+    return out
+
+
+def changes_pb(changes: Sequence[m.DefinitionChange]) -> pb.ApplyDefinitionsResponse:
+    return pb.ApplyDefinitionsResponse(
+        changes=[
+            pb.DefinitionChange(
+                kind=c.kind,
+                name=c.name,
+                change_type=_CHANGES[c.change_type],
+                revision=c.revision,
+                detail=c.detail,
+            )
+            for c in changes
+        ]
+    )
+
+
+# --- writes -----------------------------------------------------------------------------
+
+
+def write_batch(batch: pb.FeatureBatch) -> m.WriteBatch:
+    return m.WriteBatch(
+        batch.batch_id,
+        batch.feature_view,
+        list(batch.features),
+        [
+            m.WriteRow(
+                entity_key(row.entity_key),
+                optional_micros(row, "event_time"),
+                [scalar(v) for v in row.values],
+            )
+            for row in batch.rows
+        ],
+    )
+
+
+async def push_batches(
+    requests: AsyncIterator[pb.PushFeaturesRequest],
+) -> AsyncIterator[m.WriteBatch]:
+    async for request in requests:
+        yield write_batch(request.batch)
+
+
+def write_ack_pb(ack: m.WriteAck) -> pb.WriteFeaturesResponse:
+    return pb.WriteFeaturesResponse(
+        batch_id=ack.batch_id, row_count=ack.row_count, sequence=ack.sequence
+    )
+
+
+def push_ack_pb(ack: m.PushAck) -> pb.PushFeaturesResponse:
+    if ack.ack is not None:
+        return pb.PushFeaturesResponse(
+            batch_id=ack.batch_id,
+            accepted=True,
+            row_count=ack.ack.row_count,
+            sequence=ack.ack.sequence,
+        )
+    error = ack.error
+    code = wire_status.code_for(error).value[0] if isinstance(error, DomainError) else 13
+    return pb.PushFeaturesResponse(
+        batch_id=ack.batch_id,
+        accepted=False,
+        error_code=code,
+        error_message=str(error),
+        violations=[
+            pb.WriteViolation(row_index=v.row_index, feature=v.feature, description=v.description)
+            for v in ack.violations
+        ],
+    )
+
+
+# --- reads ------------------------------------------------------------------------------
+
+
+def online_query(request: pb.GetOnlineFeaturesRequest) -> m.OnlineQuery:
+    return m.OnlineQuery(
+        list(request.feature_refs),
+        request.feature_service,
+        [entity_key(k) for k in request.entity_keys],
+        [feature_map(f) for f in request.request_inputs],
+    )
+
+
+def _fill_row(row: pb.FeatureValueRow, cells: Sequence[m.Cell]) -> None:
+    # The hot path of every read: fields are set in place (building sub-messages and
+    # copying them in costs about twice as much).
+    add = row.values.add
+    for value, cell_status, event_us in cells:
+        item = add(status=_STATUS_PB[cell_status])
+        if value is not None:
+            kind = type(value)
+            if kind is float:
+                item.value.double_value = value  # type: ignore[assignment]
+            elif kind is int:
+                item.value.int64_value = value  # type: ignore[assignment]
+            elif kind is str:
+                item.value.string_value = value  # type: ignore[assignment]
+            elif kind is bool:
+                item.value.bool_value = value  # type: ignore[assignment]
+            else:
+                item.value.CopyFrom(value_pb(value))
+        if event_us is not None:
+            seconds, rest = divmod(event_us, 1_000_000)
+            event_time = item.event_time
+            event_time.seconds = seconds
+            event_time.nanos = rest * 1_000
+
+
+def online_result_pb(result: m.ReadResult) -> pb.GetOnlineFeaturesResponse:
+    response = pb.GetOnlineFeaturesResponse(
+        schema=schema_pb(result.schema), feature_service=result.feature_service
+    )
+    add = response.rows.add
+    for cells in result.rows:
+        _fill_row(add(), cells)
+    return response
+
+
+def historical_query(request: pb.GetHistoricalFeaturesRequest) -> m.HistoricalQuery:
+    return m.HistoricalQuery(
+        list(request.feature_refs),
+        request.feature_service,
+        [
+            m.HistoricalRow(
+                entity_key(r.entity_key),
+                optional_micros(r, "event_time"),
+                feature_map(r.request_inputs),
+            )
+            for r in request.entity_rows
+        ],
+        request.chunk_size,
+    )
+
+
+def historical_chunk_pb(chunk: m.HistoricalChunk) -> pb.GetHistoricalFeaturesResponse:
+    response = pb.GetHistoricalFeaturesResponse(
+        schema=schema_pb(chunk.schema),
+        start_row_index=chunk.start_row_index,
+        feature_service=chunk.feature_service,
+    )
+    add = response.rows.add
+    for cells in chunk.rows:
+        _fill_row(add(), cells)
+    return response
+
+
+def materialize_args(request: pb.MaterializeRequest) -> tuple[list[str], int | None, int | None]:
+    return (
+        list(request.feature_views),
+        optional_micros(request, "start_time"),
+        optional_micros(request, "end_time"),
+    )
+
+
+def progress_pb(p: m.MaterializeProgress) -> pb.MaterializeResponse:
+    return pb.MaterializeResponse(
+        feature_view=p.feature_view,
+        rows_done=p.rows_done,
+        rows_total=p.rows_total,
+        done=p.done,
+        materialized_until=timestamp(p.materialized_until_us),
+    )
+
+
+def statistics_args(
+    r: pb.GetFeatureStatisticsRequest,
+) -> tuple[str, list[str], int | None, int | None, int, list[float]]:
+    return (
+        r.feature_view,
+        list(r.features),
+        optional_micros(r, "start_time"),
+        optional_micros(r, "end_time"),
+        r.histogram_bins,
+        list(r.quantiles),
+    )
+
+
+def statistics_pb(stats: ViewStatistics) -> pb.GetFeatureStatisticsResponse:
+    features = []
+    for f in stats.features:
+        s = f.summary
+        item = common_pb2.FeatureStatistics(
+            name=f.name,
+            dtype=_DTYPES_PB[f.dtype],
+            count=s.total,
+            null_count=s.null_count,
+            nan_count=s.nan_count,
+            distinct_count=s.distinct_count,
+            quantiles=[common_pb2.Quantile(quantile=q, value=v) for q, v in s.quantiles],
+            top_categories=[
+                common_pb2.CategoryCount(value=value_pb(v), count=n)  # type: ignore[arg-type]
+                for v, n in s.top_categories
+            ],
+        )
+        for name in ("mean", "std", "min", "max"):
+            value = getattr(s, name)
+            if value is not None:
+                setattr(item, name, value)
+        if s.histogram_counts:
+            item.histogram.CopyFrom(
+                common_pb2.Histogram(bin_edges=s.histogram_edges, counts=s.histogram_counts)
+            )
+        features.append(item)
+    dataset = common_pb2.DatasetStatistics(
+        features=features,
+        row_count=stats.row_count,
+        start_time=timestamp(stats.start_us),
+        end_time=timestamp(stats.end_us),
+        compute_time=timestamp(stats.compute_us),
+    )
+    return pb.GetFeatureStatisticsResponse(statistics=dataset)

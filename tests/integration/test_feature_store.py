@@ -1,0 +1,675 @@
+"""The feature store over real gRPC: definitions, validated writes, push acks, online
+reads with statuses, point-in-time retrieval, transforms, limits and restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import urllib.request
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import duration_pb2, timestamp_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from mlbackend.common.v1 import common_pb2 as c
+from mlbackend.features.v1 import features_pb2 as f
+from mlbackend_clients.features import FeatureStoreClient
+
+from conftest import Connect, StartService
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def ts(when: datetime) -> timestamp_pb2.Timestamp:
+    out = timestamp_pb2.Timestamp()
+    out.FromDatetime(when)
+    return out
+
+
+def key(user: str) -> c.EntityKey:
+    return c.EntityKey(join_keys={"user_id": c.Value(string_value=user)})
+
+
+def definitions() -> f.ApplyDefinitionsRequest:
+    return f.ApplyDefinitionsRequest(
+        entities=[
+            f.Entity(name="user", join_keys=[f.JoinKey(name="user_id", dtype=c.DATA_TYPE_STRING)])
+        ],
+        feature_views=[
+            f.FeatureView(
+                name="user_stats",
+                entities=["user"],
+                ttl=duration_pb2.Duration(seconds=3600),
+                features=[
+                    f.Feature(
+                        name="amount",
+                        dtype=c.DATA_TYPE_DOUBLE,
+                        constraints=f.FeatureConstraints(min=0, not_null=True),
+                    ),
+                    f.Feature(name="txn_count", dtype=c.DATA_TYPE_INT64),
+                    f.Feature(
+                        name="country",
+                        dtype=c.DATA_TYPE_STRING,
+                        constraints=f.FeatureConstraints(
+                            allowed_values=[c.Value(string_value=v) for v in ("DE", "FR", "US")]
+                        ),
+                    ),
+                ],
+            )
+        ],
+        feature_services=[
+            f.FeatureService(
+                name="fraud",
+                feature_refs=["user_stats:amount", "user_stats:country"],
+                request_inputs=[f.RequestInput(name="tx_amount", dtype=c.DATA_TYPE_DOUBLE)],
+                transforms=[
+                    f.Transform(
+                        output="amount_z",
+                        standard_scale=f.Transform.StandardScale(
+                            input="user_stats:amount", mean=10, std=2
+                        ),
+                    ),
+                    f.Transform(
+                        output="tx_ratio",
+                        ratio=f.Transform.Ratio(
+                            numerator="tx_amount", denominator="user_stats:amount"
+                        ),
+                    ),
+                    f.Transform(
+                        output="country",
+                        one_hot=f.Transform.OneHot(
+                            input="user_stats:country", categories=["DE", "FR"], include_other=True
+                        ),
+                    ),
+                ],
+                outputs=["amount_z", "tx_ratio", "country"],
+            )
+        ],
+    )
+
+
+def row(user: str, when: datetime, amount: float, count: int, country: str) -> f.FeatureRow:
+    return f.FeatureRow(
+        entity_key=key(user),
+        event_time=ts(when),
+        values=[
+            c.Value(double_value=amount),
+            c.Value(int64_value=count),
+            c.Value(string_value=country),
+        ],
+    )
+
+
+def batch(rows: list[f.FeatureRow], batch_id: str = "") -> f.FeatureBatch:
+    return f.FeatureBatch(
+        batch_id=batch_id,
+        feature_view="user_stats",
+        features=["amount", "txn_count", "country"],
+        rows=rows,
+    )
+
+
+def violations(error: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
+    status = rpc_status.from_call(error)
+    assert status is not None
+    out = []
+    for detail in status.details:
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            out += [(v.field, v.description) for v in bad.field_violations]
+    return out
+
+
+async def ready(start_service: StartService, connect: Connect, **settings: Any) -> Any:
+    server = await start_service("features", **settings)
+    client: FeatureStoreClient = connect("features", server)
+    await client.stub.ApplyDefinitions(definitions(), timeout=10)
+    return server, client
+
+
+async def online(client: FeatureStoreClient, users: list[str], **kw: Any) -> Any:
+    return await client.stub.GetOnlineFeatures(
+        f.GetOnlineFeaturesRequest(entity_keys=[key(u) for u in users], **kw), timeout=10
+    )
+
+
+def values(response: Any) -> list[list[tuple[str, Any]]]:
+    out = []
+    for r in response.rows:
+        cells = []
+        for v in r.values:
+            kind = v.value.WhichOneof("kind")
+            cells.append((c.FeatureStatus.Name(v.status), getattr(v.value, kind) if kind else None))
+        out.append(cells)
+    return out
+
+
+async def test_apply_is_versioned_and_idempotent(
+    start_service: StartService, connect: Connect
+) -> None:
+    _, client = await ready(start_service, connect)
+    again = await client.stub.ApplyDefinitions(definitions(), timeout=10)
+    assert {ch.change_type for ch in again.changes} == {f.CHANGE_TYPE_UNCHANGED}
+    service = (
+        await client.stub.GetFeatureService(f.GetFeatureServiceRequest(name="fraud"))
+    ).feature_service
+    assert service.version == 1
+    assert [s.name for s in service.output_schema] == [
+        "amount_z", "tx_ratio", "country=DE", "country=FR", "country=__other__",
+    ]  # fmt: skip
+    # A refit is a new version; the old one stays readable.
+    changed = definitions()
+    changed.feature_services[0].transforms[0].standard_scale.mean = 11
+    answer = await client.stub.ApplyDefinitions(changed, timeout=10)
+    assert answer.changes[-1].revision == 2
+    old = await client.stub.GetFeatureService(f.GetFeatureServiceRequest(name="fraud@1"))
+    assert old.feature_service.transforms[0].standard_scale.mean == 10
+    # An incompatible change is refused unless forced.
+    breaking = f.ApplyDefinitionsRequest(feature_views=definitions().feature_views)
+    breaking.feature_views[0].features[1].dtype = c.DATA_TYPE_STRING
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await client.stub.ApplyDefinitions(breaking, timeout=10)
+    assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "txn_count" in (raised.value.details() or "")
+    view = await client.stub.GetFeatureView(f.GetFeatureViewRequest(name="user_stats"))
+    assert view.feature_view.features[1].dtype == c.DATA_TYPE_INT64
+    # Removing a feature a service reads is incompatible too; force needs admin (auth off
+    # on loopback makes the caller admin) and then goes through.
+    removing = f.ApplyDefinitionsRequest(feature_views=definitions().feature_views)
+    del removing.feature_views[0].features[0]
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await client.stub.ApplyDefinitions(removing, timeout=10)
+    assert "fraud@1" in (raised.value.details() or "")
+    removing.force = True
+    forced = await client.stub.ApplyDefinitions(removing, timeout=10)
+    assert forced.changes[0].change_type == f.CHANGE_TYPE_FORCED
+    assert view.feature_view.online  # unset means online
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await client.stub.GetFeatureView(f.GetFeatureViewRequest(name="nope"))
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_write_then_online_read_with_statuses_and_order(
+    start_service: StartService, connect: Connect
+) -> None:
+    _, client = await ready(start_service, connect)
+    now = datetime.now(UTC)
+    ack = await client.stub.WriteFeatures(
+        f.WriteFeaturesRequest(
+            batch=batch(
+                [
+                    row("u1", now - timedelta(minutes=5), 12.0, 3, "DE"),
+                    row("u2", now - timedelta(hours=2), 7.0, 1, "US"),  # past the 1 h TTL
+                ],
+                "b1",
+            )
+        ),
+        timeout=10,
+    )
+    assert (ack.batch_id, ack.row_count, ack.sequence) == ("b1", 2, 1)
+    # An older row for u1 arrives late: it must not win.
+    await client.stub.WriteFeatures(
+        f.WriteFeaturesRequest(batch=batch([row("u1", now - timedelta(hours=1), 99.0, 9, "FR")])),
+        timeout=10,
+    )
+    response = await online(
+        client,
+        ["u3", "u1", "u2"],
+        feature_refs=["user_stats:country", "user_stats:amount", "user_stats:txn_count"],
+    )
+    assert [s.name for s in response.schema] == [
+        "user_stats:country", "user_stats:amount", "user_stats:txn_count",
+    ]  # fmt: skip
+    assert values(response) == [
+        [("FEATURE_STATUS_NOT_FOUND", None)] * 3,
+        [
+            ("FEATURE_STATUS_PRESENT", "DE"),
+            ("FEATURE_STATUS_PRESENT", 12.0),
+            ("FEATURE_STATUS_PRESENT", 3),
+        ],
+        [("FEATURE_STATUS_EXPIRED", None)] * 3,
+    ]
+    assert response.rows[1].values[0].event_time.ToDatetime(UTC) == (
+        now - timedelta(minutes=5)
+    ).replace(microsecond=(now - timedelta(minutes=5)).microsecond)
+    # Re-sending a batch id is acknowledged again, not stored twice.
+    again = await client.stub.WriteFeatures(
+        f.WriteFeaturesRequest(batch=batch([row("u9", now, 1.0, 1, "DE")], "b1")), timeout=10
+    )
+    assert again.sequence == 1
+    assert values(await online(client, ["u9"], feature_refs=["user_stats:amount"])) == [
+        [("FEATURE_STATUS_NOT_FOUND", None)]
+    ]
+
+
+async def test_rejected_batch_lists_every_violation_and_stores_nothing(
+    start_service: StartService, connect: Connect
+) -> None:
+    _, client = await ready(start_service, connect)
+    bad = batch(
+        [
+            row("u1", T0, 1.0, 1, "DE"),
+            row("u2", T0, -5.0, 1, "XX"),  # below min, not allowed
+            f.FeatureRow(
+                entity_key=key("u3"),
+                event_time=ts(T0),
+                values=[
+                    c.Value(double_value=float("nan")),
+                    c.Value(string_value="x"),
+                    c.Value(),
+                ],
+            ),
+            f.FeatureRow(
+                entity_key=c.EntityKey(join_keys={"user_id": c.Value(int64_value=4)}),
+                values=[c.Value(double_value=1.0), c.Value(int64_value=1), c.Value()],
+            ),
+        ]
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await client.stub.WriteFeatures(f.WriteFeaturesRequest(batch=bad), timeout=10)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert sorted(field for field, _ in violations(raised.value)) == [
+        "batch.rows[1].values.amount",
+        "batch.rows[1].values.country",
+        "batch.rows[2].values.amount",
+        "batch.rows[2].values.txn_count",
+        "batch.rows[3].entity_key.user_id",
+        "batch.rows[3].event_time",
+    ]
+    response = await online(client, ["u1"], feature_refs=["user_stats:amount"])
+    assert values(response) == [[("FEATURE_STATUS_NOT_FOUND", None)]]
+    # Unknown view, unknown feature.
+    unknown = batch([row("u1", T0, 1.0, 1, "DE")])
+    unknown.feature_view = "nope"
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await client.stub.WriteFeatures(f.WriteFeaturesRequest(batch=unknown), timeout=10)
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "batch.feature_view" in (raised.value.details() or "")
+    unknown = batch([row("u1", T0, 1.0, 1, "DE")])
+    unknown.features[1] = "nope"
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await client.stub.WriteFeatures(f.WriteFeaturesRequest(batch=unknown), timeout=10)
+    assert ("batch.features[1]", "unknown feature of view 'user_stats'") in violations(raised.value)
+
+
+async def test_limits_give_field_errors_and_the_server_stays_up(
+    start_service: StartService, connect: Connect
+) -> None:
+    _, client = await ready(start_service, connect)
+    huge = batch([row("u1", T0, 1.0, 1, "DE")])
+    huge.rows[0].values[2].string_value = "x" * 1_000_000
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await client.stub.WriteFeatures(f.WriteFeaturesRequest(batch=huge), timeout=10)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(raised.value)[0][0] == "batch.rows[0].values.country"
+
+    future = batch([row("u1", datetime(9999, 1, 1, tzinfo=UTC), 1.0, 1, "DE")])
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await client.stub.WriteFeatures(f.WriteFeaturesRequest(batch=future), timeout=10)
+    assert violations(raised.value)[0][0] == "batch.rows[0].event_time"
+
+    for count in (10_001, 100_000):
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await online(
+                client, [f"u{i}" for i in range(count)], feature_refs=["user_stats:amount"]
+            )
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert violations(raised.value)[0][0] == "entity_keys"
+
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await online(client, ["u1"], feature_refs=["user_stats:nope", "other:x", "bad"])
+    assert [v[0] for v in violations(raised.value)] == [
+        "feature_refs[0]", "feature_refs[1]", "feature_refs[2]",
+    ]  # fmt: skip
+
+    over = batch([row("u1", T0, 1.0, 1, "x" * 60_000) for _ in range(1_200)])  # ~72 MB
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await client.stub.WriteFeatures(f.WriteFeaturesRequest(batch=over), timeout=30)
+    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    # 10,000 keys is within the limit, and the server is still fine.
+    response = await online(
+        client, [f"u{i}" for i in range(10_000)], feature_refs=["user_stats:amount"]
+    )
+    assert len(response.rows) == 10_000
+    assert await client.check_health(timeout=5) == "SERVING"
+
+
+async def _push(batches: list[f.FeatureBatch]) -> AsyncIterator[f.PushFeaturesRequest]:
+    for b in batches:
+        yield f.PushFeaturesRequest(batch=b)
+        await asyncio.sleep(0)
+
+
+async def test_push_stream_acks_every_batch(start_service: StartService, connect: Connect) -> None:
+    _, client = await ready(start_service, connect)
+    now = datetime.now(UTC)
+    batches = [
+        batch([row("u1", now, 1.0, 1, "DE")], "p1"),
+        batch([row("u2", now, -1.0, 1, "DE"), row("u3", now, 1.0, 1, "ZZ")], "p2"),
+        batch([row("u2", now, 2.0, 2, "FR")], "p3"),
+    ]
+    acks = [ack async for ack in client.stub.PushFeatures(_push(batches), timeout=10)]
+    assert [(a.batch_id, a.accepted) for a in acks] == [("p1", True), ("p2", False), ("p3", True)]
+    assert acks[0].sequence == 1 and acks[2].sequence == 2
+    assert acks[1].error_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert [(v.row_index, v.feature) for v in acks[1].violations] == [
+        (0, "amount"),
+        (1, "country"),
+    ]
+    response = await online(client, ["u1", "u2", "u3"], feature_refs=["user_stats:amount"])
+    assert values(response) == [
+        [("FEATURE_STATUS_PRESENT", 1.0)],
+        [("FEATURE_STATUS_PRESENT", 2.0)],
+        [("FEATURE_STATUS_NOT_FOUND", None)],
+    ]
+
+
+async def test_transforms_apply_online_and_historically(
+    start_service: StartService, connect: Connect
+) -> None:
+    _, client = await ready(start_service, connect)
+    now = datetime.now(UTC)
+    await client.stub.WriteFeatures(
+        f.WriteFeaturesRequest(
+            batch=batch(
+                [row("u1", now - timedelta(minutes=1), 14.0, 3, "FR"),
+                 row("u2", now - timedelta(minutes=1), 10.0, 3, "US")]
+            )
+        ),
+        timeout=10,
+    )  # fmt: skip
+    inputs = [c.FeatureMap(values={"tx_amount": c.Value(double_value=7.0)})]
+    response = await online(
+        client, ["u1", "u2", "u3"], feature_service="fraud", request_inputs=inputs
+    )
+    assert response.feature_service == "fraud@1"
+    expected = [
+        [2.0, 0.5, 0.0, 1.0, 0.0],
+        [0.0, 0.7, 0.0, 0.0, 1.0],
+    ]
+    got = [[v for _, v in r] for r in values(response)]
+    assert got[:2] == expected
+    assert {s for s, _ in values(response)[2]} == {"FEATURE_STATUS_NOT_FOUND"}
+
+    rows = [
+        f.EntityRow(
+            entity_key=key(u), event_time=ts(now),
+            request_inputs=c.FeatureMap(values={"tx_amount": c.Value(double_value=7.0)}),
+        )
+        for u in ("u1", "u2", "u3")
+    ]  # fmt: skip
+    chunks = [
+        chunk
+        async for chunk in client.stub.GetHistoricalFeatures(
+            f.GetHistoricalFeaturesRequest(feature_service="fraud", entity_rows=rows, chunk_size=2),
+            timeout=10,
+        )
+    ]
+    assert [ch.start_row_index for ch in chunks] == [0, 2]
+    assert chunks[0].feature_service == "fraud@1"
+    historical = [[v for _, v in r] for ch in chunks for r in values(ch)]
+    assert historical[:2] == expected
+    # A missing request input is a field error.
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await online(client, ["u1"], feature_service="fraud")
+    assert violations(raised.value)[0][0] == "request_inputs[0].tx_amount"
+
+
+async def test_historical_is_point_in_time_and_streams_every_row(
+    start_service: StartService, connect: Connect
+) -> None:
+    _, client = await ready(start_service, connect)
+    await client.stub.WriteFeatures(
+        f.WriteFeaturesRequest(
+            batch=batch(
+                [
+                    row("u1", T0, 1.0, 1, "DE"),
+                    row("u1", T0 + timedelta(minutes=30), 2.0, 2, "DE"),
+                    row("u2", T0 + timedelta(hours=5), 5.0, 5, "DE"),
+                ]
+            )
+        ),
+        timeout=10,
+    )
+    queries = [
+        ("u1", T0 - timedelta(seconds=1)),  # before any value
+        ("u1", T0 + timedelta(minutes=29)),  # the first value
+        ("u1", T0 + timedelta(minutes=30)),  # equal timestamp: the second
+        ("u1", T0 + timedelta(minutes=90)),  # exactly TTL after the second: still valid
+        ("u1", T0 + timedelta(minutes=90, seconds=1)),  # past TTL
+        ("u2", T0),  # seen only later
+        ("u9", T0),  # never seen
+    ] * 300
+    rows = [f.EntityRow(entity_key=key(u), event_time=ts(t)) for u, t in queries]
+    chunks = [
+        chunk
+        async for chunk in client.stub.GetHistoricalFeatures(
+            f.GetHistoricalFeaturesRequest(feature_refs=["user_stats:amount"], entity_rows=rows),
+            timeout=30,
+        )
+    ]
+    assert len(chunks) == 3 and chunks[1].start_row_index == 1000
+    got = [cells[0] for ch in chunks for cells in values(ch)]
+    assert len(got) == len(queries)
+    assert got[:7] == [
+        ("FEATURE_STATUS_NOT_FOUND", None),
+        ("FEATURE_STATUS_PRESENT", 1.0),
+        ("FEATURE_STATUS_PRESENT", 2.0),
+        ("FEATURE_STATUS_PRESENT", 2.0),
+        ("FEATURE_STATUS_EXPIRED", None),
+        ("FEATURE_STATUS_NOT_FOUND", None),
+        ("FEATURE_STATUS_NOT_FOUND", None),
+    ]
+    assert got == got[:7] * 300
+
+
+async def test_statistics_materialize_and_freshness_metrics(
+    start_service: StartService, connect: Connect
+) -> None:
+    server, client = await ready(start_service, connect)
+    now = datetime.now(UTC)
+    rows = [row(f"u{i}", now - timedelta(seconds=i), float(i), i, "DE") for i in range(1, 101)]
+    await client.stub.WriteFeatures(f.WriteFeaturesRequest(batch=batch(rows)), timeout=10)
+    stats = (
+        await client.stub.GetFeatureStatistics(
+            f.GetFeatureStatisticsRequest(
+                feature_view="user_stats", features=["amount", "country"], quantiles=[0.5],
+                histogram_bins=4,
+            ),
+            timeout=10,
+        )
+    ).statistics  # fmt: skip
+    amount, country = stats.features
+    assert (amount.count, amount.null_count, amount.min, amount.max) == (100, 0, 1.0, 100.0)
+    assert amount.mean == pytest.approx(50.5)
+    assert amount.quantiles[0].value in (50.0, 51.0)
+    assert sum(amount.histogram.counts) == 100 and len(amount.histogram.bin_edges) == 5
+    assert country.top_categories[0].count == 100
+
+    progress = [p async for p in client.stub.Materialize(f.MaterializeRequest(), timeout=10)]
+    assert progress[-1].done and progress[-1].rows_done == 100
+
+    text = await asyncio.to_thread(
+        lambda: urllib.request.urlopen(server.metrics.url, timeout=5).read().decode()
+    )
+    assert 'mlbackend_features_last_write_timestamp_seconds{feature_view="user_stats"}' in text
+    assert 'mlbackend_features_freshness_lag_seconds{feature_view="user_stats"}' in text
+
+
+async def test_acknowledged_writes_survive_a_restart(
+    start_service: StartService, connect: Connect, tmp_path: Path
+) -> None:
+    server, client = await ready(start_service, connect, data_dir=tmp_path / "data")
+    now = datetime.now(UTC)
+    await client.stub.WriteFeatures(
+        f.WriteFeaturesRequest(batch=batch([row("u1", now, 3.0, 1, "DE")])), timeout=10
+    )
+    await server.stop(0)
+    # Lose the online copy entirely: start-up replays it from the offline commit log.
+    for name in ("online.db", "online.db-wal", "online.db-shm"):
+        (tmp_path / "data" / "features" / name).unlink(missing_ok=True)
+    server2 = await start_service("features", data_dir=tmp_path / "data")
+    client2: FeatureStoreClient = connect("features", server2)
+    response = await online(client2, ["u1"], feature_refs=["user_stats:amount"])
+    assert values(response) == [[("FEATURE_STATUS_PRESENT", 3.0)]]
+    ack = await client2.stub.WriteFeatures(
+        f.WriteFeaturesRequest(batch=batch([row("u2", now, 4.0, 1, "DE")])), timeout=10
+    )
+    assert ack.sequence == 2
+
+
+@pytest.mark.e2e
+async def test_kill_9_during_writes_loses_no_acknowledged_batch(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+
+    async def serve() -> tuple[asyncio.subprocess.Process, FeatureStoreClient]:
+        ready_file = tmp_path / "ready.json"
+        ready_file.unlink(missing_ok=True)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "mlbackend_cli", "serve", "features", "--port", "0",
+            "--metrics-port", "0", "--data-dir", str(data), "--ready-file", str(ready_file),
+            env={**os.environ, "MLBACKEND_LOG_LEVEL": "WARNING"},
+        )  # fmt: skip
+        for _ in range(300):
+            if ready_file.exists() and ready_file.read_text().strip():
+                break
+            await asyncio.sleep(0.05)
+        port = json.loads(ready_file.read_text())["port"]
+        return process, FeatureStoreClient.connect(f"127.0.0.1:{port}")
+
+    process, client = await serve()
+    await client.stub.ApplyDefinitions(definitions(), timeout=10)
+    acked: list[str] = []
+    enough = asyncio.Event()
+    now = datetime.now(UTC)
+
+    async def writer() -> None:
+        for i in range(100_000):
+            b = batch([row(f"k{i}-{j}", now, float(j), j, "DE") for j in range(20)], f"b{i}")
+            await client.stub.WriteFeatures(f.WriteFeaturesRequest(batch=b), timeout=10)
+            acked.append(f"k{i}")
+            if len(acked) >= 30:
+                enough.set()
+
+    task = asyncio.create_task(writer())
+    await asyncio.wait_for(enough.wait(), timeout=60)
+    process.send_signal(signal.SIGKILL)
+    await process.wait()
+    with pytest.raises(grpc.aio.AioRpcError):
+        await task
+    await client.close()
+
+    process, client = await serve()
+    try:
+        users = [f"{prefix}-{j}" for prefix in acked for j in range(20)]
+        got: list[list[tuple[str, Any]]] = []
+        for start in range(0, len(users), 5_000):
+            got += values(
+                await online(
+                    client, users[start : start + 5_000], feature_refs=["user_stats:amount"]
+                )
+            )
+        assert all(cells[0][0] == "FEATURE_STATUS_PRESENT" for cells in got)
+        # The batch in flight at the kill is either complete or absent, never half.
+        history = [
+            chunk
+            async for chunk in client.stub.GetHistoricalFeatures(
+                f.GetHistoricalFeaturesRequest(
+                    feature_refs=["user_stats:amount"],
+                    entity_rows=[
+                        f.EntityRow(entity_key=key(f"k{len(acked)}-{j}"), event_time=ts(now))
+                        for j in range(20)
+                    ],
+                )
+            )
+        ]
+        statuses = {cells[0][0] for ch in history for cells in values(ch)}
+        assert len(statuses) == 1
+    finally:
+        await client.close()
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), timeout=30)
+
+
+DEFINITIONS_YAML = """
+entities:
+  - name: user
+    join_keys: [{name: user_id, dtype: STRING}]
+feature_views:
+  - name: user_stats
+    entities: [user]
+    ttl: 1h
+    features:
+      - {name: amount, dtype: DOUBLE, constraints: {min: 0, not_null: true}}
+      - {name: txn_count, dtype: INT64}
+      - {name: country, dtype: STRING, constraints: {allowed_values: [DE, FR, US]}}
+feature_services:
+  - name: fraud
+    feature_refs: ["user_stats:amount"]
+    transforms:
+      - {output: amount_z, standard_scale: {input: "user_stats:amount", mean: 10, std: 2}}
+"""
+
+
+async def test_cli_applies_yaml_and_exports_point_in_time_csv(
+    start_service: StartService, connect: Connect, tmp_path: Path
+) -> None:
+    from mlbackend_cli import features_cmd
+
+    server = await start_service("features")
+    client: FeatureStoreClient = connect("features", server)
+    definitions_file = tmp_path / "features.yaml"
+    definitions_file.write_text(DEFINITIONS_YAML)
+    argv = ["features", "apply", str(definitions_file), "--target", server.address]
+    assert await asyncio.to_thread(features_cmd.main, argv) == 0
+    view = (
+        await client.stub.GetFeatureView(f.GetFeatureViewRequest(name="user_stats"))
+    ).feature_view
+    assert (
+        view.ttl.seconds == 3600
+        and view.features[2].constraints.allowed_values[0].string_value == "DE"
+    )
+    await client.stub.WriteFeatures(
+        f.WriteFeaturesRequest(batch=batch([row("u1", T0, 12.0, 1, "DE")])), timeout=10
+    )
+    entities = tmp_path / "entities.csv"
+    entities.write_text("user_id,event_time\nu1,2026-01-01T00:30:00Z\nu2,2026-01-01T00:30:00Z\n")
+    out = tmp_path / "out.csv"
+    argv = ["features", "export", str(entities), "--out", str(out), "--feature-service", "fraud",
+            "--target", server.address]  # fmt: skip
+    assert await asyncio.to_thread(features_cmd.main, argv) == 0
+    assert out.read_text().splitlines() == ["row,user_stats:amount,amount_z", "0,12.0,1.0", "1,,"]
+
+
+async def test_redis_online_store_answers_like_sqlite(
+    start_service: StartService, connect: Connect, tmp_path: Path
+) -> None:
+    from contract.redis_server import redis_server
+
+    now = datetime.now(UTC)
+    rows = [
+        row("u1", now - timedelta(minutes=5), 12.0, 3, "DE"),
+        row("u2", now - timedelta(hours=2), 7.0, 1, "US"),
+        row("u1", now - timedelta(hours=1), 99.0, 9, "FR"),
+    ]
+    request = {"feature_refs": ["user_stats:country", "user_stats:amount"]}
+    answers = []
+    with redis_server() as url:
+        for settings in ({}, {"online_store": "redis", "redis_url": url}):
+            _, client = await ready(
+                start_service, connect, data_dir=tmp_path / str(len(answers)), **settings
+            )
+            await client.stub.WriteFeatures(f.WriteFeaturesRequest(batch=batch(rows)), timeout=10)
+            answers.append(values(await online(client, ["u3", "u2", "u1"], **request)))
+    assert answers[0] == answers[1]
+    assert answers[1][2] == [("FEATURE_STATUS_PRESENT", "DE"), ("FEATURE_STATUS_PRESENT", 12.0)]
