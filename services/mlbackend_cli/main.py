@@ -46,17 +46,25 @@ _SERVER_FLAGS: tuple[tuple[str, type | None, str], ...] = (
     ("maintenance-seconds", float, "feature store cleanup/catch-up interval (default 30)"),
     ("model-dir", Path, "serving: serve models from DIR/<model>/<version>/ (no registry)"),
     ("serving-models", str, "serving: versions to follow, e.g. fraud@production,x@latest:2"),
+    ("http-port", int, "gateway: JSON/HTTP port (default 8080; 0 = ephemeral)"),
 )
+
+
+# Shorter spellings the issues and docs use.
+_ALIASES = {"database-url": ("--db",)}
 
 
 def _add_server_flags(parser: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
     for flag, kind, help_text in _SERVER_FLAGS:
         if only is not None and flag not in only:
             continue
+        names = (f"--{flag}", *_ALIASES.get(flag, ()))
+        options: dict[str, Any] = {"dest": flag.replace("-", "_"), "default": None}
         if kind is None:
-            parser.add_argument(f"--{flag}", action="store_true", default=None, help=help_text)
+            options["action"] = "store_true"
         else:
-            parser.add_argument(f"--{flag}", type=kind, default=None, help=help_text)
+            options["type"] = kind
+        parser.add_argument(*names, help=help_text, **options)
 
 
 def _settings_kwargs(args: argparse.Namespace) -> dict[str, Any]:

@@ -67,6 +67,16 @@ class ServerSettings(BaseSettings):
     model_dir: Path | None = Field(
         None, description="Serve DIR/<model>/<version>/{model.json,model.skops} (no registry)."
     )
+    # Serving, registry mode (registry set, model_dir not): which versions to follow.
+    serving_models: str | None = Field(
+        None,
+        description="Versions to serve, e.g. 'fraud@production,other@latest:2,x@3'; "
+        "unset: every version an alias points at, of every model.",
+    )
+    # Gateway: the JSON/HTTP front beside its gRPC port.
+    http_port: Port | None = Field(
+        8080, ge=0, le=65535, description="Gateway JSON/HTTP port; 0 = ephemeral, unset = off."
+    )
 
     @model_validator(mode="after")
     def _tls_pairs(self) -> ServerSettings:

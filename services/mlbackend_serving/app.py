@@ -2,8 +2,8 @@
 on one port, over one core that holds the loaded model versions.
 
 Simple mode (``--model-dir``) loads and warms every version of the directory before
-the server reports SERVING. Following the registry's watch stream comes with the
-registry (issue #5, item 3).
+the server reports SERVING. Registry mode (``--registry`` without ``--model-dir``)
+follows the registry's watch stream (see ``registry_source`` and ``core.follower``).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from mlbackend_runtime.settings import ServerSettings
 from mlbackend_serving.core.model_dir import ModelDirectory
 from mlbackend_serving.core.service import ServingCore
 from mlbackend_serving.metrics import ModelMetrics
+from mlbackend_serving.registry_source import follow_registry
 from mlbackend_serving.transport.servicers import InferenceServicer, ModelServingServicer
 
 _OIP = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
@@ -77,6 +78,7 @@ async def create_server(
     core = ServingCore(model_executor(), directory=directory, observer=ModelMetrics(registry))
     # Warm before taking traffic: health says SERVING only once this is done.
     await core.load_directory()
+    following = await follow_registry(settings, core)
 
     def register(server: grpc.aio.Server) -> None:
         serving_pb2_grpc.add_ModelServingServiceServicer_to_server(
@@ -86,4 +88,7 @@ async def create_server(
             InferenceServicer(core), server
         )
 
-    return await start_server(SPEC, settings, register, registry=registry)
+    running = await start_server(SPEC, settings, register, registry=registry)
+    if following is not None:
+        await following.attach(running)
+    return running

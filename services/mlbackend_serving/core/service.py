@@ -38,6 +38,15 @@ class ModelState(enum.Enum):
     FAILED = "failed"
 
 
+class VersionLoader(Protocol):
+    """Loads one version (blocking; run off the event loop): the model directory, or
+    the registry follower's artifact cache."""
+
+    def load(
+        self, name: str, version: int
+    ) -> tuple[LoadedModel, BatchingPolicy | None, list[str]]: ...
+
+
 class ModelObserver(Protocol):
     """Per-version metrics; the app wires Prometheus in, tests may pass nothing."""
 
@@ -204,7 +213,12 @@ class ServingCore:
         return [await self.load(name, v) for v in versions]
 
     async def load(
-        self, name: str, version: int, *, raise_on_failure: bool = True
+        self,
+        name: str,
+        version: int,
+        *,
+        raise_on_failure: bool = True,
+        source: VersionLoader | None = None,
     ) -> ServedVersion:
         key = ModelKey(name, version)
         self._expected.add(key)
@@ -215,7 +229,7 @@ class ServingCore:
         served = ServedVersion(key, ModelState.LOADING, observer=self._observer.for_version(key))
         self._versions[key] = served
         loop = asyncio.get_running_loop()
-        source = self._source()
+        source = source or self._source()
         try:
             model, batching, aliases = await loop.run_in_executor(
                 self._executor, source.load, name, version
@@ -241,6 +255,15 @@ class ServingCore:
         served.state, served.ready_time = ModelState.READY, time.time()
         logger.info("%s ready (batch ≤ %d rows)", key, served.policy.max_batch_size)
         return served
+
+    def set_aliases(self, name: str, aliases: dict[str, int]) -> None:
+        """Point ``name``'s aliases at loaded versions, all at once: a request resolves
+        either before or after the move, and one that resolved the old version finishes
+        on it (its batcher drains before an unload)."""
+        for served in (v for k, v in self._versions.items() if k.name == name):
+            served.aliases = tuple(
+                sorted(a for a, version in aliases.items() if version == served.key.version)
+            )
 
     async def unload(self, name: str, version: int | None) -> list[ServedVersion]:
         """Unload one or every version of ``name`` after queued requests finish."""
