@@ -25,6 +25,7 @@ def loopback_settings(tmp_path: Any, **overrides: Any) -> ServerSettings:
         "host": "127.0.0.1",
         "port": 0,
         "metrics_port": 0,
+        "http_port": 0,
         "data_dir": tmp_path,
         "grace_seconds": 2.0,
     }

@@ -1,9 +1,13 @@
 """Channel factory: TLS, bearer token, retries, deadlines, keepalive, load balancing.
 
-Retries and default deadlines are declared once, in the channel's service config,
-built from the contract itself: methods whose proto says
-``idempotency_level = NO_SIDE_EFFECTS`` or ``IDEMPOTENT`` are retried on
-UNAVAILABLE; every unary method gets the default deadline.
+Retries are declared once, in the channel's service config, built from the contract
+itself: methods whose proto says ``idempotency_level = NO_SIDE_EFFECTS`` or
+``IDEMPOTENT`` are retried on UNAVAILABLE. Every call with a single response gets the
+default deadline unless it sets one; streams keep their own (often long) lifetimes.
+
+The default deadline is applied by this module's interceptors, not by the service
+config's ``timeout``: grpcio 1.85 fails every call at once with DEADLINE_EXCEEDED when
+that timeout is 1 s or less (measured; 1.5 s and more behave).
 """
 
 from __future__ import annotations
@@ -89,26 +93,19 @@ def _resolve(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
     return list(seen)
 
 
-def service_config(
-    services: Sequence[ServiceDescriptor], default_timeout: float, max_attempts: int
-) -> dict[str, Any]:
-    """round_robin, per-method deadlines and retry policy for ``services``."""
-    retried: list[dict[str, str]] = []
-    timed: list[dict[str, str]] = []
-    for service in services:
-        for method in service.methods:
-            name = {"service": service.full_name, "method": method.name}
-            if _is_idempotent(method):
-                retried.append(name)
-            elif not (method.client_streaming or method.server_streaming):
-                timed.append(name)
-    timeout = f"{default_timeout:.3f}s"
+def service_config(services: Sequence[ServiceDescriptor], max_attempts: int) -> dict[str, Any]:
+    """round_robin and the retry policy of the idempotent methods of ``services``."""
+    retried = [
+        {"service": service.full_name, "method": method.name}
+        for service in services
+        for method in service.methods
+        if _is_idempotent(method)
+    ]
     method_config: list[dict[str, Any]] = []
     if retried:
         method_config.append(
             {
                 "name": retried,
-                "timeout": timeout,
                 "retryPolicy": {
                     "maxAttempts": max(2, min(max_attempts, 5)),
                     "initialBackoff": "0.05s",
@@ -118,13 +115,11 @@ def service_config(
                 },
             }
         )
-    if timed:
-        method_config.append({"name": timed, "timeout": timeout})
     return {"loadBalancingConfig": [{"round_robin": {}}], "methodConfig": method_config}
 
 
 def _is_idempotent(method: MethodDescriptor) -> bool:
-    # Streaming calls keep their own (often long) lifetimes: no default deadline.
+    # gRPC retries a stream only before its first response: not worth declaring.
     if method.client_streaming or method.server_streaming:
         return False
     return method.GetOptions().idempotency_level in _RETRYABLE_LEVELS
@@ -134,7 +129,7 @@ def channel_arguments(
     services: Sequence[ServiceDescriptor], options: ChannelOptions
 ) -> list[tuple[str, Any]]:
     """The ``grpc`` channel arguments for ``options`` (also usable with sync channels)."""
-    config = service_config(services, options.default_timeout, options.max_attempts)
+    config = service_config(services, options.max_attempts)
     args: list[tuple[str, Any]] = [
         ("grpc.service_config", json.dumps(config)),
         ("grpc.enable_retries", 1),
@@ -158,7 +153,7 @@ def create_channel(
     """An asyncio channel to ``target`` for calling ``services``."""
     options = options or ChannelOptions()
     args = channel_arguments(services, options)
-    interceptors = _interceptors(options.token)
+    interceptors = _interceptors(options.token, options.default_timeout)
     address = normalize_target(target)
     if options.tls is None:
         return grpc.aio.insecure_channel(address, options=args, interceptors=interceptors)
@@ -172,18 +167,24 @@ def create_channel(
 
 
 class _Outgoing:
-    """Adds the bearer token and the propagated request id; caps the timeout at what is
-    left of the deadline of the call being served (so deadlines shrink hop by hop)."""
+    """Adds the bearer token and the propagated request id; gives single-response calls
+    the default deadline; caps the timeout at what is left of the deadline of the call
+    being served (so deadlines shrink hop by hop)."""
 
-    def __init__(self, token: str | None) -> None:
+    def __init__(self, token: str | None, default_timeout: float) -> None:
         self._auth = (("authorization", f"Bearer {token}"),) if token else ()
+        self._default_timeout = default_timeout
 
-    def details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    def details(
+        self, details: grpc.aio.ClientCallDetails, *, single_response: bool
+    ) -> grpc.aio.ClientCallDetails:
         metadata = grpc.aio.Metadata(*(details.metadata or ()))
         for key, value in self._auth:
             metadata[key] = value
         context = propagation.current()
         timeout = details.timeout
+        if timeout is None and single_response:
+            timeout = self._default_timeout
         if context is not None:
             keys = {key for key, _ in metadata}
             if propagation.REQUEST_ID_KEY not in keys and propagation.TRACEPARENT_KEY not in keys:
@@ -206,7 +207,7 @@ class _UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
         self._outgoing = outgoing
 
     async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
-        return await continuation(self._outgoing.details(details), request)
+        return await continuation(self._outgoing.details(details, single_response=True), request)
 
 
 class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):
@@ -214,7 +215,7 @@ class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):
         self._outgoing = outgoing
 
     async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
-        return await continuation(self._outgoing.details(details), request)
+        return await continuation(self._outgoing.details(details, single_response=False), request)
 
 
 class _StreamUnary(grpc.aio.StreamUnaryClientInterceptor):
@@ -222,7 +223,9 @@ class _StreamUnary(grpc.aio.StreamUnaryClientInterceptor):
         self._outgoing = outgoing
 
     async def intercept_stream_unary(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
-        return await continuation(self._outgoing.details(details), request_iterator)
+        return await continuation(
+            self._outgoing.details(details, single_response=True), request_iterator
+        )
 
 
 class _StreamStream(grpc.aio.StreamStreamClientInterceptor):
@@ -230,11 +233,13 @@ class _StreamStream(grpc.aio.StreamStreamClientInterceptor):
         self._outgoing = outgoing
 
     async def intercept_stream_stream(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
-        return await continuation(self._outgoing.details(details), request_iterator)
+        return await continuation(
+            self._outgoing.details(details, single_response=False), request_iterator
+        )
 
 
-def _interceptors(token: str | None) -> list[grpc.aio.ClientInterceptor]:
-    outgoing = _Outgoing(token)
+def _interceptors(token: str | None, default_timeout: float) -> list[grpc.aio.ClientInterceptor]:
+    outgoing = _Outgoing(token, default_timeout)
     return [_UnaryUnary(outgoing), _UnaryStream(outgoing), _StreamUnary(outgoing),
             _StreamStream(outgoing)]  # fmt: skip
 

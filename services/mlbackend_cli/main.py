@@ -14,7 +14,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from mlbackend_cli import catalog, features_cmd, models_cmd
+from mlbackend_cli import catalog, features_cmd, models_cmd, predict_cmd
+from mlbackend_runtime.server import RunningServer
 
 # Flags of `serve` that map one-to-one onto ServerSettings fields (and MLBACKEND_* vars).
 _SERVER_FLAGS: tuple[tuple[str, type | None, str], ...] = (
@@ -95,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
 
     models_cmd.add_parser(commands)
     features_cmd.add_parser(commands)
+    predict_cmd.add_parser(commands)
 
     demo = commands.add_parser(
         "demo", help="train the fraud model, start the suite, score unseen transactions, stop"
@@ -111,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return models_cmd.run(args)
     if args.command == "features":
         return features_cmd.run(args)
+    if args.command == "predict":
+        return predict_cmd.run(args)
     if args.command == "up":
         from mlbackend_cli import up
 
@@ -136,8 +140,7 @@ def _serve(args: argparse.Namespace) -> int:
     async def run() -> None:
         running = await app.create_server(settings)
         if args.ready_file is not None:
-            _write_ready_file(args.ready_file, args.service, running.address, running.port,
-                              running.metrics.port, running.health_port)  # fmt: skip
+            _write_ready_file(args.ready_file, args.service, running)
         # Start-up objects live for the whole process: keep them out of full collections.
         gc.freeze()
         await run_until_signalled(running)
@@ -150,16 +153,15 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_ready_file(
-    path: Path, service: str, address: str, port: int, metrics_port: int, health_port: int | None
-) -> None:
+def _write_ready_file(path: Path, service: str, running: RunningServer) -> None:
     info = {
         "service": service,
         "pid": os.getpid(),
-        "address": address,
-        "port": port,
-        "metrics_port": metrics_port,
-        "health_port": health_port,
+        "address": running.address,
+        "port": running.port,
+        "metrics_port": running.metrics.port,
+        "health_port": running.health_port,
+        **{f"{name}_port": port for name, port in running.extra_ports.items()},
     }
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(info))

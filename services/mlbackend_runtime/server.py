@@ -69,6 +69,8 @@ class RunningServer:
     _health_server: grpc.aio.Server | None
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    extra_ports: dict[str, int] = field(default_factory=dict)
+    """Other bound ports a service opens itself, by name (e.g. the gateway's "http")."""
 
     @property
     def address(self) -> str:

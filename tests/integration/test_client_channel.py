@@ -82,11 +82,19 @@ async def test_non_idempotent_writes_are_not_retried(flaky_server: tuple[Flaky, 
 
 async def test_unary_calls_get_the_default_deadline(flaky_server: tuple[Flaky, str]) -> None:
     flaky, address = flaky_server
-    flaky.failures, flaky.sleep = 0, 5.0
-    async with RegistryClient.connect(address, ChannelOptions(default_timeout=0.3)) as client:
+    flaky.failures, flaky.sleep = 0, 0.0
+    options = ChannelOptions(default_timeout=0.5)
+    async with RegistryClient.connect(address, options) as client:
+        # A fast call well inside a short default deadline succeeds…
+        await client.stub.CreateRegisteredModel(registry_pb2.CreateRegisteredModelRequest())
+        # …and a slow one fails when the deadline passes, not before.
+        flaky.sleep = 5.0
+        started = asyncio.get_running_loop().time()
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await client.stub.CreateRegisteredModel(registry_pb2.CreateRegisteredModelRequest())
+        elapsed = asyncio.get_running_loop().time() - started
     assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert 0.4 < elapsed < 3
 
 
 async def test_round_robin_spreads_calls_over_an_address_list() -> None:

@@ -38,20 +38,18 @@ def test_address_list_needs_ports() -> None:
 
 
 def test_service_config_retries_only_idempotent_calls() -> None:
-    config = service_config([REGISTRY], default_timeout=3, max_attempts=4)
+    config = service_config([REGISTRY], max_attempts=4)
     assert config["loadBalancingConfig"] == [{"round_robin": {}}]
-    retried, timed = config["methodConfig"]
+    (retried,) = config["methodConfig"]
     retried_names = {n["method"] for n in retried["name"]}
     assert {"GetModelVersion", "ListRegisteredModels", "SetAlias"} <= retried_names
     assert "CreateRegisteredModel" not in retried_names
     assert "DeleteModelVersion" not in retried_names
+    # Streams (upload, download, watch) are not retried by gRPC after a first message.
+    assert not retried_names & {"CreateModelVersion", "DownloadModelArtifact", "Watch"}
     assert retried["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
-    assert retried["timeout"] == "3.000s"
-    timed_names = {n["method"] for n in timed["name"]}
-    assert "CreateRegisteredModel" in timed_names
-    # Streams (upload, download, watch) get no default deadline.
-    everything = retried_names | timed_names
-    assert not everything & {"CreateModelVersion", "DownloadModelArtifact", "Watch"}
+    # No "timeout" here: grpcio fails calls at once when it is 1 s or less.
+    assert "timeout" not in retried
 
 
 def test_channel_arguments_are_valid_json_config() -> None:

@@ -1,0 +1,147 @@
+"""From a feature read to the model's input vector, applying the missing-feature policy.
+
+The feature store has already applied the feature service's transforms; this module
+only lines its columns (and request-time inputs the model takes directly) up with the
+version's signature and decides what happens to inputs that are not present.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from mlbackend_gateway.core.model import (
+    DType,
+    FeatureAction,
+    FeatureOutcome,
+    FeatureStatus,
+    FeatureTable,
+    InputFeature,
+    ModelVersionInfo,
+    PredictionInput,
+    Scalar,
+    StoredValue,
+)
+from mlbackend_runtime.errors import FailedPrecondition, FieldViolation, InvalidInput
+
+FieldPath = Callable[[int], str]
+"""The request path of input ``i`` (``input`` for Predict, ``inputs[i]`` for a batch)."""
+
+
+@dataclass(frozen=True)
+class AssembledRow:
+    vector: tuple[Scalar, ...]
+    outcomes: tuple[FeatureOutcome, ...]
+
+
+def fits(value: Scalar, dtype: DType) -> bool:
+    """Whether a value is acceptable for an input of ``dtype`` (null is checked elsewhere)."""
+    if value is None:
+        return True
+    if dtype is DType.DOUBLE:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if dtype is DType.INT64:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if dtype is DType.BOOL:
+        return isinstance(value, bool)
+    if dtype is DType.STRING:
+        return isinstance(value, str)
+    return isinstance(value, datetime)
+
+
+def _column_index(columns: Sequence[str]) -> dict[str, int]:
+    index = {name: i for i, name in enumerate(columns)}
+    # A model may name a stored ref `view:feature` by its feature name alone.
+    short: dict[str, list[int]] = {}
+    for i, name in enumerate(columns):
+        if ":" in name:
+            short.setdefault(name.split(":", 1)[1], []).append(i)
+    for name, positions in short.items():
+        if name not in index and len(positions) == 1:
+            index[name] = positions[0]
+    return index
+
+
+def check_request_features(
+    version: ModelVersionInfo, inputs: Sequence[PredictionInput], path: FieldPath
+) -> None:
+    """Request-time values the model takes directly must have the signature's type."""
+    by_name = {f.name: f for f in version.signature}
+    violations: list[FieldViolation] = []
+    for i, item in enumerate(inputs):
+        for name, value in item.request_features.items():
+            spec = by_name.get(name)
+            if spec is not None and not fits(value, spec.dtype):
+                violations.append(
+                    FieldViolation(
+                        f"{path(i)}.request_features.{name}",
+                        f"must be {spec.dtype.value}, got {type(value).__name__}",
+                    )
+                )
+    if violations:
+        raise InvalidInput(f"{len(violations)} request feature(s) of the wrong type", violations)
+
+
+def assemble(
+    version: ModelVersionInfo,
+    table: FeatureTable,
+    inputs: Sequence[PredictionInput],
+    path: FieldPath,
+) -> list[AssembledRow]:
+    """One vector per input in signature order; FAILED_PRECONDITION names every input
+    that is missing and has neither a declared default nor a nullable signature."""
+    index = _column_index(table.columns)
+    rows: list[AssembledRow] = []
+    missing: list[str] = []
+    for i, item in enumerate(inputs):
+        stored = table.rows[i] if i < len(table.rows) else ()
+        vector: list[Scalar] = []
+        outcomes: list[FeatureOutcome] = []
+        for spec in version.signature:
+            cell = _cell(spec, index, stored, item.request_features)
+            outcome = _apply_policy(spec, cell, version.defaults)
+            if outcome is None:
+                missing.append(f"{path(i)}: {spec.name} ({cell.status.name})")
+                continue
+            outcomes.append(outcome)
+            vector.append(outcome.value)
+        rows.append(AssembledRow(tuple(vector), tuple(outcomes)))
+    if missing:
+        shown = "; ".join(missing[:20]) + (
+            f"; … {len(missing) - 20} more" if len(missing) > 20 else ""
+        )
+        raise FailedPrecondition(
+            f"model {version.model!r} version {version.version} has no value and no declared "
+            f"default for: {shown}"
+        )
+    return rows
+
+
+def _cell(
+    spec: InputFeature,
+    index: Mapping[str, int],
+    stored: Sequence[StoredValue],
+    request: Mapping[str, Scalar],
+) -> StoredValue:
+    position = index.get(spec.name)
+    if position is not None and position < len(stored):
+        return stored[position]
+    if spec.name in request:
+        value = request[spec.name]
+        return StoredValue(value, FeatureStatus.REQUEST_INPUT if value is not None
+                           else FeatureStatus.NULL_VALUE)  # fmt: skip
+    return StoredValue(None, FeatureStatus.NOT_FOUND)
+
+
+def _apply_policy(
+    spec: InputFeature, cell: StoredValue, defaults: Mapping[str, Scalar]
+) -> FeatureOutcome | None:
+    if cell.value is not None and not cell.status.missing:
+        return FeatureOutcome(spec.name, cell.status, FeatureAction.NONE, cell.value)
+    if spec.name in defaults:
+        return FeatureOutcome(spec.name, cell.status, FeatureAction.DEFAULT_FILLED,
+                              defaults[spec.name])  # fmt: skip
+    if spec.nullable:
+        return FeatureOutcome(spec.name, cell.status, FeatureAction.NULL_PASSED, None)
+    return None

@@ -1,0 +1,271 @@
+"""The online inference pipeline: variant → version → one feature read → serving.
+
+One call of :meth:`InferencePipeline.predict` handles one entity or a batch: inputs are
+grouped by experiment variant, and each group costs one feature read and one serving
+call. Records go to the record queue; shadow variants run as background tasks after
+the caller's answer is ready and never change it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from mlbackend_clients import propagation
+from mlbackend_gateway.core.experiments import Experiment, ExperimentRouter, Variant, assign
+from mlbackend_gateway.core.features import FieldPath, assemble, check_request_features
+from mlbackend_gateway.core.limits import InFlightLimit
+from mlbackend_gateway.core.model import (
+    FeatureTable,
+    ModelVersionInfo,
+    PredictionInput,
+    PredictionRecord,
+    PredictionResult,
+    VersionSelector,
+)
+from mlbackend_gateway.core.ports import FeatureReader, Scorer
+from mlbackend_gateway.core.records import RecordQueue
+from mlbackend_gateway.core.versions import VersionResolver
+from mlbackend_runtime.errors import DomainError, FieldViolation, InvalidInput
+
+logger = logging.getLogger("mlbackend.gateway")
+
+MAX_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class PipelineLimits:
+    max_in_flight: int = 256
+    max_shadow_tasks: int = 64
+    shadow_timeout_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class _Route:
+    variant: str = ""
+    experiment: str = ""
+    selector: VersionSelector = field(default_factory=VersionSelector)
+
+
+class ShadowRunner:
+    """Background scoring of shadow variants, bounded; overflow is dropped and counted."""
+
+    def __init__(self, limit: int, dropped: Callable[[int], None]) -> None:
+        self._limit = limit
+        self._dropped = dropped
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def submit(self, make: Callable[[], Coroutine[Any, Any, None]]) -> bool:
+        if len(self._tasks) >= self._limit:
+            self._dropped(1)
+            return False
+        task = asyncio.get_running_loop().create_task(make())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    async def close(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class InferencePipeline:
+    def __init__(
+        self,
+        resolver: VersionResolver,
+        features: FeatureReader,
+        scorer: Scorer,
+        router: ExperimentRouter,
+        records: RecordQueue,
+        limits: PipelineLimits,
+        shadow_dropped: Callable[[int], None],
+    ) -> None:
+        self.resolver = resolver
+        self._features = features
+        self._scorer = scorer
+        self._router = router
+        self._records = records
+        self._limits = limits
+        self.in_flight = InFlightLimit(limits.max_in_flight)
+        self.shadows = ShadowRunner(limits.max_shadow_tasks, shadow_dropped)
+
+    async def predict(
+        self,
+        model: str,
+        selector: VersionSelector,
+        inputs: Sequence[PredictionInput],
+        *,
+        batch: bool = False,
+    ) -> list[PredictionResult]:
+        """Predictions in input order (all or nothing)."""
+        path: FieldPath = (lambda i: f"inputs[{i}]") if batch else (lambda i: "input")
+        _validate(model, selector, inputs, path, batch)
+        async with self.in_flight:
+            experiment = await self._router.running(model) if selector.is_default else None
+            groups = _route(experiment, selector, inputs)
+            outputs: list[PredictionResult | None] = [None] * len(inputs)
+            legs = [
+                self._leg(model, route, [inputs[i] for i in positions], positions, path)
+                for route, positions in groups.items()
+            ]
+            for positions, results in zip(groups.values(), await _all(legs), strict=True):
+                for position, result in zip(positions, results, strict=True):
+                    outputs[position] = result
+        if experiment is not None and experiment.shadow_variants:
+            for variant in experiment.shadow_variants:
+                self._shadow(model, experiment, variant, inputs)
+        return [r for r in outputs if r is not None]
+
+    async def _leg(
+        self,
+        model: str,
+        route: _Route,
+        inputs: Sequence[PredictionInput],
+        positions: Sequence[int],
+        path: FieldPath,
+        *,
+        shadow: bool = False,
+    ) -> list[PredictionResult]:
+        started = time.perf_counter()
+        # A batch's field paths refer to the caller's positions, not the group's.
+        group_path: FieldPath = lambda i: path(positions[i])  # noqa: E731
+        version = await self.resolver.resolve(model, route.selector)
+        check_request_features(version, inputs, group_path)
+        table = await self._read(version, inputs, group_path)
+        rows = assemble(version, table, inputs, group_path)
+        scored = await self._scorer.score(model, version.version, [r.vector for r in rows])
+        elapsed = time.perf_counter() - started
+        feature_service = table.feature_service or version.feature_service
+        context = propagation.current()
+        request_id = context.request_id if context is not None else propagation.new_request_id()
+        now = datetime.now(UTC)
+        results = []
+        for item, row, output in zip(inputs, rows, scored.rows, strict=True):
+            result = PredictionResult(
+                prediction_id=str(uuid.uuid4()),
+                model=model,
+                version=scored.version,
+                variant=route.variant,
+                experiment=route.experiment,
+                prediction=output,
+                output=scored.output,
+                features=row.outcomes,
+                feature_service=feature_service,
+            )
+            results.append(result)
+            self._records.offer(
+                PredictionRecord(
+                    prediction_id=result.prediction_id,
+                    request_id=request_id,
+                    time=now,
+                    model=model,
+                    version=scored.version,
+                    variant=route.variant,
+                    experiment=route.experiment,
+                    shadow=shadow,
+                    entity_key=item.entity_key,
+                    features={o.name: o.value for o in row.outcomes},
+                    output=output,
+                    latency_seconds=elapsed,
+                    feature_service=feature_service,
+                )
+            )
+        return results
+
+    async def _read(
+        self, version: ModelVersionInfo, inputs: Sequence[PredictionInput], path: FieldPath
+    ) -> FeatureTable:
+        if not version.feature_service and not version.feature_refs:
+            return FeatureTable((), ())
+        missing = [
+            FieldViolation(f"{path(i)}.entity_key", "required: the model reads stored features")
+            for i, item in enumerate(inputs)
+            if not item.entity_key
+        ]
+        if missing:
+            raise InvalidInput("entity key missing", missing)
+        return await self._features.read(version, inputs)
+
+    def _shadow(
+        self,
+        model: str,
+        experiment: Experiment,
+        variant: Variant,
+        inputs: Sequence[PredictionInput],
+    ) -> None:
+        route = _Route(variant.name, experiment.name, variant.version)
+        parent = propagation.current()
+        request_id = parent.request_id if parent is not None else propagation.new_request_id()
+        timeout = self._limits.shadow_timeout_seconds
+
+        async def run() -> None:
+            # Its own deadline: the caller's may end as soon as it has its answer.
+            propagation.bind(propagation.CallContext(request_id, time.monotonic() + timeout))
+            try:
+                await asyncio.wait_for(
+                    self._leg(
+                        model,
+                        route,
+                        inputs,
+                        range(len(inputs)),
+                        lambda i: f"inputs[{i}]",
+                        shadow=True,
+                    ),
+                    timeout,
+                )
+            except (DomainError, TimeoutError) as exc:
+                logger.info("shadow variant %s of %s failed: %s", variant.name, model, exc)
+            except Exception:
+                logger.exception("shadow variant %s of %s failed", variant.name, model)
+
+        self.shadows.submit(run)
+
+
+def _validate(
+    model: str,
+    selector: VersionSelector,
+    inputs: Sequence[PredictionInput],
+    path: FieldPath,
+    batch: bool,
+) -> None:
+    violations: list[FieldViolation] = []
+    if not model:
+        violations.append(FieldViolation("model", "required"))
+    if selector.version is not None and selector.version < 1:
+        violations.append(FieldViolation("version.version", "must be >= 1"))
+    if not inputs:
+        violations.append(FieldViolation("inputs" if batch else "input", "required"))
+    if len(inputs) > MAX_BATCH:
+        violations.append(FieldViolation("inputs", f"at most {MAX_BATCH} per call"))
+    if violations:
+        raise InvalidInput(f"{violations[0].field}: {violations[0].description}", violations)
+
+
+def _route(
+    experiment: Experiment | None, selector: VersionSelector, inputs: Sequence[PredictionInput]
+) -> dict[_Route, list[int]]:
+    groups: dict[_Route, list[int]] = {}
+    if experiment is None:
+        groups[_Route(selector=selector)] = list(range(len(inputs)))
+        return groups
+    for i, item in enumerate(inputs):
+        variant = assign(experiment, item.entity_key)
+        route = _Route(variant.name, experiment.name, variant.version)
+        groups.setdefault(route, []).append(i)
+    return groups
+
+
+async def _all(
+    legs: Sequence[Coroutine[Any, Any, list[PredictionResult]]],
+) -> list[list[PredictionResult]]:
+    if len(legs) == 1:
+        return [await legs[0]]
+    return list(await asyncio.gather(*legs))

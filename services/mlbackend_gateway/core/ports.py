@@ -1,0 +1,48 @@
+"""What the pipeline needs from the other services; adapters in ``upstream/`` provide it.
+
+Each adapter turns a dependency that does not answer into
+``DependencyUnavailable(<name>)`` so the core never sees a transport error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from mlbackend_gateway.core.model import (
+    FeatureTable,
+    ModelVersionInfo,
+    PredictionInput,
+    PredictionRecord,
+    RegisteredModelInfo,
+    Scalar,
+    Scored,
+)
+
+
+class ModelCatalog(Protocol):
+    """The registry as the gateway sees it."""
+
+    async def get_model(self, model: str) -> RegisteredModelInfo: ...
+
+    async def get_version(self, model: str, version: int) -> ModelVersionInfo: ...
+
+    async def list_models(self, page_size: int, page_token: str) -> tuple[list[str], str]: ...
+
+
+class FeatureReader(Protocol):
+    async def read(
+        self, version: ModelVersionInfo, inputs: Sequence[PredictionInput]
+    ) -> FeatureTable:
+        """One read of the version's feature service (or refs) for every input."""
+        ...
+
+
+class Scorer(Protocol):
+    async def score(
+        self, model: str, version: int, vectors: Sequence[Sequence[Scalar]]
+    ) -> Scored: ...
+
+
+class RecordSink(Protocol):
+    async def send(self, records: Sequence[PredictionRecord]) -> None: ...

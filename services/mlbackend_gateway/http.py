@@ -1,0 +1,328 @@
+"""The JSON/HTTP front: the gateway's messages in their protobuf JSON mapping.
+
+Routes: ``POST /v1/models/{model}:predict``, ``POST /v1/models/{model}:predictBatch``,
+``GET /v1/models``, ``GET /healthz``, ``GET /metrics``. Requests run through the same
+handlers as gRPC (no loopback hop), with the same auth, request id and deadline
+propagation; errors are ``{"error": {"code", "status", "message", "details"}}`` with
+the HTTP status from :data:`HTTP_STATUS`, the one table from gRPC codes to HTTP.
+
+A deliberately small HTTP/1.1 server on asyncio streams (keep-alive, Content-Length
+bodies; chunked uploads are refused with 411) so the gateway needs no web framework.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+
+from mlbackend.gateway.v1 import gateway_pb2 as pb
+from mlbackend_clients import propagation
+from mlbackend_gateway.core.service import GatewayCore
+from mlbackend_gateway.transport import handlers
+from mlbackend_runtime import errors, status
+from mlbackend_runtime.auth import Authenticator
+
+logger = logging.getLogger("mlbackend.gateway.http")
+
+HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.DATA_LOSS: 500,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+"""gRPC status → HTTP status (Google's API mapping; the only such table)."""
+
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+            404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
+            411: "Length Required", 413: "Payload Too Large", 415: "Unsupported Media Type",
+            429: "Too Many Requests", 499: "Client Closed Request", 500: "Internal Server Error",
+            501: "Not Implemented", 503: "Service Unavailable",
+            504: "Gateway Timeout"}  # fmt: skip
+
+_SERVICE = "/mlbackend.gateway.v1.InferenceGatewayService/"
+MAX_HEADER_BYTES = 64 * 1024
+DEFAULT_DEADLINE_SECONDS = 10.0
+
+
+@dataclass
+class HttpResponse:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+class HttpError(Exception):
+    """A failure of the HTTP layer itself (framing, content type, route)."""
+
+    def __init__(self, http_status: int, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.code = code
+        self.message = message
+
+
+def _error_body(
+    code: grpc.StatusCode, http_status: int, message: str, details: list[dict[str, Any]]
+) -> bytes:
+    error: dict[str, Any] = {"code": http_status, "status": code.name, "message": message}
+    if details:
+        error["details"] = details
+    return json.dumps({"error": error}).encode()
+
+
+def error_response(exc: BaseException, request_id: str) -> HttpResponse:
+    details: list[dict[str, Any]] = []
+    if isinstance(exc, HttpError):
+        code, message, http_status = exc.code, exc.message, exc.http_status
+    elif isinstance(exc, errors.DomainError):
+        code, message = status.code_for(exc), exc.message
+        http_status = HTTP_STATUS.get(code, 500)
+        if isinstance(exc, errors.InvalidInput) and exc.violations:
+            details.append(
+                {
+                    "@type": "type.googleapis.com/google.rpc.BadRequest",
+                    "fieldViolations": [
+                        {"field": v.field, "description": v.description} for v in exc.violations
+                    ],
+                }
+            )
+        if isinstance(exc, errors.DependencyUnavailable):
+            details.append(
+                {
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": "DEPENDENCY_UNAVAILABLE",
+                    "domain": "mlbackend",
+                    "metadata": {"dependency": exc.dependency},
+                }
+            )
+    elif isinstance(exc, grpc.aio.AioRpcError):
+        wire = status.from_upstream_error(exc, None)
+        code, message = wire.code, wire.message
+        http_status = HTTP_STATUS.get(code, 500)
+    else:
+        logger.exception("unhandled error in the JSON front (request id %s)", request_id,
+                         exc_info=exc)  # fmt: skip
+        code, message = grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})"
+        http_status = 500
+    return HttpResponse(http_status, _error_body(code, http_status, message, details))
+
+
+Route = Callable[[dict[str, str], bytes, dict[str, list[str]]], Awaitable[HttpResponse]]
+
+
+class JsonFront:
+    def __init__(
+        self,
+        core: GatewayCore,
+        authenticator: Authenticator,
+        metrics_registry: CollectorRegistry,
+        max_body_bytes: int,
+    ) -> None:
+        self._core = core
+        self._auth = authenticator
+        self._registry = metrics_registry
+        self.serving = True
+        self._max_body = max_body_bytes
+        self._requests = Counter(
+            "mlbackend_http_requests_total",
+            "JSON/HTTP front requests by route and HTTP status.",
+            ("route", "code"),
+            registry=metrics_registry,
+        )
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> int:
+        self._server = await asyncio.start_server(self._connection, host, port,
+                                                  limit=MAX_HEADER_BYTES)  # fmt: skip
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self.port
+
+    async def close(self) -> None:
+        self.serving = False
+        if self._server is not None:
+            self._server.close()
+            for task in list(self._connections):
+                task.cancel()
+            await asyncio.gather(*self._connections, return_exceptions=True)
+            await self._server.wait_closed()
+            self._server = None
+
+    # --- HTTP/1.1 framing --------------------------------------------------------------
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
+        try:
+            while True:
+                keep_alive = await self._one_request(reader, writer)
+                if not keep_alive:
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                ValueError):  # fmt: skip
+            pass
+        except asyncio.CancelledError:
+            pass
+        finally:
+            if task is not None:
+                self._connections.discard(task)
+            writer.close()
+
+    async def _one_request(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        method, target, version = ([*lines[0].split(" "), "", "", ""])[:3]
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            if ":" in line:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+        keep_alive = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
+        request_id = propagation.request_id_from(
+            [(k, v) for k, v in headers.items() if k in ("traceparent", "x-request-id")]
+        )
+        body = b""
+        response: HttpResponse | None = None
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            response = error_response(
+                HttpError(411, grpc.StatusCode.INVALID_ARGUMENT, "send a Content-Length body"),
+                request_id,
+            )
+            keep_alive = False
+        else:
+            length_text = headers.get("content-length", "0") or "0"
+            length = int(length_text) if length_text.isdigit() else -1
+            if length < 0 or length > self._max_body:
+                response = error_response(
+                    HttpError(
+                        413,
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"body larger than {self._max_body} bytes",
+                    ),
+                    request_id,
+                )
+                keep_alive = False
+            elif length:
+                body = await reader.readexactly(length)
+        route_name = "unknown"
+        if response is None:
+            route_name, response = await self._dispatch(method, target, headers, body, request_id)
+        self._requests.labels(route_name, str(response.status)).inc()
+        out = [
+            f"HTTP/1.1 {response.status} {_REASONS.get(response.status, 'Status')}",
+            f"Content-Type: {response.content_type}",
+            f"Content-Length: {len(response.body)}",
+            f"x-request-id: {request_id}",
+            f"Connection: {'keep-alive' if keep_alive else 'close'}",
+            *(f"{k}: {v}" for k, v in response.headers),
+        ]
+        writer.write(("\r\n".join(out) + "\r\n\r\n").encode("latin-1") + response.body)
+        await writer.drain()
+        return keep_alive
+
+    # --- routing -----------------------------------------------------------------------
+
+    async def _dispatch(
+        self, method: str, target: str, headers: dict[str, str], body: bytes, request_id: str
+    ) -> tuple[str, HttpResponse]:
+        url = urlsplit(target)
+        path = unquote(url.path)
+        query = parse_qs(url.query)
+        if path == "/healthz":
+            return "healthz", self._health(method)
+        if path == "/metrics":
+            return "metrics", self._metrics(method)
+        context = propagation.CallContext(request_id, time.monotonic() + DEFAULT_DEADLINE_SECONDS)
+        token = propagation.bind(context)
+        try:
+            if path == "/v1/models":
+                self._need(method, "GET")
+                self._authorize("ListModels", headers)
+                request = pb.ListModelsRequest(
+                    page_size=int(query.get("page_size", ["0"])[0] or 0)
+                    if query.get("page_size", ["0"])[0].isdigit() else 0,
+                    page_token=query.get("page_token", [""])[0],
+                )  # fmt: skip
+                return "list_models", _json(await handlers.list_models(self._core, request))
+            prefix = "/v1/models/"
+            if path.startswith(prefix) and ":" in path[len(prefix) :]:
+                model, _, verb = path[len(prefix) :].rpartition(":")
+                if verb == "predict":
+                    self._need(method, "POST")
+                    self._authorize("Predict", headers)
+                    predict = _parse(headers, body, pb.PredictRequest(), model)
+                    return "predict", _json(await handlers.predict(self._core, predict))
+                if verb == "predictBatch":
+                    self._need(method, "POST")
+                    self._authorize("PredictBatch", headers)
+                    batch = _parse(headers, body, pb.PredictBatchRequest(), model)
+                    return "predict_batch", _json(await handlers.predict_batch(self._core, batch))
+            raise HttpError(404, grpc.StatusCode.NOT_FOUND, f"no route {method} {path}")
+        except Exception as exc:
+            return "error", error_response(exc, request_id)
+        finally:
+            propagation.unbind(token)
+
+    def _need(self, method: str, wanted: str) -> None:
+        if method != wanted:
+            raise HttpError(405, grpc.StatusCode.UNIMPLEMENTED, f"use {wanted}")
+
+    def _authorize(self, rpc: str, headers: dict[str, str]) -> None:
+        self._auth.authorize(_SERVICE + rpc, headers.get("authorization"))
+
+    def _health(self, method: str) -> HttpResponse:
+        serving = self.serving
+        body = json.dumps({"status": "SERVING" if serving else "NOT_SERVING"}).encode()
+        return HttpResponse(200 if serving else 503, body)
+
+    def _metrics(self, method: str) -> HttpResponse:
+        return HttpResponse(200, generate_latest(self._registry), CONTENT_TYPE_LATEST)
+
+
+def _json(message: Message) -> HttpResponse:
+    text = json_format.MessageToJson(message, indent=None)
+    return HttpResponse(200, text.encode())
+
+
+def _parse(headers: dict[str, str], body: bytes, message: Any, model: str) -> Any:
+    content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise HttpError(415, grpc.StatusCode.INVALID_ARGUMENT,
+                        "Content-Type must be application/json")  # fmt: skip
+    try:
+        json_format.Parse(body.decode("utf-8") or "{}", message)
+    except (json_format.ParseError, UnicodeDecodeError) as exc:
+        raise errors.InvalidInput.field("body", f"not a valid JSON request: {exc}") from None
+    if message.model and message.model != model:
+        raise errors.InvalidInput.field("model", "differs from the model in the URL")
+    message.model = model
+    return message

@@ -1,0 +1,1 @@
+"""Experiment stores: one SQLAlchemy Core implementation for SQLite and PostgreSQL."""

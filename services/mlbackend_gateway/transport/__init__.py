@@ -1,0 +1,2 @@
+"""gRPC servicer of the gateway and the message ↔ domain converters it (and the JSON
+front) share."""

@@ -1,0 +1,160 @@
+"""Gateway messages ↔ domain types (shared by the gRPC servicer and the JSON front)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from mlbackend.common.v1 import common_pb2
+from mlbackend.gateway.v1 import gateway_pb2 as pb
+from mlbackend_gateway.core.experiments import Experiment, ExperimentState, Variant
+from mlbackend_gateway.core.listing import RoutedModel
+from mlbackend_gateway.core.model import (
+    FeatureAction,
+    FeatureOutcome,
+    OutputInfo,
+    OutputKind,
+    PredictionInput,
+    PredictionResult,
+    VersionSelector,
+)
+from mlbackend_gateway.upstream.monitoring import prediction_message
+from mlbackend_gateway.upstream.values import STATUS_CODES, to_scalar, to_value
+
+_ACTIONS = {
+    FeatureAction.NONE: pb.FEATURE_ACTION_NONE,
+    FeatureAction.DEFAULT_FILLED: pb.FEATURE_ACTION_DEFAULT_FILLED,
+    FeatureAction.NULL_PASSED: pb.FEATURE_ACTION_NULL_PASSED,
+}
+_KINDS = {
+    OutputKind.CLASSIFIER: common_pb2.OUTPUT_KIND_CLASSIFIER,
+    OutputKind.REGRESSOR: common_pb2.OUTPUT_KIND_REGRESSOR,
+    OutputKind.RANKER: common_pb2.OUTPUT_KIND_RANKER,
+    OutputKind.UNSPECIFIED: common_pb2.OUTPUT_KIND_UNSPECIFIED,
+}
+_STATES = {
+    ExperimentState.RUNNING: pb.EXPERIMENT_STATE_RUNNING,
+    ExperimentState.STOPPED: pb.EXPERIMENT_STATE_STOPPED,
+}
+_STATE_FILTER = {v: k for k, v in _STATES.items()}
+
+
+def selector(message: common_pb2.VersionSelector) -> VersionSelector:
+    which = message.WhichOneof("selector")
+    if which == "version":
+        return VersionSelector(version=message.version)
+    if which == "alias":
+        return VersionSelector(alias=message.alias)
+    return VersionSelector()
+
+
+def selector_message(value: VersionSelector) -> common_pb2.VersionSelector:
+    if value.version is not None:
+        return common_pb2.VersionSelector(version=value.version)
+    if value.alias:
+        return common_pb2.VersionSelector(alias=value.alias)
+    return common_pb2.VersionSelector()
+
+
+def prediction_input(message: pb.PredictionInput) -> PredictionInput:
+    return PredictionInput(
+        entity_key={k: to_scalar(v) for k, v in message.entity_key.join_keys.items()},
+        request_features={k: to_scalar(v) for k, v in message.request_features.items()},
+    )
+
+
+def _output_spec(info: OutputInfo) -> common_pb2.OutputSpec:
+    spec = common_pb2.OutputSpec(
+        kind=_KINDS[info.kind], classes=[to_value(c) for c in info.classes], top_k=info.top_k
+    )
+    if info.decision_threshold is not None:
+        spec.decision_threshold = info.decision_threshold
+    return spec
+
+
+def _outcome(outcome: FeatureOutcome, with_value: bool) -> pb.FeatureOutcome:
+    message = pb.FeatureOutcome(
+        name=outcome.name,
+        status=STATUS_CODES[outcome.status],
+        action=_ACTIONS[outcome.action],
+    )
+    if with_value:
+        message.value.CopyFrom(to_value(outcome.value))
+    return message
+
+
+def result_message(result: PredictionResult, with_values: bool) -> pb.PredictionResult:
+    return pb.PredictionResult(
+        prediction_id=result.prediction_id,
+        model=result.model,
+        version=result.version,
+        variant=result.variant,
+        experiment=result.experiment,
+        prediction=prediction_message(result.prediction),
+        output=_output_spec(result.output),
+        features=[_outcome(o, with_values) for o in result.features],
+        feature_service=result.feature_service,
+    )
+
+
+def _timestamp(when: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if when is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(when)
+    return stamp
+
+
+def _variant(message: pb.Variant) -> Variant:
+    return Variant(message.name, selector(message.version), message.weight)
+
+
+def _variant_message(variant: Variant) -> pb.Variant:
+    return pb.Variant(
+        name=variant.name, version=selector_message(variant.version), weight=variant.weight
+    )
+
+
+def experiment(message: pb.Experiment) -> Experiment:
+    return Experiment(
+        name=message.name,
+        model=message.model,
+        variants=tuple(_variant(v) for v in message.variants),
+        shadow_variants=tuple(_variant(v) for v in message.shadow_variants),
+        salt=message.salt,
+        description=message.description,
+    )
+
+
+def experiment_message(value: Experiment) -> pb.Experiment:
+    return pb.Experiment(
+        name=value.name,
+        model=value.model,
+        variants=[_variant_message(v) for v in value.variants],
+        shadow_variants=[_variant_message(v) for v in value.shadow_variants],
+        salt=value.salt,
+        state=_STATES[value.state],
+        description=value.description,
+        create_time=_timestamp(value.create_time),
+        stop_time=_timestamp(value.stop_time),
+        created_by=value.created_by,
+        stop_reason=value.stop_reason,
+    )
+
+
+def state_filter(state: pb.ExperimentState.ValueType) -> ExperimentState | None:
+    return _STATE_FILTER.get(state)
+
+
+def model_message(model: RoutedModel) -> pb.GatewayModel:
+    timeout = duration_pb2.Duration()
+    timeout.FromNanoseconds(int(model.timeout_seconds * 1e9))
+    return pb.GatewayModel(
+        model=model.model,
+        aliases=model.aliases,
+        default_version=model.default_version,
+        experiment=model.experiment,
+        feature_service=model.feature_service,
+        timeout=timeout,
+    )

@@ -1,0 +1,91 @@
+"""The feature store as the gateway's feature reader: one GetOnlineFeatures per leg."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import grpc
+
+from mlbackend.features.v1 import features_pb2
+from mlbackend_clients.errors import decode_error
+from mlbackend_clients.features import FeatureStoreClient
+from mlbackend_gateway.core.model import (
+    FeatureStatus,
+    FeatureTable,
+    ModelVersionInfo,
+    PredictionInput,
+    StoredValue,
+)
+from mlbackend_gateway.upstream.failures import transport_failure
+from mlbackend_gateway.upstream.values import STATUSES, to_key, to_map, to_scalar
+from mlbackend_runtime.errors import FailedPrecondition, FieldViolation, InvalidInput
+
+DEPENDENCY = "feature-store"
+
+# The store's field paths, rewritten to the gateway request's.
+_REQUEST_INPUT = re.compile(r"^request_inputs\[(\d+)\]\.?(.*)$")
+_ENTITY_KEY = re.compile(r"^entity_keys\[(\d+)\]\.?(.*)$")
+
+
+class FeatureStoreReader:
+    def __init__(self, client: FeatureStoreClient, timeout: float) -> None:
+        self._client = client
+        self._timeout = timeout
+
+    async def read(
+        self, version: ModelVersionInfo, inputs: Sequence[PredictionInput]
+    ) -> FeatureTable:
+        request = features_pb2.GetOnlineFeaturesRequest(
+            entity_keys=[to_key(i.entity_key) for i in inputs],
+        )
+        if version.feature_service:
+            request.feature_service = version.feature_service
+            request.request_inputs.extend(to_map(i.request_features) for i in inputs)
+        else:
+            request.feature_refs.extend(version.feature_refs)
+        try:
+            response = await self._client.stub.GetOnlineFeatures(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _fail(exc, version, len(inputs) > 1) from None
+        columns = tuple(s.name for s in response.schema)
+        rows = tuple(
+            tuple(
+                StoredValue(to_scalar(v.value), STATUSES.get(v.status, FeatureStatus.NOT_FOUND))
+                for v in row.values
+            )
+            for row in response.rows
+        )
+        return FeatureTable(columns, rows, response.feature_service or version.feature_service)
+
+
+def _fail(error: grpc.aio.AioRpcError, version: ModelVersionInfo, batch: bool) -> Exception:
+    mapped = transport_failure(DEPENDENCY, error)
+    if mapped is not None:
+        return mapped
+    code = error.code()
+    what = version.feature_service or ", ".join(version.feature_refs)
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        decoded = decode_error(error)
+        violations = [
+            FieldViolation(_rewrite(v.field, batch), v.description) for v in decoded.violations
+        ]
+        return InvalidInput(f"feature store refused the inputs: {decoded.message}", violations)
+    if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
+        return FailedPrecondition(
+            f"model {version.model!r} version {version.version} reads {what!r}, which the "
+            f"feature store cannot serve: {error.details()}"
+        )
+    return error
+
+
+def _rewrite(path: str, batch: bool) -> str:
+    for pattern, member in ((_REQUEST_INPUT, "request_features"), (_ENTITY_KEY, "entity_key")):
+        match = pattern.match(path)
+        if match:
+            where = f"inputs[{match.group(1)}]" if batch else "input"
+            rest = match.group(2)
+            if member == "entity_key" and rest.startswith("join_keys"):
+                rest = rest.removeprefix("join_keys").lstrip(".")
+            return f"{where}.{member}" + (f".{rest}" if rest else "")
+    return path

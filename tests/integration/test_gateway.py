@@ -1,0 +1,601 @@
+"""The gateway over real registry, feature store, serving and monitoring in-process.
+
+A model is trained here on features the feature store computes (a feature service with
+transforms and a request-time input), registered with that feature service, and served;
+expected probabilities come from historical retrieval of the same features plus
+``predict_proba`` on the estimator — never from the gateway's own code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import skops.io as sio
+from google.protobuf import duration_pb2, timestamp_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from prometheus_client import CollectorRegistry
+from sklearn.linear_model import LogisticRegression
+
+from mlbackend.common.v1 import common_pb2 as c
+from mlbackend.features.v1 import features_pb2 as f
+from mlbackend.gateway.v1 import gateway_pb2 as g
+from mlbackend.monitoring.v1 import monitoring_pb2 as m
+from mlbackend.registry.v1 import registry_pb2 as r
+from mlbackend_clients.features import FeatureStoreClient
+from mlbackend_clients.gateway import GatewayClient
+from mlbackend_clients.monitoring import MonitoringClient
+from mlbackend_clients.registry import RegistryClient
+from mlbackend_gateway import app as gateway_app
+from mlbackend_gateway.core.experiments import Experiment, Variant, assign
+from mlbackend_gateway.core.model import VersionSelector
+from mlbackend_gateway.core.pipeline import PipelineLimits
+from mlbackend_runtime.server import RunningServer
+from mlbackend_serving.core.model_dir import write_model_version
+
+from conftest import Connect, StartService, loopback_settings
+
+MODEL = "fraud"
+SIGNATURE = ["amount_z", "tx_ratio", "user_stats:avg_amount"]
+USERS = [f"u{i}" for i in range(40)]
+TX = [5.0, 20.0, 80.0]
+
+
+def key(user: str) -> c.EntityKey:
+    return c.EntityKey(join_keys={"user_id": c.Value(string_value=user)})
+
+
+def ts(when: datetime) -> timestamp_pb2.Timestamp:
+    out = timestamp_pb2.Timestamp()
+    out.FromDatetime(when)
+    return out
+
+
+def definitions() -> f.ApplyDefinitionsRequest:
+    return f.ApplyDefinitionsRequest(
+        entities=[
+            f.Entity(name="user", join_keys=[f.JoinKey(name="user_id", dtype=c.DATA_TYPE_STRING)])
+        ],
+        feature_views=[
+            f.FeatureView(
+                name="user_stats",
+                entities=["user"],
+                ttl=duration_pb2.Duration(seconds=24 * 3600),
+                features=[
+                    f.Feature(name="amount", dtype=c.DATA_TYPE_DOUBLE),
+                    f.Feature(name="avg_amount", dtype=c.DATA_TYPE_DOUBLE),
+                ],
+            )
+        ],
+        feature_services=[
+            f.FeatureService(
+                name="fraud_fs",
+                feature_refs=["user_stats:amount", "user_stats:avg_amount"],
+                request_inputs=[f.RequestInput(name="tx_amount", dtype=c.DATA_TYPE_DOUBLE)],
+                transforms=[
+                    f.Transform(
+                        output="amount_z",
+                        standard_scale=f.Transform.StandardScale(
+                            input="user_stats:amount", mean=30, std=10
+                        ),
+                    ),
+                    f.Transform(
+                        output="tx_ratio",
+                        ratio=f.Transform.Ratio(
+                            numerator="tx_amount", denominator="user_stats:avg_amount"
+                        ),
+                    ),
+                ],
+                outputs=SIGNATURE,
+            )
+        ],
+    )
+
+
+def request_features(tx: float) -> dict[str, c.Value]:
+    return {"tx_amount": c.Value(double_value=tx)}
+
+
+@dataclass
+class Suite:
+    gateway: GatewayClient
+    gateway_server: RunningServer
+    features_server: RunningServer
+    monitoring: MonitoringClient
+    registry: RegistryClient
+    estimators: dict[int, Any]
+    historical: dict[tuple[str, float], list[float]]
+
+
+async def _historical(
+    fs: FeatureStoreClient, when: datetime
+) -> dict[tuple[str, float], list[float]]:
+    rows = [
+        f.EntityRow(
+            entity_key=key(u),
+            event_time=ts(when),
+            request_inputs=c.FeatureMap(values=request_features(tx)),
+        )
+        for u in USERS
+        for tx in TX
+    ]
+    out: dict[tuple[str, float], list[float]] = {}
+    pairs = [(u, tx) for u in USERS for tx in TX]
+    async for chunk in fs.stub.GetHistoricalFeatures(
+        f.GetHistoricalFeaturesRequest(feature_service="fraud_fs@1", entity_rows=rows), timeout=20
+    ):
+        assert [s.name for s in chunk.schema] == SIGNATURE
+        for offset, row in enumerate(chunk.rows):
+            out[pairs[chunk.start_row_index + offset]] = [v.value.double_value for v in row.values]
+    return out
+
+
+def _version_spec(tags: dict[str, str], example: list[float]) -> r.ModelVersion:
+    return r.ModelVersion(
+        artifact=r.Artifact(format=c.ARTIFACT_FORMAT_SKOPS),
+        signature=c.InputSignature(
+            features=[c.FeatureSpec(name=n, dtype=c.DATA_TYPE_DOUBLE) for n in SIGNATURE]
+        ),
+        output=c.OutputSpec(
+            kind=c.OUTPUT_KIND_CLASSIFIER, classes=[c.Value(int64_value=0), c.Value(int64_value=1)]
+        ),
+        feature_service="fraud_fs@1",
+        tags=tags,
+        input_example=[
+            c.FeatureMap(
+                values={n: c.Value(double_value=v) for n, v in zip(SIGNATURE, example, strict=True)}
+            )
+        ],
+    )
+
+
+async def build_suite(
+    start_service: StartService,
+    connect: Connect,
+    tmp_path: Path,
+    *,
+    monitoring: bool = True,
+    **gateway_settings: Any,
+) -> Suite:
+    registry_server = await start_service("registry")
+    features_server = await start_service("features")
+    monitoring_server = await start_service("monitoring")
+    registry: RegistryClient = connect("registry", registry_server)
+    fs: FeatureStoreClient = connect("features", features_server)
+    await fs.stub.ApplyDefinitions(definitions(), timeout=10)
+    rng = np.random.default_rng(7)
+    now = datetime.now(UTC)
+    await fs.stub.WriteFeatures(
+        f.WriteFeaturesRequest(
+            batch=f.FeatureBatch(
+                feature_view="user_stats",
+                features=["amount", "avg_amount"],
+                rows=[
+                    f.FeatureRow(
+                        entity_key=key(u),
+                        event_time=ts(now - timedelta(minutes=5)),
+                        values=[
+                            c.Value(double_value=float(rng.uniform(5, 60))),
+                            c.Value(double_value=float(rng.uniform(10, 40))),
+                        ],
+                    )
+                    for u in USERS
+                ],
+            )
+        ),
+        timeout=10,
+    )
+    # Training data: the store's own point-in-time retrieval of the feature service.
+    historical = await _historical(fs, now)
+    x = np.array([historical[(u, tx)] for u in USERS for tx in TX])
+    y = (x[:, 1] > 1.5).astype(int)
+    estimators = {
+        1: LogisticRegression(C=1.0).fit(x, y),
+        2: LogisticRegression(C=0.05).fit(x, y),
+    }
+    model_dir = tmp_path / "models"
+    tags = {
+        1: {},
+        # Version 2 declares defaults: an unknown user still gets a prediction.
+        2: {"gateway.default.amount_z": "0", "gateway.default.tx_ratio": "1",
+            "gateway.default.user_stats:avg_amount": "25"},
+    }  # fmt: skip
+    for number, estimator in estimators.items():
+        version = await registry.upload_version(
+            f"models/{MODEL}",
+            sio.dumps(estimator),
+            _version_spec(tags[number], list(x[0])),
+            create_registered_model=True,
+        )
+        assert version.version == number
+        write_model_version(
+            model_dir, MODEL, number, estimator, SIGNATURE, input_example=[list(x[0])]
+        )
+    await registry.stub.SetAlias(
+        r.SetAliasRequest(parent=f"models/{MODEL}", alias="production", version=1)
+    )
+    serving_server = await start_service("serving", model_dir=model_dir)
+    targets: dict[str, Any] = {
+        "registry": registry_server.address,
+        "features": features_server.address,
+        "serving": serving_server.address,
+        "http_port": 0,
+    }
+    if monitoring:
+        targets["monitoring"] = monitoring_server.address
+    targets.update(gateway_settings)
+    gateway_server = await start_service("gateway", **targets)
+    return Suite(
+        gateway=connect("gateway", gateway_server),
+        gateway_server=gateway_server,
+        features_server=features_server,
+        monitoring=connect("monitoring", monitoring_server),
+        registry=registry,
+        estimators=estimators,
+        historical=historical,
+    )
+
+
+def predict_request(user: str, tx: float, model: str = MODEL, **kw: Any) -> g.PredictRequest:
+    return g.PredictRequest(
+        model=model,
+        input=g.PredictionInput(entity_key=key(user), request_features=request_features(tx)),
+        **kw,
+    )
+
+
+def expected(suite: Suite, version: int, user: str, tx: float) -> list[float]:
+    row = np.array([suite.historical[(user, tx)]])
+    return list(suite.estimators[version].predict_proba(row)[0])
+
+
+def error_info(error: grpc.aio.AioRpcError) -> dict[str, str]:
+    status = rpc_status.from_call(error)
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return dict(info.metadata)
+    return {}
+
+
+def violations(error: grpc.aio.AioRpcError) -> list[str]:
+    status = rpc_status.from_call(error)
+    out = []
+    for detail in status.details if status is not None else ():
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            out += [v.field for v in bad.field_violations]
+    return out
+
+
+@pytest.fixture
+async def suite(start_service: StartService, connect: Connect, tmp_path: Path) -> Suite:
+    return await build_suite(start_service, connect, tmp_path)
+
+
+async def test_predict_returns_the_models_real_probabilities(suite: Suite) -> None:
+    response = await suite.gateway.stub.Predict(
+        predict_request("u3", 80.0, include_feature_values=True), timeout=10
+    )
+    result = response.result
+    assert (result.model, result.version, result.variant) == (MODEL, 1, "")
+    assert result.feature_service == "fraud_fs@1"
+    uuid.UUID(result.prediction_id)
+    np.testing.assert_allclose(result.prediction.probabilities, expected(suite, 1, "u3", 80.0),
+                               rtol=1e-9)  # fmt: skip
+    assert result.prediction.confidence == pytest.approx(max(result.prediction.probabilities))
+    assert [o.name for o in result.features] == SIGNATURE
+    assert {o.action for o in result.features} == {g.FEATURE_ACTION_NONE}
+    assert [o.value.double_value for o in result.features] == pytest.approx(
+        suite.historical[("u3", 80.0)]
+    )
+    # PredictBatch: many entities, one call, request order, same numbers.
+    pairs = [(u, tx) for u in USERS[:12] for tx in TX[:2]]
+    batch = await suite.gateway.stub.PredictBatch(
+        g.PredictBatchRequest(
+            model=MODEL,
+            version=c.VersionSelector(version=2),
+            inputs=[
+                g.PredictionInput(entity_key=key(u), request_features=request_features(tx))
+                for u, tx in pairs
+            ],
+        ),
+        timeout=10,
+    )
+    assert len(batch.results) == len(pairs)
+    for (u, tx), got in zip(pairs, batch.results, strict=True):
+        assert got.version == 2
+        np.testing.assert_allclose(
+            got.prediction.probabilities, expected(suite, 2, u, tx), rtol=1e-9
+        )
+    assert len({x.prediction_id for x in batch.results}) == len(pairs)
+
+
+async def test_missing_features_fail_or_take_the_declared_defaults(suite: Suite) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await suite.gateway.stub.Predict(predict_request("nobody", 10.0), timeout=10)
+    assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    details = raised.value.details() or ""
+    assert "amount_z (NOT_FOUND)" in details and "user_stats:avg_amount" in details
+    # Version 2 declares defaults in its registry tags: filled, and said so.
+    response = await suite.gateway.stub.Predict(
+        predict_request("nobody", 10.0, version=c.VersionSelector(version=2),
+                        include_feature_values=True),
+        timeout=10,
+    )  # fmt: skip
+    outcomes = {o.name: o for o in response.result.features}
+    assert {o.action for o in outcomes.values()} == {g.FEATURE_ACTION_DEFAULT_FILLED}
+    assert outcomes["amount_z"].status == c.FEATURE_STATUS_NOT_FOUND
+    assert outcomes["user_stats:avg_amount"].value.double_value == 25.0
+    np.testing.assert_allclose(
+        response.result.prediction.probabilities,
+        suite.estimators[2].predict_proba(np.array([[0.0, 1.0, 25.0]]))[0],
+        rtol=1e-9,
+    )
+
+
+async def test_bad_input_gets_clear_errors(suite: Suite) -> None:
+    stub = suite.gateway.stub
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.Predict(predict_request("u1", 1.0, model="nope"), timeout=10)
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.Predict(g.PredictRequest(model=MODEL, input=g.PredictionInput(
+            request_features=request_features(1.0))), timeout=10)  # fmt: skip
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(raised.value) == ["input.entity_key"]
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.Predict(
+            g.PredictRequest(
+                model=MODEL,
+                input=g.PredictionInput(
+                    entity_key=key("u1"), request_features={"tx_amount": c.Value(string_value="x")}
+                ),
+            ),
+            timeout=10,
+        )
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(raised.value) == ["input.request_features.tx_amount"]
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.Predict(predict_request("u1", 1.0, version=c.VersionSelector(alias="nope")))
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_records_land_in_monitoring(suite: Suite) -> None:
+    for user in USERS[:5]:
+        await suite.gateway.stub.Predict(predict_request(user, 20.0), timeout=10)
+    deadline = time.monotonic() + 10
+    while True:
+        counts = await suite.monitoring.stub.CountPredictions(
+            m.CountPredictionsRequest(filter=m.PredictionFilter(model=MODEL))
+        )
+        if counts.total_count >= 5 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    assert counts.total_count == 5
+    listed = await suite.monitoring.stub.ListPredictions(
+        m.ListPredictionsRequest(filter=m.PredictionFilter(model=MODEL), page_size=10)
+    )
+    record = listed.records[0]
+    assert record.version == 1 and record.feature_service == "fraud_fs@1"
+    assert record.request_id and set(record.features) == set(SIGNATURE)
+    assert len(record.output.probabilities) == 2
+
+
+def test_assignment_is_sticky_and_follows_weights() -> None:
+    experiment = Experiment(
+        name="experiments/e", model=MODEL, salt="s1",
+        variants=(Variant("a", VersionSelector(1), 50), Variant("b", VersionSelector(2), 50)),
+    )  # fmt: skip
+    keys = [{"user_id": f"user-{i}"} for i in range(10_000)]
+    first = [assign(experiment, k).name for k in keys]
+    assert first == [assign(experiment, k).name for k in keys]
+    share = first.count("a") / len(first)
+    assert 0.47 <= share <= 0.53
+    skewed = Experiment(
+        name="experiments/e", model=MODEL, salt="s2",
+        variants=(Variant("a", VersionSelector(1), 90), Variant("b", VersionSelector(2), 10)),
+    )  # fmt: skip
+    share = [assign(skewed, k).name for k in keys].count("a") / len(keys)
+    assert 0.87 <= share <= 0.93
+
+
+async def test_experiment_routes_sticky_with_shadow_never_returned(suite: Suite) -> None:
+    stub = suite.gateway.stub
+    created = await stub.CreateExperiment(
+        g.CreateExperimentRequest(
+            experiment_id="ab1",
+            experiment=g.Experiment(
+                model=MODEL,
+                variants=[
+                    g.Variant(
+                        name="control", version=c.VersionSelector(alias="production"), weight=1
+                    ),
+                    g.Variant(name="treatment", version=c.VersionSelector(version=2), weight=1),
+                ],
+                shadow_variants=[g.Variant(name="shadow", version=c.VersionSelector(version=2))],
+            ),
+        ),
+        timeout=10,
+    )
+    name = created.experiment.name
+    assert name == "experiments/ab1" and created.experiment.salt
+    assert created.experiment.state == g.EXPERIMENT_STATE_RUNNING
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.CreateExperiment(
+            g.CreateExperimentRequest(experiment_id="ab2", experiment=created.experiment)
+        )
+    assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    seen: dict[str, str] = {}
+    for user in USERS:
+        for _ in range(2):
+            result = (await stub.Predict(predict_request(user, 20.0), timeout=10)).result
+            assert result.variant in ("control", "treatment")
+            assert result.experiment == name
+            assert result.version == (1 if result.variant == "control" else 2)
+            np.testing.assert_allclose(
+                result.prediction.probabilities,
+                expected(suite, result.version, user, 20.0),
+                rtol=1e-9,
+            )
+            assert seen.setdefault(user, result.variant) == result.variant
+    assert set(seen.values()) == {"control", "treatment"}
+    # Shadow scorings land in monitoring, flagged, and never in a response.
+    deadline = time.monotonic() + 10
+    while True:
+        shadow = await suite.monitoring.stub.CountPredictions(
+            m.CountPredictionsRequest(
+                filter=m.PredictionFilter(model=MODEL, variant="shadow", include_shadow=True)
+            )
+        )
+        if shadow.total_count >= 2 * len(USERS) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    assert shadow.total_count == 2 * len(USERS)
+    listed = await stub.ListExperiments(g.ListExperimentsRequest(model=MODEL))
+    assert [e.name for e in listed.experiments] == [name]
+    stopped = await stub.StopExperiment(g.StopExperimentRequest(name=name, reason="done"))
+    assert stopped.experiment.state == g.EXPERIMENT_STATE_STOPPED
+    after = (await stub.Predict(predict_request("u1", 20.0), timeout=10)).result
+    assert (after.variant, after.experiment, after.version) == ("", "", 1)
+
+
+async def test_feature_store_down_fails_fast_naming_it(suite: Suite) -> None:
+    await suite.gateway.stub.Predict(predict_request("u1", 20.0), timeout=10)
+    await suite.features_server.stop(0)
+    started = time.monotonic()
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await suite.gateway.stub.Predict(predict_request("u1", 20.0), timeout=20)
+    elapsed = time.monotonic() - started
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_info(raised.value) == {"dependency": "feature-store"}
+    assert "feature-store" in (raised.value.details() or "")
+    assert elapsed < 3.0
+
+
+def _http(
+    url: str, body: bytes | None = None, content_type: str = "application/json"
+) -> tuple[int, Any, str]:
+    request = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
+    if body is not None:
+        request.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            text = response.read().decode()
+            kind = response.headers.get("Content-Type", "")
+            return response.status, json.loads(text) if "json" in kind else text, kind
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read().decode()), ""
+
+
+async def test_json_front(suite: Suite) -> None:
+    port = gateway_app.http_port(suite.gateway_server)
+    assert port
+    base = f"http://127.0.0.1:{port}"
+    body = json.dumps(
+        {"input": {"entityKey": {"joinKeys": {"user_id": {"stringValue": "u5"}}},
+                   "requestFeatures": {"tx_amount": {"doubleValue": 80.0}}}}
+    ).encode()  # fmt: skip
+    code, answer, _ = await asyncio.to_thread(_http, f"{base}/v1/models/{MODEL}:predict", body)
+    assert code == 200, answer
+    assert answer["result"]["version"] == "1"
+    np.testing.assert_allclose(
+        answer["result"]["prediction"]["probabilities"], expected(suite, 1, "u5", 80.0), rtol=1e-9
+    )
+    code, answer, _ = await asyncio.to_thread(_http, f"{base}/healthz")
+    assert (code, answer) == (200, {"status": "SERVING"})
+    code, models, _ = await asyncio.to_thread(_http, f"{base}/v1/models")
+    assert code == 200 and models["models"][0]["model"] == MODEL
+    assert models["models"][0]["featureService"] == "fraud_fs@1"
+    code, text, _ = await asyncio.to_thread(_http, f"{base}/metrics")
+    assert code == 200 and "mlbackend_http_requests_total" in text
+    # Errors: the status table, the JSON error body.
+    code, error, _ = await asyncio.to_thread(_http, f"{base}/v1/models/nope:predict", body)
+    assert (code, error["error"]["status"]) == (404, "NOT_FOUND")
+    code, error, _ = await asyncio.to_thread(
+        _http, f"{base}/v1/models/{MODEL}:predict", b"{not json"
+    )
+    assert (code, error["error"]["status"]) == (400, "INVALID_ARGUMENT")
+    code, error, _ = await asyncio.to_thread(
+        _http, f"{base}/v1/models/{MODEL}:predict", body, "text/plain"
+    )
+    assert code == 415
+    unknown_user = {"user_id": {"stringValue": "zz"}}
+    missing = json.dumps(
+        {"input": {"entityKey": {"joinKeys": unknown_user},
+                   "requestFeatures": {"tx_amount": {"doubleValue": 1}}}}
+    )  # fmt: skip
+    code, error, _ = await asyncio.to_thread(
+        _http, f"{base}/v1/models/{MODEL}:predict", missing.encode()
+    )
+    assert (code, error["error"]["status"]) == (400, "FAILED_PRECONDITION")
+    await suite.features_server.stop(0)
+    code, error, _ = await asyncio.to_thread(_http, f"{base}/v1/models/{MODEL}:predict", body)
+    assert (code, error["error"]["status"]) == (503, "UNAVAILABLE")
+    assert error["error"]["details"][0]["metadata"] == {"dependency": "feature-store"}
+
+
+async def test_without_monitoring_records_are_dropped_and_counted(
+    start_service: StartService, connect: Connect, tmp_path: Path
+) -> None:
+    suite = await build_suite(start_service, connect, tmp_path, monitoring=False)
+    for user in USERS[:3]:
+        await suite.gateway.stub.Predict(predict_request(user, 20.0), timeout=10)
+    dropped = suite.gateway_server.registry.get_sample_value(
+        "mlbackend_gateway_prediction_records_dropped_total", {"reason": "not_configured"}
+    )
+    assert dropped == 3
+
+
+async def test_load_is_shed_with_resource_exhausted(tmp_path: Path) -> None:
+    server = await gateway_app.create_server(
+        loopback_settings(tmp_path / "gateway", http_port=None),
+        registry=CollectorRegistry(),
+        options=gateway_app.GatewayOptions(pipeline=PipelineLimits(max_in_flight=0)),
+    )
+    client = GatewayClient.connect(server.address)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await client.stub.Predict(predict_request("u1", 20.0), timeout=10)
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        await client.close()
+        await server.stop(0)
+
+
+async def test_cli_predict(suite: Suite, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from mlbackend_cli import predict_cmd
+
+    parser = argparse.ArgumentParser()
+    predict_cmd.add_parser(parser.add_subparsers(dest="command"))
+    base = ["predict", MODEL, "--gateway", suite.gateway_server.address]
+    args = parser.parse_args(
+        [*base, "--entity", "user_id=u7", "--feature", "tx_amount=80", "--json"]
+    )
+    assert await asyncio.to_thread(predict_cmd.run, args) == 0
+    answer = json.loads(capsys.readouterr().out)
+    np.testing.assert_allclose(
+        answer["result"]["prediction"]["probabilities"], expected(suite, 1, "u7", 80.0), rtol=1e-9
+    )
+    args = parser.parse_args([*base, "--entity", "user_id=u7", "--feature", "tx_amount=80"])
+    assert await asyncio.to_thread(predict_cmd.run, args) == 0
+    assert "fraud version 1" in capsys.readouterr().out
+    args = parser.parse_args([*base, "--entity", "user_id=nobody", "--feature", "tx_amount=1"])
+    assert await asyncio.to_thread(predict_cmd.run, args) == 1
+    assert "FAILED_PRECONDITION" in capsys.readouterr().err
+    args = parser.parse_args([*base, "--feature", "tx_amount:int=x"])
+    assert await asyncio.to_thread(predict_cmd.run, args) == 2
