@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -46,7 +48,20 @@ async def start_service(tmp_path: Any) -> AsyncIterator[StartService]:
 
     yield start
     for server in reversed(started):
-        await server.stop(0)
+        await _stop(server)
+
+
+STOP_TIMEOUT = 20.0
+
+
+async def _stop(server: RunningServer) -> None:
+    """Stop a test server; one that hangs fails the test with every task's stack."""
+    try:
+        await asyncio.wait_for(server.stop(0), STOP_TIMEOUT)
+    except TimeoutError:
+        for task in asyncio.all_tasks():
+            task.print_stack(file=sys.stderr)
+        raise AssertionError(f"{server.spec.name} did not stop in {STOP_TIMEOUT:.0f} s") from None
 
 
 @pytest.fixture

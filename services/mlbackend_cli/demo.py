@@ -1,68 +1,61 @@
-"""``mlbackend demo``: the main job on the embedded defaults.
+"""``mlbackend demo``: the main job on the embedded defaults, through the whole suite.
 
-Trains the fraud model on synthetic transactions, publishes it for serving, starts the
-whole suite, scores a seeded sample of unseen test-period transactions through the
-serving service, logs the predictions to monitoring, prints what happened and stops
-every service cleanly. (When the gateway and the registry flow land, the model goes
-through the registry and the scoring through the gateway.)
+Starts the suite (registry, feature store, monitoring, serving following the registry,
+gateway), runs the ``mlbackend train fraud`` flow against it (data → feature store →
+point-in-time training set → model → quality gate → registry → alias ``production``),
+waits until serving has loaded the promoted version, then replays a seeded sample of
+unseen test-period transactions as live events: for each, the user's history state is
+pushed to the feature store (as the stream scorer does) and the transaction is scored
+through the gateway with its entity keys and request-time inputs. Prints rows with
+probability, decision, version and latency, the confusion counts and latency
+percentiles, checks the gateway's probabilities against the trained model offline,
+shows monitoring's count and stops every service cleanly.
 """
 
 from __future__ import annotations
 
 import asyncio
-import shutil
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
+from google.protobuf import timestamp_pb2
 
-from mlbackend.common.v1 import common_pb2
+from mlbackend.features.v1 import features_pb2
+from mlbackend.gateway.v1 import gateway_pb2
 from mlbackend.monitoring.v1 import monitoring_pb2
 from mlbackend.serving.v1 import serving_pb2
 from mlbackend_cli.up import Suite, SuiteError, report_stop
+from mlbackend_clients.features import FeatureStoreClient
+from mlbackend_clients.gateway import GatewayClient
 from mlbackend_clients.monitoring import MonitoringClient
+from mlbackend_clients.registry import RegistryClient
 from mlbackend_clients.serving import ServingClient
 from mlbackend_clients.suite import CLIENT_CLASSES
-from mlbackend_serving.core.model_dir import write_model_version
-from mlbackend_training.pipeline import TrainingConfig
-from mlbackend_training.run_local import LocalRun, format_summary, run_local
+from mlbackend_training import fraud_store
+from mlbackend_training.fraud_features import HISTORY_VIEW
+from mlbackend_training.pipeline import TrainingConfig, fraud_probability
+from mlbackend_training.run_local import format_summary
+from mlbackend_training.train_flow import ALIAS, MODEL, FlowResult, train_and_register
 
-MODEL = "fraud_detection"
 SAMPLE_SIZE = 400
 SHOWN = 8
+LOAD_TIMEOUT_SECONDS = 60.0
 
 
 def run_demo(settings: Mapping[str, Any], *, seed: int = 7) -> int:
     data_dir = Path(settings.get("data_dir", "data"))
-    print(f"[1/3] training {MODEL} on synthetic transactions (seed {seed})", flush=True)
-    config = TrainingConfig()
-    local = run_local(config, data_dir, progress=True)
-    print(format_summary(local.summary), flush=True)
-    if not local.run.gate.passed:
-        print(f"quality gate refused the model: {local.run.gate.reason}", file=sys.stderr)
-        return 1
-    models = data_dir / "models"
-    version = _publish(local, models)
-
-    print(f"\n[2/3] starting the suite (serving {MODEL}@{version} from {models})", flush=True)
+    print("[1/4] starting the suite (serving follows the registry)", flush=True)
     with tempfile.TemporaryDirectory(prefix="mlbackend-demo-") as tmp:
-        suite = Suite(
-            {**settings, "grace_seconds": 5.0},
-            ephemeral_ports=True,
-            workdir=Path(tmp),
-            extra_args={"serving": ["--model-dir", str(models)]},
-        )
+        suite = Suite({**settings, "grace_seconds": 5.0}, ephemeral_ports=True, workdir=Path(tmp))
         try:
             suite.start()
             print(suite.table(), flush=True)
-            ok = asyncio.run(_check_and_score(suite, local, version, seed))
+            ok = asyncio.run(_demo(suite, data_dir, seed))
         except SuiteError as exc:
             print(f"mlbackend demo: {exc}", file=sys.stderr)
             ok = False
@@ -71,105 +64,153 @@ def run_demo(settings: Mapping[str, Any], *, seed: int = 7) -> int:
     return 0 if ok and code == 0 else 1
 
 
-def _publish(local: LocalRun, models: Path) -> int:
-    """The run's model as the next version of ``MODEL`` in serving's model directory."""
-    existing = [int(p.name) for p in (models / MODEL).glob("*") if p.name.isdigit()]
-    version = max(existing, default=0) + 1
-    train = local.run.split.train
-    nullable = [
-        n for n, col in zip(train.names, train.values.T, strict=True) if np.isnan(col).any()
-    ]
-    directory = write_model_version(
-        models,
-        MODEL,
-        version,
-        local.run.model,
-        list(train.names),
-        input_example=np.nan_to_num(local.run.split.validation.values[:4]).tolist(),
-        decision_threshold=local.run.threshold.threshold,
-        nullable=nullable,
-    )
-    shutil.copy(local.directory / "model_card.md", directory / "model_card.md")
-    return version
-
-
-def _fetch(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return str(response.read().decode())
-
-
-async def _check_and_score(suite: Suite, local: LocalRun, version: int, seed: int) -> bool:
+async def _demo(suite: Suite, data_dir: Path, seed: int) -> bool:
+    address = {name: child.address for name, child in suite.children.items()}
     healthy = True
-    for name, child in suite.children.items():
-        async with CLIENT_CLASSES[name].connect(child.address) as client:
+    for name, target in address.items():
+        async with CLIENT_CLASSES[name].connect(target) as client:
             status = await client.check_health(timeout=5)
         healthy &= status == "SERVING"
         print(f"  {name:<11} health {status}")
-    print(f"\n[3/3] scoring {SAMPLE_SIZE} unseen test-period transactions (sample seed {seed})")
-    serving = ServingClient.connect(suite.children["serving"].address)
-    monitoring = MonitoringClient.connect(suite.children["monitoring"].address)
-    async with serving, monitoring:
-        records = await _score(serving, local, version, seed)
-        await monitoring.stub.IngestPredictions(
-            monitoring_pb2.IngestPredictionsRequest(records=records)
+    registry = RegistryClient.connect(address["registry"])
+    features = FeatureStoreClient.connect(address["features"])
+    serving = ServingClient.connect(address["serving"])
+    gateway = GatewayClient.connect(address["gateway"])
+    monitoring = MonitoringClient.connect(address["monitoring"])
+    async with registry, features, serving, gateway, monitoring:
+        print(f"\n[2/4] mlbackend train fraud: {MODEL} through the suite", flush=True)
+        result = await train_and_register(
+            TrainingConfig(),
+            data_dir,
+            registry,
+            features,
+            progress=True,
+            on_progress=lambda text: print(f"  {text}", flush=True),
         )
+        print(format_summary(result.summary), flush=True)
+        print(result.decision, flush=True)
+        if not result.promoted:
+            print("the quality gate refused the model: nothing new to serve", file=sys.stderr)
+            return False
+        version = result.version
+        print(f"\n[3/4] waiting for serving to load {MODEL}@{version} ({ALIAS})", flush=True)
+        waited = await _wait_until_served(serving, version)
+        print(f"  serving has {MODEL}@{version} READY as {ALIAS} after {waited:.1f} s")
+        print(f"\n[4/4] scoring {SAMPLE_SIZE} unseen test-period transactions through the "
+              f"gateway (sample seed {seed})", flush=True)  # fmt: skip
+        scored = await _score(gateway, features, result, seed)
+        count = await _wait_for_count(monitoring, version, SAMPLE_SIZE)
+    print(f"monitoring logged {count} predictions of {MODEL}@{version}")
+    return healthy and scored and count == SAMPLE_SIZE
+
+
+async def _wait_until_served(serving: ServingClient, version: int) -> float:
+    started = time.monotonic()
+    while True:
+        listed = await serving.stub.ListModels(serving_pb2.ListModelsRequest(), timeout=5)
+        if any(
+            m.model == MODEL
+            and m.version == version
+            and ALIAS in m.aliases
+            and m.state == serving_pb2.MODEL_STATE_READY
+            for m in listed.models
+        ):
+            return time.monotonic() - started
+        if time.monotonic() - started > LOAD_TIMEOUT_SECONDS:
+            raise SuiteError(f"serving did not load {MODEL}@{version} in {LOAD_TIMEOUT_SECONDS} s")
+        await asyncio.sleep(0.2)
+
+
+async def _wait_for_count(monitoring: MonitoringClient, version: int, expected: int) -> int:
+    """The gateway logs asynchronously in batches: wait (bounded) for them to land."""
+    deadline = time.monotonic() + 15
+    while True:
         counts = await monitoring.stub.CountPredictions(
             monitoring_pb2.CountPredictionsRequest(
-                filter=monitoring_pb2.PredictionFilter(model=MODEL)
-            )
+                filter=monitoring_pb2.PredictionFilter(model=MODEL, version=version)
+            ),
+            timeout=5,
         )
-    print(f"monitoring logged {counts.total_count} predictions of {MODEL}@{version}")
-    metrics_url = suite.children["serving"].metrics_url
-    text = await asyncio.to_thread(_fetch, metrics_url)
-    predict_ok = next(
-        line.rsplit(" ", 1)[1]
-        for line in text.splitlines()
-        if line.startswith("mlbackend_rpc_requests_total") and 'method="Predict"' in line
-    )
-    print(f"serving metrics {metrics_url}: {float(predict_ok):.0f} Predict calls counted")
-    return healthy and counts.total_count == SAMPLE_SIZE
+        if counts.total_count >= expected or time.monotonic() > deadline:
+            return int(counts.total_count)
+        await asyncio.sleep(0.2)
+
+
+def _now() -> timestamp_pb2.Timestamp:
+    out = timestamp_pb2.Timestamp()
+    out.GetCurrentTime()
+    return out
 
 
 async def _score(
-    serving: ServingClient, local: LocalRun, version: int, seed: int
-) -> list[monitoring_pb2.PredictionRecord]:
-    test = local.run.split.test
+    gateway: GatewayClient, features: FeatureStoreClient, result: FlowResult, seed: int
+) -> bool:
+    run = result.local.run
+    dataset, test = run.dataset, run.split.test
     rows = np.sort(np.random.default_rng(seed).choice(len(test), SAMPLE_SIZE, replace=False))
-    amounts = test.column("amount") if "amount" in test.names else None
-    selector = common_pb2.VersionSelector(version=version)
+    sample = test.take(rows)
+    offline = fraud_probability(run.model, sample)
+    index = {tid: i for i, tid in enumerate(dataset.transactions.transaction_id.tolist())}
+    tx_rows = [index[t] for t in sample.transaction_id.tolist()]
+    history = fraud_store.history_columns(dataset)
+    far = fraud_store.far_from_home(dataset)
+    tx = dataset.transactions
     latencies: list[float] = []
     decisions: list[tuple[int, int]] = []
+    gaps: list[float] = []
     flagged_shown = 0
-    records: list[monitoring_pb2.PredictionRecord] = []
+    threshold = float("nan")
     print(f"  {'transaction':<12} {'user':<8} {'amount':>10} {'P(fraud)':>9} "
           f"{'decision':<9} {'truth':<6} {'version':>7} {'latency':>9}")  # fmt: skip
-    for shown, row in enumerate(rows):
-        values = [
-            common_pb2.Value(null_value=struct_pb2.NULL_VALUE)
-            if np.isnan(x)
-            else common_pb2.Value(double_value=x)
-            for x in test.values[row]
-        ]
-        request = serving_pb2.PredictRequest(
-            model=MODEL, version=selector, vectors=[common_pb2.FeatureVector(values=values)]
+    for shown, (i, expected_p) in enumerate(zip(tx_rows, offline, strict=True)):
+        user, merchant = str(tx.user_id[i]), str(tx.merchant_id[i])
+        # The replayed event's history state, as the stream scorer would push it now.
+        await features.stub.WriteFeatures(
+            features_pb2.WriteFeaturesRequest(
+                batch=features_pb2.FeatureBatch(
+                    feature_view=HISTORY_VIEW,
+                    features=list(fraud_store.HISTORY_STORED),
+                    rows=[
+                        features_pb2.FeatureRow(
+                            entity_key=fraud_store.user_key(user),
+                            event_time=_now(),
+                            values=[
+                                fraud_store.value_pb(history[n][i])
+                                for n in fraud_store.HISTORY_STORED
+                            ],
+                        )
+                    ],
+                )
+            ),
+            timeout=10,
+        )
+        request = gateway_pb2.PredictRequest(
+            model=MODEL,
+            input=gateway_pb2.PredictionInput(
+                entity_key=fraud_store.user_key(user, merchant),
+                request_features=fraud_store.request_features(
+                    float(tx.amount[i]), float(tx.timestamp[i]), float(far[i])
+                ),
+            ),
         )
         started = time.perf_counter()
-        answer = await serving.stub.Predict(request, timeout=5)
+        answer = (await gateway.stub.Predict(request, timeout=10)).result
         latency = time.perf_counter() - started
-        prediction = answer.predictions[0]
+        prediction = answer.prediction
+        threshold = prediction.decision_threshold
         fraud = prediction.label.int64_value == 1
-        truth = int(test.label[row])
+        truth = int(tx.is_fraud[i])
+        probability = prediction.probabilities[1]
         latencies.append(latency)
         decisions.append((int(fraud), truth))
-        records.append(_record(test, int(row), answer, latency))
-        # The first rows as they come, then the rows where fraud was predicted or true.
+        gaps.append(abs(probability - float(expected_p)))
+        # The first rows as they come, then rows where fraud was predicted or true.
         interesting = (fraud or truth) and flagged_shown < SHOWN
         if shown < SHOWN or interesting:
             flagged_shown += shown >= SHOWN
-            amount = f"{amounts[row]:10.2f}" if amounts is not None else f"{'-':>10}"
             print(
-                f"  {test.transaction_id[row]:<12} {test.entity[row]:<8} {amount} "
-                f"{prediction.probabilities[1]:9.4f} {'FRAUD' if fraud else 'ok':<9} "
+                f"  {tx.transaction_id[i]:<12} {user:<8} {tx.amount[i]:10.2f} "
+                f"{probability:9.4f} {'FRAUD' if fraud else 'ok':<9} "
                 f"{'fraud' if truth else 'ok':<6} {answer.version:>7} {latency * 1e3:7.2f}ms"
             )
     tp = sum(1 for d, t in decisions if d and t)
@@ -177,31 +218,9 @@ async def _score(
     fn = sum(1 for d, t in decisions if not d and t)
     tn = len(decisions) - tp - fp - fn
     p50, p95, p99 = np.percentile(np.array(latencies) * 1e3, [50, 95, 99])
-    print(f"confusion over the sample (threshold {prediction.decision_threshold:.4f}): "
+    print(f"confusion over the sample (threshold {threshold:.4f}): "
           f"TP {tp}  FP {fp}  FN {fn}  TN {tn}")  # fmt: skip
-    print(f"latency per call: p50 {p50:.2f} ms  p95 {p95:.2f} ms  p99 {p99:.2f} ms")
-    return records
-
-
-def _record(
-    test: Any, row: int, answer: serving_pb2.PredictResponse, latency: float
-) -> monitoring_pb2.PredictionRecord:
-    moment = timestamp_pb2.Timestamp()
-    moment.FromDatetime(datetime.now(UTC))
-    features = {
-        name: common_pb2.Value(double_value=float(x))
-        for name, x in zip(test.names, test.values[row], strict=True)
-        if not np.isnan(x)
-    }
-    return monitoring_pb2.PredictionRecord(
-        prediction_id=f"demo-{test.transaction_id[row]}",
-        prediction_time=moment,
-        model=answer.model,
-        version=answer.version,
-        entity_key=common_pb2.EntityKey(
-            join_keys={"user_id": common_pb2.Value(string_value=str(test.entity[row]))}
-        ),
-        features=features,
-        output=answer.predictions[0],
-        latency=duration_pb2.Duration(nanos=int(latency * 1e9)),
-    )
+    print(f"gateway latency per call: p50 {p50:.2f} ms  p95 {p95:.2f} ms  p99 {p99:.2f} ms")
+    worst = max(gaps)
+    print(f"gateway vs the trained model offline on the same rows: max |ΔP| {worst:.2e}")
+    return worst < 1e-6

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from mlbackend_cli import catalog, features_cmd, models_cmd, predict_cmd
+from mlbackend_cli import catalog, features_cmd, models_cmd, predict_cmd, train_cmd
 from mlbackend_runtime.server import RunningServer
 
 # Flags of `serve` that map one-to-one onto ServerSettings fields (and MLBACKEND_* vars).
@@ -97,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     models_cmd.add_parser(commands)
     features_cmd.add_parser(commands)
     predict_cmd.add_parser(commands)
+    train_cmd.add_parser(commands)
 
     demo = commands.add_parser(
         "demo", help="train the fraud model, start the suite, score unseen transactions, stop"
@@ -115,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return features_cmd.run(args)
     if args.command == "predict":
         return predict_cmd.run(args)
+    if args.command == "train":
+        return train_cmd.run(args)
     if args.command == "up":
         from mlbackend_cli import up
 

@@ -26,5 +26,8 @@ def test_demo_trains_serves_scores_and_stops_cleanly(tmp_path: Path) -> None:
     assert confusion and sum(int(n) for n in confusion.groups()) == 400
     assert "monitoring logged 400 predictions of fraud_detection@1" in out
     assert "all services stopped cleanly" in out
-    assert (tmp_path / "models" / "fraud_detection" / "1" / "model.skops").exists()
+    assert "promoted fraud_detection@1 to production" in out
+    assert "serving has fraud_detection@1 READY as production" in out
+    # The artifact registered and served is the run's, kept under --data-dir/runs/<id>/.
+    assert list((tmp_path / "runs").glob("*/model.skops"))
     assert list((tmp_path / "runs").glob("*/model_card.md"))

@@ -1,0 +1,396 @@
+"""Train → register → promote through a running suite (flow 1 of the design).
+
+:func:`train_and_register` composes the pipeline's steps with the services:
+
+1. generate the transactions (seeded) and apply the feature definitions;
+2. write the events' per-user state into the feature store and read the training set
+   back point-in-time through the model's feature service (:mod:`fraud_store`: the
+   ``featurize`` step, replacing the local :func:`build_features`);
+3. evaluate the current ``production`` version on *this* run's test rows (its own
+   feature service, its own threshold) so the gate compares like with like;
+4. split / train / threshold / evaluate / gate and write the run's artifacts
+   (:func:`mlbackend_training.run_local.run_local` with the store's features);
+5. register the version with its metadata and attachments; move ``production`` when
+   the gate passes, else record an audit note with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import sklearn
+from google.protobuf import timestamp_pb2
+
+from mlbackend.common.v1 import common_pb2 as c
+from mlbackend.registry.v1 import registry_pb2 as r
+from mlbackend_clients.errors import RpcError
+from mlbackend_clients.features import FeatureStoreClient
+from mlbackend_clients.registry import RegistryClient
+from mlbackend_models.loader import load_artifact_bytes
+from mlbackend_training import fraud_store
+from mlbackend_training.fraud_data import FraudDataset, generate
+from mlbackend_training.fraud_features import FeatureMatrix
+from mlbackend_training.pipeline import (
+    Champion,
+    ClassifierMetrics,
+    Evaluation,
+    GateConfig,
+    GateDecision,
+    Steps,
+    TrainingConfig,
+    classifier_metrics,
+    fraud_probability,
+    matrix_digest,
+    quality_gate,
+    split_dataset,
+)
+from mlbackend_training.run_local import METRICS_FILE, MODEL_FILE, LocalRun, run_local
+
+MODEL = "fraud_detection"
+ALIAS = "production"
+CHUNK_BYTES = 1 << 20
+# A user without history has zero counts and sums: the gateway may fill those in.
+ZERO_DEFAULTS = (
+    "txn_count_1h", "txn_count_24h", "txn_count_7d",
+    "amount_sum_1h", "amount_sum_24h", "amount_sum_7d", "history_count",
+)  # fmt: skip
+ATTACHMENT_TYPES = {".md": "text/markdown", ".png": "image/png", ".json": "application/json"}
+
+
+@dataclass(frozen=True)
+class FlowResult:
+    local: LocalRun
+    feature_service: str
+    version: int
+    promoted: bool
+    decision: str
+    champion_version: int | None
+    rows_written: dict[str, int]
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return self.local.summary
+
+
+@dataclass(frozen=True)
+class _ChampionEvaluation:
+    version: int | None
+    champion: Champion | None
+    problem: str | None
+
+
+def _log(on_progress: Callable[[str], None] | None, text: str) -> None:
+    if on_progress is not None:
+        on_progress(text)
+
+
+async def train_and_register(
+    config: TrainingConfig,
+    data_dir: Path,
+    registry: RegistryClient,
+    features: FeatureStoreClient,
+    *,
+    model: str = MODEL,
+    promote: bool = True,
+    progress: bool = False,
+    on_progress: Callable[[str], None] | None = None,
+) -> FlowResult:
+    """Run the whole flow once; see the module docstring."""
+    dataset = await asyncio.to_thread(generate, config.data)
+    _log(on_progress, f"generated {len(dataset.transactions):,} transactions "
+                      f"(fraud rate {dataset.fraud_rate:.4f}, seed {config.seed})")  # fmt: skip
+    service = await fraud_store.apply_definitions(features)
+    written = await fraud_store.write_dataset(features, dataset, f"fraud-{dataset.digest()[:16]}")
+    _log(on_progress, f"feature store: wrote {written} rows; feature service {service}")
+    matrix = await fraud_store.historical_matrix(features, service, dataset)
+    _log(on_progress, f"feature store: point-in-time training set of {len(matrix):,} rows")
+
+    test = split_dataset(matrix, config.split, config.seed).test
+    champ = await _evaluate_champion(registry, features, model, dataset, test, config)
+    if champ.version is not None:
+        _log(on_progress, f"champion {model}@{champ.version} evaluated on the same test rows"
+             + (f": {champ.problem}" if champ.problem else ""))  # fmt: skip
+
+    steps = Steps(
+        generate=lambda _config: dataset,
+        featurize=lambda _dataset: matrix,
+        gate=_gate_with(champ.problem),
+    )
+    local = await asyncio.to_thread(
+        run_local, config, data_dir, champion=champ.champion, steps=steps, progress=progress
+    )
+    run = local.run
+    version = await _register(registry, model, local, service, matrix)
+    name = f"models/{model}/versions/{version.version}"
+    for path in sorted(local.directory.iterdir()):
+        if path.suffix in (".md", ".png"):
+            await upload_attachment(registry, name, path)
+
+    if run.gate.passed and promote:
+        await registry.stub.SetAlias(
+            r.SetAliasRequest(
+                parent=f"models/{model}",
+                alias=ALIAS,
+                version=version.version,
+                reason=f"quality gate {run.gate.reason}",
+            ),
+            timeout=30,
+        )
+        decision = f"promoted {model}@{version.version} to {ALIAS}: gate {run.gate.reason}"
+        promoted = True
+    else:
+        why = run.gate.reason if not run.gate.passed else "gate passed, --no-promote given"
+        decision = f"{model}@{version.version} registered, not promoted: {why}"
+        await registry.stub.CreateAuditNote(
+            r.CreateAuditNoteRequest(resource=name, reason=decision), timeout=30
+        )
+        promoted = False
+    registry_info = {
+        "model": model,
+        "version": version.version,
+        "feature_service": service,
+        "promoted": promoted,
+        "decision": decision,
+        "champion_version": champ.version,
+        "feature_rows_written": written,
+    }
+    local.summary["registry"] = registry_info
+    (local.directory / METRICS_FILE).write_text(json.dumps(local.summary, indent=2) + "\n")
+    return FlowResult(local, service, version.version, promoted, decision, champ.version, written)
+
+
+def _gate_with(
+    problem: str | None,
+) -> Callable[[Evaluation, GateConfig, ClassifierMetrics | None], GateDecision]:
+    """The standard gate, failing too when the champion could not be evaluated."""
+
+    def gate(
+        evaluation: Evaluation, config: GateConfig, champion: ClassifierMetrics | None
+    ) -> GateDecision:
+        decision = quality_gate(evaluation, config, champion)
+        if problem is None:
+            return decision
+        return GateDecision(False, (*decision.failures, problem), decision.checks)
+
+    return gate
+
+
+async def _evaluate_champion(
+    registry: RegistryClient,
+    features: FeatureStoreClient,
+    model: str,
+    dataset: FraudDataset,
+    test: FeatureMatrix,
+    config: TrainingConfig,
+) -> _ChampionEvaluation:
+    """The ``production`` version's metrics on ``test``, read through its own feature service."""
+    name = f"models/{model}/versions/{ALIAS}"
+    try:
+        response = await registry.stub.GetModelVersion(
+            r.GetModelVersionRequest(name=name), timeout=30
+        )
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.NOT_FOUND:  # no champion yet
+            return _ChampionEvaluation(None, None, None)
+        raise
+    champion = response.model_version
+    try:
+        _, data = await registry.download_artifact_bytes(champion.name, timeout=120)
+        estimator = await asyncio.to_thread(
+            load_artifact_bytes, data, expected_sha256=champion.artifact.sha256, name=champion.name
+        )
+        index = {tid: i for i, tid in enumerate(dataset.transactions.transaction_id.tolist())}
+        rows = [index[tid] for tid in test.transaction_id.tolist()]
+        matrix = await fraud_store.historical_matrix(
+            features, champion.feature_service, dataset, rows
+        )
+        expected = [s.name for s in champion.signature.features]
+        if list(matrix.names) != expected:
+            raise ValueError(
+                f"its feature service {champion.feature_service} returns {list(matrix.names)}, "
+                f"its signature needs {expected}"
+            )
+        score = fraud_probability(estimator, matrix)
+        threshold = (
+            champion.output.decision_threshold if champion.output.HasField("decision_threshold")
+            else 0.5
+        )  # fmt: skip
+        metrics = classifier_metrics(test.label, score, threshold, config.precision_target)
+    except (RpcError, grpc.aio.AioRpcError, ValueError, KeyError) as exc:
+        problem = (
+            f"champion {model}@{champion.version} could not be evaluated on this test set: {exc}"
+        )
+        return _ChampionEvaluation(champion.version, None, problem)
+    return _ChampionEvaluation(champion.version, Champion(metrics, matrix_digest(test)), None)
+
+
+# ---------------------------------------------------------------- registration
+
+
+def _ts(seconds: int) -> timestamp_pb2.Timestamp:
+    out = timestamp_pb2.Timestamp()
+    out.FromSeconds(int(seconds))
+    return out
+
+
+def _metrics(summary: dict[str, Any]) -> dict[str, float]:
+    ev = summary["evaluation"]
+    out: dict[str, float] = {}
+    for prefix, m in (
+        ("", ev["model"]),
+        ("rule_scorer.", ev["baselines"]["rule_scorer"]),
+        ("majority.", ev["baselines"]["majority"]),
+    ):
+        for key in ("pr_auc", "recall_at_precision", "roc_auc", "accuracy", "precision",
+                    "recall", "f1"):  # fmt: skip
+            if m[key] is not None:
+                out[prefix + key] = float(m[key])
+        (tn, fp), (fn, tp) = m["confusion_matrix"]
+        out.update({prefix + "tn": tn, prefix + "fp": fp, prefix + "fn": fn, prefix + "tp": tp})
+    out["threshold"] = float(summary["threshold"]["threshold"])
+    out["precision_target"] = float(ev["model"]["precision_target"])
+    out["test_rows"] = float(ev["model"]["rows"])
+    return out
+
+
+def _params(config: TrainingConfig) -> dict[str, str]:
+    return {
+        "estimator": config.estimator.name,
+        "estimator_params": json.dumps(dict(config.estimator.params), sort_keys=True),
+        "seed": str(config.seed),
+        "precision_target": str(config.precision_target),
+        "split": json.dumps(config.to_dict()["split"], sort_keys=True),
+        "data": json.dumps(
+            {"n_users": config.data.n_users, "n_days": config.data.n_days}, sort_keys=True
+        ),
+        "gate": json.dumps(config.to_dict()["gate"], sort_keys=True),
+    }
+
+
+def baseline_statistics(
+    stats: dict[str, dict[str, Any]], start: int, end: int
+) -> c.DatasetStatistics:
+    """The training rows' per-input statistics as the registry stores them."""
+    out = c.DatasetStatistics(start_time=_ts(start), end_time=_ts(end))
+    for name, s in stats.items():
+        entry = c.FeatureStatistics(
+            name=name, count=int(s["count"]), null_count=int(s["null_count"])
+        )
+        out.row_count = max(out.row_count, int(s["count"]) + int(s["null_count"]))
+        if s["count"]:
+            entry.mean, entry.std, entry.min, entry.max = s["mean"], s["std"], s["min"], s["max"]
+            entry.quantiles.extend(
+                c.Quantile(quantile=int(k[1:]) / 100, value=v) for k, v in s["quantiles"].items()
+            )
+            entry.histogram.bin_edges.extend(s["histogram"]["edges"])
+            entry.histogram.counts.extend(s["histogram"]["counts"])
+        out.features.append(entry)
+    return out
+
+
+def _input_example(matrix: FeatureMatrix, rows: int = 4) -> list[c.FeatureMap]:
+    complete = np.flatnonzero(~np.isnan(matrix.values).any(axis=1))[:rows]
+    return [
+        c.FeatureMap(
+            values={
+                n: c.Value(double_value=float(v))
+                for n, v in zip(matrix.names, matrix.values[i], strict=True)
+            }
+        )
+        for i in complete
+    ]
+
+
+async def _register(
+    registry: RegistryClient,
+    model: str,
+    local: LocalRun,
+    service: str,
+    matrix: FeatureMatrix,
+) -> r.ModelVersion:
+    run, summary = local.run, local.summary
+    train = run.split.train
+    nullable = {n for n in train.names if np.isnan(matrix.column(n)).any()} - set(ZERO_DEFAULTS)
+    fs_definition = fraud_store.feature_service()
+    version = r.ModelVersion(
+        artifact=r.Artifact(format=c.ARTIFACT_FORMAT_SKOPS),
+        framework=r.Framework(name="scikit-learn", version=sklearn.__version__),
+        signature=c.InputSignature(
+            features=[
+                c.FeatureSpec(name=n, dtype=c.DATA_TYPE_DOUBLE, nullable=n in nullable)
+                for n in train.names
+            ]
+        ),
+        output=c.OutputSpec(
+            kind=c.OUTPUT_KIND_CLASSIFIER,
+            classes=[c.Value(int64_value=0), c.Value(int64_value=1)],
+            decision_threshold=run.threshold.threshold,
+        ),
+        feature_refs=list(fs_definition.feature_refs),
+        feature_service=service,
+        metrics=_metrics(summary),
+        params=_params(run.config),
+        tags={
+            "case_study": "fraud",
+            "training.run_id": local.run_id,
+            "training.gate": "passed" if run.gate.passed else "refused",
+            "training.dataset_sha256": run.lineage.dataset_digest,
+            "training.test_sha256": run.lineage.test_digest,
+            **{f"gateway.default.{n}": "0" for n in ZERO_DEFAULTS},
+        },
+        description=(
+            f"{run.config.estimator.name} on {len(train):,} point-in-time rows of {service}; "
+            f"threshold {run.threshold.threshold:.4f} ({run.threshold.rule})"
+        ),
+        lineage=r.Lineage(
+            source=f"feature store {service}, point-in-time at each transaction "
+            f"(synthetic fraud data, seed {run.config.seed}, sha256 {run.lineage.dataset_digest})",
+            data_start_time=_ts(run.lineage.training_from_ts),
+            data_end_time=_ts(run.lineage.training_to_ts),
+            row_count=run.lineage.training_rows,
+            data_sha256=run.lineage.training_digest,
+            run_id=local.run_id,
+            run_uri=local.directory.resolve().as_uri(),
+        ),
+        baseline_statistics=baseline_statistics(
+            run.feature_stats, run.lineage.training_from_ts, run.lineage.training_to_ts
+        ),
+        input_example=_input_example(run.split.validation),
+    )
+    return await registry.upload_version(
+        f"models/{model}",
+        local.directory / MODEL_FILE,
+        version,
+        create_registered_model=True,
+        reason=f"training run {local.run_id}",
+        timeout=120,
+    )
+
+
+async def upload_attachment(registry: RegistryClient, parent: str, path: Path) -> r.Attachment:
+    """Upload one file of the run as a named attachment of version ``parent``."""
+    data = await asyncio.to_thread(path.read_bytes)
+    metadata = r.UploadAttachmentRequest.Metadata(
+        parent=parent,
+        attachment_id=path.name,
+        content_type=ATTACHMENT_TYPES.get(path.suffix, "application/octet-stream"),
+        sha256=hashlib.sha256(data).hexdigest(),
+        size_bytes=len(data),
+        description=f"training run artifact {path.name}",
+    )
+
+    async def requests() -> AsyncIterator[r.UploadAttachmentRequest]:
+        yield r.UploadAttachmentRequest(metadata=metadata)
+        for start in range(0, len(data), CHUNK_BYTES):
+            yield r.UploadAttachmentRequest(chunk=data[start : start + CHUNK_BYTES])
+
+    response = await registry.stub.UploadAttachment(requests(), timeout=60)
+    return response.attachment
