@@ -207,10 +207,12 @@ async def test_promotion_under_load_fails_no_request(
     )
     assert first_new - promoted < 5.0
     assert not old_after
+    # Each model's probabilities for every row, computed once (not per outcome: tens of
+    # thousands of single-row calls would take longer than the test on a busy machine).
+    expected = {new: MODEL_B.predict_proba(ROWS), 1: MODEL_A.predict_proba(ROWS)}
     for o in outcomes:
-        model = MODEL_B if o.version == new else MODEL_A
-        expected = model.predict_proba(ROWS[o.row : o.row + 1])[0]
-        np.testing.assert_allclose(o.proba, expected, rtol=0, atol=1e-9)
+        want = expected[new if o.version == new else 1][o.row]
+        np.testing.assert_allclose(o.proba, want, rtol=0, atol=1e-9)
     assert any(o.version == 1 for o in outcomes) and len(after) > 100
 
     async def old_unloaded() -> bool:
