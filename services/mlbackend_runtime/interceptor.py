@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from types import CoroutineType
 from typing import Any, TypeAlias
 
 import grpc
@@ -46,6 +48,9 @@ class _Call:
     denied: errors.DomainError | None = None
 
 
+# Wrapped handlers kept per method path; more methods than this are wrapped per call.
+_MAX_CACHED_METHODS = 1024
+
 # Generic only in the type stubs, hence the strings.
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
@@ -55,6 +60,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, authenticator: Authenticator, metrics: RpcMetrics) -> None:
         self._auth = authenticator
         self._metrics = metrics
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
     async def intercept_service(
         self,
@@ -65,21 +71,22 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         path: str = handler_call_details.method
+        # The wrapped handler only depends on the method: build it once, not per call
+        # (the per-call state comes from the context inside ``begin``).
+        cached = self._wrapped.get(path)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
         service, _, method = path.lstrip("/").partition("/")
-        if service in OPEN_SERVICES:
-            return handler
-        metadata = tuple(handler_call_details.invocation_metadata or ())
-        return _wrap(handler, lambda context: self._begin(path, service, method, metadata, context),
-                     self._fail, self._end)  # fmt: skip
+        wrapped = handler
+        if service not in OPEN_SERVICES:
+            begin = functools.partial(self._begin, path, service, method)
+            wrapped = _wrap(handler, begin, self._fail, self._end)
+        if len(self._wrapped) < _MAX_CACHED_METHODS:
+            self._wrapped[path] = (handler, wrapped)
+        return wrapped
 
-    def _begin(
-        self,
-        path: str,
-        service: str,
-        method: str,
-        metadata: tuple[tuple[str, str | bytes], ...],
-        context: Context,
-    ) -> _Call:
+    def _begin(self, path: str, service: str, method: str, context: Context) -> _Call:
+        metadata = context.invocation_metadata() or ()
         call = _Call(service, method, propagation.request_id_from(metadata), time.perf_counter())
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
@@ -210,7 +217,10 @@ def _wrap(handler: Handler, begin: Begin, fail: Fail, end: End) -> Handler:
             if call.denied is not None:
                 raise call.denied
             result = inner(_checked(request, request_streaming), context)
-            return await result if inspect.isawaitable(result) else result
+            # A coroutine is by far the common case; the ABC check costs more.
+            if type(result) is CoroutineType or inspect.isawaitable(result):
+                return await result
+            return result
         except BaseException as exc:
             await fail(call, exc, context)
         finally:

@@ -51,12 +51,25 @@ class RpcMetrics:
             registry=registry,
         )
         self.info.labels(service).set(1)
+        # Bounded by methods times status codes.
+        self._children: dict[tuple[str, str, str], tuple[Counter, Counter | None, Histogram]] = {}
 
     def observe(self, service: str, method: str, code: str, seconds: float) -> None:
-        self.requests.labels(service, method, code).inc()
-        if code != "OK":
-            self.errors.labels(service, method, code).inc()
-        self.latency.labels(service, method).observe(seconds)
+        key = (service, method, code)
+        children = self._children.get(key)
+        if children is None:
+            # ``labels()`` takes a lock and builds a key on every call: bind once.
+            children = (
+                self.requests.labels(service, method, code),
+                self.errors.labels(service, method, code) if code != "OK" else None,
+                self.latency.labels(service, method),
+            )
+            self._children[key] = children
+        requests, errors, latency = children
+        requests.inc()
+        if errors is not None:
+            errors.inc()
+        latency.observe(seconds)
 
 
 @dataclass

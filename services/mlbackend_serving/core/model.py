@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,6 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mlbackend_runtime.errors import InvalidInput
+from mlbackend_serving.core.fastpath import checked_fast_proba
 
 Scalar = int | float | bool | str | None
 Matrix = NDArray[np.float64]
@@ -47,11 +49,16 @@ class Signature:
         if not names or len(set(names)) != len(names):
             raise InvalidInput.field("signature", "needs at least one feature, names unique")
 
-    @property
+    @functools.cached_property
     def names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.features)
 
     def index(self) -> dict[str, int]:
+        """Position of each feature by name (built once: read on every request)."""
+        return self._index
+
+    @functools.cached_property
+    def _index(self) -> dict[str, int]:
         return {f.name: i for i, f in enumerate(self.features)}
 
 
@@ -134,6 +141,9 @@ class LoadedModel:
                     "output.classes", f"{list(self.output.classes)} differ from the model's {own}"
                 )
             self.output = OutputSpec(self.output.kind, own, self.output.decision_threshold)
+            self._predict_proba = checked_fast_proba(
+                self.estimator, len(self.signature.features), self.input_example
+            )
         self._classes = np.asarray(self.output.classes, dtype=object)
 
     def predict(self, rows: Matrix) -> Predictions:
@@ -141,7 +151,7 @@ class LoadedModel:
         if self.output.kind is OutputKind.REGRESSOR:
             values = np.asarray(self.estimator.predict(rows), dtype=np.float64).reshape(len(rows))
             return Predictions(values=values)
-        proba = np.asarray(self.estimator.predict_proba(rows), dtype=np.float64)
+        proba = np.asarray(self._predict_proba(rows), dtype=np.float64)
         threshold = self.output.decision_threshold
         if threshold is not None:
             picked = (proba[:, 1] >= threshold).astype(np.intp)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -45,7 +46,7 @@ def _decode(
     where = f"inputs[{index}]"
     if tensor.datatype not in DATATYPES:
         raise InvalidInput.field(f"{where}.datatype", f"unknown datatype {tensor.datatype!r}")
-    shape = tuple(int(d) for d in tensor.shape)
+    shape = tuple(tensor.shape)
     if not shape or any(d < 0 for d in shape):
         raise InvalidInput.field(f"{where}.shape", f"{list(shape)} is not a valid shape")
     dtype, field = DATATYPES[tensor.datatype]
@@ -57,7 +58,7 @@ def _decode(
         values = np.array(list(tensor.contents.bytes_contents), dtype=object)
     else:
         values = np.array(getattr(tensor.contents, field), dtype=dtype)
-    expected = int(np.prod(shape, dtype=np.int64))
+    expected = math.prod(shape)
     if values.size != expected:
         raise InvalidInput.field(
             f"{where}.contents", f"{values.size} elements for shape {list(shape)} ({expected})"

@@ -1,0 +1,673 @@
+"""Serving benchmark: single-row OIP v2 ModelInfer at concurrency 1, 8 and 32.
+
+Servers, all measured in one run by one load generator process:
+
+* ``mlbackend``: ``mlbackend serve serving --model-dir`` (our serving);
+* MLServer + mlserver-sklearn (installed into its own venv under
+  ``~/.cache/mlbackend-bench/mlserver``) with its defaults, and with adaptive batching
+  (max batch 32, max wait 1 ms and 10 ms); its best configuration is the baseline;
+* a bare ``grpc.aio`` and a bare sync (thread pool) gRPC server answering ModelInfer
+  with a canned response: the ceiling for Python gRPC on this machine.
+
+Models: RandomForest (100 trees, depth 8) and HistGradientBoosting, 10 features.
+Every server runs as its own process, one at a time; the load generator is one more
+process (closed loop, N concurrent ``grpc.aio`` workers on one channel, bounded by a
+request count and a duration, loopback only). Nothing is pinned to a CPU. Every server
+process gets ``OMP_NUM_THREADS=1`` (ours sets it itself; on few cores it helps MLServer
+too). See README.md.
+
+    .venv/bin/python bench/serving/run.py            # full run, about 5 minutes
+    .venv/bin/python bench/serving/run.py --quick    # about 2 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import venv
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from mlbackend.inference.v2 import grpc_predict_v2_pb2 as oip
+
+ROOT = Path(__file__).resolve().parents[2]
+MLBACKEND = ROOT / ".venv" / "bin" / "mlbackend"
+BENCH_CACHE = Path(os.environ.get("MLBACKEND_BENCH_CACHE", Path.home() / ".cache/mlbackend-bench"))
+MLSERVER_VENV = BENCH_CACHE / "mlserver"
+# uvloop 0.22 made get_event_loop() raise outside a loop: MLServer 1.7's inference
+# workers die at start with it.
+MLSERVER_PACKAGES = ["mlserver", "mlserver-sklearn", "uvloop<0.22"]
+MLSERVER_PROBE = (
+    "import mlserver_sklearn, uvloop; "
+    "assert tuple(int(p) for p in uvloop.__version__.split('.')[:2]) < (0, 22)"
+)
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+FEATURES = [f"f{i}" for i in range(10)]
+MODELS = ("rf", "hgb")
+CONCURRENCY = (1, 8, 32)
+START_TIMEOUT = 120.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# --- load generator (its own process; reads one JSON command a line) --------------------
+
+
+async def _load(command: dict[str, Any]) -> dict[str, Any]:
+    requests: list[bytes] = [bytes.fromhex(r) for r in command["requests"]]
+    concurrency: int = command["concurrency"]
+    options = [("grpc.max_receive_message_length", 16 * 1024 * 1024)]
+    async with grpc.aio.insecure_channel(command["address"], options=options) as channel:
+        # bytes in, bytes out: no protobuf work in the client's hot loop
+        call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(INFER)
+        first = oip.ModelInferResponse.FromString(await call(requests[0], timeout=30))
+        if not first.outputs:
+            raise RuntimeError(f"{command['address']}: a response without outputs: {first}")
+        errors: list[str] = []
+
+        async def phase(seconds: float, max_requests: int) -> list[float]:
+            latencies: list[float] = []
+            end = time.perf_counter() + seconds
+            sent = 0
+
+            async def worker(offset: int) -> None:
+                nonlocal sent
+                i = offset
+                while sent < max_requests and time.perf_counter() < end:
+                    sent += 1
+                    i += 1
+                    started = time.perf_counter()
+                    try:
+                        await call(requests[i % len(requests)], timeout=10)
+                    except grpc.aio.AioRpcError as exc:
+                        errors.append(f"{exc.code().name}: {exc.details()}")
+                        continue
+                    latencies.append(time.perf_counter() - started)
+
+            await asyncio.gather(*(worker(w * 7) for w in range(concurrency)))
+            return latencies
+
+        await phase(command["warmup"], command["max_requests"])
+        errors.clear()
+        _emit({"event": "measuring"})
+        cpu, wall = time.process_time(), time.perf_counter()
+        latencies = await phase(command["seconds"], command["max_requests"])
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    latencies.sort()
+    n = len(latencies)
+    return {
+        "event": "done",
+        "requests": n,
+        "errors": len(errors),
+        "first_error": errors[0] if errors else "",
+        "seconds": wall,
+        "rps": n / wall,
+        "p50": latencies[n // 2] if n else float("nan"),
+        "p99": latencies[min(n - 1, int(n * 0.99))] if n else float("nan"),
+        "client_cpu": cpu / wall,
+    }
+
+
+def _emit(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+def loadgen_main() -> None:
+    for line in sys.stdin:
+        try:
+            _emit(asyncio.run(_load(json.loads(line))))
+        except Exception as exc:  # reported to the orchestrator, which goes on
+            _emit({"event": "failed", "error": f"{type(exc).__name__}: {exc}"})
+
+
+# --- echo servers: the ceiling ---------------------------------------------------------
+
+
+def _canned_response() -> bytes:
+    response = oip.ModelInferResponse(model_name="echo", model_version="1")
+    response.outputs.add(name="probabilities", datatype="FP64", shape=[1, 2])
+    response.raw_output_contents.append(np.array([[0.25, 0.75]]).tobytes())
+    return response.SerializeToString()
+
+
+def echo_main(kind: str, ready_file: Path) -> None:
+    canned = oip.ModelInferResponse.FromString(_canned_response())
+    # Both parse the request and serialize the response, as a real server must.
+    decode = oip.ModelInferRequest.FromString
+    encode = oip.ModelInferResponse.SerializeToString
+    if kind == "sync":
+
+        def infer_sync(request: oip.ModelInferRequest, context: Any) -> oip.ModelInferResponse:
+            return canned
+
+        handler = grpc.unary_unary_rpc_method_handler(infer_sync, decode, encode)
+        generic = grpc.method_handlers_generic_handler(
+            "inference.GRPCInferenceService", {"ModelInfer": handler}
+        )
+        server = grpc.server(ThreadPoolExecutor(max_workers=64), handlers=[generic])
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        ready_file.write_text(json.dumps({"address": f"127.0.0.1:{port}"}))
+        server.wait_for_termination()
+        return
+
+    async def serve() -> None:
+        async def infer(request: oip.ModelInferRequest, context: Any) -> oip.ModelInferResponse:
+            return canned
+
+        handler = grpc.unary_unary_rpc_method_handler(infer, decode, encode)
+        generic = grpc.method_handlers_generic_handler(
+            "inference.GRPCInferenceService", {"ModelInfer": handler}
+        )
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers([generic])
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        address = json.dumps({"address": f"127.0.0.1:{port}"})
+        await asyncio.to_thread(ready_file.write_text, address)
+        await server.wait_for_termination()
+
+    asyncio.run(serve())
+
+
+# --- orchestration ---------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    server: str
+    model: str
+    concurrency: int
+    rps: float = 0.0
+    p50: float = float("nan")
+    p99: float = float("nan")
+    server_cpu: float = float("nan")
+    client_cpu: float = float("nan")
+    errors: int = 0
+    note: str = ""
+
+
+@dataclass
+class Plan:
+    warmup: float
+    seconds: float
+    max_requests: int
+    concurrency: tuple[int, ...] = CONCURRENCY
+    results: list[Result] = field(default_factory=list)
+
+
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of ``pid`` and every descendant process."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        todo.extend(children.get(current, []))
+    return total
+
+
+class LoadGenerator:
+    def __init__(self) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, __file__, "--role", "loadgen"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def run(self, command: dict[str, Any], server_pid: int) -> dict[str, Any]:
+        assert self._process.stdin is not None and self._process.stdout is not None
+        self._process.stdin.write(json.dumps(command) + "\n")
+        self._process.stdin.flush()
+        cpu = float("nan")
+        while True:
+            line = self._process.stdout.readline()
+            if not line:
+                raise RuntimeError("the load generator died")
+            message: dict[str, Any] = json.loads(line)
+            if message["event"] == "measuring":
+                cpu, wall = _tree_cpu(server_pid), time.perf_counter()
+            elif message["event"] == "done":
+                message["server_cpu"] = (_tree_cpu(server_pid) - cpu) / (time.perf_counter() - wall)
+                return message
+            else:
+                return message
+
+    def close(self) -> None:
+        if self._process.stdin is not None:
+            self._process.stdin.close()
+        self._process.wait(timeout=10)
+
+
+def _requests(rows: np.ndarray, model: str, output: str) -> list[str]:
+    """Pre-serialized single-row requests: raw little-endian FP32, one ``[1, 10]`` input."""
+    serialized = []
+    for row in rows:
+        request = oip.ModelInferRequest(model_name=model, model_version="1")
+        request.inputs.add(name="input", datatype="FP32", shape=[1, len(row)])
+        request.outputs.add(name=output)
+        request.raw_input_contents.append(row.astype("<f4").tobytes())
+        serialized.append(request.SerializeToString().hex())
+    return serialized
+
+
+def _wait_for_file(path: Path, process: subprocess.Popen[bytes]) -> dict[str, Any]:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        if path.exists() and path.stat().st_size:
+            try:
+                info: dict[str, Any] = json.loads(path.read_text())
+                return info
+            except json.JSONDecodeError:
+                pass
+        time.sleep(0.1)
+    raise RuntimeError(f"no ready file {path} after {START_TIMEOUT:.0f} s")
+
+
+def _wait_models_ready(
+    address: str, models: tuple[str, ...], process: subprocess.Popen[bytes]
+) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    with grpc.insecure_channel(address) as channel:
+        ready = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelReady",
+            request_serializer=oip.ModelReadyRequest.SerializeToString,
+            response_deserializer=oip.ModelReadyResponse.FromString,
+        )
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode}")
+            try:
+                if all(ready(oip.ModelReadyRequest(name=m), timeout=2).ready for m in models):
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.25)
+    raise RuntimeError(f"{address}: models not ready after {START_TIMEOUT:.0f} s")
+
+
+@contextmanager
+def _server(
+    command: list[str], env: dict[str, str], log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+
+
+def _server_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("VIRTUAL_ENV", None)
+    return env
+
+
+def _free_port() -> int:
+    # MLServer takes fixed ports only; a small race, acceptable in a benchmark.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _mlserver_python() -> Path:
+    python = MLSERVER_VENV / "bin" / "python"
+    if python.exists():
+        probe = subprocess.run([python, "-c", MLSERVER_PROBE], capture_output=True)
+        if probe.returncode == 0:
+            return python
+    print(f"installing MLServer into {MLSERVER_VENV} …", flush=True)
+    MLSERVER_VENV.parent.mkdir(parents=True, exist_ok=True)
+    venv.EnvBuilder(with_pip=True, clear=True).create(MLSERVER_VENV)
+    import sklearn
+
+    subprocess.run(
+        [
+            python,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            *MLSERVER_PACKAGES,
+            f"scikit-learn=={sklearn.__version__}",
+        ],
+        check=True,
+        timeout=900,
+    )
+    return python
+
+
+def _median_seconds(predict: Any, rows: np.ndarray) -> float:
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        for _ in range(20):
+            predict(rows)
+        times = []
+        for _ in range(200):
+            started = time.perf_counter()
+            predict(rows)
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def _train(workdir: Path) -> tuple[dict[str, Any], np.ndarray, dict[str, float]]:
+    import joblib
+    from sklearn.datasets import make_classification
+    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+
+    from mlbackend_serving.core.fastpath import checked_fast_proba
+    from mlbackend_serving.core.model_dir import write_model_version
+
+    x, y = make_classification(n_samples=20_000, n_features=10, n_informative=6, random_state=0)
+    estimators: dict[str, Any] = {
+        "rf": RandomForestClassifier(n_estimators=100, max_depth=8, random_state=0),
+        "hgb": HistGradientBoostingClassifier(random_state=0),
+    }
+    compute: dict[str, float] = {}
+    rows = x[:256].astype(np.float32)
+    for name, estimator in estimators.items():
+        estimator.fit(x, y)
+        write_model_version(
+            workdir / "ours",
+            name,
+            1,
+            estimator,
+            FEATURES,
+            input_example=x[:32].tolist(),
+            batching={"max_batch_size": 32, "max_wait_ms": 0},
+        )
+        mls = workdir / "mlserver" / name
+        mls.mkdir(parents=True)
+        joblib.dump(estimator, mls / "model.joblib")
+        one = rows[:1].astype(np.float64)
+        compute[name] = _median_seconds(estimator.predict_proba, one)
+        # What our serving runs instead (identical output; see core/fastpath.py).
+        fast = checked_fast_proba(estimator, len(FEATURES), None)
+        compute[f"{name}-serving"] = _median_seconds(fast, one)
+    return estimators, rows, compute
+
+
+def _measure(
+    plan: Plan,
+    gen: LoadGenerator,
+    server: str,
+    pid: int,
+    address: str,
+    models: dict[str, list[str]],
+) -> None:
+    for model, requests in models.items():
+        for concurrency in plan.concurrency:
+            command = {
+                "address": address,
+                "requests": requests,
+                "concurrency": concurrency,
+                "warmup": plan.warmup,
+                "seconds": plan.seconds,
+                "max_requests": plan.max_requests,
+            }
+            out = gen.run(command, pid)
+            result = Result(server, model, concurrency)
+            if out["event"] != "done":
+                result.note = out.get("error", "failed")
+            else:
+                result.rps, result.p50, result.p99 = out["rps"], out["p50"], out["p99"]
+                result.server_cpu, result.client_cpu = out["server_cpu"], out["client_cpu"]
+                result.errors, result.note = out["errors"], out["first_error"]
+            plan.results.append(result)
+            print(
+                f"  {server:<16} {model:<4} c={concurrency:<3} {result.rps:8.0f} rps  "
+                f"p50 {result.p50 * 1e3:6.2f} ms  p99 {result.p99 * 1e3:6.2f} ms  "
+                f"server {result.server_cpu:.2f} cpu  client {result.client_cpu:.2f} cpu"
+                + (f"  errors {result.errors} {result.note}" if result.note else ""),
+                flush=True,
+            )
+
+
+def run_ours(plan: Plan, gen: LoadGenerator, workdir: Path, rows: np.ndarray) -> None:
+    ready = workdir / "ours.ready.json"
+    command = [
+        str(MLBACKEND),
+        "serve",
+        "serving",
+        "--port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--model-dir",
+        str(workdir / "ours"),
+        "--ready-file",
+        str(ready),
+        "--data-dir",
+        str(workdir / "data"),
+        "--log-level",
+        "WARNING",
+    ]
+    with _server(command, _server_env(), workdir / "ours.log") as process:
+        address = _wait_for_file(ready, process)["address"]
+        _wait_models_ready(address, MODELS, process)
+        models = {m: _requests(rows, m, "probabilities") for m in MODELS}
+        _measure(plan, gen, "mlbackend", process.pid, address, models)
+
+
+def run_mlserver(
+    plan: Plan,
+    gen: LoadGenerator,
+    workdir: Path,
+    rows: np.ndarray,
+    name: str,
+    batching: dict[str, Any],
+) -> None:
+    python = _mlserver_python()
+    root = workdir / "mlserver"
+    for model in MODELS:
+        settings = {
+            "name": model,
+            "implementation": "mlserver_sklearn.SKLearnModel",
+            "parameters": {"uri": "./model.joblib", "version": "1"},
+            **batching,
+        }
+        (root / model / "model-settings.json").write_text(json.dumps(settings))
+    grpc_port = _free_port()
+    (root / "settings.json").write_text(
+        json.dumps(
+            {
+                "host": "127.0.0.1",
+                "grpc_port": grpc_port,
+                "http_port": _free_port(),
+                "metrics_port": _free_port(),
+            }
+        )
+    )
+    command = [str(python.parent / "mlserver"), "start", str(root)]
+    with _server(command, _server_env(), workdir / f"{name}.log") as process:
+        address = f"127.0.0.1:{grpc_port}"
+        _wait_models_ready(address, MODELS, process)
+        models = {m: _requests(rows, m, "predict_proba") for m in MODELS}
+        _measure(plan, gen, name, process.pid, address, models)
+
+
+def run_echo(plan: Plan, gen: LoadGenerator, workdir: Path, rows: np.ndarray, kind: str) -> None:
+    ready = workdir / f"echo-{kind}.ready.json"
+    command = [sys.executable, __file__, "--role", f"echo-{kind}", "--ready-file", str(ready)]
+    with _server(command, _server_env(), workdir / f"echo-{kind}.log") as process:
+        address = _wait_for_file(ready, process)["address"]
+        _measure(
+            plan,
+            gen,
+            f"echo-{kind}",
+            process.pid,
+            address,
+            {"-": _requests(rows, "echo", "probabilities")},
+        )
+
+
+def _best(results: list[Result], prefix: str, model: str, concurrency: int) -> Result | None:
+    found = [
+        r
+        for r in results
+        if r.server.startswith(prefix)
+        and r.model in (model, "-")
+        and r.concurrency == concurrency
+        and r.rps > 0
+        and not r.errors
+    ]
+    return max(found, key=lambda r: r.rps, default=None)
+
+
+def report(plan: Plan, compute: dict[str, float]) -> None:
+    results = plan.results
+    print(
+        "\nAll figures: single-row OIP v2 ModelInfer, raw FP32 [1, 10], loopback, no CPU "
+        f"pinning, {os.cpu_count()} CPUs; cpu = cores busy during the measurement."
+    )
+    header = (
+        f"{'model':<5}{'c':>3}  {'server':<16}{'rps':>8}{'p50 ms':>8}{'p99 ms':>8}"
+        f"{'srv cpu':>8}{'cli cpu':>8}{'µs/req':>7}{'xMLS rps':>9}{'xMLS p99':>9}"
+        f"{'xceiling':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for model in MODELS:
+        for c in plan.concurrency:
+            mls = _best(results, "mlserver", model, c)
+            ceiling = _best(results, "echo", model, c)
+            rows = [r for r in results if r.model == model and r.concurrency == c]
+            rows += [r for r in results if r.model == "-" and r.concurrency == c]
+            for r in rows:
+                per_req = r.server_cpu / r.rps * 1e6 if r.rps else float("nan")
+                mls_rps = r.rps / mls.rps if mls else float("nan")
+                mls_p99 = r.p99 / mls.p99 if mls else float("nan")
+                ceil = r.rps / ceiling.rps if ceiling else float("nan")
+                best = "*" if r is mls or r is ceiling else " "
+                print(
+                    f"{model:<5}{c:>3}  {r.server + best:<16}{r.rps:>8.0f}{r.p50 * 1e3:>8.2f}"
+                    f"{r.p99 * 1e3:>8.2f}{r.server_cpu:>8.2f}{r.client_cpu:>8.2f}"
+                    f"{per_req:>7.0f}{mls_rps:>9.2f}{mls_p99:>9.2f}{ceil:>9.2f}"
+                    + (f"  ERRORS {r.errors}: {r.note}" if r.errors or r.note else "")
+                )
+            print()
+    print("* = MLServer's best configuration / the ceiling (best echo) for that row.\n")
+    print("Targets (issue #5):")
+    for model in MODELS:
+        ours32 = _best(results, "mlbackend", model, 32)
+        mls32 = _best(results, "mlserver", model, 32)
+        echo32 = _best(results, "echo", model, 32)
+        ours1 = _best(results, "mlbackend", model, 1)
+        echo1 = _best(results, "echo", model, 1)
+        if ours32 and mls32:
+            print(
+                f"  {model} c=32: {ours32.rps / mls32.rps:.2f}x {mls32.server}'s rps "
+                f"(target ≥ 1.5), p99 {ours32.p99 / mls32.p99:.2f}x its p99 (target ≤ 0.25)"
+            )
+        if ours32 and echo32:
+            print(
+                f"  {model} c=32: {ours32.rps / echo32.rps:.0%} of the ceiling "
+                f"({echo32.server}) (target ≥ 70 %)"
+            )
+        if ours1 and echo1:
+            for label, key in (
+                ("scikit-learn", model),
+                ("serving's fast path", f"{model}-serving"),
+            ):
+                bound = echo1.p50 + compute[key]
+                print(
+                    f"  {model} c=1: p50 {ours1.p50 * 1e3:.2f} ms = {ours1.p50 / bound:.2f}x "
+                    f"(echo p50 {echo1.p50 * 1e3:.2f} ms + {label} {compute[key] * 1e3:.2f} ms)"
+                    " (target ≤ 1.3)"
+                )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short runs: about 2 minutes")
+    parser.add_argument("--seconds", type=float, help="measurement per point (default 6, quick 2)")
+    parser.add_argument("--only", help="comma-separated servers: ours,mlserver,echo")
+    parser.add_argument("--role", help=argparse.SUPPRESS)
+    parser.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role == "loadgen":
+        return loadgen_main()
+    if args.role in ("echo-aio", "echo-sync"):
+        return echo_main(args.role.removeprefix("echo-"), args.ready_file)
+
+    seconds = args.seconds or (2.0 if args.quick else 6.0)
+    plan = Plan(warmup=0.5 if args.quick else 1.5, seconds=seconds, max_requests=500_000)
+    only = set((args.only or "ours,mlserver,echo").split(","))
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="mlbackend-bench-") as tmp:
+        workdir = Path(tmp)
+        _, rows, compute = _train(workdir)
+        print(
+            "model compute, 1 row, 1 thread: "
+            + ", ".join(f"{m} {t * 1e3:.2f} ms" for m, t in compute.items()),
+            flush=True,
+        )
+        gen = LoadGenerator()
+        try:
+            if "echo" in only:
+                run_echo(plan, gen, workdir, rows, "aio")
+                run_echo(plan, gen, workdir, rows, "sync")
+            if "ours" in only:
+                run_ours(plan, gen, workdir, rows)
+            if "mlserver" in only:
+                run_mlserver(plan, gen, workdir, rows, "mlserver", {})
+                for wait in (0.001, 0.010):
+                    run_mlserver(
+                        plan,
+                        gen,
+                        workdir,
+                        rows,
+                        f"mlserver-ab{wait * 1e3:.0f}ms",
+                        {"max_batch_size": 32, "max_batch_time": wait},
+                    )
+        finally:
+            gen.close()
+    report(plan, compute)
+    print(f"\nrun took {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
