@@ -94,6 +94,8 @@ class Suite:
                 command += [flag, str(self._settings[key])]
         if self._ephemeral:
             command += ["--port", "0", "--metrics-port", "0"]
+            if name == "gateway":
+                command += ["--http-port", "0"]
         for dependency in catalog.DEPENDENCIES[name]:
             command += [f"--{dependency}", self.children[dependency].address]
         command += self._extra_args.get(name, ())
@@ -137,10 +139,17 @@ class Suite:
         for child in self.children.values():
             rows.append((child.name, child.address, child.metrics_url, str(child.process.pid)))
         width = [max(len(r[i]) for r in rows) for i in range(3)]
-        return "\n".join(
+        lines = [
             "  " + "  ".join(f"{cell:<{width[i]}}" for i, cell in enumerate(r[:3])) + "  " + r[3]
             for r in rows
-        )
+        ]
+        gateway = self.children.get("gateway")
+        if gateway is not None and gateway.info and gateway.info.get("http_port"):
+            host = gateway.address.rsplit(":", 1)[0]
+            lines.append(
+                f"  gateway JSON/HTTP: http://{host}:{gateway.info['http_port']}/v1/models"
+            )
+        return "\n".join(lines)
 
 
 @contextmanager
