@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC
-
-from google.protobuf import struct_pb2, timestamp_pb2
 
 from mlbackend.common.v1 import common_pb2
+from mlbackend_clients.values import to_scalar, to_value
 from mlbackend_gateway.core.model import DType, FeatureStatus, Scalar
+
+__all__ = ["DTYPES", "STATUSES", "STATUS_CODES", "to_key", "to_map", "to_scalar", "to_value"]
 
 DTYPES = {
     common_pb2.DATA_TYPE_INT64: DType.INT64,
@@ -28,32 +28,6 @@ STATUSES = {
     common_pb2.FEATURE_STATUS_COMPUTED: FeatureStatus.COMPUTED,
 }
 STATUS_CODES = {v: k for k, v in STATUSES.items()}
-
-
-def to_scalar(value: common_pb2.Value) -> Scalar:
-    kind = value.WhichOneof("kind")
-    if kind is None or kind == "null_value":
-        return None
-    if kind == "timestamp_value":
-        return value.timestamp_value.ToDatetime(tzinfo=UTC)
-    scalar: Scalar = getattr(value, kind)
-    return scalar
-
-
-def to_value(scalar: Scalar) -> common_pb2.Value:
-    if scalar is None:
-        return common_pb2.Value(null_value=struct_pb2.NULL_VALUE)
-    if isinstance(scalar, bool):
-        return common_pb2.Value(bool_value=scalar)
-    if isinstance(scalar, int):
-        return common_pb2.Value(int64_value=scalar)
-    if isinstance(scalar, float):
-        return common_pb2.Value(double_value=scalar)
-    if isinstance(scalar, str):
-        return common_pb2.Value(string_value=scalar)
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(scalar)
-    return common_pb2.Value(timestamp_value=stamp)
 
 
 def to_key(key: Mapping[str, Scalar]) -> common_pb2.EntityKey:

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
-from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
 from mlbackend.common.v1 import common_pb2
 from mlbackend.monitoring.v1 import monitoring_pb2 as pb
+from mlbackend_clients.values import to_scalar, to_value
 from mlbackend_monitoring.core import model as m
 from mlbackend_monitoring.core.predictions import encode_page_token
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
 
 def _time(ts: timestamp_pb2.Timestamp) -> datetime:
-    return _EPOCH + timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
+    return ts.ToDatetime(tzinfo=UTC)
 
 
 def _optional_time(message: object, field: str) -> datetime | None:
@@ -29,37 +28,13 @@ def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
     return ts
 
 
-def scalar(value: common_pb2.Value) -> m.Scalar:
-    kind = value.WhichOneof("kind")
-    if kind is None or kind == "null_value":
-        return None
-    if kind == "timestamp_value":
-        return _time(value.timestamp_value)
-    result: m.Scalar = getattr(value, kind)
-    return result
-
-
-def value_pb(value: m.Scalar) -> common_pb2.Value:
-    if value is None:
-        return common_pb2.Value(null_value=struct_pb2.NULL_VALUE)
-    if isinstance(value, bool):
-        return common_pb2.Value(bool_value=value)
-    if isinstance(value, int):
-        return common_pb2.Value(int64_value=value)
-    if isinstance(value, float):
-        return common_pb2.Value(double_value=value)
-    if isinstance(value, datetime):
-        return common_pb2.Value(timestamp_value=_timestamp(value))
-    return common_pb2.Value(string_value=value)
-
-
 def _scalars(values: Mapping[str, common_pb2.Value]) -> dict[str, m.Scalar]:
-    return {name: scalar(v) for name, v in values.items()}
+    return {name: to_scalar(v) for name, v in values.items()}
 
 
 def _output(p: common_pb2.Prediction) -> m.PredictionOutput:
     return m.PredictionOutput(
-        label=scalar(p.label),
+        label=to_scalar(p.label),
         value=p.value if p.HasField("value") else None,
         probabilities=tuple(p.probabilities),
         confidence=p.confidence if p.HasField("confidence") else None,
@@ -69,7 +44,7 @@ def _output(p: common_pb2.Prediction) -> m.PredictionOutput:
 
 def _output_pb(o: m.PredictionOutput) -> common_pb2.Prediction:
     return common_pb2.Prediction(
-        label=value_pb(o.label),
+        label=to_value(o.label),
         value=o.value,
         probabilities=o.probabilities,
         confidence=o.confidence,
@@ -111,9 +86,9 @@ def record_pb(r: m.PredictionRecord) -> pb.PredictionRecord:
         experiment=r.experiment,
         shadow=r.shadow,
         entity_key=common_pb2.EntityKey(
-            join_keys={k: value_pb(v) for k, v in r.entity_key.items()}
+            join_keys={k: to_value(v) for k, v in r.entity_key.items()}
         ),
-        features={k: value_pb(v) for k, v in r.features.items()},
+        features={k: to_value(v) for k, v in r.features.items()},
         output=_output_pb(r.output),
         latency=latency,
         status_code=r.status_code,
@@ -166,7 +141,7 @@ def counts_pb(counts: list[m.PredictionCount]) -> pb.CountPredictionsResponse:
 def feedback(f: pb.Feedback) -> m.Feedback:
     return m.Feedback(
         prediction_id=f.prediction_id,
-        label=scalar(f.label),
+        label=to_scalar(f.label),
         reward=f.reward if f.HasField("reward") else None,
         feedback_time=_optional_time(f, "feedback_time") or datetime.now(UTC),
         source=f.source,
