@@ -67,6 +67,7 @@ USERS = 1000
 SERVICES = ("registry", "features", "monitoring", "serving", "gateway")
 KINDS = ("direct-sum", "gateway-grpc", "gateway-http")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+PROFILE_FLAGS = os.environ.get("BENCH_PYSPY_FLAGS", "--threads --gil --nonblocking").split()
 
 
 def user_id(i: int) -> str:
@@ -421,7 +422,12 @@ async def loadgen(config: LoadConfig, started_marker: Path | None = None) -> dic
 # ---------------------------------------------------------------- orchestration
 
 
-def measure(services: dict[str, Service], config: LoadConfig, workdir: Path) -> dict[str, Any]:
+def measure(
+    services: dict[str, Service],
+    config: LoadConfig,
+    workdir: Path,
+    profile: tuple[str, Path] | None = None,
+) -> dict[str, Any]:
     out = workdir / f"{config.kind}-{config.concurrency}.json"
     command = [sys.executable, __file__, "--role", "loadgen", "--config",
                json.dumps(config.__dict__), "--out", str(out)]  # fmt: skip
@@ -433,8 +439,11 @@ def measure(services: dict[str, Service], config: LoadConfig, workdir: Path) -> 
     while not marker.exists() and process.poll() is None and time.monotonic() < limit:
         time.sleep(0.01)
     begin = {name: svc.cpu_seconds() for name, svc in services.items()}
+    profiler = _profiler(services, config, profile)
     process.wait(max(1.0, limit - time.monotonic()))
     end = {name: svc.cpu_seconds() for name, svc in services.items()}
+    if profiler is not None:
+        profiler.wait(30)
     if process.returncode != 0:
         raise RuntimeError(f"load generator failed for {config.kind} c={config.concurrency}")
     result: dict[str, Any] = json.loads(out.read_text())
@@ -442,6 +451,21 @@ def measure(services: dict[str, Service], config: LoadConfig, workdir: Path) -> 
     result["server_us"] = {n: (end[n] - begin[n]) / done * 1e6 for n in services}
     result["client_us"] = result["client_cpu"] / done * 1e6
     return result
+
+
+def _profiler(
+    services: dict[str, Service], config: LoadConfig, profile: tuple[str, Path] | None
+) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling one service over the measurement, as collapsed stacks (--raw)."""
+    if profile is None:
+        return None
+    name, directory = profile
+    directory.mkdir(parents=True, exist_ok=True)
+    output = directory / f"{name}-{config.kind}-c{config.concurrency}.txt"
+    command = [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(services[name].process.pid), "--format", "raw",
+               "--rate", "500", *PROFILE_FLAGS, "--duration", str(max(1, int(config.seconds))),
+               "--output", str(output)]  # fmt: skip
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -494,6 +518,11 @@ def main() -> int:
     parser.add_argument("--max-requests", type=int, default=200_000, help="cap per point")
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--profile",
+        metavar="SERVICE:DIR",
+        help="record a py-spy profile (collapsed stacks) of one service per point into DIR",
+    )
     parser.add_argument("--role", default="main", choices=["main", "loadgen"])
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -510,6 +539,10 @@ def main() -> int:
     seconds = args.seconds or (3.0 if args.quick else 15.0)
     warmup = 1.0 if args.quick else 2.0
     levels = [int(x) for x in args.concurrency.split(",")]
+    profile = None
+    if args.profile:
+        name, _, directory = args.profile.partition(":")
+        profile = (name, Path(directory or "profiles").resolve())
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mlbackend-bench-gateway-") as tmp:
         workdir = Path(tmp)
@@ -545,7 +578,7 @@ def main() -> int:
                         features=addresses["features"], serving=addresses["serving"],
                         feature_service=service_ref, version=version,
                     )  # fmt: skip
-                    result = measure(services, config, workdir)
+                    result = measure(services, config, workdir, profile)
                     results.append(result)
                     print(f"  {kind:<13} c={level:<3} p50 {result['p50']:.2f} ms  "
                           f"p99 {result['p99']:.2f} ms  {result['rps']:.0f} rps  "

@@ -1,7 +1,8 @@
 """Wiring of the inference gateway: settings → clients → core → servicer + JSON front.
 
-Dependencies and their per-call timeouts (each capped by the caller's deadline):
-registry 2 s, feature store 1 s, serving 2 s, monitoring 5 s. The version cache is
+Dependencies and their per-call timeouts (each capped by the caller's deadline;
+``--timeouts`` overrides them): registry 2 s, feature store 1 s, serving 2 s,
+monitoring 5 s. The version cache is
 exact while the registry's watch stream is live and falls back to a 5 s TTL while it
 is not. Experiments live in SQLite under ``data_dir/gateway`` or in PostgreSQL
 (``database_url``), so every replica routes the same way.
@@ -9,7 +10,7 @@ is not. Experiments live in SQLite under ``data_dir/gateway`` or in PostgreSQL
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import grpc
 from prometheus_client import CollectorRegistry
@@ -50,7 +51,8 @@ SPEC = ServiceSpec(
 
 @dataclass(frozen=True)
 class GatewayOptions:
-    """Tunables not exposed as flags (yet); tests pass their own."""
+    """Tunables; ``from_settings`` applies the ``--timeouts`` and ``--max-in-flight`` flags,
+    tests pass their own."""
 
     registry_timeout: float = 2.0
     features_timeout: float = 1.0
@@ -60,6 +62,22 @@ class GatewayOptions:
     experiment_cache_ttl: float = 1.0
     pipeline: PipelineLimits = field(default_factory=PipelineLimits)
     records: QueueLimits = field(default_factory=QueueLimits)
+
+    @classmethod
+    def from_settings(cls, settings: ServerSettings) -> GatewayOptions:
+        defaults = cls()
+        timeouts = settings.dependency_timeouts()
+        pipeline = defaults.pipeline
+        if settings.max_in_flight is not None:
+            pipeline = replace(pipeline, max_in_flight=settings.max_in_flight)
+        return replace(
+            defaults,
+            registry_timeout=timeouts.get("registry", defaults.registry_timeout),
+            features_timeout=timeouts.get("features", defaults.features_timeout),
+            serving_timeout=timeouts.get("serving", defaults.serving_timeout),
+            monitoring_timeout=timeouts.get("monitoring", defaults.monitoring_timeout),
+            pipeline=pipeline,
+        )
 
 
 class _Missing:
@@ -107,7 +125,7 @@ async def create_server(
     registry: CollectorRegistry | None = None,
     options: GatewayOptions | None = None,
 ) -> RunningServer:
-    options = options or GatewayOptions()
+    options = options or GatewayOptions.from_settings(settings)
     registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
     metrics = GatewayMetrics(registry)
     closers = []

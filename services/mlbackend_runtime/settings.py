@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Port = int
+TIMEOUT_DEPENDENCIES = ("registry", "features", "serving", "monitoring")
 
 
 class ServerSettings(BaseSettings):
@@ -77,6 +78,15 @@ class ServerSettings(BaseSettings):
     http_port: Port | None = Field(
         8080, ge=0, le=65535, description="Gateway JSON/HTTP port; 0 = ephemeral, unset = off."
     )
+    timeouts: str | None = Field(
+        None,
+        description="Gateway: per-dependency call timeouts in seconds, e.g. "
+        "'features=0.5,serving=1' (registry, features, serving, monitoring); each is "
+        "also capped by the caller's deadline.",
+    )
+    max_in_flight: int | None = Field(
+        None, gt=0, description="Gateway: predictions in progress before RESOURCE_EXHAUSTED."
+    )
 
     @model_validator(mode="after")
     def _tls_pairs(self) -> ServerSettings:
@@ -91,6 +101,31 @@ class ServerSettings(BaseSettings):
         if self.online_store == "redis" and not self.redis_url:
             raise ValueError("online_store redis needs redis_url")
         return self
+
+    @model_validator(mode="after")
+    def _timeouts(self) -> ServerSettings:
+        self.dependency_timeouts()  # raises on a malformed list
+        return self
+
+    def dependency_timeouts(self) -> dict[str, float]:
+        """``timeouts`` parsed: dependency name → seconds (only those given)."""
+        parsed: dict[str, float] = {}
+        for item in filter(None, (part.strip() for part in (self.timeouts or "").split(","))):
+            name, sep, raw = item.partition("=")
+            name = name.strip()
+            if not sep or name not in TIMEOUT_DEPENDENCIES:
+                raise ValueError(
+                    f"timeouts: {item!r} is not NAME=SECONDS with NAME one of "
+                    f"{', '.join(TIMEOUT_DEPENDENCIES)}"
+                )
+            try:
+                seconds = float(raw)
+            except ValueError:
+                seconds = float("nan")
+            if not seconds > 0 or seconds == float("inf"):
+                raise ValueError(f"timeouts: {name} must be a positive number of seconds")
+            parsed[name] = seconds
+        return parsed
 
     @property
     def tls_enabled(self) -> bool:

@@ -394,6 +394,32 @@ async def test_records_land_in_monitoring(suite: Suite) -> None:
     assert len(record.output.probabilities) == 2
 
 
+async def test_failed_attempts_are_recorded_with_their_status(suite: Suite) -> None:
+    # "nobody" has no stored features and version 1 declares no defaults.
+    with pytest.raises(grpc.aio.AioRpcError):
+        await suite.gateway.stub.Predict(predict_request("nobody", 10.0), timeout=10)
+    await suite.gateway.stub.Predict(predict_request(USERS[0], 20.0), timeout=10)
+    deadline = time.monotonic() + 10
+    while True:
+        counts = await suite.monitoring.stub.CountPredictions(
+            m.CountPredictionsRequest(filter=m.PredictionFilter(model=MODEL))
+        )
+        if counts.total_count >= 2 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    assert counts.total_count == 2
+    assert [(x.version, x.count, x.error_count) for x in counts.counts] == [(1, 2, 1)]
+    listed = await suite.monitoring.stub.ListPredictions(
+        m.ListPredictionsRequest(filter=m.PredictionFilter(model=MODEL), page_size=10)
+    )
+    failed = [r for r in listed.records if r.status_code != 0]
+    assert len(failed) == 1
+    assert failed[0].status_code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert "amount_z" in failed[0].error_message
+    assert not failed[0].output.probabilities and not failed[0].features
+    assert failed[0].entity_key.join_keys["user_id"].string_value == "nobody"
+
+
 def test_assignment_is_sticky_and_follows_weights() -> None:
     experiment = Experiment(
         name="experiments/e", model=MODEL, salt="s1",

@@ -51,3 +51,23 @@ def test_exposure_needs_tls_and_auth_or_an_explicit_insecure(tmp_path: Path) -> 
             token_file=tmp_path / "t",
         )
     )
+
+
+def test_gateway_timeouts_parse_and_reach_the_gateway_options() -> None:
+    from mlbackend_gateway.app import GatewayOptions
+
+    settings = ServerSettings(timeouts="features=0.25, serving=1.5", max_in_flight=8)
+    assert settings.dependency_timeouts() == {"features": 0.25, "serving": 1.5}
+    options = GatewayOptions.from_settings(settings)
+    assert (options.features_timeout, options.serving_timeout) == (0.25, 1.5)
+    assert options.registry_timeout == GatewayOptions().registry_timeout
+    assert options.pipeline.max_in_flight == 8
+    for bad, message in (
+        ("features", "NAME=SECONDS"),
+        ("cache=1", "NAME=SECONDS"),
+        ("serving=0", "positive"),
+        ("serving=abc", "positive"),
+        ("serving=inf", "positive"),
+    ):
+        with pytest.raises(ValidationError, match=message):
+            ServerSettings(timeouts=bad)

@@ -193,5 +193,5 @@ class PredictionRecord:
     output: ModelOutput | None
     latency_seconds: float
     feature_service: str
-    error_code: int = 0
-    error_message: str = ""
+    error: Exception | None = None
+    """Why the attempt failed (``output`` is then None); None for a prediction."""

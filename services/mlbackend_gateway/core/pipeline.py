@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -23,10 +23,12 @@ from mlbackend_gateway.core.features import FieldPath, assemble, check_request_f
 from mlbackend_gateway.core.limits import InFlightLimit
 from mlbackend_gateway.core.model import (
     FeatureTable,
+    ModelOutput,
     ModelVersionInfo,
     PredictionInput,
     PredictionRecord,
     PredictionResult,
+    Scalar,
     VersionSelector,
 )
 from mlbackend_gateway.core.ports import FeatureReader, Scorer
@@ -138,15 +140,21 @@ class InferencePipeline:
         # A batch's field paths refer to the caller's positions, not the group's.
         group_path: FieldPath = lambda i: path(positions[i])  # noqa: E731
         version = await self.resolver.resolve(model, route.selector)
-        check_request_features(version, inputs, group_path)
-        table = await self._read(version, inputs, group_path)
-        rows = assemble(version, table, inputs, group_path)
-        scored = await self._scorer.score(model, version.version, [r.vector for r in rows])
-        elapsed = time.perf_counter() - started
+        attempt = _Attempt(model, route, shadow, inputs, started)
+        try:
+            check_request_features(version, inputs, group_path)
+            table = await self._read(version, inputs, group_path)
+            rows = assemble(version, table, inputs, group_path)
+            scored = await self._scorer.score(model, version.version, [r.vector for r in rows])
+        except Exception as exc:
+            # A failed attempt is monitored too: it counts against its version's error rate.
+            for item in inputs:
+                failed = attempt.record(
+                    str(uuid.uuid4()), item, version.version, version.feature_service, error=exc
+                )
+                self._records.offer(failed)
+            raise
         feature_service = table.feature_service or version.feature_service
-        context = propagation.current()
-        request_id = context.request_id if context is not None else propagation.new_request_id()
-        now = datetime.now(UTC)
         results = []
         for item, row, output in zip(inputs, rows, scored.rows, strict=True):
             result = PredictionResult(
@@ -162,20 +170,13 @@ class InferencePipeline:
             )
             results.append(result)
             self._records.offer(
-                PredictionRecord(
-                    prediction_id=result.prediction_id,
-                    request_id=request_id,
-                    time=now,
-                    model=model,
-                    version=scored.version,
-                    variant=route.variant,
-                    experiment=route.experiment,
-                    shadow=shadow,
-                    entity_key=item.entity_key,
+                attempt.record(
+                    result.prediction_id,
+                    item,
+                    scored.version,
+                    feature_service,
                     features={o.name: o.value for o in row.outcomes},
                     output=output,
-                    latency_seconds=elapsed,
-                    feature_service=feature_service,
                 )
             )
         return results
@@ -227,6 +228,51 @@ class InferencePipeline:
                 logger.exception("shadow variant %s of %s failed", variant.name, model)
 
         self.shadows.submit(run)
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """What every record of one leg shares; ``record`` stamps the time and latency."""
+
+    model: str
+    route: _Route
+    shadow: bool
+    inputs: Sequence[PredictionInput]
+    started: float
+    request_id: str = field(default_factory=lambda: _request_id())
+
+    def record(
+        self,
+        prediction_id: str,
+        item: PredictionInput,
+        version: int,
+        feature_service: str,
+        *,
+        features: Mapping[str, Scalar] | None = None,
+        output: ModelOutput | None = None,
+        error: Exception | None = None,
+    ) -> PredictionRecord:
+        return PredictionRecord(
+            prediction_id=prediction_id,
+            request_id=self.request_id,
+            time=datetime.now(UTC),
+            model=self.model,
+            version=version,
+            variant=self.route.variant,
+            experiment=self.route.experiment,
+            shadow=self.shadow,
+            entity_key=item.entity_key,
+            features=features or {},
+            output=output,
+            latency_seconds=time.perf_counter() - self.started,
+            feature_service=feature_service,
+            error=error,
+        )
+
+
+def _request_id() -> str:
+    context = propagation.current()
+    return context.request_id if context is not None else propagation.new_request_id()
 
 
 def _validate(

@@ -13,6 +13,8 @@ from mlbackend_clients.monitoring import MonitoringClient
 from mlbackend_gateway.core.model import ModelOutput, PredictionRecord
 from mlbackend_gateway.upstream.failures import transport_failure
 from mlbackend_gateway.upstream.values import to_key, to_value
+from mlbackend_runtime.errors import DomainError
+from mlbackend_runtime.status import code_for
 
 
 def prediction_message(output: ModelOutput) -> common_pb2.Prediction:
@@ -45,13 +47,33 @@ def record_message(record: PredictionRecord) -> monitoring_pb2.PredictionRecord:
         entity_key=to_key(record.entity_key),
         features={k: to_value(v) for k, v in record.features.items()},
         latency=latency,
-        status_code=record.error_code,
-        error_message=record.error_message,
+        status_code=_status_code(record.error),
+        error_message=_error_message(record.error),
         feature_service=record.feature_service,
     )
     if record.output is not None:
         message.output.CopyFrom(prediction_message(record.output))
     return message
+
+
+def _status_code(error: Exception | None) -> int:
+    if error is None:
+        return grpc.StatusCode.OK.value[0]
+    if isinstance(error, DomainError):
+        return code_for(error).value[0]
+    if isinstance(error, grpc.aio.AioRpcError):
+        return error.code().value[0]
+    return grpc.StatusCode.INTERNAL.value[0]
+
+
+def _error_message(error: Exception | None) -> str:
+    if error is None:
+        return ""
+    if isinstance(error, DomainError):
+        return error.message
+    if isinstance(error, grpc.aio.AioRpcError):
+        return error.details() or ""
+    return type(error).__name__
 
 
 class MonitoringSink:
