@@ -16,8 +16,11 @@ closed loop, N workers, bounded by count and time) measures, at concurrency 1, 8
   feature service, then serving ``Predict`` with those values, one after the other in
   the same loop; the request's latency is their sum (the baseline: the gateway's work
   minus its own overhead).
+- ``passthrough``: the floor of any Python gRPC gateway: a bare grpc.aio server (started
+  by this script) that makes the direct-sum's two calls behind one hop and does nothing
+  else. gateway / passthrough is the cost of what our gateway does on top of a hop.
 
-The three kinds run back to back for each concurrency (interleaved, so drift in the
+The four kinds run back to back for each concurrency (interleaved, so drift in the
 shared CPU hits all of them), after one warm-up each. Reported next to each: the load
 generator's CPU and the services' CPU per request (from /proc, over the measurement).
 
@@ -65,7 +68,7 @@ STORED = (
 SIGNATURE = [f"{VIEW}:{name}" for name in STORED]
 USERS = 1000
 SERVICES = ("registry", "features", "monitoring", "serving", "gateway")
-KINDS = ("direct-sum", "gateway-grpc", "gateway-http")
+KINDS = ("direct-sum", "passthrough", "gateway-grpc", "gateway-http")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PROFILE_FLAGS = os.environ.get("BENCH_PYSPY_FLAGS", "--threads --gil --nonblocking").split()
 
@@ -266,6 +269,7 @@ class LoadConfig:
     serving: str
     feature_service: str
     version: int
+    passthrough: str
 
 
 class _Http:
@@ -308,6 +312,8 @@ async def loadgen(config: LoadConfig, started_marker: Path | None = None) -> dic
     features_channel = grpc.aio.insecure_channel(config.features, options=options)
     serving_channel = grpc.aio.insecure_channel(config.serving, options=options)
     gateway = gateway_pb2_grpc.InferenceGatewayServiceStub(gateway_channel)
+    passthrough_channel = grpc.aio.insecure_channel(config.passthrough, options=options)
+    passthrough = gateway_pb2_grpc.InferenceGatewayServiceStub(passthrough_channel)
     features = features_pb2_grpc.FeatureStoreServiceStub(features_channel)
     serving = serving_pb2_grpc.ModelServingServiceStub(serving_channel)
     version = c.VersionSelector(version=config.version)
@@ -343,6 +349,16 @@ async def loadgen(config: LoadConfig, started_marker: Path | None = None) -> dic
         assert len(answer.result.prediction.probabilities) == 2
         return elapsed, 0.0, 0.0
 
+    async def via_passthrough(i: int, _conn: _Http | None) -> tuple[float, float, float]:
+        t0 = time.perf_counter()
+        answer = await passthrough.Predict(
+            g.PredictRequest(model=MODEL, input=g.PredictionInput(entity_key=entity_key(i))),
+            timeout=5,
+        )
+        elapsed = time.perf_counter() - t0
+        assert len(answer.result.prediction.probabilities) == 2
+        return elapsed, 0.0, 0.0
+
     bodies = [
         json.dumps(
             {"input": {"entityKey": {"joinKeys": {"user_id": {"stringValue": user_id(i)}}}}}
@@ -359,7 +375,8 @@ async def loadgen(config: LoadConfig, started_marker: Path | None = None) -> dic
             raise RuntimeError(f"HTTP {code}: {payload[:200]!r}")
         return elapsed, 0.0, 0.0
 
-    call = {"direct-sum": direct, "gateway-grpc": via_grpc, "gateway-http": via_http}[config.kind]
+    call = {"direct-sum": direct, "passthrough": via_passthrough, "gateway-grpc": via_grpc,
+            "gateway-http": via_http}[config.kind]  # fmt: skip
 
     async def run(
         seconds: float, max_requests: int
@@ -400,7 +417,7 @@ async def loadgen(config: LoadConfig, started_marker: Path | None = None) -> dic
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     samples, errors, wall = await run(config.seconds, config.max_requests)
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-    for channel in (gateway_channel, features_channel, serving_channel):
+    for channel in (gateway_channel, features_channel, serving_channel, passthrough_channel):
         await channel.close()
     lat = np.array(samples) * 1000 if samples else np.zeros((1, 3))
     client_cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
@@ -417,6 +434,73 @@ async def loadgen(config: LoadConfig, started_marker: Path | None = None) -> dic
         "serving_p50": float(np.percentile(lat[:, 2], 50)),
         "client_cpu": client_cpu,
     }
+
+
+# ---------------------------------------------------------------- the floor
+
+
+class Passthrough(gateway_pb2_grpc.InferenceGatewayServiceServicer):
+    """The least a Python gRPC gateway can do: the direct-sum's two calls behind one hop.
+
+    No version resolution, checks, records, metrics or auth: what is left of the
+    gateway's latency above this is the cost of what ours does on top.
+    """
+
+    def __init__(self, features: str, serving: str, feature_service: str, version: int):
+        self._features = features_pb2_grpc.FeatureStoreServiceStub(
+            grpc.aio.insecure_channel(features)
+        )
+        self._serving = serving_pb2_grpc.ModelServingServiceStub(grpc.aio.insecure_channel(serving))
+        self._feature_service = feature_service
+        self._version = c.VersionSelector(version=version)
+
+    async def Predict(self, request: g.PredictRequest, context: Any) -> g.PredictResponse:
+        read = await self._features.GetOnlineFeatures(
+            f.GetOnlineFeaturesRequest(
+                feature_service=self._feature_service, entity_keys=[request.input.entity_key]
+            ),
+            timeout=5,
+        )
+        values = [v.value for v in read.rows[0].values]
+        answer = await self._serving.Predict(
+            s.PredictRequest(
+                model=request.model, version=self._version,
+                vectors=[c.FeatureVector(values=values)],
+            ),
+            timeout=5,
+        )  # fmt: skip
+        return g.PredictResponse(
+            result=g.PredictionResult(
+                model=request.model, version=answer.version, prediction=answer.predictions[0]
+            )
+        )
+
+
+async def serve_passthrough(config: dict[str, Any], ready: Path) -> None:
+    server = grpc.aio.server()
+    gateway_pb2_grpc.add_InferenceGatewayServiceServicer_to_server(
+        Passthrough(config["features"], config["serving"], config["feature_service"],
+                    config["version"]),
+        server,
+    )  # fmt: skip
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    await asyncio.to_thread(ready.write_text, json.dumps({"address": f"127.0.0.1:{port}"}))
+    await server.wait_for_termination()
+
+
+def start_passthrough(workdir: Path, config: dict[str, Any]) -> Service:
+    ready = workdir / "passthrough.ready.json"
+    command = [sys.executable, __file__, "--role", "passthrough", "--config", json.dumps(config),
+               "--out", str(ready)]  # fmt: skip
+    process = subprocess.Popen(command)
+    deadline = time.monotonic() + 30
+    while not ready.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError("the passthrough server did not start")
+        time.sleep(0.05)
+    return Service("passthrough", process, json.loads(ready.read_text()))
 
 
 # ---------------------------------------------------------------- orchestration
@@ -462,7 +546,8 @@ def _profiler(
     name, directory = profile
     directory.mkdir(parents=True, exist_ok=True)
     output = directory / f"{name}-{config.kind}-c{config.concurrency}.txt"
-    command = [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(services[name].process.pid), "--format", "raw",
+    py_spy = str(Path(sys.executable).with_name("py-spy"))
+    command = [py_spy, "record", "--pid", str(services[name].process.pid), "--format", "raw",
                "--rate", "500", *PROFILE_FLAGS, "--duration", str(max(1, int(config.seconds))),
                "--output", str(output)]  # fmt: skip
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -470,7 +555,8 @@ def _profiler(
 
 def table(results: list[dict[str, Any]]) -> str:
     head = (f"{'kind':<13} {'c':>3} {'rps':>7} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "
-            f"{'client':>7} {'gateway':>8} {'features':>8} {'serving':>8} {'monitor':>8}  "
+            f"{'client':>7} {'gateway':>8} {'passthru':>8} {'features':>8} {'serving':>8} "
+            f"{'monitor':>8}  "
             f"parts p50 (fs + serving)")  # fmt: skip
     lines = [head, "-" * len(head)]
     for res in results:
@@ -483,7 +569,8 @@ def table(results: list[dict[str, Any]]) -> str:
         lines.append(
             f"{res['kind']:<13} {res['concurrency']:>3} {res['rps']:>7.0f} {res['p50']:>7.2f} "
             f"{res['p99']:>7.2f} {res['errors']:>6} {res['client_us']:>7.0f} "
-            f"{cpu['gateway']:>8.0f} {cpu['features']:>8.0f} {cpu['serving']:>8.0f} "
+            f"{cpu['gateway']:>8.0f} {cpu.get('passthrough', 0):>8.0f} {cpu['features']:>8.0f} "
+            f"{cpu['serving']:>8.0f} "
             f"{cpu['monitoring']:>8.0f}  {parts}"
         )
     lines.append("(CPU columns: µs of CPU per completed request; client = the load generator)")
@@ -494,16 +581,25 @@ def ratios(results: list[dict[str, Any]]) -> str:
     by = {(res["kind"], res["concurrency"]): res for res in results}
     lines = []
     base = by.get(("direct-sum", 1))
-    for kind in ("gateway-grpc", "gateway-http"):
+    for kind in ("passthrough", "gateway-grpc", "gateway-http"):
         res = by.get((kind, 1))
         if base and res:
             ratio = res["p50"] / base["p50"]
             verdict = "meets" if ratio <= 1.3 else "misses"
+            if kind == "passthrough":
+                verdict = "the floor of a Python gRPC hop, for reference"
             lines.append(
                 f"c=1  {kind} p50 / direct-sum p50 = {res['p50']:.2f} / {base['p50']:.2f} ms "
                 f"= {ratio:.2f}x  (target <= 1.3x: {verdict})"
             )
-    for kind in ("gateway-grpc", "gateway-http", "direct-sum"):
+    floor = by.get(("passthrough", 1))
+    ours = by.get(("gateway-grpc", 1))
+    if floor and ours:
+        lines.append(
+            f"c=1  gateway-grpc p50 / passthrough p50 = {ours['p50'] / floor['p50']:.2f}x  "
+            f"(what the gateway's own work costs above a bare hop)"
+        )
+    for kind in ("gateway-grpc", "gateway-http", "passthrough", "direct-sum"):
         res = by.get((kind, 8))
         if res:
             verdict = "meets" if res["p99"] < 10 else "misses"
@@ -523,11 +619,14 @@ def main() -> int:
         metavar="SERVICE:DIR",
         help="record a py-spy profile (collapsed stacks) of one service per point into DIR",
     )
-    parser.add_argument("--role", default="main", choices=["main", "loadgen"])
+    parser.add_argument("--role", default="main", choices=["main", "loadgen", "passthrough"])
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    if args.role == "passthrough":
+        asyncio.run(serve_passthrough(json.loads(args.config), args.out))
+        return 0
     if args.role == "loadgen":
         config = LoadConfig(**json.loads(args.config))
 
@@ -564,6 +663,10 @@ def main() -> int:
             addresses = {n: svc.address for n, svc in services.items()}
             version, service_ref = asyncio.run(setup(addresses, np.random.default_rng(7)))
             asyncio.run(wait_served(addresses["serving"], version))
+            services["passthrough"] = start_passthrough(workdir, {
+                "features": addresses["features"], "serving": addresses["serving"],
+                "feature_service": service_ref, "version": version,
+            })  # fmt: skip
             setup_s = time.monotonic() - started
             print(f"{MODEL}@{version} (HistGradientBoosting, 10 stored features via "
                   f"{service_ref}) READY; setup {setup_s:.0f} s", flush=True)  # fmt: skip
@@ -577,6 +680,7 @@ def main() -> int:
                         http_port=int(services["gateway"].info["http_port"]),
                         features=addresses["features"], serving=addresses["serving"],
                         feature_service=service_ref, version=version,
+                        passthrough=services["passthrough"].address,
                     )  # fmt: skip
                     result = measure(services, config, workdir, profile)
                     results.append(result)
