@@ -28,10 +28,23 @@ from mlbackend_runtime.errors import FailedPrecondition, InvalidInput
 # Private scikit-learn helpers skops 0.16 does not list although they are plain Python
 # holders of estimators and arrays (no unchecked indexing in native code): reviewed,
 # so a CalibratedClassifierCV loads without an operator allow-list.
+#
+# ``numpy.dtype``: what SimpleImputer keeps as ``_fit_dtype``/``_fill_dtype`` (so every
+# pipeline with an imputer reports it; measured for the training allow-list: this is the
+# only type besides the validated trees that random_forest, decision_tree,
+# logistic_regression and the OneHotEncoder/ColumnTransformer pipelines report). skops 0.16
+# stores a dtype as an *empty ndarray* of that dtype and its DTypeNode constructs it as
+# ``child.construct().dtype``: the child is an ordinary node whose own type is audited
+# separately (an ndarray is read with ``np.load(allow_pickle=False)``, which refuses
+# object dtypes), so trusting the node adds only an attribute read on an object that was
+# itself trusted — a dtype is a description of data, it holds no code. A file that claims
+# ``numpy.dtype`` under another loader would build ``np.dtype.__new__(np.dtype)``, which
+# fails without arguments: refused, nothing runs.
 REVIEWED_TYPES = frozenset(
     {
         "sklearn.calibration._CalibratedClassifier",
         "sklearn.calibration._SigmoidCalibration",
+        "numpy.dtype",
     }
 )
 

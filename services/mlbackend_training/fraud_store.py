@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -360,7 +360,8 @@ async def write_dataset(
     return written
 
 
-def _number(value: f.FeatureValue) -> float:
+def _number(value: f.FeatureValue) -> float | None:
+    """A returned value as a float: NaN for null, None for a string (not a model input)."""
     kind = value.value.WhichOneof("kind")
     if kind == "double_value":
         return float(value.value.double_value)
@@ -368,7 +369,52 @@ def _number(value: f.FeatureValue) -> float:
         return float(value.value.int64_value)
     if kind == "bool_value":
         return float(value.value.bool_value)
+    if kind == "string_value":
+        return None
     return math.nan
+
+
+@dataclass(frozen=True)
+class HistoricalValues:
+    names: tuple[str, ...]
+    values: np.ndarray[Any, np.dtype[np.float64]]  # NaN = null or a string
+    strings: frozenset[str]  # features that returned strings
+
+
+async def historical_values(
+    client: FeatureStoreClient,
+    service: str,
+    count: int,
+    entity_rows: Callable[[list[int]], list[f.EntityRow]],
+) -> HistoricalValues:
+    """Point-in-time values of ``service`` for ``count`` rows, asked in bounded calls;
+    ``entity_rows`` builds the request rows of the given row positions."""
+    names: list[str] = []
+    strings: set[str] = set()
+    values = np.empty((count, 0))
+    for start in range(0, count, HISTORICAL_CALL_ROWS):
+        part = list(range(start, min(start + HISTORICAL_CALL_ROWS, count)))
+        request = f.GetHistoricalFeaturesRequest(
+            feature_service=service,
+            entity_rows=entity_rows(part),
+            chunk_size=HISTORICAL_CHUNK_ROWS,
+        )
+        block: np.ndarray[Any, Any] | None = None
+        async for chunk in client.stub.GetHistoricalFeatures(request, timeout=600):
+            if chunk.schema:
+                names = [s.name for s in chunk.schema]
+                block = np.full((len(part), len(names)), np.nan)
+            assert block is not None
+            for offset, row in enumerate(chunk.rows):
+                numbers = [_number(v) for v in row.values]
+                strings.update(n for n, v in zip(names, numbers, strict=True) if v is None)
+                block[chunk.start_row_index + offset] = [
+                    math.nan if v is None else v for v in numbers
+                ]
+        assert block is not None
+        values = block if start == 0 else np.vstack([values, block])
+        await asyncio.sleep(0)
+    return HistoricalValues(tuple(names), values, frozenset(strings))
 
 
 async def historical_matrix(
@@ -383,37 +429,26 @@ async def historical_matrix(
     far = far_from_home(dataset)
     user_ids, merchant_ids = tx.user_id.tolist(), tx.merchant_id.tolist()
     amounts, times = tx.amount.tolist(), tx.timestamp.tolist()
-    names: list[str] = []
-    values = np.empty((len(index), 0))
-    for start in range(0, len(index), HISTORICAL_CALL_ROWS):
-        part = index[start : start + HISTORICAL_CALL_ROWS].tolist()
-        entity_rows = [
-            f.EntityRow(
-                entity_key=user_key(user_ids[i], merchant_ids[i]),
-                event_time=_ts(times[i]),
-                request_inputs=c.FeatureMap(
-                    values=request_features(amounts[i], times[i], float(far[i]))
-                ),
+    positions = index.tolist()
+
+    def entity_rows(part: list[int]) -> list[f.EntityRow]:
+        out = []
+        for i in (positions[k] for k in part):
+            out.append(
+                f.EntityRow(
+                    entity_key=user_key(user_ids[i], merchant_ids[i]),
+                    event_time=_ts(times[i]),
+                    request_inputs=c.FeatureMap(
+                        values=request_features(amounts[i], times[i], float(far[i]))
+                    ),
+                )
             )
-            for i in part
-        ]
-        request = f.GetHistoricalFeaturesRequest(
-            feature_service=service, entity_rows=entity_rows, chunk_size=HISTORICAL_CHUNK_ROWS
-        )
-        block: np.ndarray[Any, Any] | None = None
-        async for chunk in client.stub.GetHistoricalFeatures(request, timeout=600):
-            if chunk.schema:
-                names = [s.name for s in chunk.schema]
-                block = np.full((len(part), len(names)), np.nan)
-            assert block is not None
-            for offset, row in enumerate(chunk.rows):
-                block[chunk.start_row_index + offset] = [_number(v) for v in row.values]
-        assert block is not None
-        values = block if start == 0 else np.vstack([values, block])
-        await asyncio.sleep(0)
+        return out
+
+    read = await historical_values(client, service, len(index), entity_rows)
     return FeatureMatrix(
-        tuple(names),
-        values,
+        read.names,
+        read.values,
         tx.is_fraud[index],
         tx.timestamp[index],
         tx.user_id[index],

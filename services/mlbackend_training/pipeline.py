@@ -24,21 +24,22 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import skops.io
 from numpy.typing import NDArray
+from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
 from mlbackend_training.fraud_data import DAY, FraudDataConfig, FraudDataset, generate
@@ -97,6 +98,9 @@ class GateConfig:
     min_recall_at_precision: float = 0.25
     must_beat_rule_scorer: bool = True
     champion_tolerance: float = 0.0
+    min_precision_at_recall: float = 0.0
+    """Checked when the threshold was chosen for a recall target."""
+    must_beat_majority: bool = False
 
 
 @dataclass(frozen=True)
@@ -167,8 +171,30 @@ ESTIMATORS: dict[str, EstimatorEntry] = {
 }
 
 
-def build_estimator(spec: EstimatorSpec, seed: int) -> Pipeline:
-    """An unfitted sklearn Pipeline for ``spec``; unknown names or params are refused."""
+def _columns(entry: EstimatorEntry, categorical: Sequence[bool]) -> list[tuple[str, Any]]:
+    """The estimator's numeric preprocessing, plus one-hot encoding of categorical codes.
+
+    Categorical inputs arrive as numeric codes (serving takes numbers only); a code
+    not seen in training, or a missing one not seen either, encodes as all zeros.
+    """
+    if not any(categorical):
+        return entry.preprocessing()
+    numeric = [i for i, is_cat in enumerate(categorical) if not is_cat]
+    codes = [i for i, is_cat in enumerate(categorical) if is_cat]
+    onehot = OneHotEncoder(handle_unknown="ignore", sparse_output=False)
+    transformers: list[tuple[str, Any, list[int]]] = [("categorical", onehot, codes)]
+    if numeric:
+        steps = entry.preprocessing()
+        transformers.insert(0, ("numeric", Pipeline(steps) if steps else "passthrough", numeric))
+    return [("columns", ColumnTransformer(transformers))]
+
+
+def build_estimator(spec: EstimatorSpec, seed: int, categorical: Sequence[bool] = ()) -> Pipeline:
+    """An unfitted sklearn Pipeline for ``spec``; unknown names or params are refused.
+
+    ``categorical`` flags the input columns that hold category codes (one-hot encoded
+    in the pipeline); empty means every input is numeric.
+    """
     entry = ESTIMATORS.get(spec.name)
     if entry is None:
         raise ValueError(
@@ -183,7 +209,7 @@ def build_estimator(spec: EstimatorSpec, seed: int) -> Pipeline:
     if "random_state" in allowed and "random_state" not in spec.params:
         params["random_state"] = seed
     model.set_params(**params)
-    return Pipeline([*entry.preprocessing(), ("model", model)])
+    return Pipeline([*_columns(entry, categorical), ("model", model)])
 
 
 # ---------------------------------------------------------------- split
@@ -249,9 +275,11 @@ def split_dataset(matrix: FeatureMatrix, config: SplitConfig, seed: int) -> Data
 # ---------------------------------------------------------------- fit and score
 
 
-def train_model(train: FeatureMatrix, spec: EstimatorSpec, seed: int) -> Pipeline:
+def train_model(
+    train: FeatureMatrix, spec: EstimatorSpec, seed: int, categorical: Sequence[bool] = ()
+) -> Pipeline:
     """Fit the allow-listed estimator for ``spec`` on the training part."""
-    pipeline = build_estimator(spec, seed)
+    pipeline = build_estimator(spec, seed, categorical)
     pipeline.fit(train.values, train.label)
     return pipeline
 
@@ -285,6 +313,7 @@ class ThresholdChoice:
     validation_recall: float
     target_met: bool
     rule: str
+    recall_target: float | None = None
 
 
 def choose_threshold(
@@ -311,6 +340,29 @@ def choose_threshold(
     )
 
 
+def threshold_for_recall(
+    label: LabelArray, score: FloatArray, recall_target: float, precision_target: float
+) -> ThresholdChoice:
+    """Highest precision with recall >= target (the strictest such threshold).
+
+    ``precision_target`` is only reported along (recall at that precision stays a metric).
+    """
+    precision, recall, thresholds = precision_recall_curve(label, score)
+    p, r = np.asarray(precision[:-1]), np.asarray(recall[:-1])
+    ok = np.flatnonzero(r >= recall_target)  # never empty: the lowest threshold has recall 1
+    best_precision = p[ok].max()
+    i = int(ok[p[ok] == best_precision].max())
+    return ThresholdChoice(
+        float(thresholds[i]),
+        precision_target,
+        float(p[i]),
+        float(r[i]),
+        True,
+        f"max precision with recall >= {recall_target:g}",
+        recall_target,
+    )
+
+
 @dataclass(frozen=True)
 class ClassifierMetrics:
     """Metrics of one scorer on one set of rows (threshold decisions + ranking)."""
@@ -327,6 +379,8 @@ class ClassifierMetrics:
     confusion_matrix: list[list[int]]  # [[tn, fp], [fn, tp]]
     rows: int
     positives: int
+    recall_target: float | None = None
+    precision_at_recall: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -342,6 +396,13 @@ def recall_at_precision(label: LabelArray, score: FloatArray, precision_target: 
     return float(recall[:-1][ok].max()) if ok.any() else 0.0
 
 
+def precision_at_recall(label: LabelArray, score: FloatArray, recall_target: float) -> float:
+    """Best precision over all thresholds whose recall reaches the target."""
+    precision, recall, _ = precision_recall_curve(label, score)
+    ok = recall[:-1] >= recall_target
+    return float(precision[:-1][ok].max()) if ok.any() else 0.0
+
+
 def classifier_metrics(
     label: LabelArray,
     score: FloatArray,
@@ -349,6 +410,7 @@ def classifier_metrics(
     precision_target: float,
     *,
     strict: bool = False,
+    recall_target: float | None = None,
 ) -> ClassifierMetrics:
     """Metrics for ``score``; a row is fraud when score >= threshold (> if ``strict``)."""
     y = label.astype(bool)
@@ -375,44 +437,80 @@ def classifier_metrics(
         confusion_matrix=[[tn, fp], [fn, tp]],
         rows=n,
         positives=tp + fn,
+        recall_target=recall_target,
+        precision_at_recall=(
+            None
+            if recall_target is None
+            else precision_at_recall(label, score, recall_target)
+            if both
+            else 0.0
+        ),
     )
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    """A model next to the baselines, all on the same test rows."""
+    """A model next to the baselines, all on the same test rows.
+
+    ``baselines`` always holds ``majority``; ``baseline_scores`` the scores of the
+    baselines that rank rows (the fraud rule scorer), drawn next to the model's curves.
+    """
 
     model: ClassifierMetrics
-    majority: ClassifierMetrics
-    rule_scorer: ClassifierMetrics
+    baselines: Mapping[str, ClassifierMetrics]
     model_score: FloatArray = field(repr=False, compare=False)
-    rule_score: FloatArray = field(repr=False, compare=False)
     label: LabelArray = field(repr=False, compare=False)
+    baseline_scores: Mapping[str, FloatArray] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+
+    @property
+    def majority(self) -> ClassifierMetrics:
+        return self.baselines["majority"]
+
+    @property
+    def rule_scorer(self) -> ClassifierMetrics:
+        return self.baselines["rule_scorer"]
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model.to_dict(),
-            "baselines": {
-                "majority": self.majority.to_dict(),
-                "rule_scorer": self.rule_scorer.to_dict(),
-            },
+            "baselines": {name: m.to_dict() for name, m in self.baselines.items()},
         }
 
 
-def evaluate(model: Any, test: FeatureMatrix, threshold: ThresholdChoice) -> Evaluation:
-    """The model at its threshold, the majority class and the rule scorer on ``test``."""
-    target = threshold.precision_target
+# A scored baseline: its score per row and the score above which it says positive.
+Baseline = tuple[Callable[[FeatureMatrix], FloatArray], float]
+FRAUD_BASELINES: Mapping[str, Baseline] = {"rule_scorer": (rule_score, RULE_THRESHOLD)}
+
+
+def evaluate(
+    model: Any,
+    test: FeatureMatrix,
+    threshold: ThresholdChoice,
+    baselines: Mapping[str, Baseline] = FRAUD_BASELINES,
+) -> Evaluation:
+    """The model at its threshold, the majority class and ``baselines`` on ``test``."""
+    target, recall_target = threshold.precision_target, threshold.recall_target
+
+    def metrics(score: FloatArray, at: float, strict: bool = False) -> ClassifierMetrics:
+        return classifier_metrics(
+            test.label, score, at, target, strict=strict, recall_target=recall_target
+        )
+
     score = fraud_probability(model, test)
-    rules = rule_score(test)
     majority_class = 0 if test.label.mean() <= 0.5 else 1
     constant = np.full(len(test), float(majority_class))
+    scores = {name: scorer(test) for name, (scorer, _) in baselines.items()}
     return Evaluation(
-        model=classifier_metrics(test.label, score, threshold.threshold, target),
-        majority=classifier_metrics(test.label, constant, 0.5, target),
-        rule_scorer=classifier_metrics(test.label, rules, RULE_THRESHOLD, target, strict=True),
+        model=metrics(score, threshold.threshold),
+        baselines={
+            "majority": metrics(constant, 0.5),
+            **{name: metrics(scores[name], at, True) for name, (_, at) in baselines.items()},
+        },
         model_score=score,
-        rule_score=rules,
         label=test.label,
+        baseline_scores=scores,
     )
 
 
@@ -464,16 +562,32 @@ def quality_gate(
         m.recall_at_precision,
         config.min_recall_at_precision,
     )
-    if config.must_beat_rule_scorer:
-        rule = evaluation.rule_scorer.pr_auc
-        ok = m.pr_auc > rule
-        check(ok, f"PR-AUC {m.pr_auc:.4f} {'>' if ok else '<='} rule scorer's {rule:.4f}")
+    if m.recall_target is not None and m.precision_at_recall is not None:
+        at_least(
+            f"precision at recall {m.recall_target:g}",
+            m.precision_at_recall,
+            config.min_precision_at_recall,
+        )
+    for baseline, wanted in (
+        ("rule_scorer", config.must_beat_rule_scorer),
+        ("majority", config.must_beat_majority),
+    ):
+        if wanted and baseline in evaluation.baselines:
+            theirs = evaluation.baselines[baseline].pr_auc
+            ok = m.pr_auc > theirs
+            who = baseline.replace("_", " ")
+            check(ok, f"PR-AUC {m.pr_auc:.4f} {'>' if ok else '<='} {who}'s {theirs:.4f}")
     if champion is not None:
         tol = config.champion_tolerance
-        for name, mine, theirs in (
+        compared = [
             ("PR-AUC", m.pr_auc, champion.pr_auc),
             ("recall at precision", m.recall_at_precision, champion.recall_at_precision),
-        ):
+        ]
+        if m.precision_at_recall is not None and champion.precision_at_recall is not None:
+            compared.append(
+                ("precision at recall", m.precision_at_recall, champion.precision_at_recall)
+            )
+        for name, mine, theirs in compared:
             ok = mine >= theirs - tol
             word = "not worse than" if ok else "worse than"
             check(ok, f"{name} {mine:.4f} {word} champion's {theirs:.4f} (tolerance {tol:g})")
@@ -568,12 +682,9 @@ class Lineage:
 
 
 @dataclass(frozen=True)
-class TrainingRun:
-    """Everything one run produced (the typed context the steps fill in)."""
+class ModelRun:
+    """What split → train → threshold → evaluate → gate produced, whatever the problem."""
 
-    config: TrainingConfig
-    dataset: FraudDataset
-    features: FeatureMatrix
     split: DatasetSplit
     model: Any
     threshold: ThresholdChoice
@@ -582,6 +693,30 @@ class TrainingRun:
     feature_stats: dict[str, dict[str, Any]]
     lineage: Lineage
     timings: dict[str, float]
+
+    def core(self) -> dict[str, Any]:
+        """The fields of the generic part, to build a subclass's instance from."""
+        return {f.name: getattr(self, f.name) for f in fields(ModelRun)}
+
+    def evaluation_summary(self) -> dict[str, Any]:
+        """Split, threshold, evaluation, gate, lineage and timings as JSON-ready data."""
+        return {
+            "split": self.split.describe(),
+            "threshold": asdict(self.threshold),
+            "evaluation": self.evaluation.to_dict(),
+            "gate": self.gate.to_dict(),
+            "lineage": asdict(self.lineage),
+            "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+
+
+@dataclass(frozen=True)
+class TrainingRun(ModelRun):
+    """Everything one fraud run produced (the typed context the steps fill in)."""
+
+    config: TrainingConfig
+    dataset: FraudDataset
+    features: FeatureMatrix
 
     def summary(self) -> dict[str, Any]:
         """The run's evaluation as plain JSON-ready data."""
@@ -594,12 +729,7 @@ class TrainingRun:
                 "fraud_rate": self.dataset.fraud_rate,
                 "digest": self.lineage.dataset_digest,
             },
-            "split": self.split.describe(),
-            "threshold": asdict(self.threshold),
-            "evaluation": self.evaluation.to_dict(),
-            "gate": self.gate.to_dict(),
-            "lineage": asdict(self.lineage),
-            "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+            **self.evaluation_summary(),
         }
 
 
@@ -611,70 +741,94 @@ class Champion:
     test_digest: str | None = None
 
 
+class StepClock:
+    """Times consecutive steps and reports each finished one."""
+
+    def __init__(self, on_step: Callable[[str], None] | None = None) -> None:
+        self.timings: dict[str, float] = {}
+        self._on_step = on_step
+        self._clock = time.perf_counter()
+
+    def done(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = now - self._clock
+        self._clock = now
+        if self._on_step is not None:
+            self._on_step(name)
+
+
+def fit_evaluate_gate(
+    features: FeatureMatrix,
+    *,
+    split: SplitConfig,
+    estimator: EstimatorSpec,
+    seed: int,
+    precision_target: float,
+    gate: GateConfig,
+    dataset_digest: str,
+    steps: Steps,
+    champion: Champion | None,
+    clock: StepClock,
+) -> ModelRun:
+    """split → train → threshold → evaluate → gate on a feature matrix.
+
+    A champion whose ``test_digest`` differs from this run's test rows is refused:
+    metrics on other rows are no comparison.
+    """
+    s, done = steps, clock.done
+    parts = s.split(features, split, seed)
+    done("split")
+    model = s.train(parts.train, estimator, seed)
+    done("train")
+    val_score = fraud_probability(model, parts.validation)
+    threshold = s.threshold(parts.validation.label, val_score, precision_target)
+    done("threshold")
+    evaluation = s.evaluate(model, parts.test, threshold)
+    done("evaluate")
+    test_digest = matrix_digest(parts.test)
+    if champion is not None and champion.test_digest not in (None, test_digest):
+        raise ValueError(
+            f"the champion was evaluated on other test rows ({champion.test_digest[:12]}…, "
+            f"this run's are {test_digest[:12]}…): evaluate it on this run's test set"
+        )
+    decision = s.gate(evaluation, gate, champion.metrics if champion else None)
+    stats = feature_statistics(parts.train)
+    lineage = Lineage(
+        dataset_digest=dataset_digest,
+        training_digest=matrix_digest(parts.train),
+        training_rows=len(parts.train),
+        training_from_ts=int(parts.train.timestamp.min()),
+        training_to_ts=int(parts.train.timestamp.max()),
+        test_digest=test_digest,
+        seed=seed,
+    )
+    done("gate")
+    return ModelRun(parts, model, threshold, evaluation, decision, stats, lineage, clock.timings)
+
+
 def run_training(
     config: TrainingConfig,
     steps: Steps | None = None,
     champion: Champion | None = None,
     on_step: Callable[[str], None] | None = None,
 ) -> TrainingRun:
-    """generate → features → split → train → threshold → evaluate → gate.
-
-    A champion whose ``test_digest`` differs from this run's test rows is refused:
-    metrics on other rows are no comparison.
-    """
+    """generate → features → split → train → threshold → evaluate → gate."""
     s = steps or Steps()
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def done(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = now - clock
-        clock = now
-        if on_step is not None:
-            on_step(name)
-
+    clock = StepClock(on_step)
     dataset = s.generate(config.data)
-    done("generate")
+    clock.done("generate")
     features = s.featurize(dataset)
-    done("features")
-    split = s.split(features, config.split, config.seed)
-    done("split")
-    model = s.train(split.train, config.estimator, config.seed)
-    done("train")
-    val_score = fraud_probability(model, split.validation)
-    threshold = s.threshold(split.validation.label, val_score, config.precision_target)
-    done("threshold")
-    evaluation = s.evaluate(model, split.test, threshold)
-    done("evaluate")
-    test_digest = matrix_digest(split.test)
-    if champion is not None and champion.test_digest not in (None, test_digest):
-        raise ValueError(
-            f"the champion was evaluated on other test rows ({champion.test_digest[:12]}…, "
-            f"this run's are {test_digest[:12]}…): evaluate it on this run's test set"
-        )
-    gate = s.gate(evaluation, config.gate, champion.metrics if champion else None)
-    stats = feature_statistics(split.train)
-    lineage = Lineage(
-        dataset_digest=dataset.digest(),
-        training_digest=matrix_digest(split.train),
-        training_rows=len(split.train),
-        training_from_ts=int(split.train.timestamp.min()),
-        training_to_ts=int(split.train.timestamp.max()),
-        test_digest=test_digest,
-        seed=config.seed,
-    )
-    done("gate")
-    return TrainingRun(
-        config,
-        dataset,
+    clock.done("features")
+    run = fit_evaluate_gate(
         features,
-        split,
-        model,
-        threshold,
-        evaluation,
-        gate,
-        stats,
-        lineage,
-        timings,
+        split=config.split,
+        estimator=config.estimator,
+        seed=config.seed,
+        precision_target=config.precision_target,
+        gate=config.gate,
+        dataset_digest=dataset.digest(),
+        steps=s,
+        champion=champion,
+        clock=clock,
     )
+    return TrainingRun(**run.core(), config=config, dataset=dataset, features=features)

@@ -18,7 +18,13 @@ from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from mlbackend_training.fraud_features import FEATURE_REFS
-from mlbackend_training.pipeline import ClassifierMetrics, Evaluation, TrainingRun
+from mlbackend_training.pipeline import (
+    ClassifierMetrics,
+    EstimatorSpec,
+    Evaluation,
+    ModelRun,
+    TrainingRun,
+)
 
 ROC_PNG = "roc_curve.png"
 PR_PNG = "pr_curve.png"
@@ -32,13 +38,21 @@ def _figure() -> Figure:
     return fig
 
 
+def _scored(evaluation: Evaluation) -> list[tuple[str, Any, ClassifierMetrics]]:
+    """The model and every baseline that ranks rows: (label, scores, metrics)."""
+    return [
+        ("model", evaluation.model_score, evaluation.model),
+        *(
+            (name.replace("_", " "), score, evaluation.baselines[name])
+            for name, score in evaluation.baseline_scores.items()
+        ),
+    ]
+
+
 def plot_roc(evaluation: Evaluation, path: Path) -> Path:
     fig = _figure()
     ax = fig.add_subplot()
-    for name, score, metrics in (
-        ("model", evaluation.model_score, evaluation.model),
-        ("rule scorer", evaluation.rule_score, evaluation.rule_scorer),
-    ):
+    for name, score, metrics in _scored(evaluation):
         fpr, tpr, _ = roc_curve(evaluation.label, score)
         ax.plot(fpr, tpr, label=f"{name} (ROC-AUC {metrics.roc_auc:.3f})")
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="majority / chance (0.500)")
@@ -52,10 +66,7 @@ def plot_roc(evaluation: Evaluation, path: Path) -> Path:
 def plot_pr(evaluation: Evaluation, path: Path) -> Path:
     fig = _figure()
     ax = fig.add_subplot()
-    for name, score, metrics in (
-        ("model", evaluation.model_score, evaluation.model),
-        ("rule scorer", evaluation.rule_score, evaluation.rule_scorer),
-    ):
+    for name, score, metrics in _scored(evaluation):
         precision, recall, _ = precision_recall_curve(evaluation.label, score)
         ax.step(recall, precision, where="post", label=f"{name} (PR-AUC {metrics.pr_auc:.3f})")
     prevalence = float(evaluation.label.mean())
@@ -74,31 +85,36 @@ def plot_pr(evaluation: Evaluation, path: Path) -> Path:
     return path
 
 
-def plot_confusion(evaluation: Evaluation, path: Path) -> Path:
-    fig = Figure(figsize=(9, 4), dpi=100)
+def plot_confusion(
+    evaluation: Evaluation, path: Path, classes: tuple[str, str] = ("legit", "fraud")
+) -> Path:
+    panels = [(name, metrics) for name, _, metrics in _scored(evaluation)]
+    if len(panels) == 1:
+        panels.append(("majority class", evaluation.majority))
+    fig = Figure(figsize=(4.5 * len(panels), 4), dpi=100)
     FigureCanvasAgg(fig)
-    for i, (name, metrics) in enumerate(
-        (("model", evaluation.model), ("rule scorer", evaluation.rule_scorer))
-    ):
-        ax = fig.add_subplot(1, 2, i + 1)
+    for i, (name, metrics) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
         cm = np.array(metrics.confusion_matrix)
         ax.imshow(np.log1p(cm), cmap="Blues")
         for (r, c), v in np.ndenumerate(cm):
             ax.text(c, r, f"{v:,}", ha="center", va="center", fontsize=11)
-        ax.set_xticks([0, 1], ["legit", "fraud"])
-        ax.set_yticks([0, 1], ["legit", "fraud"])
+        ax.set_xticks([0, 1], list(classes))
+        ax.set_yticks([0, 1], list(classes))
         ax.set(xlabel="predicted", ylabel="actual", title=name)
     fig.tight_layout()
     fig.savefig(path)
     return path
 
 
-def write_figures(evaluation: Evaluation, directory: Path) -> list[Path]:
+def write_figures(
+    evaluation: Evaluation, directory: Path, classes: tuple[str, str] = ("legit", "fraud")
+) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     return [
         plot_roc(evaluation, directory / ROC_PNG),
         plot_pr(evaluation, directory / PR_PNG),
-        plot_confusion(evaluation, directory / CONFUSION_PNG),
+        plot_confusion(evaluation, directory / CONFUSION_PNG, classes),
     ]
 
 
@@ -118,32 +134,60 @@ def _row(name: str, m: ClassifierMetrics) -> str:
     )
 
 
-def model_card(run: TrainingRun, run_id: str, extra: dict[str, Any] | None = None) -> str:
-    """The Markdown model card of ``run``."""
-    ev, cfg, lin, split = run.evaluation, run.config, run.lineage, run.split.describe()
-    target = run.threshold.precision_target
+def _headline(ev: Evaluation, rows_noun: str, positive_noun: str) -> str:
     m = ev.model
-    data = run.dataset
+    named = [(n.replace("_", " "), b) for n, b in reversed(list(ev.baselines.items()))]
+    pr = ", ".join(f"{n} {b.pr_auc:.4f}" for n, b in named)
+    scored = [n for n in ev.baselines if n != "majority"]
+    recall = ", ".join(
+        f"{n.replace('_', ' ')} {ev.baselines[n].recall_at_precision:.4f}" for n in scored
+    )
+    text = (
+        f"**PR-AUC {m.pr_auc:.4f}** ({pr}) · **recall {m.recall_at_precision:.4f} at precision ≥ "
+        f"{m.precision_target:g}**{f' ({recall})' if recall else ''}"
+    )
+    if m.recall_target is not None and m.precision_at_recall is not None:
+        text += f" · **precision {m.precision_at_recall:.4f} at recall ≥ {m.recall_target:g}**"
+    return (
+        f"{text} on the held-out test rows ({m.rows:,} {rows_noun}, "
+        f"{m.positives:,} {positive_noun})."
+    )
+
+
+def render_card(
+    *,
+    title: str,
+    run: ModelRun,
+    estimator: EstimatorSpec,
+    data_lines: list[str],
+    feature_rows: list[tuple[str, str]],
+    feature_note: str,
+    scorers_note: str,
+    rows_noun: str,
+    positive_noun: str,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """A model card: headline, metrics next to the baselines, threshold, data, split,
+    lineage, model, features (name and source, in signature order) and the figures."""
+    ev, lin, split = run.evaluation, run.lineage, run.split.describe()
+    m = ev.model
+    target = m.precision_target
     lines = [
-        f"# Model card: fraud_detection — run `{run_id}`",
+        f"# {title}",
         "",
-        f"**PR-AUC {m.pr_auc:.4f}** (rule scorer {ev.rule_scorer.pr_auc:.4f}, majority "
-        f"{ev.majority.pr_auc:.4f}) · **recall {m.recall_at_precision:.4f} at precision ≥ "
-        f"{target:g}** (rule scorer {ev.rule_scorer.recall_at_precision:.4f}) on the held-out "
-        f"later period ({m.rows:,} transactions, {m.positives:,} fraud).",
+        _headline(ev, rows_noun, positive_noun),
         "",
         f"Quality gate: **{'passed' if run.gate.passed else 'refused'}** — {run.gate.reason}",
         "",
-        "## Metrics on the test period",
+        "## Metrics on the test rows",
         "",
-        "Same rows for all three scorers. Decisions: model at the threshold chosen on "
-        "validation; rule scorer fraud if score > 0.5; majority always `legit`.",
+        scorers_note,
         "",
         f"| scorer | PR-AUC | recall @ precision ≥ {target:g} | ROC-AUC | precision | recall | "
         "F1 | accuracy | TN / FP / FN / TP |",
         "|---|---|---|---|---|---|---|---|---|",
         _row("model", m),
-        _row("rule scorer", ev.rule_scorer),
+        *(_row(n.replace("_", " "), b) for n, b in ev.baselines.items() if n != "majority"),
         _row("majority class", ev.majority),
         "",
         "## Decision threshold",
@@ -155,17 +199,14 @@ def model_card(run: TrainingRun, run_id: str, extra: dict[str, Any] | None = Non
         "",
         "## Data",
         "",
-        f"- synthetic card transactions (`mlbackend_training.fraud_data`), seed **{cfg.seed}**: "
-        f"{len(data.users):,} users x {cfg.data.n_days} days, {len(data.transactions):,} "
-        f"transactions, fraud rate {data.fraud_rate:.4f}",
-        f"- data set digest (sha256): `{lin.dataset_digest}`",
+        *data_lines,
         f"- split: **{split['method']}**",
     ]
     for part in ("train", "validation", "test"):
         p = split[part]
         lines.append(
-            f"  - {part}: {p['rows']:,} rows, {p['fraud']:,} fraud ({p['fraud_rate']:.4f}), "
-            f"{_iso(p['from_ts'])} → {_iso(p['to_ts'])} UTC"
+            f"  - {part}: {p['rows']:,} rows, {p['fraud']:,} {positive_noun} "
+            f"({p['fraud_rate']:.4f}), {_iso(p['from_ts'])} → {_iso(p['to_ts'])} UTC"
         )
     lines += [
         "",
@@ -182,18 +223,18 @@ def model_card(run: TrainingRun, run_id: str, extra: dict[str, Any] | None = Non
         "",
         "## Model",
         "",
-        f"- estimator: `{cfg.estimator.name}`, params {dict(cfg.estimator.params) or 'defaults'}",
+        f"- estimator: `{estimator.name}`, params {dict(estimator.params) or 'defaults'}",
         f"- pipeline: `{' → '.join(type(step).__name__ for _, step in run.model.steps)}`",
         "",
         "## Features (signature order)",
         "",
-        "All history features use only the user's events strictly before the transaction.",
+        feature_note,
         "",
         "| # | feature | source |",
         "|---|---|---|",
     ]
-    for i, name in enumerate(run.features.names):
-        lines.append(f"| {i} | `{name}` | `{FEATURE_REFS.get(name, '-')}` |")
+    for i, (name, source) in enumerate(feature_rows):
+        lines.append(f"| {i} | `{name}` | {source} |")
     lines += [
         "",
         "## Figures",
@@ -202,3 +243,27 @@ def model_card(run: TrainingRun, run_id: str, extra: dict[str, Any] | None = Non
         "",
     ]
     return "\n".join(lines)
+
+
+def model_card(run: TrainingRun, run_id: str, extra: dict[str, Any] | None = None) -> str:
+    """The Markdown model card of a fraud ``run``."""
+    cfg, data = run.config, run.dataset
+    return render_card(
+        title=f"Model card: fraud_detection — run `{run_id}`",
+        run=run,
+        estimator=cfg.estimator,
+        data_lines=[
+            f"- synthetic card transactions (`mlbackend_training.fraud_data`), seed "
+            f"**{cfg.seed}**: {len(data.users):,} users x {cfg.data.n_days} days, "
+            f"{len(data.transactions):,} transactions, fraud rate {data.fraud_rate:.4f}",
+            f"- data set digest (sha256): `{run.lineage.dataset_digest}`",
+        ],
+        feature_rows=[(n, f"`{FEATURE_REFS.get(n, '-')}`") for n in run.features.names],
+        feature_note="All history features use only the user's events strictly before the "
+        "transaction.",
+        scorers_note="Same rows for all three scorers. Decisions: model at the threshold chosen "
+        "on validation; rule scorer fraud if score > 0.5; majority always `legit`.",
+        rows_noun="transactions",
+        positive_noun="fraud",
+        extra=extra,
+    )

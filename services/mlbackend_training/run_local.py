@@ -20,6 +20,7 @@ import argparse
 import hashlib
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,10 +34,10 @@ from mlbackend_training.pipeline import (
     Champion,
     ClassifierMetrics,
     EstimatorSpec,
+    ModelRun,
     Steps,
     TrainingConfig,
     TrainingRun,
-    feature_statistics,
     run_training,
     save_model,
 )
@@ -56,10 +57,44 @@ class LocalRun:
     summary: dict[str, Any]
 
 
-def new_run_id(config: TrainingConfig) -> str:
+def config_digest(config: dict[str, Any]) -> str:
+    """sha256 of a configuration as canonical JSON."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def new_run_id(config: TrainingConfig | dict[str, Any]) -> str:
     """UTC time plus a digest of the config: sortable, and equal configs are visible."""
-    digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()
-    return f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}-{digest[:8]}"
+    data = config if isinstance(config, dict) else config.to_dict()
+    return f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}-{config_digest(data)[:8]}"
+
+
+def make_run_dir(data_dir: Path, run_id: str) -> Path:
+    directory = data_dir / "runs" / run_id
+    directory.mkdir(parents=True, exist_ok=False)
+    return directory
+
+
+def write_artifacts(
+    directory: Path,
+    run: ModelRun,
+    card: Callable[[str], str],
+    summary: dict[str, Any],
+    classes: tuple[str, str] = ("legit", "fraud"),
+) -> dict[str, Any]:
+    """model.skops, figures, the model card (given the artifact's sha256), feature
+    statistics and metrics.json (``summary`` plus the artifact); returns the summary."""
+    sha256 = save_model(run.model, directory / MODEL_FILE)
+    write_figures(run.evaluation, directory, classes)
+    (directory / MODEL_CARD).write_text(card(sha256), encoding="utf-8")
+    _write_json(directory / FEATURE_STATS_FILE, run.feature_stats)
+    out = {
+        "run_id": directory.name,
+        "run_dir": str(directory),
+        **summary,
+        "artifact": {"file": MODEL_FILE, "sha256": sha256, "format": "skops"},
+    }
+    _write_json(directory / METRICS_FILE, out)
+    return out
 
 
 def run_local(
@@ -73,8 +108,7 @@ def run_local(
 ) -> LocalRun:
     """Train, evaluate, gate and write every artifact of one run; no services."""
     rid = run_id or new_run_id(config)
-    directory = data_dir / "runs" / rid
-    directory.mkdir(parents=True, exist_ok=False)
+    directory = make_run_dir(data_dir, rid)
     with tqdm(
         total=len(_STEPS) + 1,
         desc="train fraud",
@@ -90,25 +124,19 @@ def run_local(
 
         run = run_training(config, steps, champion, on_step=on_step)
         bar.set_postfix_str("artifacts")
-        sha256 = save_model(run.model, directory / MODEL_FILE)
-        write_figures(run.evaluation, directory)
-        (directory / MODEL_CARD).write_text(
-            model_card(run, rid, {"artifact sha256": f"`{sha256}`"}), encoding="utf-8"
-        )
-        stats = feature_statistics(run.split.train)
-        _write_json(directory / FEATURE_STATS_FILE, stats)
-        summary = {
-            "run_id": rid,
-            "run_dir": str(directory),
-            **run.summary(),
-            "artifact": {"file": MODEL_FILE, "sha256": sha256, "format": "skops"},
-            "signature": {
-                "inputs": [{"name": n, "dtype": "float64"} for n in run.features.names],
-                "output": {"kind": "classifier", "classes": [0, 1]},
+        summary = write_artifacts(
+            directory,
+            run,
+            lambda sha256: model_card(run, rid, {"artifact sha256": f"`{sha256}`"}),
+            {
+                **run.summary(),
+                "signature": {
+                    "inputs": [{"name": n, "dtype": "float64"} for n in run.features.names],
+                    "output": {"kind": "classifier", "classes": [0, 1]},
+                },
+                "feature_refs": {"inputs": FEATURE_REFS, "stored": list(STORED_FEATURE_REFS)},
             },
-            "feature_refs": {"inputs": FEATURE_REFS, "stored": list(STORED_FEATURE_REFS)},
-        }
-        _write_json(directory / METRICS_FILE, summary)
+        )
         bar.update()
     return LocalRun(rid, directory, run, summary)
 
@@ -121,21 +149,23 @@ def format_summary(summary: dict[str, Any]) -> str:
     """A compact, human-readable evaluation (leading with PR-AUC and recall@precision)."""
     ev = summary["evaluation"]
     target = ev["model"]["precision_target"]
-    rows = [
-        ("model", ev["model"]),
-        ("rule scorer", ev["baselines"]["rule_scorer"]),
-        ("majority", ev["baselines"]["majority"]),
+    rows = [("model", ev["model"])] + [
+        (name.replace("_", " "), m) for name, m in reversed(ev["baselines"].items())
     ]
 
     def f(v: float | None) -> str:
         return "   n/a" if v is None else f"{v:6.3f}"
 
     head = f"{'':12} PR-AUC R@P{target:<4g} ROC-AUC   prec recall     F1  TN/FP/FN/TP"
+    data = summary["data"]
+    if "transactions" in data:
+        about = f"{data['transactions']:,} transactions, fraud rate {data['fraud_rate']:.4f}"
+    else:
+        about = f"{data['rows']:,} rows of {data['file']}, "
+        about += f"positive rate {data['positive_rate']:.4f}"
     lines = [
-        f"run {summary['run_id']}  seed {summary['seed']}  "
-        f"{summary['data']['transactions']:,} transactions, fraud rate "
-        f"{summary['data']['fraud_rate']:.4f}",
-        f"test period: {ev['model']['rows']:,} rows, {ev['model']['positives']:,} fraud; "
+        f"run {summary['run_id']}  seed {summary['seed']}  {about}",
+        f"test rows: {ev['model']['rows']:,}, {ev['model']['positives']:,} positive; "
         f"threshold {summary['threshold']['threshold']:.4f} ({summary['threshold']['rule']})",
         head,
     ]

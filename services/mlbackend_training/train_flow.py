@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from mlbackend_training.pipeline import (
     Evaluation,
     GateConfig,
     GateDecision,
+    ModelRun,
     Steps,
     TrainingConfig,
     classifier_metrics,
@@ -81,7 +82,7 @@ class FlowResult:
 
 
 @dataclass(frozen=True)
-class _ChampionEvaluation:
+class ChampionEvaluation:
     version: int | None
     champion: Champion | None
     problem: str | None
@@ -122,37 +123,15 @@ async def train_and_register(
     steps = Steps(
         generate=lambda _config: dataset,
         featurize=lambda _dataset: matrix,
-        gate=_gate_with(champ.problem),
+        gate=gate_with(champ.problem),
     )
     local = await asyncio.to_thread(
         run_local, config, data_dir, champion=champ.champion, steps=steps, progress=progress
     )
-    run = local.run
     version = await _register(registry, model, local, service, matrix)
-    name = f"models/{model}/versions/{version.version}"
-    for path in sorted(local.directory.iterdir()):
-        if path.suffix in (".md", ".png"):
-            await upload_attachment(registry, name, path)
-
-    if run.gate.passed and promote:
-        await registry.stub.SetAlias(
-            r.SetAliasRequest(
-                parent=f"models/{model}",
-                alias=ALIAS,
-                version=version.version,
-                reason=f"quality gate {run.gate.reason}",
-            ),
-            timeout=30,
-        )
-        decision = f"promoted {model}@{version.version} to {ALIAS}: gate {run.gate.reason}"
-        promoted = True
-    else:
-        why = run.gate.reason if not run.gate.passed else "gate passed, --no-promote given"
-        decision = f"{model}@{version.version} registered, not promoted: {why}"
-        await registry.stub.CreateAuditNote(
-            r.CreateAuditNoteRequest(resource=name, reason=decision), timeout=30
-        )
-        promoted = False
+    promoted, decision = await publish(
+        registry, model, version.version, local.directory, local.run.gate, promote
+    )
     registry_info = {
         "model": model,
         "version": version.version,
@@ -162,12 +141,50 @@ async def train_and_register(
         "champion_version": champ.version,
         "feature_rows_written": written,
     }
-    local.summary["registry"] = registry_info
-    (local.directory / METRICS_FILE).write_text(json.dumps(local.summary, indent=2) + "\n")
+    record_registration(local.directory, local.summary, registry_info)
     return FlowResult(local, service, version.version, promoted, decision, champ.version, written)
 
 
-def _gate_with(
+async def publish(
+    registry: RegistryClient,
+    model: str,
+    version: int,
+    directory: Path,
+    gate: GateDecision,
+    promote: bool,
+) -> tuple[bool, str]:
+    """Attach the run's card and figures; move ``production`` when the gate passed, else
+    record an audit note with the reason. Returns (promoted, the decision's text)."""
+    name = f"models/{model}/versions/{version}"
+    for path in await asyncio.to_thread(lambda: sorted(directory.iterdir())):
+        if path.suffix in (".md", ".png"):
+            await upload_attachment(registry, name, path)
+    if gate.passed and promote:
+        await registry.stub.SetAlias(
+            r.SetAliasRequest(
+                parent=f"models/{model}",
+                alias=ALIAS,
+                version=version,
+                reason=f"quality gate {gate.reason}",
+            ),
+            timeout=30,
+        )
+        return True, f"promoted {model}@{version} to {ALIAS}: gate {gate.reason}"
+    why = gate.reason if not gate.passed else "gate passed, --no-promote given"
+    decision = f"{model}@{version} registered, not promoted: {why}"
+    await registry.stub.CreateAuditNote(
+        r.CreateAuditNoteRequest(resource=name, reason=decision), timeout=30
+    )
+    return False, decision
+
+
+def record_registration(directory: Path, summary: dict[str, Any], info: dict[str, Any]) -> None:
+    """Add what the registry did to the run's summary and its metrics.json."""
+    summary["registry"] = info
+    (directory / METRICS_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def gate_with(
     problem: str | None,
 ) -> Callable[[Evaluation, GateConfig, ClassifierMetrics | None], GateDecision]:
     """The standard gate, failing too when the champion could not be evaluated."""
@@ -183,15 +200,20 @@ def _gate_with(
     return gate
 
 
-async def _evaluate_champion(
+async def evaluate_champion(
     registry: RegistryClient,
-    features: FeatureStoreClient,
     model: str,
-    dataset: FraudDataset,
     test: FeatureMatrix,
-    config: TrainingConfig,
-) -> _ChampionEvaluation:
-    """The ``production`` version's metrics on ``test``, read through its own feature service."""
+    inputs: Callable[[r.ModelVersion], Awaitable[FeatureMatrix]],
+    *,
+    precision_target: float,
+    recall_target: float | None = None,
+) -> ChampionEvaluation:
+    """The ``production`` version's metrics on ``test``'s rows, at its own threshold.
+
+    ``inputs`` gives the champion's inputs for those rows, in its signature's order (read
+    through its own feature service, or encoded with its own category codes).
+    """
     name = f"models/{model}/versions/{ALIAS}"
     try:
         response = await registry.stub.GetModelVersion(
@@ -199,7 +221,7 @@ async def _evaluate_champion(
         )
     except grpc.aio.AioRpcError as exc:
         if exc.code() == grpc.StatusCode.NOT_FOUND:  # no champion yet
-            return _ChampionEvaluation(None, None, None)
+            return ChampionEvaluation(None, None, None)
         raise
     champion = response.model_version
     try:
@@ -207,29 +229,46 @@ async def _evaluate_champion(
         estimator = await asyncio.to_thread(
             load_artifact_bytes, data, expected_sha256=champion.artifact.sha256, name=champion.name
         )
-        index = {tid: i for i, tid in enumerate(dataset.transactions.transaction_id.tolist())}
-        rows = [index[tid] for tid in test.transaction_id.tolist()]
-        matrix = await fraud_store.historical_matrix(
-            features, champion.feature_service, dataset, rows
-        )
+        matrix = await inputs(champion)
         expected = [s.name for s in champion.signature.features]
         if list(matrix.names) != expected:
-            raise ValueError(
-                f"its feature service {champion.feature_service} returns {list(matrix.names)}, "
-                f"its signature needs {expected}"
-            )
+            raise ValueError(f"its inputs are {list(matrix.names)}, its signature needs {expected}")
         score = fraud_probability(estimator, matrix)
         threshold = (
             champion.output.decision_threshold if champion.output.HasField("decision_threshold")
             else 0.5
         )  # fmt: skip
-        metrics = classifier_metrics(test.label, score, threshold, config.precision_target)
+        metrics = classifier_metrics(
+            test.label, score, threshold, precision_target, recall_target=recall_target
+        )
     except (RpcError, grpc.aio.AioRpcError, ValueError, KeyError) as exc:
         problem = (
             f"champion {model}@{champion.version} could not be evaluated on this test set: {exc}"
         )
-        return _ChampionEvaluation(champion.version, None, problem)
-    return _ChampionEvaluation(champion.version, Champion(metrics, matrix_digest(test)), None)
+        return ChampionEvaluation(champion.version, None, problem)
+    return ChampionEvaluation(champion.version, Champion(metrics, matrix_digest(test)), None)
+
+
+async def _evaluate_champion(
+    registry: RegistryClient,
+    features: FeatureStoreClient,
+    model: str,
+    dataset: FraudDataset,
+    test: FeatureMatrix,
+    config: TrainingConfig,
+) -> ChampionEvaluation:
+    """The fraud champion, read through its own feature service."""
+    index = {tid: i for i, tid in enumerate(dataset.transactions.transaction_id.tolist())}
+
+    async def inputs(champion: r.ModelVersion) -> FeatureMatrix:
+        rows = [index[tid] for tid in test.transaction_id.tolist()]
+        return await fraud_store.historical_matrix(
+            features, champion.feature_service, dataset, rows
+        )
+
+    return await evaluate_champion(
+        registry, model, test, inputs, precision_target=config.precision_target
+    )
 
 
 # ---------------------------------------------------------------- registration
@@ -244,19 +283,20 @@ def _ts(seconds: int) -> timestamp_pb2.Timestamp:
 def _metrics(summary: dict[str, Any]) -> dict[str, float]:
     ev = summary["evaluation"]
     out: dict[str, float] = {}
-    for prefix, m in (
-        ("", ev["model"]),
-        ("rule_scorer.", ev["baselines"]["rule_scorer"]),
-        ("majority.", ev["baselines"]["majority"]),
-    ):
-        for key in ("pr_auc", "recall_at_precision", "roc_auc", "accuracy", "precision",
-                    "recall", "f1"):  # fmt: skip
-            if m[key] is not None:
+    scorers = [("", ev["model"])] + [
+        (f"{name}.", m) for name, m in reversed(ev["baselines"].items())
+    ]
+    for prefix, m in scorers:
+        for key in ("pr_auc", "recall_at_precision", "precision_at_recall", "roc_auc",
+                    "accuracy", "precision", "recall", "f1"):  # fmt: skip
+            if m.get(key) is not None:
                 out[prefix + key] = float(m[key])
         (tn, fp), (fn, tp) = m["confusion_matrix"]
         out.update({prefix + "tn": tn, prefix + "fp": fp, prefix + "fn": fn, prefix + "tp": tp})
     out["threshold"] = float(summary["threshold"]["threshold"])
     out["precision_target"] = float(ev["model"]["precision_target"])
+    if ev["model"].get("recall_target") is not None:
+        out["recall_target"] = float(ev["model"]["recall_target"])
     out["test_rows"] = float(ev["model"]["rows"])
     return out
 
@@ -296,7 +336,7 @@ def baseline_statistics(
     return out
 
 
-def _input_example(matrix: FeatureMatrix, rows: int = 4) -> list[c.FeatureMap]:
+def input_example(matrix: FeatureMatrix, rows: int = 4) -> list[c.FeatureMap]:
     complete = np.flatnonzero(~np.isnan(matrix.values).any(axis=1))[:rows]
     return [
         c.FeatureMap(
@@ -309,6 +349,72 @@ def _input_example(matrix: FeatureMatrix, rows: int = 4) -> list[c.FeatureMap]:
     ]
 
 
+async def register_version(
+    registry: RegistryClient,
+    model: str,
+    directory: Path,
+    summary: dict[str, Any],
+    run: ModelRun,
+    *,
+    signature: list[c.FeatureSpec],
+    feature_service: str,
+    feature_refs: list[str],
+    params: dict[str, str],
+    tags: dict[str, str],
+    description: str,
+    source: str,
+    input_example: list[c.FeatureMap],
+) -> r.ModelVersion:
+    """Upload the run's artifact as a new version of ``model`` with its metadata: metrics,
+    params, signature, binary output with the threshold, feature service, baseline
+    statistics of the training rows and lineage linking back to the run directory."""
+    lineage = run.lineage
+    run_uri = await asyncio.to_thread(lambda: directory.resolve().as_uri())
+    version = r.ModelVersion(
+        artifact=r.Artifact(format=c.ARTIFACT_FORMAT_SKOPS),
+        framework=r.Framework(name="scikit-learn", version=sklearn.__version__),
+        signature=c.InputSignature(features=signature),
+        output=c.OutputSpec(
+            kind=c.OUTPUT_KIND_CLASSIFIER,
+            classes=[c.Value(int64_value=0), c.Value(int64_value=1)],
+            decision_threshold=run.threshold.threshold,
+        ),
+        feature_refs=feature_refs,
+        feature_service=feature_service,
+        metrics=_metrics(summary),
+        params=params,
+        tags={
+            "training.run_id": directory.name,
+            "training.gate": "passed" if run.gate.passed else "refused",
+            "training.dataset_sha256": lineage.dataset_digest,
+            "training.test_sha256": lineage.test_digest,
+            **tags,
+        },
+        description=description,
+        lineage=r.Lineage(
+            source=source,
+            data_start_time=_ts(lineage.training_from_ts),
+            data_end_time=_ts(lineage.training_to_ts),
+            row_count=lineage.training_rows,
+            data_sha256=lineage.training_digest,
+            run_id=directory.name,
+            run_uri=run_uri,
+        ),
+        baseline_statistics=baseline_statistics(
+            run.feature_stats, lineage.training_from_ts, lineage.training_to_ts
+        ),
+        input_example=input_example,
+    )
+    return await registry.upload_version(
+        f"models/{model}",
+        directory / MODEL_FILE,
+        version,
+        create_registered_model=True,
+        reason=f"training run {directory.name}",
+        timeout=120,
+    )
+
+
 async def _register(
     registry: RegistryClient,
     model: str,
@@ -316,62 +422,33 @@ async def _register(
     service: str,
     matrix: FeatureMatrix,
 ) -> r.ModelVersion:
-    run, summary = local.run, local.summary
+    run = local.run
     train = run.split.train
     nullable = {n for n in train.names if np.isnan(matrix.column(n)).any()} - set(ZERO_DEFAULTS)
-    fs_definition = fraud_store.feature_service()
-    version = r.ModelVersion(
-        artifact=r.Artifact(format=c.ARTIFACT_FORMAT_SKOPS),
-        framework=r.Framework(name="scikit-learn", version=sklearn.__version__),
-        signature=c.InputSignature(
-            features=[
-                c.FeatureSpec(name=n, dtype=c.DATA_TYPE_DOUBLE, nullable=n in nullable)
-                for n in train.names
-            ]
-        ),
-        output=c.OutputSpec(
-            kind=c.OUTPUT_KIND_CLASSIFIER,
-            classes=[c.Value(int64_value=0), c.Value(int64_value=1)],
-            decision_threshold=run.threshold.threshold,
-        ),
-        feature_refs=list(fs_definition.feature_refs),
+    return await register_version(
+        registry,
+        model,
+        local.directory,
+        local.summary,
+        run,
+        signature=[
+            c.FeatureSpec(name=n, dtype=c.DATA_TYPE_DOUBLE, nullable=n in nullable)
+            for n in train.names
+        ],
         feature_service=service,
-        metrics=_metrics(summary),
+        feature_refs=list(fraud_store.feature_service().feature_refs),
         params=_params(run.config),
         tags={
             "case_study": "fraud",
-            "training.run_id": local.run_id,
-            "training.gate": "passed" if run.gate.passed else "refused",
-            "training.dataset_sha256": run.lineage.dataset_digest,
-            "training.test_sha256": run.lineage.test_digest,
             **{f"gateway.default.{n}": "0" for n in ZERO_DEFAULTS},
         },
         description=(
             f"{run.config.estimator.name} on {len(train):,} point-in-time rows of {service}; "
             f"threshold {run.threshold.threshold:.4f} ({run.threshold.rule})"
         ),
-        lineage=r.Lineage(
-            source=f"feature store {service}, point-in-time at each transaction "
-            f"(synthetic fraud data, seed {run.config.seed}, sha256 {run.lineage.dataset_digest})",
-            data_start_time=_ts(run.lineage.training_from_ts),
-            data_end_time=_ts(run.lineage.training_to_ts),
-            row_count=run.lineage.training_rows,
-            data_sha256=run.lineage.training_digest,
-            run_id=local.run_id,
-            run_uri=local.directory.resolve().as_uri(),
-        ),
-        baseline_statistics=baseline_statistics(
-            run.feature_stats, run.lineage.training_from_ts, run.lineage.training_to_ts
-        ),
-        input_example=_input_example(run.split.validation),
-    )
-    return await registry.upload_version(
-        f"models/{model}",
-        local.directory / MODEL_FILE,
-        version,
-        create_registered_model=True,
-        reason=f"training run {local.run_id}",
-        timeout=120,
+        source=f"feature store {service}, point-in-time at each transaction "
+        f"(synthetic fraud data, seed {run.config.seed}, sha256 {run.lineage.dataset_digest})",
+        input_example=input_example(run.split.validation),
     )
 
 

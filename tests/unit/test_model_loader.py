@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
 import zipfile
 from collections.abc import Callable
@@ -21,8 +22,9 @@ from sklearn.ensemble import (
     HistGradientBoostingClassifier,
     RandomForestClassifier,
 )
+from sklearn.impute import SimpleImputer
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
 from mlbackend_models.loader import (
@@ -31,8 +33,9 @@ from mlbackend_models.loader import (
     load_artifact,
     sha256_hex,
 )
-from mlbackend_models.trees import TREE, TREE_PREDICTOR, TreeDefect, validate_trees
+from mlbackend_models.trees import TREE, TREE_PREDICTOR, TREE_TYPES, TreeDefect, validate_trees
 from mlbackend_runtime.errors import FailedPrecondition, InvalidInput
+from mlbackend_training.pipeline import ESTIMATORS, EstimatorSpec, build_estimator, save_model
 
 X, Y = make_classification(n_samples=300, n_features=10, random_state=0)
 
@@ -220,3 +223,65 @@ def test_garbage_is_refused(tmp_path: Path) -> None:
     path.write_bytes(b"not a zip")
     with pytest.raises(ArtifactRejected, match="not a skops file"):
         load_artifact(path, expected_sha256=sha256_hex(b"not a zip"))
+
+
+# ---------------------------------------------------------------- training allow-list
+# Every estimator `mlbackend train` may build, with numeric inputs only and with
+# categorical codes (ColumnTransformer + OneHotEncoder), as save_model writes it.
+
+_XC = np.column_stack([X[:, :4], np.random.default_rng(0).integers(0, 3, len(X))])
+_XC[::17, 1] = np.nan  # missing values: the imputer's indicator is part of the pipeline
+
+
+@pytest.mark.parametrize("categorical", [False, True], ids=["numeric", "one_hot"])
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+def test_training_pipelines_round_trip_through_the_secure_loader(
+    name: str, categorical: bool, tmp_path: Path
+) -> None:
+    params = {"n_estimators": 10} if name == "random_forest" else {}
+    if name == "hist_gradient_boosting":
+        params = {"max_iter": 10}
+    mask = [False] * 4 + [categorical]
+    model = build_estimator(EstimatorSpec(name, params), 0, mask if categorical else ())
+    model.fit(_XC, Y)
+    path = tmp_path / "model.skops"
+    digest = save_model(model, path)
+    reported = set(sio.get_untrusted_types(file=path))
+    # Only the reviewed numpy.dtype (imputer, encoder) and the validated tree types.
+    assert reported <= {"numpy.dtype", *TREE_TYPES}
+    loaded = load_artifact(path, expected_sha256=digest)
+    np.testing.assert_array_equal(loaded.predict_proba(_XC), model.predict_proba(_XC))
+
+
+def test_an_imputer_pipeline_with_a_dangerous_function_is_still_refused(tmp_path: Path) -> None:
+    model = make_pipeline(SimpleImputer(), FunctionTransformer(os.system)).fit(_XC)
+    path = tmp_path / "model.skops"
+    digest = save_model(model, path)
+    with pytest.raises(ArtifactRejected, match=r"untrusted types .*system") as raised:
+        load_artifact(path, expected_sha256=digest)
+    assert "numpy.dtype" not in str(raised.value)  # reviewed, not the reason
+
+
+def test_numpy_dtype_under_another_loader_does_not_construct(tmp_path: Path) -> None:
+    """A file that claims numpy.dtype but asks skops' generic object loader for it."""
+    model = SimpleImputer().fit(_XC)
+    data = sio.dumps(model)
+    source = zipfile.ZipFile(io.BytesIO(data))
+    schema = json.loads(source.read("schema.json"))
+    fit_dtype = schema["content"]["content"]["_fit_dtype"]
+    assert fit_dtype["__loader__"] == "DTypeNode"
+    schema["content"]["content"]["_fit_dtype"] = {
+        "__class__": "dtype", "__module__": "numpy", "__loader__": "ObjectNode",
+        "content": {"__class__": "dict", "__module__": "builtins", "__loader__": "DictNode",
+                    "content": {}, "key_types": {"__class__": "list", "__module__": "builtins",
+                                                 "__loader__": "ListNode", "content": []}},
+    }  # fmt: skip
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as target:
+        for item in source.namelist():
+            body = json.dumps(schema) if item == "schema.json" else source.read(item)
+            target.writestr(item, body)
+    path = tmp_path / "model.skops"
+    path.write_bytes(out.getvalue())
+    with pytest.raises(ArtifactRejected):
+        load_artifact(path, expected_sha256=sha256_hex(out.getvalue()))
