@@ -1,4 +1,10 @@
-"""``mlbackend features …``: apply definitions from YAML, export point-in-time data.
+"""``mlbackend features …``: apply definitions from YAML or a Python module, export
+point-in-time data as Parquet or CSV.
+
+Definitions come from a YAML file, or from Python: ``defs.py`` (every definition built
+at the module's top level with ``mlbackend_clients.feature_definitions``), ``defs.py:name``
+or ``package.module:name`` (one definition, a list of them, or a function returning
+them). Both become the same ``ApplyDefinitionsRequest``.
 
 The YAML file mirrors ``ApplyDefinitionsRequest`` (field names as in the proto) with a
 few conveniences: ``dtype: STRING`` for ``DATA_TYPE_STRING``, ``nan_policy: AS_NULL``,
@@ -26,13 +32,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
+import importlib
+import importlib.util
 import os
-import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 from google.protobuf import json_format
@@ -40,19 +48,15 @@ from google.protobuf import json_format
 from mlbackend.common.v1 import common_pb2
 from mlbackend.features.v1 import features_pb2 as pb
 from mlbackend_clients.channel import ChannelOptions
+from mlbackend_clients.feature_definitions import apply_request, definitions_in, parse_duration
 from mlbackend_clients.features import FeatureStoreClient
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
-_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION_FIELDS = {"ttl", "offline_retention"}
 _ENUM_PREFIX = {"dtype": "DATA_TYPE_", "nan_policy": "NAN_POLICY_"}
 
 
 def _duration(value: Any) -> str:
-    match = _DURATION.match(str(value))
-    if match is None:
-        raise ValueError(f"not a duration: {value!r} (use e.g. 90s, 30m, 24h, 7d)")
-    return f"{float(match.group(1)) * _UNIT_SECONDS[match.group(2)]:g}s"
+    return str(parse_duration(value).ToJsonString())
 
 
 def _scalar(value: Any) -> dict[str, Any]:
@@ -86,7 +90,53 @@ def _normalize(node: Any) -> Any:
     return out
 
 
-def load_definitions(path: Path) -> pb.ApplyDefinitionsRequest:
+def load_definitions(source: str | Path) -> pb.ApplyDefinitionsRequest:
+    """The request ApplyDefinitions takes, from a YAML file or Python definitions
+    (``defs.py``, ``defs.py:name``, ``package.module:name``)."""
+    text = str(source)
+    if text.endswith(".py") or (":" in text and not Path(text).exists()):
+        return load_python_definitions(text)
+    return load_yaml_definitions(Path(text))
+
+
+def load_python_definitions(spec: str) -> pb.ApplyDefinitionsRequest:
+    """Import the user's module (this runs its code) and collect its definitions."""
+    target, _, attribute = spec.partition(":")
+    if target.endswith(".py"):
+        path = Path(target).resolve()
+        if not path.is_file():
+            raise FileNotFoundError(f"no such file: {target}")
+        module_spec = importlib.util.spec_from_file_location(f"_mlbackend_defs_{path.stem}", path)
+        assert module_spec is not None and module_spec.loader is not None
+        module = importlib.util.module_from_spec(module_spec)
+        with _on_sys_path(path.parent):  # so the file can import its neighbours
+            module_spec.loader.exec_module(module)
+    else:
+        with _on_sys_path(Path.cwd()):
+            module = importlib.import_module(target)
+    if attribute:
+        if not hasattr(module, attribute):
+            raise ValueError(f"{target} has no attribute {attribute!r}")
+        value = getattr(module, attribute)
+        values = [value() if callable(value) and not isinstance(value, type) else value]
+    else:
+        values = list(vars(module).values())
+    found = definitions_in(values)
+    if not found:
+        raise ValueError(f"{spec}: no Entity, FeatureView or FeatureService found")
+    return apply_request(found)
+
+
+@contextlib.contextmanager
+def _on_sys_path(directory: Path) -> Iterator[None]:
+    sys.path.insert(0, str(directory))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(directory))
+
+
+def load_yaml_definitions(path: Path) -> pb.ApplyDefinitionsRequest:
     """Parse a definitions YAML file into the request ApplyDefinitions takes."""
     document = yaml.safe_load(path.read_text()) or {}
     if not isinstance(document, dict):
@@ -100,13 +150,28 @@ def add_parser(commands: Any) -> None:
     """Add ``features`` with its subcommands to the ``mlbackend`` parser."""
     features = commands.add_parser("features", help="feature store definitions and data")
     sub = features.add_subparsers(dest="features_command", required=True)
-    apply = sub.add_parser("apply", help="apply entities, views and services from YAML")
-    apply.add_argument("file", type=Path)
+    apply = sub.add_parser(
+        "apply",
+        help="apply entities, views and services from YAML or a Python module",
+        description="Apply definitions from a YAML file, or from Python: FILE.py, FILE.py:NAME "
+        "or package.module:NAME built with mlbackend_clients.feature_definitions. A Python "
+        "source is imported, which EXECUTES its code: apply only files you trust.",
+    )
+    apply.add_argument("file", help="defs.yaml, defs.py, defs.py:NAME or package.module:NAME")
     apply.add_argument("--force", action="store_true", help="accept incompatible changes (admin)")
     apply.add_argument("--dry-run", action="store_true", help="report changes, store nothing")
-    export = sub.add_parser("export", help="point-in-time rows for an entity CSV, as CSV")
+    export = sub.add_parser(
+        "export", help="point-in-time rows for an entity CSV, as Parquet or CSV"
+    )
     export.add_argument("entities", type=Path, help="CSV with join key columns and event_time")
-    export.add_argument("--out", type=Path, required=True)
+    export.add_argument(
+        "--output", "--out", dest="out", type=Path, required=True,
+        help="file to write; FILE.parquet is Parquet, anything else CSV unless --format",
+    )  # fmt: skip
+    export.add_argument(
+        "--format", choices=("parquet", "csv"), default=None,
+        help="output format (default: from the --output extension)",
+    )  # fmt: skip
     group = export.add_mutually_exclusive_group(required=True)
     group.add_argument("--feature-service")
     group.add_argument("--feature-refs", help="comma-separated view:feature list")
@@ -159,18 +224,100 @@ async def _export(client: FeatureStoreClient, args: argparse.Namespace) -> int:
         request.feature_service = args.feature_service
     else:
         request.feature_refs.extend(r.strip() for r in args.feature_refs.split(","))
+    parquet = (args.format or _format_of(args.out)) == "parquet"
+    sink: _Sink = _ParquetSink(args.out) if parquet else _CsvSink(args.out)
     written = 0
-    with args.out.open("w", newline="") as handle:
-        writer = csv.writer(handle)
+    try:
         async for chunk in client.stub.GetHistoricalFeatures(request, timeout=3600):
             if chunk.start_row_index == 0:
-                writer.writerow(["row", *(s.name for s in chunk.schema)])
-            for i, row in enumerate(chunk.rows):
-                writer.writerow([chunk.start_row_index + i, *(_text(v.value) for v in row.values)])
-                written += 1
+                sink.start(chunk.schema)
+            sink.write(chunk.start_row_index, chunk.rows)
+            written += len(chunk.rows)
             print(f"\r{written}/{len(request.entity_rows)} rows", end="", file=sys.stderr)
+    finally:
+        sink.close()
     print(file=sys.stderr)
     return 0
+
+
+def _format_of(path: Path) -> str:
+    return "parquet" if path.suffix.lower() in (".parquet", ".pq") else "csv"
+
+
+class _Sink(Protocol):
+    def start(self, schema: Sequence[common_pb2.FeatureSpec]) -> None: ...
+    def write(self, start: int, rows: Sequence[pb.FeatureValueRow]) -> None: ...
+    def close(self) -> None: ...
+
+
+class _CsvSink:
+    """A ``row`` column, then the schema's columns; nulls as empty cells."""
+
+    def __init__(self, path: Path) -> None:
+        self._handle = path.open("w", newline="")
+        self._writer = csv.writer(self._handle)
+
+    def start(self, schema: Sequence[common_pb2.FeatureSpec]) -> None:
+        self._writer.writerow(["row", *(s.name for s in schema)])
+
+    def write(self, start: int, rows: Sequence[pb.FeatureValueRow]) -> None:
+        for i, row in enumerate(rows):
+            self._writer.writerow([start + i, *(_text(v.value) for v in row.values)])
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+class _ParquetSink:
+    """The CSV's columns, typed: int64, double, string, bool, timestamp[us, UTC]; nulls
+    stay nulls. Written one row group per chunk, so memory stays bounded."""
+
+    def __init__(self, path: Path) -> None:
+        import pyarrow as pa  # imported here: only the export to Parquet needs it
+
+        self._pa = pa
+        self._path = path
+        self._types = {
+            common_pb2.DATA_TYPE_INT64: pa.int64(),
+            common_pb2.DATA_TYPE_DOUBLE: pa.float64(),
+            common_pb2.DATA_TYPE_STRING: pa.string(),
+            common_pb2.DATA_TYPE_BOOL: pa.bool_(),
+            common_pb2.DATA_TYPE_TIMESTAMP: pa.timestamp("us", tz="UTC"),
+        }
+        self._schema: Any = None
+        self._writer: Any = None
+
+    def start(self, schema: Sequence[common_pb2.FeatureSpec]) -> None:
+        import pyarrow.parquet as pq
+
+        pa = self._pa
+        fields = [pa.field("row", pa.int64(), nullable=False)]
+        fields += [pa.field(s.name, self._types.get(s.dtype, pa.string())) for s in schema]
+        self._schema = pa.schema(fields)
+        self._writer = pq.ParquetWriter(self._path, self._schema)
+
+    def write(self, start: int, rows: Sequence[pb.FeatureValueRow]) -> None:
+        pa = self._pa
+        columns: list[Any] = [pa.array(range(start, start + len(rows)), pa.int64())]
+        for j, field in enumerate(list(self._schema)[1:]):
+            cells = [_plain(row.values[j].value) for row in rows]
+            columns.append(pa.array(cells, field.type))
+        self._writer.write_table(pa.Table.from_arrays(columns, schema=self._schema))
+
+    def close(self) -> None:
+        if self._writer is None:  # no rows asked for: an empty file with the row column
+            self.start([])
+        self._writer.close()
+
+
+def _plain(value: common_pb2.Value) -> Any:
+    """A value as Arrow takes it: timestamps as integer microseconds, null as None."""
+    kind = value.WhichOneof("kind")
+    if kind is None or kind == "null_value":
+        return None
+    if kind == "timestamp_value":
+        return value.timestamp_value.ToMicroseconds()
+    return getattr(value, kind)
 
 
 def _text(value: common_pb2.Value) -> str:

@@ -10,7 +10,10 @@ from prometheus_client import CollectorRegistry
 
 from mlbackend.features.v1 import features_pb2, features_pb2_grpc
 from mlbackend_features.core.service import FeatureStore
-from mlbackend_features.stores.definitions import DefinitionStore
+from mlbackend_features.stores.definitions import DefinitionStore, SqliteDefinitionStore
+from mlbackend_features.stores.definitions_postgres import PostgresDefinitionStore
+from mlbackend_features.stores.offline import OfflineStore
+from mlbackend_features.stores.offline_postgres import PostgresOfflineStore, is_postgres_url
 from mlbackend_features.stores.offline_sqlite import SqliteOfflineStore
 from mlbackend_features.stores.online import OnlineStore
 from mlbackend_features.stores.online_redis import RedisOnlineStore
@@ -38,14 +41,24 @@ def _online_store(settings: ServerSettings) -> OnlineStore:
     return SqliteOnlineStore(settings.data_dir / "features" / "online.db")
 
 
+def _durable_stores(settings: ServerSettings) -> tuple[DefinitionStore, OfflineStore]:
+    """Definitions and the offline commit log: PostgreSQL when ``database_url`` names one
+    (shared by replicas), else SQLite files in the data directory."""
+    if is_postgres_url(settings.database_url):
+        assert settings.database_url is not None
+        definitions = PostgresDefinitionStore(settings.database_url)
+        return definitions, PostgresOfflineStore(settings.database_url)
+    if settings.database_url is not None:
+        # Another engine's URL (e.g. a SQLite URL meant for the registry): stay embedded.
+        logger.warning("feature store: database_url is not PostgreSQL, using SQLite files")
+    base = settings.data_dir / "features"
+    return SqliteDefinitionStore(base / "definitions.db"), SqliteOfflineStore(base / "offline.db")
+
+
 async def build_store(settings: ServerSettings) -> FeatureStore:
     """The feature store core on the configured engines, started (replay done)."""
-    base = settings.data_dir / "features"
-    store = FeatureStore(
-        DefinitionStore(base / "definitions.db"),
-        SqliteOfflineStore(base / "offline.db"),
-        _online_store(settings),
-    )
+    definitions, offline = _durable_stores(settings)
+    store = FeatureStore(definitions, offline, _online_store(settings))
     await store.start()
     return store
 
@@ -55,6 +68,7 @@ async def _maintain(store: FeatureStore, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
+            await store.refresh_definitions()
             await store.sync_online()
             await store.maintain()
         except DomainError as exc:

@@ -30,7 +30,7 @@ from mlbackend_features.core.model import (
     WriteRow,
 )
 from mlbackend_features.core.service import FeatureStore
-from mlbackend_features.stores.definitions import DefinitionStore
+from mlbackend_features.stores.definitions import SqliteDefinitionStore
 from mlbackend_features.stores.offline_sqlite import SqliteOfflineStore
 from mlbackend_features.stores.online import OnlineStore
 from mlbackend_features.stores.online_redis import RedisOnlineStore
@@ -115,7 +115,7 @@ async def test_delete_expired_removes_only_old_values(online_store: OnlineStore)
 async def feature_store(online_store: OnlineStore, tmp_path: Path) -> AsyncIterator[FeatureStore]:
     clock = [T + 3_600 * MICROS]
     store = FeatureStore(
-        DefinitionStore(tmp_path / "defs.db"),
+        SqliteDefinitionStore(tmp_path / "defs.db"),
         SqliteOfflineStore(tmp_path / "offline.db"),
         online_store,
         clock=lambda: clock[0],

@@ -673,3 +673,216 @@ async def test_redis_online_store_answers_like_sqlite(
             answers.append(values(await online(client, ["u3", "u2", "u1"], **request)))
     assert answers[0] == answers[1]
     assert answers[1][2] == [("FEATURE_STATUS_PRESENT", "DE"), ("FEATURE_STATUS_PRESENT", 12.0)]
+
+
+ALL_TYPES_YAML = """
+entities:
+  - name: user
+    join_keys: [{name: user_id, dtype: STRING}]
+feature_views:
+  - name: profile
+    entities: [user]
+    ttl: 1h
+    features:
+      - {name: amount, dtype: DOUBLE, constraints: {nan_policy: ALLOW}}
+      - {name: visits, dtype: INT64}
+      - {name: country, dtype: STRING}
+      - {name: verified, dtype: BOOL}
+      - {name: last_login, dtype: TIMESTAMP}
+"""
+
+
+async def test_cli_exports_typed_parquet_equal_to_the_grpc_answer(
+    start_service: StartService, connect: Connect, tmp_path: Path
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mlbackend_cli import features_cmd
+
+    server = await start_service("features")
+    client: FeatureStoreClient = connect("features", server)
+    definitions_file = tmp_path / "features.yaml"
+    definitions_file.write_text(ALL_TYPES_YAML)
+    target = ["--target", server.address]
+    argv = ["features", "apply", str(definitions_file), *target]
+    assert await asyncio.to_thread(features_cmd.main, argv) == 0
+    login = ts(T0 - timedelta(days=3, microseconds=7))
+    names = ["amount", "visits", "country", "verified", "last_login"]
+    full = [
+        c.Value(double_value=float("nan")),
+        c.Value(int64_value=-(2**62)),
+        c.Value(string_value="Zürich"),
+        c.Value(bool_value=False),
+        c.Value(timestamp_value=login),
+    ]
+    sparse = [c.Value(double_value=2.5), c.Value(), c.Value(), c.Value(bool_value=True), c.Value()]
+    rows = [
+        f.FeatureRow(entity_key=key("u1"), event_time=ts(T0), values=full),
+        f.FeatureRow(entity_key=key("u2"), event_time=ts(T0), values=sparse),
+    ]
+    await client.stub.WriteFeatures(
+        f.WriteFeaturesRequest(
+            batch=f.FeatureBatch(feature_view="profile", features=names, rows=rows)
+        ),
+        timeout=10,
+    )
+    entities = tmp_path / "entities.csv"
+    times = [
+        "2026-01-01T00:30:00Z",
+        "2026-01-01T00:30:00Z",
+        "2026-01-01T00:30:00Z",
+        "2026-01-01T05:00:00Z",
+    ]
+    entities.write_text(
+        "user_id,event_time\n"
+        + "".join(f"{u},{t}\n" for u, t in zip(["u1", "u2", "u3", "u1"], times, strict=True))
+    )
+    refs = ",".join(f"profile:{n}" for n in names)
+    outputs = {}
+    for out, extra in (
+        (tmp_path / "out.parquet", []),
+        (tmp_path / "out.data", ["--format", "parquet"]),
+        (tmp_path / "out.csv", []),
+    ):
+        argv = [
+            "features",
+            "export",
+            str(entities),
+            "--output",
+            str(out),
+            "--feature-refs",
+            refs,
+            *extra,
+            *target,
+        ]
+        assert await asyncio.to_thread(features_cmd.main, argv) == 0
+        outputs[out.suffix] = out
+    assert outputs[".csv"].read_text().splitlines()[0] == "row," + refs
+    table = pq.read_table(outputs[".parquet"])
+    other = pq.read_table(outputs[".data"])  # NaN != NaN: compare the reprs
+    assert other.schema == table.schema and repr(other.to_pylist()) == repr(table.to_pylist())
+    assert table.schema.names == ["row", *refs.split(",")]
+    assert table.schema.types == [
+        pa.int64(),
+        pa.float64(),
+        pa.int64(),
+        pa.string(),
+        pa.bool_(),
+        pa.timestamp("us", tz="UTC"),
+    ]
+    # The gRPC answer, cell by cell: the same values, nulls where it has none.
+    request = f.GetHistoricalFeaturesRequest(
+        feature_refs=refs.split(","), entity_rows=features_cmd._entity_rows(entities)
+    )
+    grpc_rows = [
+        r
+        for ch in await _collect(client.stub.GetHistoricalFeatures(request, timeout=10))
+        for r in ch.rows
+    ]
+    exported = table.to_pylist()
+    assert [r["row"] for r in exported] == [0, 1, 2, 3]
+    for got, want in zip(exported, grpc_rows, strict=True):
+        for ref, cell in zip(refs.split(","), want.values, strict=True):
+            kind = cell.value.WhichOneof("kind")
+            if kind is None or kind == "null_value":
+                assert got[ref] is None, ref
+            elif kind == "timestamp_value":
+                assert got[ref] == cell.value.timestamp_value.ToDatetime(tzinfo=UTC)
+            elif kind == "double_value" and cell.value.double_value != cell.value.double_value:
+                assert got[ref] != got[ref]  # NaN stays NaN
+            else:
+                assert got[ref] == getattr(cell.value, kind) and type(got[ref]) is type(
+                    getattr(cell.value, kind)
+                ), ref
+    assert exported[0]["profile:country"] == "Zürich" and exported[0]["profile:visits"] == -(2**62)
+    assert exported[1]["profile:visits"] is None and exported[1]["profile:verified"] is True
+    assert exported[2]["profile:amount"] is None  # never seen
+    assert exported[3]["profile:amount"] is None  # expired
+    assert exported[0]["profile:last_login"] == (T0 - timedelta(days=3, microseconds=7))
+
+
+async def _collect(stream: Any) -> list[Any]:
+    return [item async for item in stream]
+
+
+async def test_cli_applies_a_python_definitions_module(
+    start_service: StartService, connect: Connect, tmp_path: Path
+) -> None:
+    from mlbackend_cli import features_cmd
+
+    server = await start_service("features")
+    client: FeatureStoreClient = connect("features", server)
+    (tmp_path / "defs.py").write_text(
+        "from mlbackend_clients.feature_definitions import (\n"
+        "    Entity, Feature, FeatureService, FeatureView, JoinKey, StandardScale)\n"
+        "user = Entity('user', [JoinKey('user_id', 'STRING')])\n"
+        "stats = FeatureView('user_stats', entities=[user], ttl='1h',\n"
+        "                    features=[Feature('amount', 'DOUBLE')])\n"
+        "fraud = FeatureService('fraud', feature_refs=[stats.ref('amount')],\n"
+        "    transforms=[StandardScale('amount_z', stats.ref('amount'), mean=10, std=2)])\n"
+    )
+    argv = ["features", "apply", str(tmp_path / "defs.py"), "--target", server.address]
+    assert await asyncio.to_thread(features_cmd.main, argv) == 0
+    view = (
+        await client.stub.GetFeatureView(f.GetFeatureViewRequest(name="user_stats"))
+    ).feature_view
+    assert view.ttl.seconds == 3600 and view.features[0].dtype == c.DATA_TYPE_DOUBLE
+    service = (
+        await client.stub.GetFeatureService(f.GetFeatureServiceRequest(name="fraud"))
+    ).feature_service
+    assert [s.name for s in service.output_schema] == ["user_stats:amount", "amount_z"]
+
+
+async def test_difference_and_epoch_seconds_online_and_historically(
+    start_service: StartService, connect: Connect
+) -> None:
+    _, client = await ready(start_service, connect)
+    service = f.FeatureService(
+        name="ages",
+        feature_refs=["user_stats:amount"],
+        request_inputs=[
+            f.RequestInput(name="tx_amount", dtype=c.DATA_TYPE_DOUBLE),
+            f.RequestInput(name="at", dtype=c.DATA_TYPE_TIMESTAMP),
+            f.RequestInput(name="signup", dtype=c.DATA_TYPE_TIMESTAMP),
+        ],
+        transforms=[
+            f.Transform(
+                output="over",
+                difference=f.Transform.Difference(left="tx_amount", right="user_stats:amount"),
+            ),
+            f.Transform(output="at_s", epoch_seconds=f.Transform.EpochSeconds(input="at")),
+            f.Transform(
+                output="age_s", difference=f.Transform.Difference(left="at", right="signup")
+            ),
+        ],
+        outputs=["over", "at_s", "age_s"],
+    )
+    await client.stub.ApplyDefinitions(f.ApplyDefinitionsRequest(feature_services=[service]))
+    now = datetime.now(UTC).replace(microsecond=500)
+    await client.stub.WriteFeatures(
+        f.WriteFeaturesRequest(batch=batch([row("u1", now - timedelta(minutes=1), 14.0, 3, "FR")])),
+        timeout=10,
+    )
+    inputs = c.FeatureMap(
+        values={
+            "tx_amount": c.Value(double_value=20.0),
+            "at": c.Value(timestamp_value=ts(now)),
+            "signup": c.Value(timestamp_value=ts(now - timedelta(days=2, microseconds=250))),
+        }
+    )
+    answer = await online(client, ["u1", "u2"], feature_service="ages", request_inputs=[inputs] * 2)
+    expected = [6.0, now.timestamp(), 2 * 86_400 + 0.00025]
+    assert [v for _, v in values(answer)[0]] == expected
+    assert values(answer)[1][0] == ("FEATURE_STATUS_NOT_FOUND", None)
+    rows = [
+        f.EntityRow(entity_key=key(u), event_time=ts(now), request_inputs=inputs)
+        for u in ("u1", "u2")
+    ]
+    chunks = [
+        ch
+        async for ch in client.stub.GetHistoricalFeatures(
+            f.GetHistoricalFeaturesRequest(feature_service="ages", entity_rows=rows), timeout=10
+        )
+    ]
+    assert [cells for ch in chunks for cells in values(ch)] == values(answer)

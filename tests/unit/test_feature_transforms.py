@@ -12,7 +12,9 @@ from mlbackend_features.core.model import (
     Cell,
     Clip,
     DayOfWeek,
+    Difference,
     DType,
+    EpochSeconds,
     Feature,
     FeatureService,
     FeatureView,
@@ -121,6 +123,45 @@ def test_categoricals_and_time() -> None:
     assert values(out) == [0.0, 1.0, 0.0, 1.0, stable_hash(b"k", "b") % 7, 23, 0, 2, 3]
 
 
+def test_difference_and_epoch_seconds() -> None:
+    row = dict(ROW)
+    row["signup"] = Cell(
+        datetime(2026, 3, 1, 23, 30, 0, 250, tzinfo=UTC), Status.REQUEST_INPUT, None
+    )
+    service = FeatureService(
+        name="fs",
+        feature_refs=("v:x", "v:n", "v:t"),
+        request_inputs=(
+            RequestInput(name="amount", dtype=DType.DOUBLE, nullable=True),
+            RequestInput(name="signup", dtype=DType.TIMESTAMP, nullable=True),
+        ),
+        transforms=(
+            Difference(output="d", left="amount", right="v:x"),
+            Difference(output="d_int", left="v:n", right="v:x"),
+            EpochSeconds(output="e", input="v:t"),
+            Difference(output="age_s", left="v:t", right="signup"),
+            # What the fraud flow needed: seconds since a stored time, via epoch seconds.
+            EpochSeconds(output="signup_s", input="signup"),
+            Difference(output="age_s2", left="e", right="signup_s"),
+        ),
+        outputs=("d", "d_int", "e", "age_s", "age_s2"),
+    )
+    compiled = compile_service(service, VIEWS)
+    assert {c.dtype for c in compiled.schema} == {DType.DOUBLE}
+    out = compiled.evaluate(dict(row))
+    epoch = datetime(2026, 3, 4, 23, 30, tzinfo=UTC).timestamp()
+    assert values(out) == [3.0, 1.0, epoch, 3 * 86_400 - 0.00025, out[4].value]
+    assert out[4].value == pytest.approx(3 * 86_400 - 0.00025, abs=1e-6)
+    assert {c.status for c in out} == {Status.COMPUTED}
+    row["signup"] = Cell(None, Status.REQUEST_INPUT, None)
+    row["v:x"] = Cell(None, Status.EXPIRED, 1)
+    nulls = compiled.evaluate(row)
+    assert [(c.value, c.status) for c in nulls] == [
+        (None, Status.EXPIRED), (None, Status.EXPIRED), (epoch, Status.COMPUTED),
+        (None, Status.NULL_VALUE), (None, Status.NULL_VALUE),
+    ]  # fmt: skip
+
+
 def test_hash_is_stable_across_runs() -> None:
     assert stable_hash(b"", "user-1") == stable_hash(b"", "user-1")
     assert stable_hash(b"", "user-1") != stable_hash(b"salt", "user-1")
@@ -180,6 +221,10 @@ def test_outputs_select_and_order_columns() -> None:
         (OneHot(output="a", input="v:s", categories=()), "one_hot.categories"),
         (Clip(output="a", input="v:x", min=2, max=1), "clip.max"),
         (Log1p(output="v:x", input="v:x"), "output"),
+        (Difference(output="a", left="v:s", right="v:x"), "difference.left"),
+        (Difference(output="a", left="v:t", right="v:x"), "difference.right"),
+        (Difference(output="a", left="v:x", right="v:t"), "difference.right"),
+        (EpochSeconds(output="a", input="v:x"), "epoch_seconds.input"),
     ],
 )
 def test_invalid_transforms_name_the_field(transform: Transform, field: str) -> None:

@@ -213,6 +213,23 @@ class DayOfWeek(_Definition):
     time_zone: str = ""
 
 
+class Difference(_Definition):
+    """left - right: two numeric inputs, or two timestamps (seconds between them)."""
+
+    kind: Literal["difference"] = "difference"
+    output: str
+    left: str
+    right: str
+
+
+class EpochSeconds(_Definition):
+    """Unix seconds of a timestamp, with microsecond precision."""
+
+    kind: Literal["epoch_seconds"] = "epoch_seconds"
+    output: str
+    input: str
+
+
 Transform = Annotated[
     StandardScale
     | MinMaxScale
@@ -224,7 +241,9 @@ Transform = Annotated[
     | Product
     | Ratio
     | HourOfDay
-    | DayOfWeek,
+    | DayOfWeek
+    | Difference
+    | EpochSeconds,
     Field(discriminator="kind"),
 ]
 

@@ -141,14 +141,26 @@ class FeatureStore:
         self, request: DefinitionSet, *, force: bool, dry_run: bool, actor: Actor
     ) -> list[DefinitionChange]:
         async with self._apply_lock:
+            # Plan against the stored definitions: another replica may have applied.
+            await self._reload_definitions()
             now = datetime.now(UTC)
             result = definitions.plan(self._defs, request, force=force, actor=actor, now=now)
             if dry_run:
                 return result.changes
             await self._definition_store.save(result.entities, result.views, result.services)
-            self._defs = await self._definition_store.load()
-            self._compiled.clear()
+            await self._reload_definitions()
             return result.changes
+
+    async def refresh_definitions(self) -> None:
+        """Pick up definitions another replica applied to a shared definition store."""
+        async with self._apply_lock:
+            await self._reload_definitions()
+
+    async def _reload_definitions(self) -> None:
+        loaded = await self._definition_store.load()
+        if loaded != self._defs:
+            self._defs = loaded
+            self._compiled.clear()
 
     def entity(self, name: str) -> Entity:
         found = self._defs.entities.get(name)

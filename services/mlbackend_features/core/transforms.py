@@ -22,12 +22,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from mlbackend_features.core.model import (
     CATEGORICAL,
+    MICROS,
     NUMERIC,
     Bucketize,
     Cell,
     Clip,
     DayOfWeek,
+    Difference,
     DType,
+    EpochSeconds,
     FeatureService,
     FeatureView,
     HashBucket,
@@ -42,6 +45,7 @@ from mlbackend_features.core.model import (
     StandardScale,
     Status,
     Transform,
+    datetime_to_us,
 )
 from mlbackend_runtime.errors import FieldViolation, InvalidInput
 
@@ -322,7 +326,40 @@ def _compile(
         if isinstance(t, HourOfDay):
             return _unary(t.input, out, lambda x: _local(x, zone).hour), [(out, DType.INT64)]
         return _unary(t.input, out, lambda x: _local(x, zone).weekday()), [(out, DType.INT64)]
+    if isinstance(t, Difference):
+        return _difference(t, types, path), [(out, DType.DOUBLE)]
+    if isinstance(t, EpochSeconds):
+        _need(types, t.input, _TIME, f"{path}.epoch_seconds.input")
+        return _unary(t.input, out, _epoch_seconds), [(out, DType.DOUBLE)]
     raise InvalidInput.field(path, "unknown transform kind")
+
+
+_TIME = frozenset({DType.TIMESTAMP})
+
+
+def _epoch_seconds(value: Scalar) -> float:
+    assert isinstance(value, datetime)
+    return datetime_to_us(value) / MICROS
+
+
+def _difference(t: Difference, types: Mapping[str, DType], path: str) -> Step:
+    left = _need(types, t.left, NUMERIC | _TIME, f"{path}.difference.left")
+    if left is DType.TIMESTAMP:
+        _need(types, t.right, _TIME, f"{path}.difference.right")
+
+        def seconds(a: Scalar, b: Scalar) -> float:
+            # Exact in integer microseconds, then one rounding to a double.
+            assert isinstance(a, datetime) and isinstance(b, datetime)
+            return (datetime_to_us(a) - datetime_to_us(b)) / MICROS
+
+        def step(row: Row) -> None:
+            a, b = row[t.left], row[t.right]
+            missing = _missing(a, b)
+            row[t.output] = missing or Cell(seconds(a.value, b.value), Status.COMPUTED, None)
+
+        return step
+    _need(types, t.right, NUMERIC, f"{path}.difference.right")
+    return _binary(t.left, t.right, t.output, lambda a, b: a - b)
 
 
 def _local(value: Scalar, zone: tzinfo) -> datetime:

@@ -1,4 +1,6 @@
-"""Feature definitions (entities, views, feature service versions), kept in SQLite.
+"""Feature definitions (entities, views, feature service versions): the interface and
+its SQLite engine (embedded default); ``definitions_postgres.py`` shares them between
+replicas.
 
 Each definition is stored as the JSON of its domain model; an apply writes all of its
 changes in one transaction.
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -32,7 +35,27 @@ class Definitions(NamedTuple):
     """Every version per name, ascending."""
 
 
-class DefinitionStore:
+class DefinitionStore(ABC):
+    @abstractmethod
+    async def load(self) -> Definitions:
+        """Every stored definition."""
+
+    @abstractmethod
+    async def save(
+        self,
+        entities: Sequence[Entity],
+        views: Sequence[FeatureView],
+        services: Sequence[FeatureService],
+    ) -> None:
+        """Store one apply's changes, all or nothing. Entities and views carry their new
+        revision, services their new version; a store shared by replicas refuses the
+        apply (``Aborted``) when another one stored a revision or version in between."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+
+class SqliteDefinitionStore(DefinitionStore):
     def __init__(self, path: Path) -> None:
         self._db = Database(path, "FULL")
         self._db.run(lambda c: c.executescript(_SCHEMA))

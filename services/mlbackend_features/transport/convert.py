@@ -277,6 +277,10 @@ def _transform(t: pb.Transform) -> m.Transform:
         return m.HourOfDay(output=out, input=t.hour_of_day.input, time_zone=t.hour_of_day.time_zone)
     if kind == "day_of_week":
         return m.DayOfWeek(output=out, input=t.day_of_week.input, time_zone=t.day_of_week.time_zone)
+    if kind == "difference":
+        return m.Difference(output=out, left=t.difference.left, right=t.difference.right)
+    if kind == "epoch_seconds":
+        return m.EpochSeconds(output=out, input=t.epoch_seconds.input)
     # No kind: an input nothing can produce, so the core names the transform's field.
     return m.Log1p(output=out, input="")
 
@@ -320,8 +324,12 @@ def _transform_pb(t: m.Transform) -> pb.Transform:
         )
     elif isinstance(t, m.HourOfDay):
         out.hour_of_day.CopyFrom(pb.Transform.HourOfDay(input=t.input, time_zone=t.time_zone))
-    else:
+    elif isinstance(t, m.DayOfWeek):
         out.day_of_week.CopyFrom(pb.Transform.DayOfWeek(input=t.input, time_zone=t.time_zone))
+    elif isinstance(t, m.Difference):
+        out.difference.CopyFrom(pb.Transform.Difference(left=t.left, right=t.right))
+    else:
+        out.epoch_seconds.CopyFrom(pb.Transform.EpochSeconds(input=t.input))
     return out
 
 

@@ -737,6 +737,54 @@ class Transform(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class Difference(_message.Message):
+        """left - right (DOUBLE output): two numeric inputs, or two TIMESTAMPs (their
+        difference in seconds, microsecond precision).
+        """
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        LEFT_FIELD_NUMBER: _builtins.int
+        RIGHT_FIELD_NUMBER: _builtins.int
+        left: _builtins.str
+        """Minuend input."""
+        right: _builtins.str
+        """Subtrahend input."""
+        def __init__(
+            self,
+            *,
+            left: _builtins.str = ...,
+            right: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["left", b"left", "right", b"right"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class EpochSeconds(_message.Message):
+        """Seconds since the Unix epoch of a TIMESTAMP (DOUBLE output, microsecond
+        precision), so timestamps can enter numeric transforms.
+        """
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        INPUT_FIELD_NUMBER: _builtins.int
+        input: _builtins.str
+        """Input name."""
+        def __init__(
+            self,
+            *,
+            input: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     OUTPUT_FIELD_NUMBER: _builtins.int
     STANDARD_SCALE_FIELD_NUMBER: _builtins.int
     MIN_MAX_SCALE_FIELD_NUMBER: _builtins.int
@@ -749,6 +797,8 @@ class Transform(_message.Message):
     RATIO_FIELD_NUMBER: _builtins.int
     HOUR_OF_DAY_FIELD_NUMBER: _builtins.int
     DAY_OF_WEEK_FIELD_NUMBER: _builtins.int
+    DIFFERENCE_FIELD_NUMBER: _builtins.int
+    EPOCH_SECONDS_FIELD_NUMBER: _builtins.int
     output: _builtins.str
     """Output feature name (prefix for one-hot outputs)."""
     @_builtins.property
@@ -795,6 +845,14 @@ class Transform(_message.Message):
     def day_of_week(self) -> Global___Transform.DayOfWeek:
         """Day of week."""
 
+    @_builtins.property
+    def difference(self) -> Global___Transform.Difference:
+        """Difference of two inputs."""
+
+    @_builtins.property
+    def epoch_seconds(self) -> Global___Transform.EpochSeconds:
+        """Unix seconds of a timestamp."""
+
     def __init__(
         self,
         *,
@@ -810,12 +868,14 @@ class Transform(_message.Message):
         ratio: Global___Transform.Ratio | None = ...,
         hour_of_day: Global___Transform.HourOfDay | None = ...,
         day_of_week: Global___Transform.DayOfWeek | None = ...,
+        difference: Global___Transform.Difference | None = ...,
+        epoch_seconds: Global___Transform.EpochSeconds | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["bucketize", b"bucketize", "clip", b"clip", "day_of_week", b"day_of_week", "hash_bucket", b"hash_bucket", "hour_of_day", b"hour_of_day", "kind", b"kind", "log1p", b"log1p", "min_max_scale", b"min_max_scale", "one_hot", b"one_hot", "product", b"product", "ratio", b"ratio", "standard_scale", b"standard_scale"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bucketize", b"bucketize", "clip", b"clip", "day_of_week", b"day_of_week", "difference", b"difference", "epoch_seconds", b"epoch_seconds", "hash_bucket", b"hash_bucket", "hour_of_day", b"hour_of_day", "kind", b"kind", "log1p", b"log1p", "min_max_scale", b"min_max_scale", "one_hot", b"one_hot", "product", b"product", "ratio", b"ratio", "standard_scale", b"standard_scale"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucketize", b"bucketize", "clip", b"clip", "day_of_week", b"day_of_week", "hash_bucket", b"hash_bucket", "hour_of_day", b"hour_of_day", "kind", b"kind", "log1p", b"log1p", "min_max_scale", b"min_max_scale", "one_hot", b"one_hot", "output", b"output", "product", b"product", "ratio", b"ratio", "standard_scale", b"standard_scale"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucketize", b"bucketize", "clip", b"clip", "day_of_week", b"day_of_week", "difference", b"difference", "epoch_seconds", b"epoch_seconds", "hash_bucket", b"hash_bucket", "hour_of_day", b"hour_of_day", "kind", b"kind", "log1p", b"log1p", "min_max_scale", b"min_max_scale", "one_hot", b"one_hot", "output", b"output", "product", b"product", "ratio", b"ratio", "standard_scale", b"standard_scale"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["standard_scale", "min_max_scale", "log1p", "clip", "bucketize", "one_hot", "hash_bucket", "product", "ratio", "hour_of_day", "day_of_week"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["standard_scale", "min_max_scale", "log1p", "clip", "bucketize", "one_hot", "hash_bucket", "product", "ratio", "hour_of_day", "day_of_week", "difference", "epoch_seconds"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
