@@ -35,6 +35,10 @@ SPEC = ServiceSpec(
 )
 
 
+FOLLOW_SECONDS = 1.0
+"""How often a replica on a shared (PostgreSQL) log applies the others' commits online."""
+
+
 def _online_store(settings: ServerSettings) -> OnlineStore:
     if settings.online_store == "redis" and settings.redis_url:
         return RedisOnlineStore(settings.redis_url, settings.redis_prefix)
@@ -77,6 +81,16 @@ async def _maintain(store: FeatureStore, interval: float) -> None:
             logger.exception("feature store maintenance failed")
 
 
+async def _follow(store: FeatureStore, interval: float) -> None:
+    """With a log shared by replicas, bring the online store up to the others' writes."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await store.sync_online()
+        except Exception:  # a background loop must outlive one bad pass
+            logger.exception("feature store: following the shared log failed")
+
+
 async def create_server(
     settings: ServerSettings, *, registry: CollectorRegistry | None = None
 ) -> RunningServer:
@@ -96,12 +110,16 @@ async def create_server(
     except BaseException:
         await store.close()
         raise
-    maintenance = asyncio.create_task(_maintain(store, settings.maintenance_seconds))
+    loops = [asyncio.create_task(_maintain(store, settings.maintenance_seconds))]
+    if is_postgres_url(settings.database_url):
+        loops.append(asyncio.create_task(_follow(store, FOLLOW_SECONDS)))
 
     async def stop_maintenance() -> None:
-        maintenance.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await maintenance
+        for loop in loops:
+            loop.cancel()
+        for loop in loops:
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
 
     # Closers run last-registered first: the loop stops before the stores close.
     running.on_stop(store.close)

@@ -154,5 +154,16 @@ async def test_replicas_share_definitions_and_history(
             [("FEATURE_STATUS_PRESENT", 3.0)],
             [("FEATURE_STATUS_PRESENT", 4.0)],
         ]
+    # Each replica has its own online store here: both follow the shared log, so each
+    # serves the other's write online within a bounded time.
+    expected = [[("FEATURE_STATUS_PRESENT", 3.0)], [("FEATURE_STATUS_PRESENT", 4.0)]]
+    for client in (client_a, client_b):
+        deadline = time.monotonic() + 10
+        while True:
+            got = values(await online(client, ["u1", "u2"], feature_refs=["user_stats:amount"]))
+            if got == expected or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        assert got == expected
     await server_a.stop(0)
     await server_b.stop(0)

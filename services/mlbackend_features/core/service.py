@@ -115,6 +115,10 @@ class FeatureStore:
         self._write_lock = asyncio.Lock()
         self._apply_lock = asyncio.Lock()
         self._online_behind = True
+        # The highest sequence this process knows the online store holds with every lower
+        # one: a commit right after it is applied directly, any other means another
+        # replica committed in between, and the log is replayed from the watermark.
+        self._applied = 0
         self.freshness: dict[str, Freshness] = {}
 
     async def start(self) -> None:
@@ -243,11 +247,14 @@ class FeatureStore:
                 yield PushAck(ack.batch_id, ack, None, ())
 
     async def _apply_online(self, view: FeatureView, records: list[Record], sequence: int) -> None:
-        if self._online_behind:
+        if self._online_behind or sequence != self._applied + 1:
+            # Behind, or other replicas committed since our last look: never move the
+            # watermark over a batch nobody has applied yet.
             await self._catch_up()
             return
         try:
             await self._online.apply(view.name, records if view.online else [], sequence)
+            self._applied = sequence
         except DependencyUnavailable as exc:
             self._online_behind = True
             logger.warning("online store unavailable, will replay from the log: %s", exc)
@@ -268,16 +275,17 @@ class FeatureStore:
                     replayed += 1
             if replayed:
                 logger.info("replayed %d committed batch(es) into the online store", replayed)
+            self._applied = applied
             self._online_behind = False
         except DependencyUnavailable as exc:
             self._online_behind = True
             logger.warning("online store unavailable, replay pending: %s", exc)
 
     async def sync_online(self) -> bool:
-        """Retry a pending replay (maintenance loop); True when the online store is complete."""
-        if self._online_behind:
-            async with self._write_lock:
-                await self._catch_up()
+        """Apply what the log holds past the online watermark: a pending replay, or the
+        batches other replicas committed to a shared log. True when nothing is missing."""
+        async with self._write_lock:
+            await self._catch_up()
         return not self._online_behind
 
     def _note_write(self, view: str, records: Sequence[Record]) -> None:
