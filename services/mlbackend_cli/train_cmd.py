@@ -8,8 +8,8 @@
     mlbackend train --config FILE [--registry ADDR] [--features ADDR] [--data-dir D]
                           [--no-promote] [--json] [--token T]
 
-``--config`` trains a binary classifier on any CSV/Parquet file described by a YAML
-file (:mod:`mlbackend_training.config`, :mod:`mlbackend_training.tabular`); it is
+``--config`` trains a binary or multiclass classifier on any CSV/Parquet file described
+by a YAML file (:mod:`mlbackend_training.config`, :mod:`mlbackend_training.tabular`); it is
 exclusive with the ``fraud`` sub-command. For ``fraud``:
 
 Generates the seeded synthetic transactions, writes them into the feature store, reads
@@ -41,7 +41,7 @@ from mlbackend_training.config import ConfigError, load_config
 from mlbackend_training.fraud_data import FraudDataConfig
 from mlbackend_training.pipeline import EstimatorSpec, TrainingConfig
 from mlbackend_training.run_local import _param, format_summary
-from mlbackend_training.tabular import DataError, TabularResult, train_from_config
+from mlbackend_training.tabular import DataError, TabularResult, format_result, train_from_config
 from mlbackend_training.train_flow import MODEL, FlowResult, train_and_register
 
 _Result = TypeVar("_Result", FlowResult, TabularResult)
@@ -226,10 +226,4 @@ def run_config(args: argparse.Namespace) -> int:
             if features is not None:
                 await features.close()
 
-    def text(result: TabularResult) -> str:
-        return "\n".join(
-            [format_summary(result.summary), f"registered {config.model}@{result.version}",
-             result.decision]
-        )  # fmt: skip
-
-    return _run_and_print(go(), quiet, text)
+    return _run_and_print(go(), quiet, format_result)

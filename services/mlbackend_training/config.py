@@ -16,6 +16,14 @@ a parameter it does not have are all refused, each error naming its field
     split: {method: time, validation_fraction: 0.2, test_fraction: 0.2, seed: 7}
     threshold: {precision: 0.6}          # or {recall: 0.8}
     gate: {min_pr_auc: 0.4, min_roc_auc: 0.7}
+
+A label with more than two values is a multiclass problem: its classes are the data's
+values, sorted, unless ``label.classes`` lists them (that order is the class codes' and
+the served probabilities'). ``label.positive``, ``threshold`` and the binary gate
+minimums are refused for it; its gate takes ``min_accuracy`` and ``min_macro_f1``.
+Whether a label is multiclass is known from the configuration when it names
+``label.classes`` (or ``label.positive``: binary), else from the data file — the same
+conflicts are then refused when the data is read, with the same messages.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from typing import Any, Literal, Self
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mlbackend_training.multiclass import MulticlassGateConfig
 from mlbackend_training.pipeline import (
     ESTIMATORS,
     EstimatorSpec,
@@ -59,10 +68,32 @@ class DataSpec(_Strict):
         return "parquet" if self.path.suffix.lower() in (".parquet", ".pq") else "csv"
 
 
+def as_text(value: Any) -> str:
+    """A label or category value as text (booleans as ``false``/``true``, like YAML)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 class LabelSpec(_Strict):
     column: str = Field(min_length=1)
     positive: bool | int | str | None = None
-    """The positive class; needed unless the labels are 0/1 or false/true."""
+    """Binary only: the positive class; needed unless the labels are 0/1 or false/true."""
+    classes: list[bool | int | str] | None = Field(default=None, min_length=3)
+    """Multiclass only: every class, in the order of the class codes (default: the
+    data's values, sorted)."""
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Self:
+        if self.positive is not None and self.classes is not None:
+            raise ValueError("give label.positive (binary) or label.classes (multiclass), not both")
+        names = self.class_names or []
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"classes listed more than once: {twice}")
+        return self
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return None if self.classes is None else [as_text(v) for v in self.classes]
 
 
 class FeaturesSpec(_Strict):
@@ -143,16 +174,31 @@ class ThresholdSpec(_Strict):
         return self.precision if self.precision is not None else 0.5
 
 
+BINARY_GATE = ("min_pr_auc", "min_roc_auc", "min_recall_at_precision", "min_precision_at_recall")
+MULTICLASS_GATE = ("min_accuracy", "min_macro_f1")
+
+
 class GateSpec(_Strict):
     """Minimums on the test rows; the candidate must also not be worse than the current
-    ``production`` version on the same rows (PR-AUC and the threshold target's metric)."""
+    ``production`` version on the same rows (binary: PR-AUC and the threshold target's
+    metric; multiclass: macro-F1)."""
 
     min_pr_auc: float = Field(default=0.0, ge=0, le=1)
     min_roc_auc: float = Field(default=0.5, ge=0, le=1)
     min_recall_at_precision: float = Field(default=0.0, ge=0, le=1)
     min_precision_at_recall: float = Field(default=0.0, ge=0, le=1)
+    min_accuracy: float = Field(default=0.0, ge=0, le=1)
+    min_macro_f1: float = Field(default=0.0, ge=0, le=1)
     must_beat_majority: bool = True
     champion_tolerance: float = Field(default=0.0, ge=0, le=1)
+
+    def multiclass_gate_config(self) -> MulticlassGateConfig:
+        return MulticlassGateConfig(
+            min_accuracy=self.min_accuracy,
+            min_macro_f1=self.min_macro_f1,
+            must_beat_majority=self.must_beat_majority,
+            champion_tolerance=self.champion_tolerance,
+        )
 
     def gate_config(self) -> GateConfig:
         return GateConfig(
@@ -176,8 +222,41 @@ class TabularConfig(_Strict):
     feature_service: str | None = Field(default=None, min_length=1)
     estimator: EstimatorConfig = Field(default_factory=EstimatorConfig)
     split: SplitSpec = Field(default_factory=SplitSpec)
-    threshold: ThresholdSpec = Field(default_factory=lambda: ThresholdSpec(precision=0.5))
+    threshold: ThresholdSpec | None = None
+    """Binary only; default: precision 0.5."""
     gate: GateSpec = Field(default_factory=GateSpec)
+
+    @property
+    def binary_threshold(self) -> ThresholdSpec:
+        return self.threshold or ThresholdSpec(precision=0.5)
+
+    def problem_conflicts(self, classes: int) -> list[str]:
+        """What this configuration sets that a label of ``classes`` classes cannot use."""
+        out: list[str] = []
+        gate_set = self.gate.model_fields_set
+        if classes > 2:
+            if self.label.positive is not None:
+                out.append(
+                    f"label.positive: only for a binary label; this one has {classes} classes"
+                )
+            if self.threshold is not None:
+                out.append(
+                    "threshold: a multiclass label has no decision threshold (the most "
+                    "probable class is predicted); remove this section"
+                )
+            out += [
+                f"gate.{name}: only for a binary label; a multiclass gate takes "
+                f"{' / '.join(MULTICLASS_GATE)}"
+                for name in BINARY_GATE
+                if name in gate_set
+            ]
+        else:
+            out += [
+                f"gate.{name}: only for a multiclass label (3 or more classes)"
+                for name in MULTICLASS_GATE
+                if name in gate_set
+            ]
+        return out
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -191,6 +270,10 @@ class TabularConfig(_Strict):
         clash = sorted(set(self.features.names if self.features else []) & set(used))
         if clash:
             raise ValueError(f"features {clash} are the entity key, timestamp or label")
+        names = self.label.class_names
+        known = len(names) if names else 2 if self.label.positive is not None else None
+        if known is not None and (conflicts := self.problem_conflicts(known)):
+            raise ValueError("; ".join(conflicts))
         return self
 
     def to_dict(self) -> dict[str, Any]:

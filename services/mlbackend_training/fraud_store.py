@@ -379,6 +379,8 @@ class HistoricalValues:
     names: tuple[str, ...]
     values: np.ndarray[Any, np.dtype[np.float64]]  # NaN = null or a string
     strings: frozenset[str]  # features that returned strings
+    schema: tuple[c.FeatureSpec, ...] = ()  # the read's output columns with their dtypes
+    service: str = ""  # the feature service as resolved by the store, "name@version"
 
 
 async def historical_values(
@@ -388,8 +390,13 @@ async def historical_values(
     entity_rows: Callable[[list[int]], list[f.EntityRow]],
 ) -> HistoricalValues:
     """Point-in-time values of ``service`` for ``count`` rows, asked in bounded calls;
-    ``entity_rows`` builds the request rows of the given row positions."""
+    ``entity_rows`` builds the request rows of the given row positions.
+
+    A service named without ``@version`` is resolved by the first call, and every later
+    call asks for that version: a version applied mid-read cannot mix into the rows.
+    """
     names: list[str] = []
+    schema: list[c.FeatureSpec] = []
     strings: set[str] = set()
     values = np.empty((count, 0))
     for start in range(0, count, HISTORICAL_CALL_ROWS):
@@ -402,8 +409,11 @@ async def historical_values(
         block: np.ndarray[Any, Any] | None = None
         async for chunk in client.stub.GetHistoricalFeatures(request, timeout=600):
             if chunk.schema:
-                names = [s.name for s in chunk.schema]
+                schema = list(chunk.schema)
+                names = [s.name for s in schema]
                 block = np.full((len(part), len(names)), np.nan)
+            if chunk.feature_service:
+                service = chunk.feature_service
             assert block is not None
             for offset, row in enumerate(chunk.rows):
                 numbers = [_number(v) for v in row.values]
@@ -414,7 +424,7 @@ async def historical_values(
         assert block is not None
         values = block if start == 0 else np.vstack([values, block])
         await asyncio.sleep(0)
-    return HistoricalValues(tuple(names), values, frozenset(strings))
+    return HistoricalValues(tuple(names), values, frozenset(strings), tuple(schema), service)
 
 
 async def historical_matrix(

@@ -25,9 +25,9 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 import skops.io
@@ -221,15 +221,20 @@ class DatasetSplit:
     train: FeatureMatrix
     validation: FeatureMatrix
     test: FeatureMatrix
+    timed: bool = True
+    """False when the rows have no time (their timestamps are placeholders)."""
 
     def describe(self) -> dict[str, Any]:
+        timed = self.timed
+
         def part(m: FeatureMatrix) -> dict[str, Any]:
             return {
                 "rows": len(m),
                 "fraud": int(m.label.sum()),
                 "fraud_rate": float(m.label.mean()) if len(m) else 0.0,
-                "from_ts": int(m.timestamp.min()) if len(m) else None,
-                "to_ts": int(m.timestamp.max()) if len(m) else None,
+                "class_counts": np.bincount(m.label, minlength=2).tolist(),
+                "from_ts": int(m.timestamp.min()) if len(m) and timed else None,
+                "to_ts": int(m.timestamp.max()) if len(m) and timed else None,
             }
 
         return {
@@ -265,10 +270,13 @@ def split_dataset(matrix: FeatureMatrix, config: SplitConfig, seed: int) -> Data
             rest, test_size=val_share, stratify=matrix.label[rest], random_state=seed
         )
         train, val, test = np.sort(train), np.sort(val), np.sort(test)
+    classes = len(np.unique(matrix.label))
     for name, rows in (("train", train), ("validation", val), ("test", test)):
-        labels = matrix.label[rows]
-        if len(rows) == 0 or labels.min() == labels.max():
-            raise ValueError(f"the {name} part needs both classes; the data set is too small")
+        if len(np.unique(matrix.label[rows])) < max(classes, 2):
+            raise ValueError(
+                f"the {name} part needs rows of every class ({max(classes, 2)}); "
+                "the data set is too small"
+            )
     return DatasetSplit(config.method, matrix.take(train), matrix.take(val), matrix.take(test))
 
 
@@ -675,24 +683,55 @@ class Lineage:
     dataset_digest: str
     training_digest: str
     training_rows: int
-    training_from_ts: int
-    training_to_ts: int
+    training_from_ts: int | None  # None: the rows have no time
+    training_to_ts: int | None
     test_digest: str
     seed: int
 
 
+def lineage_of(parts: DatasetSplit, dataset_digest: str, test_digest: str, seed: int) -> Lineage:
+    """The training rows' lineage (their time range only when the rows have times)."""
+    train = parts.train
+    return Lineage(
+        dataset_digest=dataset_digest,
+        training_digest=matrix_digest(train),
+        training_rows=len(train),
+        training_from_ts=int(train.timestamp.min()) if parts.timed else None,
+        training_to_ts=int(train.timestamp.max()) if parts.timed else None,
+        test_digest=test_digest,
+        seed=seed,
+    )
+
+
 @dataclass(frozen=True)
-class ModelRun:
-    """What split → train → threshold → evaluate → gate produced, whatever the problem."""
+class FittedRun:
+    """What every run produced, whatever the problem: the split, the fitted model, the
+    gate's decision, the training rows' statistics, lineage and step timings."""
 
     split: DatasetSplit
     model: Any
-    threshold: ThresholdChoice
-    evaluation: Evaluation
     gate: GateDecision
     feature_stats: dict[str, dict[str, Any]]
     lineage: Lineage
     timings: dict[str, float]
+
+    def summary_parts(self, evaluation: dict[str, Any]) -> dict[str, Any]:
+        """Split, the problem's evaluation parts, gate, lineage and timings as JSON data."""
+        return {
+            "split": self.split.describe(),
+            **evaluation,
+            "gate": self.gate.to_dict(),
+            "lineage": asdict(self.lineage),
+            "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+
+
+@dataclass(frozen=True)
+class ModelRun(FittedRun):
+    """What split → train → threshold → evaluate → gate produced for a binary problem."""
+
+    threshold: ThresholdChoice
+    evaluation: Evaluation
 
     def core(self) -> dict[str, Any]:
         """The fields of the generic part, to build a subclass's instance from."""
@@ -700,14 +739,9 @@ class ModelRun:
 
     def evaluation_summary(self) -> dict[str, Any]:
         """Split, threshold, evaluation, gate, lineage and timings as JSON-ready data."""
-        return {
-            "split": self.split.describe(),
-            "threshold": asdict(self.threshold),
-            "evaluation": self.evaluation.to_dict(),
-            "gate": self.gate.to_dict(),
-            "lineage": asdict(self.lineage),
-            "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
-        }
+        return self.summary_parts(
+            {"threshold": asdict(self.threshold), "evaluation": self.evaluation.to_dict()}
+        )
 
 
 @dataclass(frozen=True)
@@ -733,11 +767,14 @@ class TrainingRun(ModelRun):
         }
 
 
+Metrics = TypeVar("Metrics")
+
+
 @dataclass(frozen=True)
-class Champion:
+class Champion(Generic[Metrics]):
     """The current production model's metrics and the digest of the rows they came from."""
 
-    metrics: ClassifierMetrics
+    metrics: Metrics
     test_digest: str | None = None
 
 
@@ -767,8 +804,9 @@ def fit_evaluate_gate(
     gate: GateConfig,
     dataset_digest: str,
     steps: Steps,
-    champion: Champion | None,
+    champion: Champion[ClassifierMetrics] | None,
     clock: StepClock,
+    timed: bool = True,
 ) -> ModelRun:
     """split → train → threshold → evaluate → gate on a feature matrix.
 
@@ -776,7 +814,7 @@ def fit_evaluate_gate(
     metrics on other rows are no comparison.
     """
     s, done = steps, clock.done
-    parts = s.split(features, split, seed)
+    parts = replace(s.split(features, split, seed), timed=timed)
     done("split")
     model = s.train(parts.train, estimator, seed)
     done("train")
@@ -785,31 +823,38 @@ def fit_evaluate_gate(
     done("threshold")
     evaluation = s.evaluate(model, parts.test, threshold)
     done("evaluate")
-    test_digest = matrix_digest(parts.test)
-    if champion is not None and champion.test_digest not in (None, test_digest):
-        raise ValueError(
-            f"the champion was evaluated on other test rows ({champion.test_digest[:12]}…, "
-            f"this run's are {test_digest[:12]}…): evaluate it on this run's test set"
-        )
+    test_digest = same_test_rows(parts.test, champion)
     decision = s.gate(evaluation, gate, champion.metrics if champion else None)
     stats = feature_statistics(parts.train)
-    lineage = Lineage(
-        dataset_digest=dataset_digest,
-        training_digest=matrix_digest(parts.train),
-        training_rows=len(parts.train),
-        training_from_ts=int(parts.train.timestamp.min()),
-        training_to_ts=int(parts.train.timestamp.max()),
-        test_digest=test_digest,
-        seed=seed,
-    )
+    lineage = lineage_of(parts, dataset_digest, test_digest, seed)
     done("gate")
-    return ModelRun(parts, model, threshold, evaluation, decision, stats, lineage, clock.timings)
+    return ModelRun(
+        split=parts,
+        model=model,
+        gate=decision,
+        feature_stats=stats,
+        lineage=lineage,
+        timings=clock.timings,
+        threshold=threshold,
+        evaluation=evaluation,
+    )
+
+
+def same_test_rows(test: FeatureMatrix, champion: Champion[Any] | None) -> str:
+    """The test rows' digest; a champion measured on other rows is refused."""
+    digest = matrix_digest(test)
+    if champion is not None and champion.test_digest not in (None, digest):
+        raise ValueError(
+            f"the champion was evaluated on other test rows ({champion.test_digest[:12]}…, "
+            f"this run's are {digest[:12]}…): evaluate it on this run's test set"
+        )
+    return digest
 
 
 def run_training(
     config: TrainingConfig,
     steps: Steps | None = None,
-    champion: Champion | None = None,
+    champion: Champion[ClassifierMetrics] | None = None,
     on_step: Callable[[str], None] | None = None,
 ) -> TrainingRun:
     """generate → features → split → train → threshold → evaluate → gate."""

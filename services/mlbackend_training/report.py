@@ -2,12 +2,16 @@
 
 Figures are drawn on plain :class:`matplotlib.figure.Figure` objects (Agg canvas),
 never through ``pyplot``'s global state, so reports can be made from any thread.
-The card leads with PR-AUC and recall at the chosen precision: at ~2 % fraud,
-accuracy says little (the majority class scores ~98 %).
+A binary card leads with PR-AUC and recall at the chosen precision: at ~2 % fraud,
+accuracy says little (the majority class scores ~98 %). A multiclass card leads with
+macro-F1 and has the K x K confusion matrix as its figure; it draws no ROC or PR
+curves (one-vs-rest curves would describe K binary problems the model was not
+thresholded for: serving picks the most probable class).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,10 +22,12 @@ from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from mlbackend_training.fraud_features import FEATURE_REFS
+from mlbackend_training.multiclass import MulticlassMetrics, MulticlassRun
 from mlbackend_training.pipeline import (
     ClassifierMetrics,
     EstimatorSpec,
     Evaluation,
+    FittedRun,
     ModelRun,
     TrainingRun,
 )
@@ -85,30 +91,39 @@ def plot_pr(evaluation: Evaluation, path: Path) -> Path:
     return path
 
 
-def plot_confusion(
-    evaluation: Evaluation, path: Path, classes: tuple[str, str] = ("legit", "fraud")
+def plot_confusion_matrices(
+    panels: Sequence[tuple[str, list[list[int]]]], classes: Sequence[str], path: Path
 ) -> Path:
-    panels = [(name, metrics) for name, _, metrics in _scored(evaluation)]
-    if len(panels) == 1:
-        panels.append(("majority class", evaluation.majority))
-    fig = Figure(figsize=(4.5 * len(panels), 4), dpi=100)
+    """One confusion matrix per scorer side by side (rows actual, columns predicted)."""
+    k = len(classes)
+    side = max(4.5, 1.2 + 0.6 * k)
+    fig = Figure(figsize=(side * len(panels), side - 0.5), dpi=100)
     FigureCanvasAgg(fig)
-    for i, (name, metrics) in enumerate(panels):
+    for i, (name, matrix) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
-        cm = np.array(metrics.confusion_matrix)
+        cm = np.array(matrix)
         ax.imshow(np.log1p(cm), cmap="Blues")
         for (r, c), v in np.ndenumerate(cm):
-            ax.text(c, r, f"{v:,}", ha="center", va="center", fontsize=11)
-        ax.set_xticks([0, 1], list(classes))
-        ax.set_yticks([0, 1], list(classes))
+            ax.text(c, r, f"{v:,}", ha="center", va="center", fontsize=11 if k <= 4 else 8)
+        ax.set_xticks(range(k), list(classes), rotation=30 if k > 3 else 0)
+        ax.set_yticks(range(k), list(classes))
         ax.set(xlabel="predicted", ylabel="actual", title=name)
     fig.tight_layout()
     fig.savefig(path)
     return path
 
 
+def plot_confusion(
+    evaluation: Evaluation, path: Path, classes: Sequence[str] = ("legit", "fraud")
+) -> Path:
+    panels = [(name, metrics.confusion_matrix) for name, _, metrics in _scored(evaluation)]
+    if len(panels) == 1:
+        panels.append(("majority class", evaluation.majority.confusion_matrix))
+    return plot_confusion_matrices(panels, classes, path)
+
+
 def write_figures(
-    evaluation: Evaluation, directory: Path, classes: tuple[str, str] = ("legit", "fraud")
+    evaluation: Evaluation, directory: Path, classes: Sequence[str] = ("legit", "fraud")
 ) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     return [
@@ -169,7 +184,7 @@ def render_card(
 ) -> str:
     """A model card: headline, metrics next to the baselines, threshold, data, split,
     lineage, model, features (name and source, in signature order) and the figures."""
-    ev, lin, split = run.evaluation, run.lineage, run.split.describe()
+    ev = run.evaluation
     m = ev.model
     target = m.precision_target
     lines = [
@@ -197,23 +212,56 @@ def render_card(
         f"recall {run.threshold.validation_recall:.4f}",
         f"- on test: precision {m.precision:.4f}, recall {m.recall:.4f}",
         "",
-        "## Data",
-        "",
-        *data_lines,
-        f"- split: **{split['method']}**",
     ]
+
+    def counts(p: dict[str, Any]) -> str:
+        return f"{p['fraud']:,} {positive_noun} ({p['fraud_rate']:.4f})"
+
+    lines += card_sections(
+        run,
+        estimator=estimator,
+        data_lines=data_lines,
+        class_counts=counts,
+        feature_rows=feature_rows,
+        feature_note=feature_note,
+        extra=extra,
+        figures=f"![PR curve]({PR_PNG}) ![ROC curve]({ROC_PNG}) "
+        f"![confusion matrix]({CONFUSION_PNG})",
+    )
+    return "\n".join(lines)
+
+
+def card_sections(
+    run: FittedRun,
+    *,
+    estimator: EstimatorSpec,
+    data_lines: list[str],
+    class_counts: Callable[[dict[str, Any]], str],
+    feature_rows: list[tuple[str, str]],
+    feature_note: str,
+    extra: dict[str, Any] | None,
+    figures: str,
+) -> list[str]:
+    """The sections every card ends with: data and split (``class_counts`` describes a
+    part's labels), lineage, model, features in signature order, figures. Without row
+    times (the split's ``timed``), no time ranges are shown."""
+    lin, split = run.lineage, run.split.describe()
+
+    def span(start: int | None, end: int | None) -> str:
+        return f", {_iso(start)} → {_iso(end)} UTC" if start is not None else ""
+
+    lines = ["## Data", "", *data_lines, f"- split: **{split['method']}**"]
     for part in ("train", "validation", "test"):
         p = split[part]
         lines.append(
-            f"  - {part}: {p['rows']:,} rows, {p['fraud']:,} {positive_noun} "
-            f"({p['fraud_rate']:.4f}), {_iso(p['from_ts'])} → {_iso(p['to_ts'])} UTC"
+            f"  - {part}: {p['rows']:,} rows, {class_counts(p)}{span(p['from_ts'], p['to_ts'])}"
         )
     lines += [
         "",
         "## Lineage",
         "",
-        f"- training rows: {lin.training_rows:,}, {_iso(lin.training_from_ts)} → "
-        f"{_iso(lin.training_to_ts)} UTC",
+        f"- training rows: {lin.training_rows:,}"
+        + (span(lin.training_from_ts, lin.training_to_ts) or " (no row times)"),
         f"- training data digest (sha256 of the rows trained on): `{lin.training_digest}`",
         f"- seed: {lin.seed}",
     ]
@@ -235,13 +283,99 @@ def render_card(
     ]
     for i, (name, source) in enumerate(feature_rows):
         lines.append(f"| {i} | `{name}` | {source} |")
-    lines += [
+    lines += ["", "## Figures", "", figures, ""]
+    return lines
+
+
+def write_multiclass_figures(run: MulticlassRun, directory: Path) -> list[Path]:
+    """The K x K confusion matrices of the model and the majority class (no curves)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ev = run.evaluation
+    panels = [
+        ("model", ev.model.confusion_matrix),
+        (f"majority class ({ev.majority_class})", ev.majority.confusion_matrix),
+    ]
+    return [plot_confusion_matrices(panels, ev.classes, directory / CONFUSION_PNG)]
+
+
+def _multiclass_row(name: str, m: MulticlassMetrics) -> str:
+    return (
+        f"| {name} | {m.accuracy:.4f} | {m.macro_f1:.4f} | {m.weighted_f1:.4f} | {m.log_loss:.4f} |"
+    )
+
+
+def render_multiclass_card(
+    *,
+    title: str,
+    run: MulticlassRun,
+    estimator: EstimatorSpec,
+    data_lines: list[str],
+    feature_rows: list[tuple[str, str]],
+    feature_note: str,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """A multiclass model card: macro-F1 first, the model next to the majority class,
+    per-class scores, the confusion matrix as a table and a figure, then the sections
+    every card has."""
+    ev = run.evaluation
+    m, base = ev.model, ev.majority
+    names = list(ev.classes)
+    lines = [
+        f"# {title}",
         "",
-        "## Figures",
+        f"**macro-F1 {m.macro_f1:.4f}** (majority class {base.macro_f1:.4f}) · accuracy "
+        f"{m.accuracy:.4f} ({base.accuracy:.4f}) · log loss {m.log_loss:.4f} "
+        f"({base.log_loss:.4f}) on the held-out test rows ({m.rows:,} rows, "
+        f"{len(names)} classes).",
         "",
-        f"![PR curve]({PR_PNG}) ![ROC curve]({ROC_PNG}) ![confusion matrix]({CONFUSION_PNG})",
+        f"Quality gate: **{'passed' if run.gate.passed else 'refused'}** — {run.gate.reason}",
+        "",
+        "## Metrics on the test rows",
+        "",
+        "Same rows for both scorers. The model predicts its most probable class (no "
+        "decision threshold; serving does the same). Baseline: the training rows' "
+        f"majority class (`{ev.majority_class}`), with their class frequencies as its "
+        "probabilities for the log loss.",
+        "",
+        "| scorer | accuracy | macro-F1 | weighted-F1 | log loss |",
+        "|---|---|---|---|---|",
+        _multiclass_row("model", m),
+        _multiclass_row("majority class", base),
+        "",
+        "## Per class (model)",
+        "",
+        "| code | class | precision | recall | F1 | support |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {i} | `{name}` | {c.precision:.4f} | {c.recall:.4f} | {c.f1:.4f} | {c.support:,} |"
+            for i, (name, c) in enumerate(m.per_class.items())
+        ),
+        "",
+        "## Confusion matrix (model; rows actual, columns predicted)",
+        "",
+        "| actual \\ predicted | " + " | ".join(f"`{n}`" for n in names) + " |",
+        "|---" * (len(names) + 1) + "|",
+        *(
+            f"| `{name}` | " + " | ".join(f"{v:,}" for v in row) + " |"
+            for name, row in zip(names, m.confusion_matrix, strict=True)
+        ),
         "",
     ]
+
+    def counts(p: dict[str, Any]) -> str:
+        return ", ".join(f"{n} {k:,}" for n, k in zip(names, p["class_counts"], strict=False))
+
+    lines += card_sections(
+        run,
+        estimator=estimator,
+        data_lines=data_lines,
+        class_counts=counts,
+        feature_rows=feature_rows,
+        feature_note=feature_note,
+        extra=extra,
+        figures=f"![confusion matrix]({CONFUSION_PNG}) (no ROC or PR curves: the model is "
+        "not thresholded per class)",
+    )
     return "\n".join(lines)
 
 

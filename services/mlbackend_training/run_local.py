@@ -34,7 +34,7 @@ from mlbackend_training.pipeline import (
     Champion,
     ClassifierMetrics,
     EstimatorSpec,
-    ModelRun,
+    FittedRun,
     Steps,
     TrainingConfig,
     TrainingRun,
@@ -76,15 +76,16 @@ def make_run_dir(data_dir: Path, run_id: str) -> Path:
 
 def write_artifacts(
     directory: Path,
-    run: ModelRun,
+    run: FittedRun,
     card: Callable[[str], str],
     summary: dict[str, Any],
-    classes: tuple[str, str] = ("legit", "fraud"),
+    figures: Callable[[Path], object],
 ) -> dict[str, Any]:
-    """model.skops, figures, the model card (given the artifact's sha256), feature
-    statistics and metrics.json (``summary`` plus the artifact); returns the summary."""
+    """model.skops, ``figures`` (drawn into the directory), the model card (given the
+    artifact's sha256), feature statistics and metrics.json (``summary`` plus the
+    artifact); returns the summary."""
     sha256 = save_model(run.model, directory / MODEL_FILE)
-    write_figures(run.evaluation, directory, classes)
+    figures(directory)
     (directory / MODEL_CARD).write_text(card(sha256), encoding="utf-8")
     _write_json(directory / FEATURE_STATS_FILE, run.feature_stats)
     out = {
@@ -102,7 +103,7 @@ def run_local(
     data_dir: Path,
     *,
     run_id: str | None = None,
-    champion: Champion | None = None,
+    champion: Champion[ClassifierMetrics] | None = None,
     steps: Steps | None = None,
     progress: bool = False,
 ) -> LocalRun:
@@ -136,6 +137,7 @@ def run_local(
                 },
                 "feature_refs": {"inputs": FEATURE_REFS, "stored": list(STORED_FEATURE_REFS)},
             },
+            lambda directory: write_figures(run.evaluation, directory),
         )
         bar.update()
     return LocalRun(rid, directory, run, summary)
@@ -244,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _load_champion(path: Path | None) -> Champion | None:
+def _load_champion(path: Path | None) -> Champion[ClassifierMetrics] | None:
     """A champion from its run's ``metrics.json`` (its model's metrics and test rows)."""
     if path is None:
         return None

@@ -22,7 +22,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import grpc
 import numpy as np
@@ -42,9 +42,9 @@ from mlbackend_training.pipeline import (
     Champion,
     ClassifierMetrics,
     Evaluation,
+    FittedRun,
     GateConfig,
     GateDecision,
-    ModelRun,
     Steps,
     TrainingConfig,
     classifier_metrics,
@@ -81,10 +81,13 @@ class FlowResult:
         return self.local.summary
 
 
+Metrics = TypeVar("Metrics")
+
+
 @dataclass(frozen=True)
-class ChampionEvaluation:
+class ChampionEvaluation(Generic[Metrics]):
     version: int | None
-    champion: Champion | None
+    champion: Champion[Metrics] | None
     problem: str | None
 
 
@@ -192,12 +195,39 @@ def gate_with(
     def gate(
         evaluation: Evaluation, config: GateConfig, champion: ClassifierMetrics | None
     ) -> GateDecision:
-        decision = quality_gate(evaluation, config, champion)
-        if problem is None:
-            return decision
-        return GateDecision(False, (*decision.failures, problem), decision.checks)
+        return refuse_if(problem, quality_gate(evaluation, config, champion))
 
     return gate
+
+
+def refuse_if(problem: str | None, decision: GateDecision) -> GateDecision:
+    """``decision``, failed as well with ``problem`` (a champion that could not be
+    evaluated on this run's test rows) when there is one."""
+    if problem is None:
+        return decision
+    return GateDecision(False, (*decision.failures, problem), decision.checks)
+
+
+def binary_measure(
+    precision_target: float, recall_target: float | None = None
+) -> Callable[[Any, FeatureMatrix, FeatureMatrix, r.ModelVersion], ClassifierMetrics]:
+    """A binary champion's metrics on the test rows, at its own decision threshold."""
+
+    def measure(
+        estimator: Any, inputs: FeatureMatrix, test: FeatureMatrix, champion: r.ModelVersion
+    ) -> ClassifierMetrics:
+        if len(champion.output.classes) != 2:
+            raise ValueError(f"it predicts {len(champion.output.classes)} classes, not 2")
+        score = fraud_probability(estimator, inputs)
+        threshold = (
+            champion.output.decision_threshold if champion.output.HasField("decision_threshold")
+            else 0.5
+        )  # fmt: skip
+        return classifier_metrics(
+            test.label, score, threshold, precision_target, recall_target=recall_target
+        )
+
+    return measure
 
 
 async def evaluate_champion(
@@ -205,14 +235,14 @@ async def evaluate_champion(
     model: str,
     test: FeatureMatrix,
     inputs: Callable[[r.ModelVersion], Awaitable[FeatureMatrix]],
-    *,
-    precision_target: float,
-    recall_target: float | None = None,
-) -> ChampionEvaluation:
-    """The ``production`` version's metrics on ``test``'s rows, at its own threshold.
+    measure: Callable[[Any, FeatureMatrix, FeatureMatrix, r.ModelVersion], Metrics],
+) -> ChampionEvaluation[Metrics]:
+    """The ``production`` version's metrics on ``test``'s rows (:func:`binary_measure`:
+    at its own threshold).
 
     ``inputs`` gives the champion's inputs for those rows, in its signature's order (read
-    through its own feature service, or encoded with its own category codes).
+    through its own feature service, or encoded with its own category codes); ``measure``
+    scores the loaded estimator on them (a ``ValueError`` when it does not fit this run).
     """
     name = f"models/{model}/versions/{ALIAS}"
     try:
@@ -233,14 +263,7 @@ async def evaluate_champion(
         expected = [s.name for s in champion.signature.features]
         if list(matrix.names) != expected:
             raise ValueError(f"its inputs are {list(matrix.names)}, its signature needs {expected}")
-        score = fraud_probability(estimator, matrix)
-        threshold = (
-            champion.output.decision_threshold if champion.output.HasField("decision_threshold")
-            else 0.5
-        )  # fmt: skip
-        metrics = classifier_metrics(
-            test.label, score, threshold, precision_target, recall_target=recall_target
-        )
+        metrics = measure(estimator, matrix, test, champion)
     except (RpcError, grpc.aio.AioRpcError, ValueError, KeyError) as exc:
         problem = (
             f"champion {model}@{champion.version} could not be evaluated on this test set: {exc}"
@@ -256,7 +279,7 @@ async def _evaluate_champion(
     dataset: FraudDataset,
     test: FeatureMatrix,
     config: TrainingConfig,
-) -> ChampionEvaluation:
+) -> ChampionEvaluation[ClassifierMetrics]:
     """The fraud champion, read through its own feature service."""
     index = {tid: i for i, tid in enumerate(dataset.transactions.transaction_id.tolist())}
 
@@ -267,7 +290,7 @@ async def _evaluate_champion(
         )
 
     return await evaluate_champion(
-        registry, model, test, inputs, precision_target=config.precision_target
+        registry, model, test, inputs, binary_measure(config.precision_target)
     )
 
 
@@ -280,7 +303,8 @@ def _ts(seconds: int) -> timestamp_pb2.Timestamp:
     return out
 
 
-def _metrics(summary: dict[str, Any]) -> dict[str, float]:
+def binary_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """A binary run's metrics as the registry stores them (baselines prefixed)."""
     ev = summary["evaluation"]
     out: dict[str, float] = {}
     scorers = [("", ev["model"])] + [
@@ -316,10 +340,14 @@ def _params(config: TrainingConfig) -> dict[str, str]:
 
 
 def baseline_statistics(
-    stats: dict[str, dict[str, Any]], start: int, end: int
+    stats: dict[str, dict[str, Any]], start: int | None, end: int | None
 ) -> c.DatasetStatistics:
-    """The training rows' per-input statistics as the registry stores them."""
-    out = c.DatasetStatistics(start_time=_ts(start), end_time=_ts(end))
+    """The training rows' per-input statistics as the registry stores them (their time
+    range only when the rows have times)."""
+    out = c.DatasetStatistics()
+    if start is not None and end is not None:
+        out.start_time.CopyFrom(_ts(start))
+        out.end_time.CopyFrom(_ts(end))
     for name, s in stats.items():
         entry = c.FeatureStatistics(
             name=name, count=int(s["count"]), null_count=int(s["null_count"])
@@ -354,8 +382,10 @@ async def register_version(
     model: str,
     directory: Path,
     summary: dict[str, Any],
-    run: ModelRun,
+    run: FittedRun,
     *,
+    output: c.OutputSpec,
+    metrics: dict[str, float],
     signature: list[c.FeatureSpec],
     feature_service: str,
     feature_refs: list[str],
@@ -366,22 +396,19 @@ async def register_version(
     input_example: list[c.FeatureMap],
 ) -> r.ModelVersion:
     """Upload the run's artifact as a new version of ``model`` with its metadata: metrics,
-    params, signature, binary output with the threshold, feature service, baseline
-    statistics of the training rows and lineage linking back to the run directory."""
+    params, signature, output spec, feature service, baseline statistics of the training
+    rows and lineage linking back to the run directory (with the rows' time range when
+    they have times)."""
     lineage = run.lineage
     run_uri = await asyncio.to_thread(lambda: directory.resolve().as_uri())
     version = r.ModelVersion(
         artifact=r.Artifact(format=c.ARTIFACT_FORMAT_SKOPS),
         framework=r.Framework(name="scikit-learn", version=sklearn.__version__),
         signature=c.InputSignature(features=signature),
-        output=c.OutputSpec(
-            kind=c.OUTPUT_KIND_CLASSIFIER,
-            classes=[c.Value(int64_value=0), c.Value(int64_value=1)],
-            decision_threshold=run.threshold.threshold,
-        ),
+        output=output,
         feature_refs=feature_refs,
         feature_service=feature_service,
-        metrics=_metrics(summary),
+        metrics=metrics,
         params=params,
         tags={
             "training.run_id": directory.name,
@@ -393,8 +420,6 @@ async def register_version(
         description=description,
         lineage=r.Lineage(
             source=source,
-            data_start_time=_ts(lineage.training_from_ts),
-            data_end_time=_ts(lineage.training_to_ts),
             row_count=lineage.training_rows,
             data_sha256=lineage.training_digest,
             run_id=directory.name,
@@ -405,6 +430,9 @@ async def register_version(
         ),
         input_example=input_example,
     )
+    if lineage.training_from_ts is not None and lineage.training_to_ts is not None:
+        version.lineage.data_start_time.CopyFrom(_ts(lineage.training_from_ts))
+        version.lineage.data_end_time.CopyFrom(_ts(lineage.training_to_ts))
     return await registry.upload_version(
         f"models/{model}",
         directory / MODEL_FILE,
@@ -431,6 +459,8 @@ async def _register(
         local.directory,
         local.summary,
         run,
+        output=classifier_output(2, run.threshold.threshold),
+        metrics=binary_metrics(local.summary),
         signature=[
             c.FeatureSpec(name=n, dtype=c.DATA_TYPE_DOUBLE, nullable=n in nullable)
             for n in train.names
@@ -450,6 +480,17 @@ async def _register(
         f"(synthetic fraud data, seed {run.config.seed}, sha256 {run.lineage.dataset_digest})",
         input_example=input_example(run.split.validation),
     )
+
+
+def classifier_output(classes: int, threshold: float | None = None) -> c.OutputSpec:
+    """Classes ``0 … classes-1`` (the estimator's order: labels are trained as those
+    codes); a binary classifier's decision threshold applies to P(1)."""
+    out = c.OutputSpec(
+        kind=c.OUTPUT_KIND_CLASSIFIER, classes=[c.Value(int64_value=i) for i in range(classes)]
+    )
+    if threshold is not None:
+        out.decision_threshold = threshold
+    return out
 
 
 async def upload_attachment(registry: RegistryClient, parent: str, path: Path) -> r.Attachment:

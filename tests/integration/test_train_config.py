@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pyarrow.csv
 import pyarrow.parquet
@@ -32,7 +33,7 @@ from mlbackend_clients.serving import ServingClient
 from mlbackend_models.loader import load_artifact
 from mlbackend_runtime.server import RunningServer
 from mlbackend_training.config import parse_config
-from mlbackend_training.tabular import train_from_config
+from mlbackend_training.tabular import format_result, train_from_config
 
 from conftest import Connect, StartService
 
@@ -68,6 +69,38 @@ async def _version(registry: RegistryClient, ref: str) -> r.ModelVersion:
     return got.model_version
 
 
+NOT_LOADED = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE,
+              grpc.StatusCode.FAILED_PRECONDITION)  # fmt: skip
+
+
+async def predict(
+    serving: ServingClient, model: str, version: r.ModelVersion, rows: np.ndarray[Any, Any]
+) -> serving_pb2.PredictResponse:
+    """Serving's answer for ``rows`` (values typed as the signature says; NaN = null),
+    waiting (bounded) while serving has not loaded the promoted version yet."""
+    spec = list(version.signature.features)
+    request = serving_pb2.PredictRequest(
+        model=model,
+        rows=[
+            c.FeatureMap(values={
+                s.name: c.Value(null_value=0) if np.isnan(v)
+                else c.Value(int64_value=int(v)) if s.dtype == c.DATA_TYPE_INT64
+                else c.Value(double_value=float(v))
+                for s, v in zip(spec, row, strict=True)
+            })
+            for row in rows
+        ],
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return await serving.stub.Predict(request, timeout=10)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in NOT_LOADED or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
 async def test_csv_config_registers_promotes_serves_and_refuses_a_weak_run(
     registry_server: RunningServer,
     registry: RegistryClient,
@@ -94,7 +127,7 @@ async def test_csv_config_registers_promotes_serves_and_refuses_a_weak_run(
         "month-to-month", "one-year", "two-year"
     ]  # fmt: skip
     assert json.loads(got.params["label"]) == {"column": "churned", "0": "no", "1": "yes"}
-    assert first.run.data.sha256 in got.lineage.source and cfg.digest() in got.lineage.source
+    assert first.inputs.data.sha256 in got.lineage.source and cfg.digest() in got.lineage.source
     assert got.lineage.row_count == len(first.run.split.train)
     assert got.lineage.run_uri.endswith(first.run_id)
     assert got.tags["training.config_sha256"] == cfg.digest()
@@ -112,27 +145,7 @@ async def test_csv_config_registers_promotes_serves_and_refuses_a_weak_run(
     server = await start_service("serving", registry=registry_server.address)
     serving = connect("serving", server)
     assert isinstance(serving, ServingClient)
-    request = serving_pb2.PredictRequest(
-        model="churn",
-        rows=[
-            c.FeatureMap(values={
-                n: c.Value(null_value=0) if np.isnan(v)
-                else c.Value(int64_value=int(v)) if dtypes[n] == c.DATA_TYPE_INT64
-                else c.Value(double_value=float(v))
-                for n, v in zip(names, row, strict=True)
-            })
-            for row in rows
-        ],
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            response = await serving.stub.Predict(request, timeout=10)
-            break
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
+    response = await predict(serving, "churn", got, rows)
     assert response.version == 1
     served = np.array([p.probabilities for p in response.predictions])
     np.testing.assert_allclose(served, estimator.predict_proba(rows), rtol=0, atol=1e-9)
@@ -175,7 +188,7 @@ async def test_parquet_trains_like_csv_with_a_recall_target(
         config(parquet, threshold=threshold, gate=gate), tmp_path, registry
     )
     assert from_parquet.summary["evaluation"] == from_csv.summary["evaluation"]
-    assert from_parquet.run.data.sha256 != from_csv.run.data.sha256
+    assert from_parquet.inputs.data.sha256 != from_csv.inputs.data.sha256
     assert from_parquet.promoted and from_parquet.version == 2
     model = from_parquet.summary["evaluation"]["model"]
     assert model["recall_target"] == 0.7 and model["precision_at_recall"] > 0.2
@@ -206,3 +219,80 @@ async def test_cli_trains_from_the_example_config(
     )
     assert human.returncode == 0, human.stderr
     assert "registered churn@2" in human.stdout and "--no-promote given" in human.stdout
+
+
+PLANS = EXAMPLE.parent / "plans"
+
+
+async def test_multiclass_registers_promotes_and_serves_per_class_probabilities(
+    registry_server: RunningServer,
+    registry: RegistryClient,
+    start_service: StartService,
+    connect: Connect,
+    tmp_path: Path,
+) -> None:
+    raw = yaml.safe_load((PLANS / "plans.yaml").read_text())
+    raw["data"] = {"path": str(PLANS / "plans.csv")}
+    first = await train_from_config(parse_config(raw), tmp_path, registry)
+    assert (first.version, first.promoted) == (1, True), first.decision
+    got = await registry.stub.GetModelVersion(
+        r.GetModelVersionRequest(name="models/plans/versions/production")
+    )
+    version = got.model_version
+    assert version.version == 1
+    assert [v.int64_value for v in version.output.classes] == [0, 1, 2]
+    assert not version.output.HasField("decision_threshold")
+    assert json.loads(version.params["label"]) == {
+        "column": "plan", "0": "basic", "1": "plus", "2": "premium"
+    }  # fmt: skip
+    assert "threshold" not in version.params
+    assert version.tags["training.problem"] == "multiclass"
+    ev = first.run.evaluation
+    assert version.metrics["macro_f1"] == pytest.approx(ev.model.macro_f1)
+    assert version.metrics["class_2.recall"] == pytest.approx(ev.model.per_class["premium"].recall)
+    assert version.metrics["majority.macro_f1"] < version.metrics["macro_f1"]
+    assert version.lineage.HasField("data_start_time")
+    text = format_result(first)
+    assert "3 classes (basic 1," in text and "registered plans@1" in text
+    words = [line.split() for line in text.splitlines()]
+    assert ["model", f"{ev.model.accuracy:.3f}", f"{ev.model.macro_f1:.3f}"] in [
+        w[:3] for w in words
+    ]
+
+    # Serving follows the registry: per-class probabilities in code order, label = argmax.
+    estimator = load_artifact(
+        first.directory / "model.skops", expected_sha256=version.artifact.sha256
+    )
+    rows = first.run.split.test.values[:30]
+    server = await start_service("serving", registry=registry_server.address)
+    serving = connect("serving", server)
+    assert isinstance(serving, ServingClient)
+    response = await predict(serving, "plans", version, rows)
+    assert response.version == 1
+    served = np.array([p.probabilities for p in response.predictions])
+    expected = estimator.predict_proba(rows)
+    assert served.shape == (30, 3)
+    np.testing.assert_allclose(served, expected, rtol=0, atol=1e-9)
+    labels = [p.label.int64_value for p in response.predictions]
+    assert labels == expected.argmax(axis=1).tolist()
+    assert len(set(labels)) > 1  # the rows are not all one class
+
+    # A weak configuration: registered, refused against the champion's macro-F1.
+    weak = dict(raw, estimator={"name": "decision_tree", "params": {"max_depth": 1}},
+                gate={"must_beat_majority": False})  # fmt: skip
+    second = await train_from_config(parse_config(weak), tmp_path, registry)
+    assert (second.version, second.promoted, second.champion_version) == (2, False, 1)
+    assert "macro-F1" in second.decision and "worse than champion's" in second.decision
+
+
+async def test_no_timestamp_column_registers_no_time_range(
+    registry: RegistryClient, tmp_path: Path
+) -> None:
+    cfg = config(EXAMPLE / "churn.csv", timestamp=None, split={"method": "stratified", "seed": 1})
+    result = await train_from_config(cfg, tmp_path, registry)
+    got = await _version(registry, str(result.version))
+    assert not got.lineage.HasField("data_start_time")
+    assert not got.lineage.HasField("data_end_time")
+    assert not got.baseline_statistics.HasField("start_time")
+    assert "UTC" not in got.lineage.source and "1970" not in got.lineage.source
+    assert got.lineage.row_count == len(result.run.split.train)

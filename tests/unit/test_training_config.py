@@ -94,12 +94,26 @@ def test_data_file_problems_are_clear(header_and_rows: str, message: str, tmp_pa
         load_data(cfg)
 
 
-def test_label_must_be_binary_with_a_known_positive_class(tmp_path: Path) -> None:
+def test_a_binary_config_on_a_three_valued_label_names_every_conflict(tmp_path: Path) -> None:
     text = (EXAMPLE / "churn.csv").read_text().splitlines()
     three = [text[0], *text[1:50], text[50].rsplit(",", 1)[0] + ",maybe"]
     cfg = _write_csv(tmp_path / "three.csv", "\n".join(three) + "\n")
-    with pytest.raises(DataError, match=r"label: column 'churned' has 3 distinct value\(s\)"):
+    with pytest.raises(DataError) as raised:
         load_data(cfg)
+    message = str(raised.value)
+    assert "label: column 'churned' has 3 distinct values ['maybe', 'no', 'yes'] (multiclass)" in (
+        message
+    )
+    assert "label.positive: only for a binary label" in message
+    assert "threshold: a multiclass label has no decision threshold" in message
+    assert "gate.min_pr_auc: only for a binary label" in message
+    one = [text[0], *(line for line in text[1:80] if line.endswith(",no"))]
+    cfg = _write_csv(tmp_path / "one.csv", "\n".join(one) + "\n")
+    with pytest.raises(DataError, match=r"has 1 distinct value\(s\) \['no'\]; a classifier needs"):
+        load_data(cfg)
+
+
+def test_label_must_have_a_known_positive_class() -> None:
     cfg = parse_config(raw(label={"column": "churned"}))
     with pytest.raises(DataError, match=r"label\.positive: say which of \['no', 'yes'\]"):
         load_data(cfg)
