@@ -1,5 +1,5 @@
 """``mlbackend features …``: apply definitions from YAML or a Python module, export
-point-in-time data as Parquet or CSV.
+point-in-time data as Parquet or CSV, materialize offline history into the online store.
 
 Definitions come from a YAML file, or from Python: ``defs.py`` (every definition built
 at the module's top level with ``mlbackend_clients.feature_definitions``), ``defs.py:name``
@@ -42,12 +42,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+import grpc
 import yaml
-from google.protobuf import json_format
+from google.protobuf import json_format, timestamp_pb2
+from tqdm import tqdm
 
 from mlbackend.common.v1 import common_pb2
 from mlbackend.features.v1 import features_pb2 as pb
 from mlbackend_clients.channel import ChannelOptions
+from mlbackend_clients.errors import decode_error
 from mlbackend_clients.feature_definitions import apply_request, definitions_in, parse_duration
 from mlbackend_clients.features import FeatureStoreClient
 
@@ -175,14 +178,41 @@ def add_parser(commands: Any) -> None:
     group = export.add_mutually_exclusive_group(required=True)
     group.add_argument("--feature-service")
     group.add_argument("--feature-refs", help="comma-separated view:feature list")
-    for parser in (apply, export):
+    materialize = sub.add_parser(
+        "materialize",
+        help="copy the newest offline value per entity into the online store, with progress",
+        description="Incremental by default: each view continues from where its last run "
+        "ended, up to now. --start/--end (ISO 8601, e.g. 2026-11-01T00:00:00Z) give an "
+        "explicit event-time range.",
+    )
+    materialize.add_argument("views", nargs="*", help="feature views (default: every online view)")
+    materialize.add_argument("--start", type=_timestamp, help="event-time range start")
+    materialize.add_argument("--end", type=_timestamp, help="event-time range end (default now)")
+    for parser in (apply, export, materialize):
         parser.add_argument("--target", default="127.0.0.1:50051", help="feature store address")
         parser.add_argument("--token", default=None, help="bearer token (or MLBACKEND_TOKEN)")
 
 
+def _timestamp(text: str) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    try:
+        stamp.FromJsonString(text if "T" in text else text + "T00:00:00Z")
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time such as 2026-11-01T00:00:00Z"
+        ) from None
+    return stamp
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the ``features`` subcommand named by ``args``; the exit code."""
-    return asyncio.run(_run(args))
+    try:
+        return asyncio.run(_run(args))
+    except grpc.aio.AioRpcError as raw:
+        exc = decode_error(raw)
+        details = "".join(f"\n  {v.field}: {v.description}" for v in exc.violations)
+        print(f"mlbackend features {args.features_command}: {exc}{details}", file=sys.stderr)
+        return 1
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -197,7 +227,35 @@ async def _run(args: argparse.Namespace) -> int:
                 detail = f"  ({change.detail})" if change.detail else ""
                 print(f"{change.kind:16} {change.name:24} {kind:10} r{change.revision}{detail}")
             return 0
+        if args.features_command == "materialize":
+            return await _materialize(client, args)
         return await _export(client, args)
+
+
+async def _materialize(client: FeatureStoreClient, args: argparse.Namespace) -> int:
+    request = pb.MaterializeRequest(feature_views=args.views)
+    if args.start is not None:
+        request.start_time.CopyFrom(args.start)
+    if args.end is not None:
+        request.end_time.CopyFrom(args.end)
+    bars: dict[str, tqdm[Any]] = {}
+    try:
+        async for progress in client.stub.Materialize(request, timeout=3600):
+            if progress.feature_view not in bars:
+                bars[progress.feature_view] = tqdm(
+                    total=progress.rows_total, desc=progress.feature_view, unit="entity"
+                )
+            bar = bars[progress.feature_view]
+            bar.update(progress.rows_done - bar.n)
+            if progress.done:
+                bar.close()
+                until = progress.materialized_until.ToJsonString()
+                print(f"{progress.feature_view}: {progress.rows_done} entities copied, "
+                      f"materialized until {until}", file=sys.stderr)  # fmt: skip
+    finally:
+        for bar in bars.values():
+            bar.close()
+    return 0
 
 
 def _entity_rows(path: Path) -> list[pb.EntityRow]:

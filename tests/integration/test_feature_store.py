@@ -651,6 +651,35 @@ async def test_cli_applies_yaml_and_exports_point_in_time_csv(
     assert out.read_text().splitlines() == ["row,user_stats:amount,amount_z", "0,12.0,1.0", "1,,"]
 
 
+async def test_cli_materializes_incrementally_with_progress(
+    start_service: StartService, connect: Connect, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from mlbackend_cli import features_cmd
+
+    server, client = await ready(start_service, connect)
+    now = datetime.now(UTC)
+    rows = [row(f"u{i}", now - timedelta(seconds=i), float(i), i, "DE") for i in range(1, 41)]
+    await client.stub.WriteFeatures(f.WriteFeaturesRequest(batch=batch(rows)), timeout=10)
+    argv = ["features", "materialize", "user_stats", "--target", server.address]
+    assert await asyncio.to_thread(features_cmd.main, argv) == 0
+    first = capfd.readouterr().err
+    assert "40/40" in first and "user_stats: 40 entities copied" in first
+    # Incremental: the next run starts where this one ended, so nothing is left to copy.
+    assert await asyncio.to_thread(features_cmd.main, argv) == 0
+    assert "user_stats: 0 entities copied" in capfd.readouterr().err
+    # An explicit range copies again; a bad view or time is a clear error, not a traceback.
+    since = (now - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    argv = ["features", "materialize", "user_stats", "--start", since, "--target", server.address]
+    assert await asyncio.to_thread(features_cmd.main, argv) == 0
+    assert "user_stats: 40 entities copied" in capfd.readouterr().err
+    argv = ["features", "materialize", "nope", "--target", server.address]
+    assert await asyncio.to_thread(features_cmd.main, argv) == 1
+    assert "mlbackend features materialize:" in capfd.readouterr().err
+    with pytest.raises(SystemExit):
+        features_cmd.main(["features", "materialize", "--start", "yesterday"])
+    assert "ISO 8601" in capfd.readouterr().err
+
+
 async def test_redis_online_store_answers_like_sqlite(
     start_service: StartService, connect: Connect, tmp_path: Path
 ) -> None:
