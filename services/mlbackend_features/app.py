@@ -13,7 +13,7 @@ from mlbackend_features.core.service import FeatureStore
 from mlbackend_features.stores.definitions import DefinitionStore, SqliteDefinitionStore
 from mlbackend_features.stores.definitions_postgres import PostgresDefinitionStore
 from mlbackend_features.stores.offline import OfflineStore
-from mlbackend_features.stores.offline_postgres import PostgresOfflineStore, is_postgres_url
+from mlbackend_features.stores.offline_postgres import PostgresOfflineStore
 from mlbackend_features.stores.offline_sqlite import SqliteOfflineStore
 from mlbackend_features.stores.online import OnlineStore
 from mlbackend_features.stores.online_redis import RedisOnlineStore
@@ -23,6 +23,7 @@ from mlbackend_features.transport.servicer import FeatureStoreServicer
 from mlbackend_runtime.errors import DomainError
 from mlbackend_runtime.server import RunningServer, ServiceSpec, start_server
 from mlbackend_runtime.settings import ServerSettings
+from mlbackend_runtime.sql import is_postgres_url
 
 logger = logging.getLogger("mlbackend.features")
 

@@ -22,8 +22,9 @@ from mlbackend_features.core.codec import encode_values
 from mlbackend_features.core.model import Record, Scalar
 from mlbackend_features.core.pit import Candidate, HistoryRow, as_of_join
 from mlbackend_features.stores.offline import NumericSummary, OfflineStore
-from mlbackend_features.stores.offline_postgres import _AS_OF, PostgresOfflineStore, engine_url
+from mlbackend_features.stores.offline_postgres import _AS_OF, PostgresOfflineStore
 from mlbackend_features.stores.offline_sqlite import SqliteOfflineStore
+from mlbackend_runtime.sql import sqlalchemy_url
 
 BACKENDS = ["sqlite", "postgresql"]
 
@@ -243,7 +244,7 @@ async def test_postgres_as_of_seeks_the_index(postgres: PostgresServer) -> None:
     try:
         rows = [rec(f"e{i % 2_000}", i, i) for i in range(20_000)]
         await store.append("b1", "v", rows)
-        engine = sa.create_engine(engine_url(url))
+        engine = sa.create_engine(sqlalchemy_url(url))
         with engine.begin() as conn:
             conn.execute(sa.text("ANALYZE feature_history"))
             plan = "\n".join(

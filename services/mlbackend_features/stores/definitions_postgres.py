@@ -18,8 +18,9 @@ from sqlalchemy.engine import Connection
 
 from mlbackend_features.core.model import Entity, FeatureService, FeatureView
 from mlbackend_features.stores.definitions import Definitions, DefinitionStore
-from mlbackend_features.stores.offline_postgres import COMMIT_LOCK, create_schema, engine_url
+from mlbackend_features.stores.offline_postgres import COMMIT_LOCK, create_schema
 from mlbackend_runtime.errors import Aborted, DependencyUnavailable
+from mlbackend_runtime.sql import in_transaction, sqlalchemy_url
 
 T = TypeVar("T")
 APPLY_LOCK = COMMIT_LOCK + 2
@@ -53,7 +54,9 @@ services_table = sa.Table(
 
 class PostgresDefinitionStore(DefinitionStore):
     def __init__(self, database_url: str) -> None:
-        self._engine = sa.create_engine(engine_url(database_url), pool_pre_ping=True, pool_size=2)
+        self._engine = sa.create_engine(
+            sqlalchemy_url(database_url), pool_pre_ping=True, pool_size=2
+        )
         try:
             create_schema(self._engine, metadata)
         except sa.exc.OperationalError as exc:
@@ -61,14 +64,7 @@ class PostgresDefinitionStore(DefinitionStore):
             raise DependencyUnavailable("definition-store", str(exc.orig)) from None
 
     async def _run(self, work: Callable[[Connection], T]) -> T:
-        def transaction() -> T:
-            try:
-                with self._engine.begin() as connection:
-                    return work(connection)
-            except sa.exc.OperationalError as exc:
-                raise DependencyUnavailable("definition-store", str(exc.orig)) from None
-
-        return await asyncio.to_thread(transaction)
+        return await in_transaction(self._engine, "definition-store", work)
 
     async def load(self) -> Definitions:
         def work(conn: Connection) -> Definitions:

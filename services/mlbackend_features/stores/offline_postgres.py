@@ -31,6 +31,7 @@ from sqlalchemy.engine import Connection
 from mlbackend_features.core.model import Commit, CommittedBatch, Record, now_us
 from mlbackend_features.stores.offline import NumericSummary, OfflineStore
 from mlbackend_runtime.errors import DependencyUnavailable
+from mlbackend_runtime.sql import in_transaction, sqlalchemy_url
 
 T = TypeVar("T")
 
@@ -176,22 +177,6 @@ _HISTOGRAM = sa.text(
 )
 
 
-def engine_url(database_url: str) -> str:
-    """The SQLAlchemy URL of a ``postgresql://`` URL, on the psycopg 3 driver."""
-    for prefix in ("postgresql://", "postgres://"):
-        if database_url.startswith(prefix):
-            return "postgresql+psycopg://" + database_url[len(prefix) :]
-    return database_url
-
-
-def is_postgres_url(database_url: str | None) -> bool:
-    return database_url is not None and database_url.split(":", 1)[0] in (
-        "postgresql",
-        "postgres",
-        "postgresql+psycopg",
-    )
-
-
 def create_schema(engine: sa.Engine, schema: sa.MetaData) -> None:
     """Create missing tables; the lock keeps replicas starting together from racing."""
     with engine.begin() as connection:
@@ -204,7 +189,7 @@ class PostgresOfflineStore(OfflineStore):
 
     def __init__(self, database_url: str, *, pool_size: int = 8) -> None:
         self._engine = sa.create_engine(
-            engine_url(database_url), pool_pre_ping=True, pool_size=pool_size
+            sqlalchemy_url(database_url), pool_pre_ping=True, pool_size=pool_size
         )
         try:
             create_schema(self._engine, metadata)
@@ -213,14 +198,7 @@ class PostgresOfflineStore(OfflineStore):
             raise DependencyUnavailable("offline-store", str(exc.orig)) from None
 
     async def _run(self, work: Callable[[Connection], T]) -> T:
-        def transaction() -> T:
-            try:
-                with self._engine.begin() as connection:
-                    return work(connection)
-            except sa.exc.OperationalError as exc:
-                raise DependencyUnavailable("offline-store", str(exc.orig)) from None
-
-        return await asyncio.to_thread(transaction)
+        return await in_transaction(self._engine, "offline-store", work)
 
     async def append(self, batch_id: str, view: str, records: Sequence[Record]) -> Commit:
         def work(conn: Connection) -> Commit:

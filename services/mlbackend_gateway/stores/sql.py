@@ -26,11 +26,11 @@ from mlbackend_gateway.core.experiments import (
 from mlbackend_gateway.core.model import VersionSelector
 from mlbackend_runtime.errors import (
     AlreadyExists,
-    DependencyUnavailable,
     FailedPrecondition,
     InvalidInput,
     NotFound,
 )
+from mlbackend_runtime.sql import in_transaction, sqlalchemy_url
 
 T = TypeVar("T")
 
@@ -66,10 +66,7 @@ def engine_url(database_url: str | None, data_dir: Path) -> str:
     if database_url is None:
         data_dir.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{data_dir / 'experiments.sqlite'}"
-    for prefix in ("postgresql://", "postgres://"):
-        if database_url.startswith(prefix):
-            return "postgresql+psycopg://" + database_url[len(prefix) :]
-    return database_url
+    return sqlalchemy_url(database_url)
 
 
 def _micros(when: datetime) -> int:
@@ -131,14 +128,7 @@ class SqlExperimentStore:
         metadata.create_all(self._engine)
 
     async def _run(self, work: Callable[[Connection], T]) -> T:
-        def transaction() -> T:
-            try:
-                with self._engine.begin() as connection:
-                    return work(connection)
-            except sa.exc.OperationalError as exc:
-                raise DependencyUnavailable("experiment-store", str(exc.orig)) from None
-
-        return await asyncio.to_thread(transaction)
+        return await in_transaction(self._engine, "experiment-store", work)
 
     async def create(self, experiment: Experiment) -> Experiment:
         assert experiment.create_time is not None

@@ -57,6 +57,7 @@ from mlbackend_runtime.errors import (
     FailedPrecondition,
     NotFound,
 )
+from mlbackend_runtime.sql import sqlalchemy_url
 
 metadata = sa.MetaData()
 
@@ -180,10 +181,7 @@ def engine_url(database_url: str | None, data_dir: Path) -> str:
     """The SQLAlchemy URL: PostgreSQL (psycopg 3) when given, else SQLite in data_dir."""
     if database_url is None:
         return f"sqlite:///{data_dir / 'registry.db'}"
-    for prefix in ("postgresql://", "postgres://"):
-        if database_url.startswith(prefix):
-            return "postgresql+psycopg://" + database_url[len(prefix) :]
-    return database_url
+    return sqlalchemy_url(database_url)
 
 
 class SqlAlchemyStore:
