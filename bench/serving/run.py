@@ -26,17 +26,11 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import venv
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,10 +40,13 @@ import numpy as np
 
 from mlbackend.inference.v2 import grpc_predict_v2_pb2 as oip
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import benchkit  # bench/benchkit.py: processes, load generator, echo servers
+from benchkit import LoadGenerator, free_port, server_env, server_process, wait_for_file
+
 ROOT = Path(__file__).resolve().parents[2]
 MLBACKEND = ROOT / ".venv" / "bin" / "mlbackend"
-BENCH_CACHE = Path(os.environ.get("MLBACKEND_BENCH_CACHE", Path.home() / ".cache/mlbackend-bench"))
-MLSERVER_VENV = BENCH_CACHE / "mlserver"
+MLSERVER_VENV = benchkit.BENCH_CACHE / "mlserver"
 # uvloop 0.22 made get_event_loop() raise outside a loop: MLServer 1.7's inference
 # workers die at start with it.
 MLSERVER_PACKAGES = ["mlserver", "mlserver-sklearn", "uvloop<0.22"]
@@ -61,79 +58,15 @@ INFER = "/inference.GRPCInferenceService/ModelInfer"
 FEATURES = [f"f{i}" for i in range(10)]
 MODELS = ("rf", "hgb")
 CONCURRENCY = (1, 8, 32)
-START_TIMEOUT = 120.0
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+START_TIMEOUT = benchkit.START_TIMEOUT
 
 
-# --- load generator (its own process; reads one JSON command a line) --------------------
+# --- load generator: benchkit's, with a check of the first answer -----------------------
 
 
-async def _load(command: dict[str, Any]) -> dict[str, Any]:
-    requests: list[bytes] = [bytes.fromhex(r) for r in command["requests"]]
-    concurrency: int = command["concurrency"]
-    options = [("grpc.max_receive_message_length", 16 * 1024 * 1024)]
-    async with grpc.aio.insecure_channel(command["address"], options=options) as channel:
-        # bytes in, bytes out: no protobuf work in the client's hot loop
-        call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(INFER)
-        first = oip.ModelInferResponse.FromString(await call(requests[0], timeout=30))
-        if not first.outputs:
-            raise RuntimeError(f"{command['address']}: a response without outputs: {first}")
-        errors: list[str] = []
-
-        async def phase(seconds: float, max_requests: int) -> list[float]:
-            latencies: list[float] = []
-            end = time.perf_counter() + seconds
-            sent = 0
-
-            async def worker(offset: int) -> None:
-                nonlocal sent
-                i = offset
-                while sent < max_requests and time.perf_counter() < end:
-                    sent += 1
-                    i += 1
-                    started = time.perf_counter()
-                    try:
-                        await call(requests[i % len(requests)], timeout=10)
-                    except grpc.aio.AioRpcError as exc:
-                        errors.append(f"{exc.code().name}: {exc.details()}")
-                        continue
-                    latencies.append(time.perf_counter() - started)
-
-            await asyncio.gather(*(worker(w * 7) for w in range(concurrency)))
-            return latencies
-
-        await phase(command["warmup"], command["max_requests"])
-        errors.clear()
-        _emit({"event": "measuring"})
-        cpu, wall = time.process_time(), time.perf_counter()
-        latencies = await phase(command["seconds"], command["max_requests"])
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    latencies.sort()
-    n = len(latencies)
-    return {
-        "event": "done",
-        "requests": n,
-        "errors": len(errors),
-        "first_error": errors[0] if errors else "",
-        "seconds": wall,
-        "rps": n / wall,
-        "p50": latencies[n // 2] if n else float("nan"),
-        "p99": latencies[min(n - 1, int(n * 0.99))] if n else float("nan"),
-        "client_cpu": cpu / wall,
-    }
-
-
-def _emit(message: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
-
-
-def loadgen_main() -> None:
-    for line in sys.stdin:
-        try:
-            _emit(asyncio.run(_load(json.loads(line))))
-        except Exception as exc:  # reported to the orchestrator, which goes on
-            _emit({"event": "failed", "error": f"{type(exc).__name__}: {exc}"})
+def _check_first(label: str, answer: bytes) -> None:
+    if not oip.ModelInferResponse.FromString(answer).outputs:
+        raise RuntimeError(f"{label}: a response without outputs")
 
 
 # --- echo servers: the ceiling ---------------------------------------------------------
@@ -149,58 +82,25 @@ def _canned_response() -> bytes:
 def echo_main(kind: str, ready_file: Path) -> None:
     canned = oip.ModelInferResponse.FromString(_canned_response())
     # Both parse the request and serialize the response, as a real server must.
-    decode = oip.ModelInferRequest.FromString
-    encode = oip.ModelInferResponse.SerializeToString
-    if kind == "sync":
-
-        def infer_sync(request: oip.ModelInferRequest, context: Any) -> oip.ModelInferResponse:
-            return canned
-
-        handler = grpc.unary_unary_rpc_method_handler(infer_sync, decode, encode)
-        generic = grpc.method_handlers_generic_handler(
-            "inference.GRPCInferenceService", {"ModelInfer": handler}
-        )
-        server = grpc.server(ThreadPoolExecutor(max_workers=64), handlers=[generic])
-        port = server.add_insecure_port("127.0.0.1:0")
-        server.start()
-        ready_file.write_text(json.dumps({"address": f"127.0.0.1:{port}"}))
-        server.wait_for_termination()
-        return
-
-    async def serve() -> None:
-        async def infer(request: oip.ModelInferRequest, context: Any) -> oip.ModelInferResponse:
-            return canned
-
-        handler = grpc.unary_unary_rpc_method_handler(infer, decode, encode)
-        generic = grpc.method_handlers_generic_handler(
-            "inference.GRPCInferenceService", {"ModelInfer": handler}
-        )
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers([generic])
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        address = json.dumps({"address": f"127.0.0.1:{port}"})
-        await asyncio.to_thread(ready_file.write_text, address)
-        await server.wait_for_termination()
-
-    asyncio.run(serve())
+    benchkit.serve_echo(
+        kind,
+        ready_file,
+        "inference.GRPCInferenceService",
+        "ModelInfer",
+        oip.ModelInferRequest.FromString,
+        lambda request: canned,
+        oip.ModelInferResponse.SerializeToString,
+    )
 
 
 # --- orchestration ---------------------------------------------------------------------
 
 
 @dataclass
-class Result:
+class Result(benchkit.Measurement):
     server: str
     model: str
     concurrency: int
-    rps: float = 0.0
-    p50: float = float("nan")
-    p99: float = float("nan")
-    server_cpu: float = float("nan")
-    client_cpu: float = float("nan")
-    errors: int = 0
-    note: str = ""
 
 
 @dataclass
@@ -210,63 +110,6 @@ class Plan:
     max_requests: int
     concurrency: tuple[int, ...] = CONCURRENCY
     results: list[Result] = field(default_factory=list)
-
-
-def _tree_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of ``pid`` and every descendant process."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    total, todo = 0.0, [pid]
-    while todo:
-        current = todo.pop()
-        try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-        todo.extend(children.get(current, []))
-    return total
-
-
-class LoadGenerator:
-    def __init__(self) -> None:
-        self._process = subprocess.Popen(
-            [sys.executable, __file__, "--role", "loadgen"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-
-    def run(self, command: dict[str, Any], server_pid: int) -> dict[str, Any]:
-        assert self._process.stdin is not None and self._process.stdout is not None
-        self._process.stdin.write(json.dumps(command) + "\n")
-        self._process.stdin.flush()
-        cpu = float("nan")
-        while True:
-            line = self._process.stdout.readline()
-            if not line:
-                raise RuntimeError("the load generator died")
-            message: dict[str, Any] = json.loads(line)
-            if message["event"] == "measuring":
-                cpu, wall = _tree_cpu(server_pid), time.perf_counter()
-            elif message["event"] == "done":
-                message["server_cpu"] = (_tree_cpu(server_pid) - cpu) / (time.perf_counter() - wall)
-                return message
-            else:
-                return message
-
-    def close(self) -> None:
-        if self._process.stdin is not None:
-            self._process.stdin.close()
-        self._process.wait(timeout=10)
 
 
 def _requests(rows: np.ndarray, model: str, output: str) -> list[str]:
@@ -279,21 +122,6 @@ def _requests(rows: np.ndarray, model: str, output: str) -> list[str]:
         request.raw_input_contents.append(row.astype("<f4").tobytes())
         serialized.append(request.SerializeToString().hex())
     return serialized
-
-
-def _wait_for_file(path: Path, process: subprocess.Popen[bytes]) -> dict[str, Any]:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        if path.exists() and path.stat().st_size:
-            try:
-                info: dict[str, Any] = json.loads(path.read_text())
-                return info
-            except json.JSONDecodeError:
-                pass
-        time.sleep(0.1)
-    raise RuntimeError(f"no ready file {path} after {START_TIMEOUT:.0f} s")
 
 
 def _wait_models_ready(
@@ -318,65 +146,11 @@ def _wait_models_ready(
     raise RuntimeError(f"{address}: models not ready after {START_TIMEOUT:.0f} s")
 
 
-@contextmanager
-def _server(
-    command: list[str], env: dict[str, str], log: Path
-) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            yield process
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
-
-
-def _server_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.pop("VIRTUAL_ENV", None)
-    return env
-
-
-def _free_port() -> int:
-    # MLServer takes fixed ports only; a small race, acceptable in a benchmark.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _mlserver_python() -> Path:
-    python = MLSERVER_VENV / "bin" / "python"
-    if python.exists():
-        probe = subprocess.run([python, "-c", MLSERVER_PROBE], capture_output=True)
-        if probe.returncode == 0:
-            return python
-    print(f"installing MLServer into {MLSERVER_VENV} …", flush=True)
-    MLSERVER_VENV.parent.mkdir(parents=True, exist_ok=True)
-    venv.EnvBuilder(with_pip=True, clear=True).create(MLSERVER_VENV)
     import sklearn
 
-    subprocess.run(
-        [
-            python,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            *MLSERVER_PACKAGES,
-            f"scikit-learn=={sklearn.__version__}",
-        ],
-        check=True,
-        timeout=900,
-    )
-    return python
+    packages = [*MLSERVER_PACKAGES, f"scikit-learn=={sklearn.__version__}"]
+    return benchkit.ensure_venv(MLSERVER_VENV, packages, MLSERVER_PROBE)
 
 
 def _median_seconds(predict: Any, rows: np.ndarray) -> float:
@@ -442,20 +216,16 @@ def _measure(
         for concurrency in plan.concurrency:
             command = {
                 "address": address,
+                "method": INFER,
+                "check": address,
                 "requests": requests,
                 "concurrency": concurrency,
                 "warmup": plan.warmup,
                 "seconds": plan.seconds,
                 "max_requests": plan.max_requests,
             }
-            out = gen.run(command, pid)
             result = Result(server, model, concurrency)
-            if out["event"] != "done":
-                result.note = out.get("error", "failed")
-            else:
-                result.rps, result.p50, result.p99 = out["rps"], out["p50"], out["p99"]
-                result.server_cpu, result.client_cpu = out["server_cpu"], out["client_cpu"]
-                result.errors, result.note = out["errors"], out["first_error"]
+            result.take(gen.run(command, pid))
             plan.results.append(result)
             print(
                 f"  {server:<16} {model:<4} c={concurrency:<3} {result.rps:8.0f} rps  "
@@ -485,11 +255,39 @@ def run_ours(plan: Plan, gen: LoadGenerator, workdir: Path, rows: np.ndarray) ->
         "--log-level",
         "WARNING",
     ]
-    with _server(command, _server_env(), workdir / "ours.log") as process:
-        address = _wait_for_file(ready, process)["address"]
+    with server_process(command, server_env(), workdir / "ours.log") as process:
+        address = wait_for_file(ready, process)["address"]
         _wait_models_ready(address, MODELS, process)
         models = {m: _requests(rows, m, "probabilities") for m in MODELS}
         _measure(plan, gen, "mlbackend", process.pid, address, models)
+
+
+def asyncio_front_main(model_dir: Path, ready_file: Path) -> None:
+    """Our serving with its all-``grpc.aio`` front (the default is the thread-pool one)."""
+    from mlbackend_runtime.settings import ServerSettings
+    from mlbackend_serving import app
+
+    async def serve() -> None:
+        settings = ServerSettings(
+            port=0, metrics_port=0, model_dir=model_dir, data_dir=model_dir.parent / "data-aio",
+            log_level="WARNING",
+        )  # fmt: skip
+        running = await app.create_server(settings, front="asyncio")
+        await asyncio.to_thread(ready_file.write_text, json.dumps({"address": running.address}))
+        await running.wait_stopped()
+
+    asyncio.run(serve())
+
+
+def run_ours_asyncio(plan: Plan, gen: LoadGenerator, workdir: Path, rows: np.ndarray) -> None:
+    ready = workdir / "ours-asyncio.ready.json"
+    command = [sys.executable, __file__, "--role", "serving-asyncio", "--ready-file", str(ready),
+               "--model-dir", str(workdir / "ours")]  # fmt: skip
+    with server_process(command, server_env(), workdir / "ours-asyncio.log") as process:
+        address = wait_for_file(ready, process)["address"]
+        _wait_models_ready(address, MODELS, process)
+        models = {m: _requests(rows, m, "probabilities") for m in MODELS}
+        _measure(plan, gen, "ours-asyncio", process.pid, address, models)
 
 
 def run_mlserver(
@@ -510,19 +308,19 @@ def run_mlserver(
             **batching,
         }
         (root / model / "model-settings.json").write_text(json.dumps(settings))
-    grpc_port = _free_port()
+    grpc_port = free_port()
     (root / "settings.json").write_text(
         json.dumps(
             {
                 "host": "127.0.0.1",
                 "grpc_port": grpc_port,
-                "http_port": _free_port(),
-                "metrics_port": _free_port(),
+                "http_port": free_port(),
+                "metrics_port": free_port(),
             }
         )
     )
     command = [str(python.parent / "mlserver"), "start", str(root)]
-    with _server(command, _server_env(), workdir / f"{name}.log") as process:
+    with server_process(command, server_env(), workdir / f"{name}.log") as process:
         address = f"127.0.0.1:{grpc_port}"
         _wait_models_ready(address, MODELS, process)
         models = {m: _requests(rows, m, "predict_proba") for m in MODELS}
@@ -532,8 +330,8 @@ def run_mlserver(
 def run_echo(plan: Plan, gen: LoadGenerator, workdir: Path, rows: np.ndarray, kind: str) -> None:
     ready = workdir / f"echo-{kind}.ready.json"
     command = [sys.executable, __file__, "--role", f"echo-{kind}", "--ready-file", str(ready)]
-    with _server(command, _server_env(), workdir / f"echo-{kind}.log") as process:
-        address = _wait_for_file(ready, process)["address"]
+    with server_process(command, server_env(), workdir / f"echo-{kind}.log") as process:
+        address = wait_for_file(ready, process)["address"]
         _measure(
             plan,
             gen,
@@ -624,18 +422,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short runs: about 2 minutes")
     parser.add_argument("--seconds", type=float, help="measurement per point (default 6, quick 2)")
-    parser.add_argument("--only", help="comma-separated servers: ours,mlserver,echo")
-    parser.add_argument("--role", help=argparse.SUPPRESS)
-    parser.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--only", help="comma-separated servers: ours,ours-asyncio,mlserver,echo (default all)"
+    )
+    benchkit.add_role_arguments(parser)
+    parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.role == "loadgen":
-        return loadgen_main()
-    if args.role in ("echo-aio", "echo-sync"):
-        return echo_main(args.role.removeprefix("echo-"), args.ready_file)
+    if args.role == "serving-asyncio":
+        return asyncio_front_main(args.model_dir, args.ready_file)
+    if benchkit.run_role(args, _check_first, echo_main):
+        return
 
     seconds = args.seconds or (2.0 if args.quick else 6.0)
     plan = Plan(warmup=0.5 if args.quick else 1.5, seconds=seconds, max_requests=500_000)
-    only = set((args.only or "ours,mlserver,echo").split(","))
+    only = set((args.only or "ours,ours-asyncio,mlserver,echo").split(","))
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mlbackend-bench-") as tmp:
         workdir = Path(tmp)
@@ -645,13 +445,15 @@ def main() -> None:
             + ", ".join(f"{m} {t * 1e3:.2f} ms" for m, t in compute.items()),
             flush=True,
         )
-        gen = LoadGenerator()
+        gen = LoadGenerator(__file__)
         try:
             if "echo" in only:
                 run_echo(plan, gen, workdir, rows, "aio")
                 run_echo(plan, gen, workdir, rows, "sync")
             if "ours" in only:
                 run_ours(plan, gen, workdir, rows)
+            if "ours-asyncio" in only:
+                run_ours_asyncio(plan, gen, workdir, rows)
             if "mlserver" in only:
                 run_mlserver(plan, gen, workdir, rows, "mlserver", {})
                 for wait in (0.001, 0.010):

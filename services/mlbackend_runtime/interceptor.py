@@ -4,6 +4,10 @@ For each RPC (health and reflection excepted) it binds the request id and the
 caller's deadline for downstream calls, authenticates and authorizes the caller,
 maps domain errors to status codes with details, and records metrics. Handlers
 therefore contain no try/except for these concerns.
+
+:class:`CallInterceptor` is its ``grpc.aio`` face; :class:`ThreadCallInterceptor` the
+same behaviour for a thread-pool ``grpc.server`` (serving's front). Both share every
+rule below (``_Interception``); only awaiting and aborting differ.
 """
 
 from __future__ import annotations
@@ -14,10 +18,10 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from types import CoroutineType
-from typing import Any, TypeAlias
+from typing import Any, NoReturn, TypeAlias
 
 import grpc
 
@@ -53,24 +57,20 @@ _MAX_CACHED_METHODS = 1024
 
 # Generic only in the type stubs, hence the strings.
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+BlockingContext: TypeAlias = grpc.ServicerContext
+AnyContext: TypeAlias = "Context | BlockingContext"
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
 
-class CallInterceptor(grpc.aio.ServerInterceptor):
+class _Interception:
+    """What every RPC goes through, whatever the server's concurrency model."""
+
     def __init__(self, authenticator: Authenticator, metrics: RpcMetrics) -> None:
         self._auth = authenticator
         self._metrics = metrics
         self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        path: str = handler_call_details.method
+    def _intercepted(self, path: str, handler: Handler) -> Handler:
         # The wrapped handler only depends on the method: build it once, not per call
         # (the per-call state comes from the context inside ``begin``).
         cached = self._wrapped.get(path)
@@ -80,17 +80,21 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         wrapped = handler
         if service not in OPEN_SERVICES:
             begin = functools.partial(self._begin, path, service, method)
-            wrapped = _wrap(handler, begin, self._fail, self._end)
+            wrapped = self._wrap(handler, begin)
         if len(self._wrapped) < _MAX_CACHED_METHODS:
             self._wrapped[path] = (handler, wrapped)
         return wrapped
 
-    def _begin(self, path: str, service: str, method: str, context: Context) -> _Call:
+    def _wrap(self, handler: Handler, begin: Begin) -> Handler:
+        raise NotImplementedError
+
+    def _begin(self, path: str, service: str, method: str, context: AnyContext) -> _Call:
         metadata = context.invocation_metadata() or ()
         call = _Call(service, method, propagation.request_id_from(metadata), time.perf_counter())
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
-        # Each RPC runs in its own task, so these bindings end with the call.
+        # Each RPC runs in its own task (aio) or its own context (threads), so these
+        # bindings end with the call.
         propagation.bind(propagation.CallContext(call.request_id, deadline))
         self._metrics.in_flight.inc()
         authorization = next((v for k, v in metadata if k == "authorization"), None)
@@ -101,15 +105,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             call.denied = exc  # raised by the wrapper, so it is counted and mapped like any error
         return call
 
-    async def _fail(self, call: _Call, exc: BaseException, context: Context) -> None:
-        """Record and send the status for ``exc``; always ends by raising."""
-        if isinstance(exc, grpc.aio.AbortError):
-            # The handler aborted itself with a status of its choosing.
-            call.code = context.code() or grpc.StatusCode.UNKNOWN
-            raise exc
-        if isinstance(exc, asyncio.CancelledError):
-            call.code = grpc.StatusCode.CANCELLED
-            raise exc
+    def _status(self, call: _Call, exc: BaseException) -> status.WireStatus:
+        """The status to send for ``exc``, recorded on ``call``."""
         if isinstance(exc, errors.DomainError):
             wire = status.from_domain_error(exc)
         elif isinstance(exc, grpc.aio.AioRpcError):
@@ -122,14 +119,16 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             logger.exception("unhandled error in %s (request id %s)", _path(call), call.request_id)
             wire = status.internal(f"internal error (request id {call.request_id})")
         call.code = wire.code
-        trailing = (*wire.trailing_metadata, (propagation.REQUEST_ID_KEY, call.request_id))
-        await context.abort(wire.code, wire.message, trailing)
+        return wire
 
-    def _end(self, call: _Call, context: Context) -> None:
+    def _trailer(self, call: _Call, wire: status.WireStatus) -> tuple[tuple[str, str | bytes], ...]:
+        return (*wire.trailing_metadata, (propagation.REQUEST_ID_KEY, call.request_id))
+
+    def _end(self, call: _Call, context: AnyContext) -> None:
         self._metrics.in_flight.dec()
         code = call.code
         if code is grpc.StatusCode.OK:
-            code = context.code() or grpc.StatusCode.OK
+            code = _code_of(context) or grpc.StatusCode.OK
             context.set_trailing_metadata(((propagation.REQUEST_ID_KEY, call.request_id),))
         elapsed = time.perf_counter() - call.started
         self._metrics.observe(call.service, call.method, code.name, elapsed)
@@ -140,13 +139,76 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             logger.debug("%s -> OK in %.1f ms", _path(call), elapsed * 1e3)
 
 
+class CallInterceptor(_Interception, grpc.aio.ServerInterceptor):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        return self._intercepted(handler_call_details.method, handler)
+
+    def _wrap(self, handler: Handler, begin: Begin) -> Handler:
+        return _wrap(handler, begin, self._fail, self._end)
+
+    async def _fail(self, call: _Call, exc: BaseException, context: Context) -> None:
+        """Record and send the status for ``exc``; always ends by raising."""
+        if isinstance(exc, grpc.aio.AbortError):
+            # The handler aborted itself with a status of its choosing.
+            call.code = context.code() or grpc.StatusCode.UNKNOWN
+            raise exc
+        if isinstance(exc, asyncio.CancelledError):
+            call.code = grpc.StatusCode.CANCELLED
+            raise exc
+        wire = self._status(call, exc)
+        await context.abort(wire.code, wire.message, self._trailer(call, wire))
+
+
+class ThreadCallInterceptor(_Interception, grpc.ServerInterceptor):
+    """The same interception for a thread-pool ``grpc.server``: handlers are plain
+    functions run on its threads, each call in a fresh ``contextvars`` context."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Handler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        return self._intercepted(handler_call_details.method, handler)
+
+    def _wrap(self, handler: Handler, begin: Begin) -> Handler:
+        return _wrap_blocking(handler, begin, self._fail, self._end)
+
+    def _fail(self, call: _Call, exc: BaseException, context: BlockingContext) -> NoReturn:
+        aborted = _code_of(context)
+        if aborted is not None and aborted is not grpc.StatusCode.OK:
+            # The handler aborted itself (``context.abort`` raised) with its own status.
+            call.code = aborted
+            raise exc
+        wire = self._status(call, exc)
+        context.set_trailing_metadata(self._trailer(call, wire))
+        context.abort(wire.code, wire.message)
+        raise AssertionError("context.abort returned")  # pragma: no cover
+
+
+def _code_of(context: AnyContext) -> grpc.StatusCode | None:
+    # Both contexts have ``code()``; the sync one's type stubs lack it.
+    code: grpc.StatusCode | None = context.code()  # type: ignore[union-attr]
+    return code
+
+
 def _path(call: _Call) -> str:
     return f"/{call.service}/{call.method}"
 
 
-Begin = Callable[[Context], _Call]
+Begin = Callable[[AnyContext], _Call]
 Fail = Callable[[_Call, BaseException, Context], Awaitable[None]]
-End = Callable[[_Call, Context], None]
+End = Callable[[_Call, AnyContext], None]
+BlockingFail = Callable[[_Call, BaseException, BlockingContext], NoReturn]
 
 
 _FACTORIES = {
@@ -249,3 +311,55 @@ def _wrap(handler: Handler, begin: Begin, fail: Fail, end: End) -> Handler:
     factory = _FACTORIES[(request_streaming, response_streaming)]
     behaviour = streaming_response if response_streaming else unary_response
     return factory(behaviour, _tolerant(handler.request_deserializer), handler.response_serializer)
+
+
+def _wrap_blocking(handler: Handler, begin: Begin, fail: BlockingFail, end: End) -> Handler:
+    """:func:`_wrap` for a thread-pool server: behaviours are plain functions (or
+    generators for streamed responses), run in a fresh ``contextvars`` context each."""
+    request_streaming = bool(handler.request_streaming)
+    inner: Callable[..., Any] = (
+        handler.unary_unary or handler.stream_unary or handler.unary_stream or handler.stream_stream  # type: ignore[assignment]
+    )
+
+    def unary_response(request: Any, context: BlockingContext) -> Any:
+        call = begin(context)
+        try:
+            if call.denied is not None:
+                raise call.denied
+            return inner(_checked_blocking(request, request_streaming), context)
+        except BaseException as exc:
+            fail(call, exc, context)
+        finally:
+            end(call, context)
+
+    def streaming_response(request: Any, context: BlockingContext) -> Iterator[Any]:
+        call = begin(context)
+        try:
+            if call.denied is not None:
+                raise call.denied
+            yield from inner(_checked_blocking(request, request_streaming), context)
+        except BaseException as exc:
+            fail(call, exc, context)
+        finally:
+            end(call, context)
+
+    def isolated(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+        # A pool thread serves call after call: the request id and principal bound by
+        # ``begin`` must not leak into the next one.
+        def run(request: Any, context: BlockingContext) -> Any:
+            return contextvars.Context().run(behaviour, request, context)
+
+        return run
+
+    response_streaming = bool(handler.response_streaming)
+    factory = _FACTORIES[(request_streaming, response_streaming)]
+    behaviour = streaming_response if response_streaming else unary_response
+    return factory(
+        isolated(behaviour), _tolerant(handler.request_deserializer), handler.response_serializer
+    )
+
+
+def _checked_blocking(request: Any, streaming: bool) -> Any:
+    if streaming:
+        return (_checked(r, False) for r in request)
+    return _checked(request, False)

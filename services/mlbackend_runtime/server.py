@@ -3,26 +3,31 @@
 ``app.py`` of each service builds its core and servicers, then calls
 :func:`start_server` with a :class:`ServiceSpec` and a function that adds its
 servicers to the ``grpc.aio.Server``. The result knows its bound ports.
+:func:`start_thread_server` is the same for a thread-pool ``grpc.server`` (serving's
+front, see bench/serving); health, reflection, metrics, auth and TLS are the same.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import ipaddress
 import logging
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import grpc
+from grpc_health.v1 import health as health_sync
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from mlbackend_runtime.auth import Authenticator, Role, TokenStore, roles_from_descriptors
-from mlbackend_runtime.interceptor import CallInterceptor
+from mlbackend_runtime.interceptor import CallInterceptor, ThreadCallInterceptor
 from mlbackend_runtime.metrics import MetricsEndpoint, RpcMetrics, serve_metrics
 from mlbackend_runtime.settings import ServerSettings
 from mlbackend_runtime.tls import server_credentials
@@ -52,6 +57,7 @@ class ServiceSpec:
 
 
 Register = Callable[[grpc.aio.Server], None]
+RegisterThreaded = Callable[[grpc.Server], None]
 
 
 @dataclass
@@ -64,9 +70,9 @@ class RunningServer:
     health_port: int | None
     metrics: MetricsEndpoint
     registry: CollectorRegistry
-    health: health_aio.HealthServicer
-    _server: grpc.aio.Server
-    _health_server: grpc.aio.Server | None
+    health: health_aio.HealthServicer | health_sync.HealthServicer
+    _server: grpc.aio.Server | grpc.Server
+    _health_server: grpc.aio.Server | grpc.Server | None
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     extra_ports: dict[str, int] = field(default_factory=dict)
@@ -84,7 +90,7 @@ class RunningServer:
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
         for name in ("", *self.spec.grpc_services):
-            await self.health.set(name, state)
+            await _maybe_await(self.health.set(name, state))
 
     def on_stop(self, close: Callable[[], Awaitable[None]]) -> None:
         """Run ``close`` (stores, executors) once in-flight calls have drained; the last
@@ -98,10 +104,10 @@ class RunningServer:
         grace = self.settings.grace_seconds if grace is None else grace
         logger.info("%s: shutting down, draining for up to %.1f s", self.spec.name, grace)
         # Probes see NOT_SERVING first, so load balancers move traffic away.
-        await self.health.enter_graceful_shutdown()
-        await self._server.stop(grace)
+        await _maybe_await(self.health.enter_graceful_shutdown())
+        await _stop(self._server, grace)
         if self._health_server is not None:
-            await self._health_server.stop(0)
+            await _stop(self._health_server, 0)
         for close in reversed(self._closers):
             try:
                 await close()
@@ -112,6 +118,19 @@ class RunningServer:
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
+
+
+async def _maybe_await(result: object) -> None:
+    if inspect.isawaitable(result):
+        await result
+
+
+async def _stop(server: grpc.aio.Server | grpc.Server, grace: float) -> None:
+    if isinstance(server, grpc.aio.Server):
+        await server.stop(grace)
+    else:
+        # The returned event is set once in-flight calls have finished (or grace passed).
+        await asyncio.to_thread(server.stop(grace).wait)
 
 
 def is_loopback(host: str) -> bool:
@@ -162,7 +181,7 @@ def _server_options(max_message_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
-def _bind(server: grpc.aio.Server, address: str, settings: ServerSettings) -> int:
+def _bind(server: grpc.aio.Server | grpc.Server, address: str, settings: ServerSettings) -> int:
     try:
         if settings.tls_cert is not None and settings.tls_key is not None:
             creds = server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
@@ -180,55 +199,157 @@ async def start_server(
     registry: CollectorRegistry | None = None,
 ) -> RunningServer:
     """Build, bind and start the server of one service."""
-    check_exposure(settings)
-    registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
-    tokens = TokenStore(settings.token_file) if settings.token_file is not None else None
-    roles = roles_from_descriptors(spec.grpc_services, spec.role_overrides)
-    interceptor = CallInterceptor(Authenticator(tokens, roles), RpcMetrics(registry, spec.name))
-    max_bytes = settings.max_message_bytes or spec.max_message_bytes
-
-    server = grpc.aio.server(interceptors=[interceptor], options=_server_options(max_bytes))
+    parts = _Parts.build(spec, settings, registry)
+    server = grpc.aio.server(
+        interceptors=[CallInterceptor(parts.authenticator, parts.metrics)],
+        options=_server_options(parts.max_bytes),
+    )
     register(server)
     health = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        (*spec.grpc_services, HEALTH_SERVICE, reflection.SERVICE_NAME), server
-    )
-    host = _host_for_uri(settings.host)
-    port = _bind(server, f"{host}:{spec.default_port if settings.port is None else settings.port}",
-                 settings)  # fmt: skip
-
     health_server: grpc.aio.Server | None = None
-    health_port: int | None = None
     if settings.health_port is not None:
         # Plaintext, health only: what Kubernetes' built-in gRPC probe can speak.
         health_server = grpc.aio.server(options=_server_options(64 * 1024))
-        health_pb2_grpc.add_HealthServicer_to_server(health, health_server)
-        health_port = int(health_server.add_insecure_port(f"{host}:{settings.health_port}"))
-
-    metrics_port = (
-        spec.default_metrics_port if settings.metrics_port is None else settings.metrics_port
-    )
-    try:
-        metrics = serve_metrics(registry, settings.host, metrics_port)
-    except OSError as exc:
-        raise ConfigError(f"cannot serve metrics on {host}:{metrics_port}: {exc}") from None
+    port, health_port = parts.bind(server, health, health_server)
+    metrics = parts.serve_metrics()
     await server.start()
     if health_server is not None:
         await health_server.start()
-    running = RunningServer(
-        spec, settings, port, health_port, metrics, registry, health, server, health_server
+    return await parts.started(port, health_port, metrics, health, server, health_server)
+
+
+async def start_thread_server(
+    spec: ServiceSpec,
+    settings: ServerSettings,
+    register: RegisterThreaded,
+    *,
+    registry: CollectorRegistry | None = None,
+    threads: int,
+    max_concurrent_rpcs: int,
+    thread_initializer: Callable[[], object] | None = None,
+) -> RunningServer:
+    """:func:`start_server` for a thread-pool ``grpc.server``: handlers are plain
+    functions run on ``threads`` threads; past ``max_concurrent_rpcs`` calls in progress
+    gRPC answers RESOURCE_EXHAUSTED. Stopping still happens from the caller's loop."""
+    parts = _Parts.build(spec, settings, registry)
+    server = grpc.server(
+        ThreadPoolExecutor(
+            max_workers=threads,
+            thread_name_prefix=f"{spec.name}-rpc",
+            initializer=thread_initializer,
+        ),
+        interceptors=[ThreadCallInterceptor(parts.authenticator, parts.metrics)],
+        options=_server_options(parts.max_bytes),
+        maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
-    await running.set_serving(True)
-    logger.info(
-        "%s serving on %s (%s, auth %s), metrics %s",
-        spec.name,
-        running.address,
-        "mTLS" if settings.tls_client_ca else "TLS" if settings.tls_enabled else "plaintext",
-        "on" if tokens else "off",
-        metrics.url,
+    register(server)
+    health_servicer = health_sync.HealthServicer(
+        experimental_non_blocking=True,
+        experimental_thread_pool=ThreadPoolExecutor(max_workers=1),
     )
-    return running
+    health_server: grpc.Server | None = None
+    if settings.health_port is not None:
+        health_server = grpc.server(
+            ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"{spec.name}-health"),
+            options=_server_options(64 * 1024),
+        )
+    port, health_port = parts.bind(server, health_servicer, health_server)
+    metrics = parts.serve_metrics()
+    server.start()
+    if health_server is not None:
+        health_server.start()
+    return await parts.started(port, health_port, metrics, health_servicer, server, health_server)
+
+
+@dataclass
+class _Parts:
+    """What both kinds of server share: auth, metrics, binding, reflection."""
+
+    spec: ServiceSpec
+    settings: ServerSettings
+    registry: CollectorRegistry
+    authenticator: Authenticator
+    metrics: RpcMetrics
+    max_bytes: int
+    auth_on: bool
+
+    @classmethod
+    def build(
+        cls, spec: ServiceSpec, settings: ServerSettings, registry: CollectorRegistry | None
+    ) -> _Parts:
+        check_exposure(settings)
+        registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        tokens = TokenStore(settings.token_file) if settings.token_file is not None else None
+        roles = roles_from_descriptors(spec.grpc_services, spec.role_overrides)
+        return cls(
+            spec,
+            settings,
+            registry,
+            Authenticator(tokens, roles),
+            RpcMetrics(registry, spec.name),
+            settings.max_message_bytes or spec.max_message_bytes,
+            tokens is not None,
+        )
+
+    def bind(
+        self,
+        server: grpc.aio.Server | grpc.Server,
+        health: health_aio.HealthServicer | health_sync.HealthServicer,
+        health_server: grpc.aio.Server | grpc.Server | None,
+    ) -> tuple[int, int | None]:
+        """Add health and reflection, bind the port (and the health port); the bound ports."""
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        reflection.enable_server_reflection(
+            (*self.spec.grpc_services, HEALTH_SERVICE, reflection.SERVICE_NAME), server
+        )
+        settings = self.settings
+        host = _host_for_uri(settings.host)
+        port = self.spec.default_port if settings.port is None else settings.port
+        port = _bind(server, f"{host}:{port}", settings)
+        health_port: int | None = None
+        if health_server is not None and settings.health_port is not None:
+            health_pb2_grpc.add_HealthServicer_to_server(health, health_server)
+            health_port = int(health_server.add_insecure_port(f"{host}:{settings.health_port}"))
+        return port, health_port
+
+    def serve_metrics(self) -> MetricsEndpoint:
+        settings = self.settings
+        metrics_port = (
+            self.spec.default_metrics_port
+            if settings.metrics_port is None
+            else settings.metrics_port
+        )
+        try:
+            return serve_metrics(self.registry, settings.host, metrics_port)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve metrics on {_host_for_uri(settings.host)}:{metrics_port}: {exc}"
+            ) from None
+
+    async def started(
+        self,
+        port: int,
+        health_port: int | None,
+        metrics: MetricsEndpoint,
+        health: health_aio.HealthServicer | health_sync.HealthServicer,
+        server: grpc.aio.Server | grpc.Server,
+        health_server: grpc.aio.Server | grpc.Server | None,
+    ) -> RunningServer:
+        settings = self.settings
+        running = RunningServer(
+            self.spec, settings, port, health_port, metrics, self.registry, health, server,
+            health_server,
+        )  # fmt: skip
+        await running.set_serving(True)
+        logger.info(
+            "%s serving on %s (%s, auth %s), metrics %s",
+            self.spec.name,
+            running.address,
+            "mTLS" if settings.tls_client_ca else "TLS" if settings.tls_enabled else "plaintext",
+            "on" if self.auth_on else "off",
+            metrics.url,
+        )
+        return running
 
 
 async def run_until_signalled(running: RunningServer) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from prometheus_client import CollectorRegistry
 from sklearn.datasets import make_classification, make_regression
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import Ridge
@@ -23,9 +25,10 @@ from mlbackend.serving.v1 import serving_pb2
 from mlbackend_clients.inference import InferenceClient
 from mlbackend_clients.serving import ServingClient
 from mlbackend_runtime.server import RunningServer
+from mlbackend_serving import app
 from mlbackend_serving.core.model_dir import write_model_version
 
-from conftest import Connect, StartService
+from conftest import Connect, StartService, loopback_settings
 
 FEATURES = [f"f{i}" for i in range(10)]
 X, Y = make_classification(n_samples=400, n_features=10, random_state=1)
@@ -48,9 +51,18 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture
-async def server(start_service: StartService, model_dir: Path) -> RunningServer:
-    return await start_service("serving", model_dir=model_dir)
+@pytest.fixture(params=["threads", "asyncio"])
+async def server(
+    request: pytest.FixtureRequest, start_service: StartService, model_dir: Path, tmp_path: Path
+) -> AsyncIterator[RunningServer]:
+    """Every test runs on both fronts: the default thread pool and ``grpc.aio``."""
+    if request.param == "threads":
+        yield await start_service("serving", model_dir=model_dir)
+        return
+    settings = loopback_settings(tmp_path / "asyncio", model_dir=model_dir)
+    running = await app.create_server(settings, registry=CollectorRegistry(), front="asyncio")
+    yield running
+    await running.stop(0)
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 
 Versions are trained here, uploaded with ``RegistryClient.upload_version`` and promoted
 with ``SetAlias``; serving loads, warms and swaps them in, also under load, and keeps
-answering from its local cache while the registry is down.
+answering from its local cache while the registry is down. Operators load and unload
+versions over the API in this mode too.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 import skops.io as sio
@@ -19,8 +21,10 @@ from sklearn.datasets import make_classification
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 from mlbackend.common.v1 import common_pb2
+from mlbackend.inference.v2 import grpc_predict_v2_pb2 as oip
 from mlbackend.registry.v1 import registry_pb2 as pb
 from mlbackend.serving.v1 import serving_pb2
+from mlbackend_clients.inference import InferenceClient
 from mlbackend_clients.registry import RegistryClient
 from mlbackend_clients.serving import ServingClient
 from mlbackend_runtime.server import RunningServer
@@ -149,6 +153,11 @@ async def test_loads_every_aliased_version_at_start(
     ]
 
 
+# The issue's acceptance: a promotion during 30 s of load at concurrency 16.
+LOAD_SECONDS = 30.0
+PROMOTE_AFTER = 10.0
+
+
 @dataclass
 class _Outcome:
     started: float
@@ -172,8 +181,8 @@ async def test_promotion_under_load_fails_no_request(
 
     outcomes: list[_Outcome] = []
     began = time.monotonic()
-    stop_at = began + 10.0
-    max_requests = 40_000
+    stop_at = began + LOAD_SECONDS
+    max_requests = 200_000
 
     async def worker(seed: int) -> None:
         i = seed
@@ -188,7 +197,7 @@ async def test_promotion_under_load_fails_no_request(
                 outcomes.append(_Outcome(started, time.monotonic(), None, row, error=repr(exc)))
 
     async def promote() -> float:
-        await asyncio.sleep(3.0)
+        await asyncio.sleep(PROMOTE_AFTER)
         promoted = time.monotonic()
         await _alias(registry, "production", new)
         return promoted
@@ -265,3 +274,149 @@ async def test_registry_down_serves_from_cache_and_follows_again(
         await _eventually(follows, 15.0)
         version, proba = await _predict(serving, ROWS[:4])
         np.testing.assert_allclose(proba, MODEL_B.predict_proba(ROWS[:4]), rtol=0, atol=1e-9)
+
+
+@dataclass
+class Stack:
+    """A registry with a client, and a way to start serving against it."""
+
+    registry: RegistryClient
+    registry_server: RunningServer
+    start_service: StartService
+    connect: Connect
+
+    async def serving(self) -> ServingClient:
+        return await _serving(self.start_service, self.connect, self.registry_server)
+
+
+@pytest.fixture
+def stack(
+    start_service: StartService,
+    connect: Connect,
+    registry_server: RunningServer,
+    registry: RegistryClient,
+) -> Stack:
+    return Stack(registry, registry_server, start_service, connect)
+
+
+async def _versions(serving: ServingClient) -> list[tuple[int, list[str]]]:
+    listed = await serving.stub.ListModels(serving_pb2.ListModelsRequest(), timeout=10)
+    return [(m.version, list(m.aliases)) for m in listed.models]
+
+
+async def _code(call: Any) -> grpc.StatusCode:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call
+    return raised.value.code()
+
+
+async def test_load_and_unload_over_the_api_in_registry_mode(stack: Stack) -> None:
+    registry = stack.registry
+    await _alias(registry, "production", await _upload(registry, MODEL_A, X_A))
+    unaliased = await _upload(registry, MODEL_B, X_B)  # version 2
+    await _alias(registry, "challenger", await _upload(registry, MODEL_B, X_B))  # version 3
+    serving = await stack.serving()
+    assert await _versions(serving) == [(1, ["production"]), (3, ["challenger"])]
+
+    # Load a version no alias points at: downloaded, verified, warmed, served...
+    loaded = await serving.stub.LoadModel(
+        serving_pb2.LoadModelRequest(model=MODEL, version=common_pb2.VersionSelector(version=2)),
+        timeout=30,
+    )
+    assert loaded.served_model.version == unaliased
+    assert loaded.served_model.state == serving_pb2.MODEL_STATE_READY
+    request = serving_pb2.PredictRequest(
+        model=MODEL,
+        version=common_pb2.VersionSelector(version=unaliased),
+        vectors=[common_pb2.FeatureVector(values=[common_pb2.Value(double_value=v)
+                                                   for v in ROWS[0]])],
+    )  # fmt: skip
+    answer = await serving.stub.Predict(request, timeout=5)
+    np.testing.assert_allclose(
+        [answer.predictions[0].probabilities], MODEL_B.predict_proba(ROWS[:1]), rtol=0, atol=1e-9
+    )
+    # ...and kept while the aliases move: challenger leaves 3 (retired), 2 stays.
+    await _alias(registry, "challenger", 1)
+
+    async def challenger_moved() -> bool:
+        return await _versions(serving) == [(1, ["challenger", "production"]), (2, [])]
+
+    await _eventually(challenger_moved, 15.0)
+
+    # Unload the production version: not served, not followed any more...
+    unloaded = await serving.stub.UnloadModel(
+        serving_pb2.UnloadModelRequest(model=MODEL, version=1), timeout=10
+    )
+    assert [m.version for m in unloaded.unloaded] == [1]
+    assert await _versions(serving) == [(2, [])]
+    code = await _code(_predict(serving, ROWS[:1], alias="production"))
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert (await _predict(serving, ROWS[:1]))[0] == unaliased  # the default falls back
+    await _alias(registry, "challenger", 3)  # a registry change: v1 stays unloaded
+
+    async def v3_back() -> bool:
+        return [v for v, _ in await _versions(serving)] == [2, 3]
+
+    await _eventually(v3_back, 15.0)
+    await asyncio.sleep(0.5)
+    assert [v for v, _ in await _versions(serving)] == [2, 3]
+
+    # ...until an alias moves onto it after the unload: a promotion wins over the unload.
+    await _alias(registry, "canary", 1)
+
+    async def promoted_again() -> bool:
+        return (await _predict(serving, ROWS[:1], alias="production"))[0] == 1
+
+    await _eventually(promoted_again, 15.0)
+
+    # Loading by alias, and what is unknown to the registry.
+    by_alias = await serving.stub.LoadModel(
+        serving_pb2.LoadModelRequest(
+            model=MODEL, version=common_pb2.VersionSelector(alias="challenger")
+        ),
+        timeout=30,
+    )
+    assert by_alias.served_model.version == 3
+    for selector in (common_pb2.VersionSelector(version=9), common_pb2.VersionSelector(alias="x")):
+        code = await _code(
+            serving.stub.LoadModel(
+                serving_pb2.LoadModelRequest(model=MODEL, version=selector), timeout=10
+            )
+        )
+        assert code == grpc.StatusCode.NOT_FOUND
+    assert (
+        await _code(serving.stub.LoadModel(serving_pb2.LoadModelRequest(model="nope"), timeout=10))
+        == grpc.StatusCode.NOT_FOUND
+    )
+
+
+async def test_oip_repository_extension_in_registry_mode(stack: Stack) -> None:
+    registry = stack.registry
+    await _alias(registry, "production", await _upload(registry, MODEL_A, X_A))
+    await _upload(registry, MODEL_B, X_B)  # version 2, no alias
+    server = await stack.start_service("serving", registry=stack.registry_server.address)
+    async with InferenceClient.connect(server.address) as inference:
+        index = await inference.stub.RepositoryIndex(oip.RepositoryIndexRequest(), timeout=10)
+        assert [(m.version, m.state) for m in index.models] == [
+            ("1", "READY"),
+            ("2", "UNAVAILABLE"),
+        ]
+        await inference.stub.RepositoryModelUnload(
+            oip.RepositoryModelUnloadRequest(model_name=MODEL), timeout=10
+        )
+        ready = await inference.stub.ModelReady(oip.ModelReadyRequest(name=MODEL), timeout=10)
+        assert not ready.ready
+        index = await inference.stub.RepositoryIndex(
+            oip.RepositoryIndexRequest(ready=True), timeout=10
+        )
+        assert list(index.models) == []
+        # Load without a version: the production version again.
+        await inference.stub.RepositoryModelLoad(
+            oip.RepositoryModelLoadRequest(model_name=MODEL), timeout=30
+        )
+        ready = await inference.stub.ModelReady(oip.ModelReadyRequest(name=MODEL), timeout=10)
+        assert ready.ready
+        metadata = await inference.stub.ModelMetadata(
+            oip.ModelMetadataRequest(name=MODEL), timeout=10
+        )
+        assert metadata.versions == ["1"]

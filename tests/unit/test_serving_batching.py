@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mlbackend_runtime.errors import ResourceExhausted
-from mlbackend_serving.core.batching import Batcher, BatchingPolicy
+from mlbackend_runtime.errors import FailedPrecondition, ResourceExhausted
+from mlbackend_serving.core.batching import Batcher, BatchingPolicy, ThreadBatcher
 from mlbackend_serving.core.model import Predictions
 
 
@@ -108,3 +108,161 @@ async def test_exception_fails_only_its_batch(executor: Any) -> None:
     # The worker survived: later requests are served.
     assert (await batcher.predict(_rows(5))).values.tolist() == [5]  # type: ignore[union-attr]
     await batcher.close()
+
+
+# --- ThreadBatcher: the thread-pool front's batcher (callers block their own thread) ------
+
+WAIT = 10.0
+"""Bound of every wait below: a broken batcher fails the test instead of hanging it."""
+
+
+def _until(condition: Any) -> None:
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.001)
+
+
+class Callers:
+    """Threads calling ``batcher.run``; their results (or errors) by index."""
+
+    def __init__(self, batcher: ThreadBatcher) -> None:
+        self.batcher = batcher
+        self.results: dict[int, Any] = {}
+        self.threads: list[threading.Thread] = []
+
+    def start(self, index: int, rows: Any) -> None:
+        def call() -> None:
+            try:
+                self.results[index] = self.batcher.run(rows)
+            except Exception as exc:
+                self.results[index] = exc
+
+        thread = threading.Thread(target=call, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def join(self) -> None:
+        for thread in self.threads:
+            thread.join(WAIT)
+            assert not thread.is_alive(), "a caller never got its result"
+
+
+class Entered(SlowEcho):
+    """SlowEcho that says when a batch has entered the model."""
+
+    def __init__(self) -> None:
+        super().__init__(0)
+        self.calls = 0
+
+    def __call__(self, rows: Any) -> Predictions:
+        self.calls += 1
+        return super().__call__(rows)
+
+
+def _first_in_the_model(
+    executor: Any, policy: BatchingPolicy, rows: Any
+) -> tuple[Entered, ThreadBatcher, Callers]:
+    """A batcher whose first caller leads and hangs inside the model until released."""
+    model = Entered()
+    model.release.clear()
+    batcher = ThreadBatcher(model, executor, policy)
+    callers = Callers(batcher)
+    callers.start(0, rows)
+    _until(lambda: model.calls == 1)
+    return model, batcher, callers
+
+
+def test_thread_batcher_coalesces_what_waits_in_order(executor: Any) -> None:
+    model, batcher, callers = _first_in_the_model(
+        executor, BatchingPolicy(max_batch_size=32), _rows(0, 0.5)
+    )
+    for i in range(1, 40):
+        callers.start(i, _rows(i, i + 0.5))
+    _until(lambda: batcher.queued == 39)
+    model.release.set()
+    callers.join()
+    for i in range(40):
+        assert callers.results[i].values.tolist() == [i, i + 0.5]
+    assert model.batches == [2, 32, 32, 14]  # 2 rows a request, whole requests only
+    assert batcher.calls == 4
+
+
+def test_thread_batcher_off_calls_once_per_request(executor: Any) -> None:
+    model, batcher, callers = _first_in_the_model(
+        executor, BatchingPolicy(max_batch_size=1), _rows(0)
+    )
+    for i in range(1, 6):
+        callers.start(i, _rows(i))
+    _until(lambda: batcher.queued == 5)
+    model.release.set()
+    callers.join()
+    assert model.batches == [1] * 6
+    assert [callers.results[i].values.tolist() for i in range(6)] == [[i] for i in range(6)]
+
+
+def test_thread_batcher_max_wait_lets_a_batch_fill(executor: Any) -> None:
+    model = Entered()
+    # Generous: the batch fills long before, and then does not wait any longer.
+    batcher = ThreadBatcher(model, executor, BatchingPolicy(max_batch_size=4, max_wait=WAIT))
+    callers = Callers(batcher)
+    for i in range(4):
+        callers.start(i, _rows(i))
+    callers.join()
+    assert model.batches == [4]
+
+
+def test_thread_batcher_refuses_beyond_its_queue(executor: Any) -> None:
+    model, batcher, callers = _first_in_the_model(
+        executor, BatchingPolicy(max_batch_size=1, max_queue=3), _rows(0)
+    )
+    for i in range(1, 4):
+        callers.start(i, _rows(i))
+    _until(lambda: batcher.queued == 3)
+    with pytest.raises(ResourceExhausted, match="3 requests queued"):
+        batcher.run(_rows(9))
+    model.release.set()
+    callers.join()
+    assert [callers.results[i].values.tolist() for i in range(4)] == [[0], [1], [2], [3]]
+
+
+def test_thread_batcher_exception_fails_only_its_batch(executor: Any) -> None:
+    model, batcher, callers = _first_in_the_model(
+        executor, BatchingPolicy(max_batch_size=2), _rows(1)
+    )
+    callers.start(1, _rows(-1))
+    _until(lambda: batcher.queued == 1)
+    callers.start(2, _rows(2))  # the same batch as -1
+    _until(lambda: batcher.queued == 2)
+    callers.start(3, _rows(3))
+    _until(lambda: batcher.queued == 3)
+    callers.start(4, _rows(4))  # the next batch
+    _until(lambda: batcher.queued == 4)
+    model.release.set()
+    callers.join()
+    assert callers.results[0].values.tolist() == [1]
+    for i in (1, 2):
+        assert isinstance(callers.results[i], ValueError)
+    assert [callers.results[i].values.tolist() for i in (3, 4)] == [[3], [4]]
+    assert batcher.run(_rows(5)).values.tolist() == [5]  # type: ignore[union-attr]
+
+
+async def test_thread_batcher_close_drains_then_refuses(executor: Any) -> None:
+    model, batcher, callers = _first_in_the_model(
+        executor, BatchingPolicy(max_batch_size=1), _rows(0)
+    )
+    for i in (1, 2):
+        callers.start(i, _rows(i))
+    _until(lambda: batcher.queued == 2)
+    closing = asyncio.ensure_future(batcher.close())
+    await asyncio.sleep(0.05)
+    assert not closing.done()  # queued requests are still being served
+    model.release.set()
+    await asyncio.wait_for(closing, WAIT)
+    callers.join()
+    assert sorted(r.values.tolist()[0] for r in callers.results.values()) == [0, 1, 2]
+    with pytest.raises(FailedPrecondition, match="being unloaded"):
+        batcher.run(_rows(9))
+    # And from an event loop, as the asyncio front calls it.
+    with pytest.raises(FailedPrecondition):
+        await batcher.predict(_rows(9))

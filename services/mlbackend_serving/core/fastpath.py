@@ -47,16 +47,17 @@ class _Forest:
         """The leaf each row reaches in each tree: shape (rows, trees)."""
         n, width = x.shape
         flat = x.ravel()
+        # Checked once for the whole input, not per level: a single row walks ~9 levels.
+        any_nan = bool(np.isnan(flat).any())
         row_start = (np.arange(n, dtype=np.intp) * width)[:, None]
-        node = np.broadcast_to(self.roots, (n, len(self.roots)))
+        node: NDArray[np.intp] = self.roots  # (trees,): broadcast against the rows below
         for _ in range(self.depth):
             value = flat[row_start + self.feature[node]]
             go_left = value <= self.threshold[node]
-            nan = np.isnan(value)
-            if nan.any():
-                go_left = np.where(nan, self.missing_left[node], go_left)
+            if any_nan:
+                go_left = np.where(np.isnan(value), self.missing_left[node], go_left)
             node = np.where(go_left, self.left[node], self.right[node])
-        return node
+        return np.broadcast_to(node, (n, len(self.roots)))
 
 
 def _flatten(trees: list[dict[str, NDArray[Any]]]) -> _Forest:

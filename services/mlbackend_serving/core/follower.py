@@ -8,6 +8,16 @@ secure loader and warmed up on their input example; only then do the aliases mov
 them, all at once. A version nothing wants any more is unloaded after its queued
 requests finish. The cache index written after each reconcile lets a restarted server
 answer from the cache while the registry is down.
+
+Operators can override the policy at run time (LoadModel / UnloadModel, own API and
+the OIP repository extension). Loading a version (by number or alias) downloads,
+verifies, loads and warms it, and keeps it loaded even when no alias points at it any
+more. Unloading a version drains and unloads it and stops following it: the policy
+will not load it again, and aliases pointing at it are not served (a request for
+them answers NOT_FOUND, the default falls back to the latest loaded version) — until
+it is loaded again, or until an alias *moves onto it* after the unload: a promotion
+is a newer decision than the unload, so the promoted version is loaded and served.
+Both overrides live in memory: a restart serves what the policy says again.
 """
 
 from __future__ import annotations
@@ -20,10 +30,17 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from mlbackend_models.loader import DEFAULT_POLICY, ArtifactFormat, LoadPolicy, load_artifact
+from mlbackend_runtime.errors import DependencyUnavailable, FailedPrecondition, NotFound
 from mlbackend_serving.core.batching import BatchingPolicy
 from mlbackend_serving.core.cache import ArtifactCache, CachedState
 from mlbackend_serving.core.model import LoadedModel, ModelKey
-from mlbackend_serving.core.service import ModelState, ServingCore
+from mlbackend_serving.core.service import (
+    DEFAULT_ALIAS,
+    ModelState,
+    Selector,
+    ServedVersion,
+    ServingCore,
+)
 from mlbackend_serving.core.versions import (
     Change,
     Heartbeat,
@@ -97,6 +114,13 @@ class RegistryFollower:
         self._loaded: dict[ModelKey, VersionInfo] = {}
         self._failed: dict[ModelKey, str] = {}
         """Versions that failed to load, with the digest that failed (not retried)."""
+        self._problems: dict[ModelKey, str] = {}
+        """Why each of those failed (for LoadModel's answer)."""
+        self._pinned: set[ModelKey] = set()
+        """Loaded by an operator: kept whatever the aliases do, until unloaded."""
+        self._unloaded: dict[ModelKey, frozenset[str]] = {}
+        """Unloaded by an operator, with the aliases that pointed at it then: not loaded
+        again until LoadModel, or until another alias moves onto it."""
         self._published: dict[str, dict[str, int]] = {}
         self._dirty = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -109,6 +133,7 @@ class RegistryFollower:
         self.synced = asyncio.Event()
         """Set once the registry's snapshot has been reconciled (loaded and swapped in)."""
         self._attempted = asyncio.Event()
+        core.managed_by(self)
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -146,6 +171,92 @@ class RegistryFollower:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    # --- operator overrides (LoadModel / UnloadModel) -------------------------------------
+
+    async def load(self, name: str, selector: Selector) -> list[ServedVersion]:
+        """Load the version ``selector`` names (number or alias; none: the ``production``
+        version, else the latest) and keep it loaded until unloaded. Without a selector
+        every earlier unload of the model is lifted too."""
+        key = self._named(name, selector)
+        if selector is None:
+            for unloaded in [k for k in self._unloaded if k.name == name]:
+                del self._unloaded[unloaded]
+        self._unloaded.pop(key, None)
+        self._pinned.add(key)
+        self._failed.pop(key, None)  # an operator asking again means: try again
+        await self._reconcile(offline=not self.connected)
+        if key not in self._loaded:
+            self._pinned.discard(key)
+            info = self._state.versions.get(key)
+            if info is not None and not await asyncio.to_thread(self._cache.has, info.sha256):
+                raise DependencyUnavailable(
+                    "registry", f"{key} could not be downloaded from the registry; retry later"
+                )
+            raise FailedPrecondition(f"{key} could not be loaded: {self._problems.get(key, '?')}")
+        logger.info("%s loaded on request: kept loaded until unloaded", key)
+        return [v for v in self._core.versions(name) if v.key == key]
+
+    async def unload(self, name: str, version: int | None) -> list[ServedVersion]:
+        """Unload one (or every) loaded version of ``name`` and stop following it."""
+        async with self._lock:
+            keys = [k for k in self._loaded if k.name == name and version in (None, 0, k.version)]
+            if not keys:
+                raise NotFound(
+                    f"model {name!r} is not loaded" + (f" at version {version}" if version else "")
+                )
+            for key in keys:
+                self._pinned.discard(key)
+                self._unloaded[key] = self._aliases_on(key)
+                del self._loaded[key]
+            self._publish_aliases()  # aliases on them are no longer served
+            unloaded: list[ServedVersion] = []
+            for key in keys:
+                logger.info("%s unloaded on request: not followed until loaded again", key)
+                unloaded += await self._core.unload(key.name, key.version)
+            await asyncio.to_thread(self._persist)
+        return unloaded
+
+    def available(self) -> dict[str, list[int]]:
+        """The registry's READY versions of the models the policy follows."""
+        found: dict[str, list[int]] = {}
+        for key in sorted(self._state.versions, key=lambda k: (k.name, k.version)):
+            if self._policy.follows(key.name):
+                found.setdefault(key.name, []).append(key.version)
+        return found
+
+    def _named(self, name: str, selector: Selector) -> ModelKey:
+        state = self._state
+        numbers = sorted(k.version for k in state.versions if k.name == name)
+        aliases = state.aliases.get(name, {})
+        if not numbers:
+            raise NotFound(f"model {name!r} has no READY version in the registry")
+        if isinstance(selector, int):
+            version: int | None = selector
+        elif isinstance(selector, str):
+            version = aliases.get(selector)
+            if version is None:
+                raise NotFound(f"model {name!r} has no alias {selector!r} in the registry")
+        else:
+            version = aliases.get(DEFAULT_ALIAS, numbers[-1])
+        if version not in numbers:
+            raise NotFound(f"model {name!r} has no READY version {version} in the registry")
+        return ModelKey(name, version)
+
+    def _aliases_on(self, key: ModelKey) -> frozenset[str]:
+        aliases = self._state.aliases.get(key.name, {})
+        return frozenset(a for a, v in aliases.items() if v == key.version)
+
+    def _lift_unloads_by_promotion(self) -> None:
+        for key, before in list(self._unloaded.items()):
+            now = self._aliases_on(key)
+            if now - before:
+                logger.info("%s: alias %s moved onto it after its unload: loading it again", key,
+                            ", ".join(sorted(now - before)))  # fmt: skip
+                del self._unloaded[key]
+            else:
+                # An alias that moves away and back later counts as a new promotion.
+                self._unloaded[key] = now
 
     # --- the change stream -------------------------------------------------------------
 
@@ -233,7 +344,9 @@ class RegistryFollower:
     async def _reconcile(self, *, offline: bool) -> None:
         async with self._lock:
             state = self._state
-            wanted = self._policy.select(state)
+            self._lift_unloads_by_promotion()
+            wanted = self._policy.select(state) | {k for k in self._pinned if k in state.versions}
+            wanted -= self._unloaded.keys()
             infos = {k: state.versions[k] for k in wanted}
             self._forget_unloaded()
             for key in sorted(wanted, key=lambda k: (k.name, k.version)):
@@ -267,6 +380,7 @@ class RegistryFollower:
             if self._failed.get(key) != info.sha256:
                 logger.error("%s cannot be served: %s", key, info.problem)
             self._failed[key] = info.sha256
+            self._problems[key] = info.problem
             return False
         if not await asyncio.to_thread(self._cache.has, info.sha256):
             if offline:
@@ -287,6 +401,7 @@ class RegistryFollower:
         if served.state is not ModelState.READY:
             logger.error("%s failed to load; keeping the current versions: %s", key, served.reason)
             self._failed[key] = info.sha256
+            self._problems[key] = served.reason
             await self._core.unload(key.name, key.version)
             return False
         self._failed.pop(key, None)

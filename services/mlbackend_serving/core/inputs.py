@@ -203,7 +203,7 @@ def _from_feature_tensors(tensors: Sequence[Tensor], signature: Signature) -> Ma
 def check_values(matrix: Matrix, signature: Signature, *, row_field: str) -> Matrix:
     """NaN only where the feature is nullable, never inf, integers where INT64/BOOL."""
     finite = np.isfinite(matrix)
-    if finite.all() and not any(f.dtype is not DType.DOUBLE for f in signature.features):
+    if signature.all_double and finite.all():
         return matrix
     problems = _Violations()
     nan = np.isnan(matrix)

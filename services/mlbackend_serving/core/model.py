@@ -50,6 +50,11 @@ class Signature:
             raise InvalidInput.field("signature", "needs at least one feature, names unique")
 
     @functools.cached_property
+    def all_double(self) -> bool:
+        """Every feature is a plain double (no integer or boolean check per value)."""
+        return all(f.dtype is DType.DOUBLE for f in self.features)
+
+    @functools.cached_property
     def names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.features)
 

@@ -1,4 +1,9 @@
-"""The serving core: which model versions are loaded, and predictions through them."""
+"""The serving core: which model versions are loaded, and predictions through them.
+
+Loading, unloading and alias moves happen on the event loop; predictions may come from
+the loop (``predict``) or from the threads of a thread-pool front (``predict_blocking``),
+which read an immutable routing table replaced whole on every change.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +21,11 @@ from mlbackend_serving.core.batching import (
     Batcher,
     BatchingPolicy,
     BatchObserver,
+    ThreadBatcher,
 )
 from mlbackend_serving.core.health import HealthReport, RequestStats
 from mlbackend_serving.core.inputs import RowsInput
-from mlbackend_serving.core.model import LoadedModel, ModelKey, OutputSpec, Predictions
+from mlbackend_serving.core.model import LoadedModel, Matrix, ModelKey, OutputSpec, Predictions
 from mlbackend_serving.core.model_dir import ModelDirectory
 
 logger = logging.getLogger("mlbackend.serving")
@@ -67,6 +73,17 @@ class _NoMetrics:
 Selector = int | str | None
 
 
+class ModelManager(Protocol):
+    """Where LoadModel / UnloadModel go when something other than the model directory
+    decides what is loaded (registry mode: the follower)."""
+
+    async def load(self, name: str, selector: Selector) -> list[ServedVersion]: ...
+
+    async def unload(self, name: str, version: int | None) -> list[ServedVersion]: ...
+
+    def available(self) -> dict[str, list[int]]: ...
+
+
 @dataclass
 class ServedVersion:
     """A model version inside serving, whatever its state."""
@@ -75,7 +92,7 @@ class ServedVersion:
     state: ModelState
     reason: str = ""
     model: LoadedModel | None = None
-    batcher: Batcher | None = None
+    batcher: Batcher | ThreadBatcher | None = None
     aliases: tuple[str, ...] = ()
     ready_time: float | None = None
     stats: RequestStats = field(default_factory=RequestStats)
@@ -101,59 +118,103 @@ class ServingCore:
         directory: ModelDirectory | None = None,
         batching: BatchingPolicy = DEFAULT_BATCHING,
         observer: ModelObserver | None = None,
+        threaded: bool = False,
     ) -> None:
+        """``threaded``: requests arrive on a thread-pool front's threads
+        (``predict_blocking``), so batches run on the caller's thread instead of a task."""
         self._executor = executor
         self._directory = directory
         self._batching = batching
         self._observer = observer or _NoMetrics()
+        self._batcher_type: type[Batcher | ThreadBatcher] = ThreadBatcher if threaded else Batcher
         self._versions: dict[ModelKey, ServedVersion] = {}
+        self._routes: dict[str, tuple[ServedVersion, ...]] = {}
+        """Per model, its versions by number; rebuilt whole when versions come or go."""
         self._expected: set[ModelKey] = set()
         """Versions that should be READY for the server to be ready."""
+        self._manager: ModelManager | None = None
+
+    def managed_by(self, manager: ModelManager) -> None:
+        """Route LoadModel / UnloadModel / the repository index to ``manager``."""
+        self._manager = manager
 
     # --- predictions ------------------------------------------------------------------
 
     async def predict(self, name: str, selector: Selector, inputs: RowsInput) -> PredictionResult:
+        served, rows, started = self._admit(name, selector, inputs)
+        assert served.batcher is not None
+        with _Recorded(served, started):
+            return self._result(served, await served.batcher.predict(rows))
+
+    def predict_blocking(
+        self, name: str, selector: Selector, inputs: RowsInput
+    ) -> PredictionResult:
+        """``predict`` for a thread-pool front: blocks the calling thread, never the loop."""
+        served, rows, started = self._admit(name, selector, inputs)
+        assert isinstance(served.batcher, ThreadBatcher)
+        with _Recorded(served, started):
+            return self._result(served, served.batcher.run(rows))
+
+    def _admit(
+        self, name: str, selector: Selector, inputs: RowsInput
+    ) -> tuple[ServedVersion, Matrix, float]:
+        """The version to use, the validated rows and when validation began (a rejected
+        request counts as a failed one)."""
         served = self.resolve(name, selector)
-        assert served.model is not None and served.batcher is not None
+        assert served.model is not None
         started = time.perf_counter()
-        ok = False
-        try:
+        with _Recorded(served, started, only_failure=True):
             rows = inputs.matrix(served.model.signature)
             if len(rows) > MAX_ROWS_PER_REQUEST:
                 raise InvalidInput.field(
                     "rows", f"{len(rows)} rows; at most {MAX_ROWS_PER_REQUEST} per request"
                 )
-            predictions = await served.batcher.predict(rows)
-            ok = True
-        finally:
-            elapsed = time.perf_counter() - started
-            served.stats.record(elapsed, ok)
-            served.observer.request(elapsed, ok)
+        return served, rows, started
+
+    @staticmethod
+    def _result(served: ServedVersion, predictions: Predictions) -> PredictionResult:
+        assert served.model is not None
         return PredictionResult(served.key, served.model.output, predictions)
 
     def resolve(self, name: str, selector: Selector) -> ServedVersion:
         """The READY version a request names: number, alias, or production/latest."""
-        versions = sorted((v for k, v in self._versions.items() if k.name == name), key=_version_of)
+        versions = self._routes.get(name)
         if not versions:
             raise NotFound(f"model {name!r} is not loaded")
-        ready = [v for v in versions if v.state is ModelState.READY]
+        ready = _READY
         if isinstance(selector, int):
             chosen = next((v for v in versions if v.key.version == selector), None)
             if chosen is None:
                 raise NotFound(f"model {name!r} has no version {selector} loaded")
         elif isinstance(selector, str):
-            chosen = next((v for v in reversed(ready) if selector in v.aliases), None)
+            chosen = next(
+                (v for v in reversed(versions) if v.state is ready and selector in v.aliases),
+                None,
+            )
             if chosen is None:
                 raise NotFound(f"model {name!r} has no loaded version with alias {selector!r}")
         else:
-            chosen = next((v for v in reversed(ready) if DEFAULT_ALIAS in v.aliases), None)
-            chosen = chosen or (ready[-1] if ready else versions[-1])
-        if chosen.state is not ModelState.READY:
+            chosen = next(
+                (v for v in reversed(versions) if v.state is ready and DEFAULT_ALIAS in v.aliases),
+                None,
+            ) or next((v for v in reversed(versions) if v.state is ready), versions[-1])
+        if chosen.state is not ready:
             raise FailedPrecondition(
                 f"{chosen.key} is {chosen.state.value}"
                 + (f": {chosen.reason}" if chosen.reason else "")
             )
         return chosen
+
+    def _reroute(self, name: str) -> None:
+        versions = tuple(
+            sorted((v for k, v in self._versions.items() if k.name == name), key=_version_of)
+        )
+        routes = dict(self._routes)
+        if versions:
+            routes[name] = versions
+        else:
+            routes.pop(name, None)
+        self._routes = routes  # one assignment: readers see the old table or the new one
 
     def is_ready(self, name: str, selector: Selector) -> bool:
         try:
@@ -191,6 +252,9 @@ class ServingCore:
     # --- loading (simple mode: from the model directory) ---------------------------------
 
     def available(self) -> dict[str, list[int]]:
+        """Versions that could be loaded (the repository index)."""
+        if self._manager is not None:
+            return self._manager.available()
         return self._directory.versions() if self._directory else {}
 
     async def load_directory(self) -> None:
@@ -200,7 +264,10 @@ class ServingCore:
                 await self.load(name, version, raise_on_failure=False)
 
     async def load_model(self, name: str, selector: Selector) -> list[ServedVersion]:
-        """LoadModel / RepositoryModelLoad: a version, or every version of the model."""
+        """LoadModel / RepositoryModelLoad: a version, or every version of the model
+        (registry mode: what the follower decides, see ``RegistryFollower.load``)."""
+        if self._manager is not None:
+            return await self._manager.load(name, selector)
         versions = self._source().versions().get(name)
         if not versions:
             raise NotFound(f"model {name!r} is not in the model directory")
@@ -228,6 +295,7 @@ class ServingCore:
             return current
         served = ServedVersion(key, ModelState.LOADING, observer=self._observer.for_version(key))
         self._versions[key] = served
+        self._reroute(name)
         loop = asyncio.get_running_loop()
         source = source or self._source()
         try:
@@ -250,8 +318,9 @@ class ServingCore:
             if raise_on_failure:
                 raise error from None
             return served
-        served.batcher = Batcher(model.predict, self._executor, batching or self._batching,
-                                 served.observer, str(key))  # fmt: skip
+        served.batcher = self._batcher_type(model.predict, self._executor,
+                                            batching or self._batching, served.observer,
+                                            str(key))  # fmt: skip
         served.state, served.ready_time = ModelState.READY, time.time()
         logger.info("%s ready (batch ≤ %d rows)", key, served.policy.max_batch_size)
         return served
@@ -264,6 +333,13 @@ class ServingCore:
             served.aliases = tuple(
                 sorted(a for a, version in aliases.items() if version == served.key.version)
             )
+
+    async def unload_model(self, name: str, version: int | None) -> list[ServedVersion]:
+        """UnloadModel / RepositoryModelUnload (registry mode: the follower also stops
+        loading the version, see ``RegistryFollower.unload``)."""
+        if self._manager is not None:
+            return await self._manager.unload(name, version)
+        return await self.unload(name, version)
 
     async def unload(self, name: str, version: int | None) -> list[ServedVersion]:
         """Unload one or every version of ``name`` after queued requests finish."""
@@ -278,6 +354,7 @@ class ServingCore:
             if served.batcher is not None:
                 await served.batcher.close()
             self._versions.pop(served.key, None)
+            self._reroute(served.key.name)
         return chosen
 
     async def close(self) -> None:
@@ -289,6 +366,33 @@ class ServingCore:
         if self._directory is None:
             raise FailedPrecondition("no model directory configured (--model-dir)")
         return self._directory
+
+
+_READY = ModelState.READY
+
+
+class _Recorded:
+    """Times what runs inside it as one request of ``served`` (stats and metrics)."""
+
+    __slots__ = ("_only_failure", "_served", "_started")
+
+    def __init__(
+        self, served: ServedVersion, started: float, *, only_failure: bool = False
+    ) -> None:
+        self._served = served
+        self._started = started
+        self._only_failure = only_failure
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        ok = kind is None
+        if ok and self._only_failure:
+            return
+        elapsed = time.perf_counter() - self._started
+        self._served.stats.record(elapsed, ok)
+        self._served.observer.request(elapsed, ok)
 
 
 def _version_of(served: ServedVersion) -> int:

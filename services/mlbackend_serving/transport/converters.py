@@ -55,6 +55,11 @@ def scalar(value: common_pb2.Value) -> object:
     return getattr(value, which)
 
 
+def predict_call(request: serving_pb2.PredictRequest) -> tuple[str, Selector, RowsInput]:
+    """The core's ``predict`` arguments for a Predict request."""
+    return request.model, selector(request.version), rows_input(request)
+
+
 def rows_input(request: serving_pb2.PredictRequest) -> RowsInput:
     if request.vectors and request.rows:
         raise InvalidInput.field("rows", "set either vectors or rows, not both")

@@ -6,9 +6,10 @@ import numpy as np
 
 from mlbackend.inference.v2 import grpc_predict_v2_pb2 as oip
 from mlbackend_runtime.errors import InvalidInput
+from mlbackend_serving.core.inputs import RowsInput, Tensors
 from mlbackend_serving.core.model import DType, OutputKind
 from mlbackend_serving.core.service import ModelState, PredictionResult, Selector, ServedVersion
-from mlbackend_serving.transport.tensors import metadata_tensor, output_tensor
+from mlbackend_serving.transport.tensors import decode_inputs, metadata_tensor, output_tensor
 
 SERVER_NAME = "mlbackend"
 EXTENSIONS = ("model_repository",)
@@ -31,6 +32,11 @@ def selector(version: str) -> Selector:
             raise InvalidInput.field("model_version", "must be >= 1")
         return int(version)
     return version
+
+
+def infer_call(request: oip.ModelInferRequest) -> tuple[str, Selector, RowsInput]:
+    """The core's ``predict`` arguments for a ModelInfer request."""
+    return request.model_name, selector(request.model_version), Tensors(decode_inputs(request))
 
 
 def infer_response(

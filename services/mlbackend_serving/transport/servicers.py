@@ -1,7 +1,8 @@
 """The two gRPC fronts of serving: our own API and the Open Inference Protocol v2.
 
 Each method converts the request, awaits the core, converts the result. Errors are
-domain exceptions mapped by the shared interceptor.
+domain exceptions mapped by the shared interceptor. ``threaded`` puts the same methods
+on a thread-pool server.
 """
 
 from __future__ import annotations
@@ -15,11 +16,9 @@ from mlbackend.inference.v2 import grpc_predict_v2_pb2 as oip
 from mlbackend.inference.v2 import grpc_predict_v2_pb2_grpc as oip_grpc
 from mlbackend.serving.v1 import serving_pb2 as pb
 from mlbackend.serving.v1 import serving_pb2_grpc
-from mlbackend_serving.core.inputs import Tensors
 from mlbackend_serving.core.service import ServingCore
 from mlbackend_serving.transport import converters as c
 from mlbackend_serving.transport import oip as o
-from mlbackend_serving.transport.tensors import decode_inputs
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
@@ -29,9 +28,7 @@ class ModelServingServicer(serving_pb2_grpc.ModelServingServiceServicer):
         self._core = core
 
     async def Predict(self, request: pb.PredictRequest, context: Context) -> pb.PredictResponse:
-        inputs = c.rows_input(request)
-        result = await self._core.predict(request.model, c.selector(request.version), inputs)
-        return c.predict_response(result)
+        return c.predict_response(await self._core.predict(*c.predict_call(request)))
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: Context
@@ -59,7 +56,7 @@ class ModelServingServicer(serving_pb2_grpc.ModelServingServiceServicer):
     async def UnloadModel(
         self, request: pb.UnloadModelRequest, context: Context
     ) -> pb.UnloadModelResponse:
-        unloaded = await self._core.unload(request.model, request.version)
+        unloaded = await self._core.unload_model(request.model, request.version)
         return pb.UnloadModelResponse(unloaded=[c.served_model(m) for m in unloaded])
 
     async def GetModelHealth(
@@ -107,11 +104,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: oip.ModelInferRequest, context: Context
     ) -> oip.ModelInferResponse:
-        inputs = Tensors(decode_inputs(request))
-        result = await self._core.predict(
-            request.model_name, o.selector(request.model_version), inputs
-        )
-        return o.infer_response(request, result)
+        return o.infer_response(request, await self._core.predict(*o.infer_call(request)))
 
     async def RepositoryIndex(
         self, request: oip.RepositoryIndexRequest, context: Context
@@ -127,5 +120,5 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelUnload(
         self, request: oip.RepositoryModelUnloadRequest, context: Context
     ) -> oip.RepositoryModelUnloadResponse:
-        await self._core.unload(request.model_name, None)
+        await self._core.unload_model(request.model_name, None)
         return oip.RepositoryModelUnloadResponse()
