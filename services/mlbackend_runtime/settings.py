@@ -74,6 +74,10 @@ class ServerSettings(BaseSettings):
         description="Versions to serve, e.g. 'fraud@production,other@latest:2,x@3'; "
         "unset: every version an alias points at, of every model.",
     )
+    serving_front: Literal["threads", "asyncio"] = Field(
+        "threads",
+        description="Serving's gRPC front: a thread-pool server (default) or grpc.aio.",
+    )
     # Gateway: the JSON/HTTP front beside its gRPC port.
     http_port: Port | None = Field(
         8080, ge=0, le=65535, description="Gateway JSON/HTTP port; 0 = ephemeral, unset = off."

@@ -9,7 +9,7 @@ The gRPC front is a thread-pool ``grpc.server`` by default (``transport.threaded
 measured here (bench/serving, same runs), 15 to 25 % less server CPU per single-row
 prediction than ``grpc.aio`` at concurrency 1, on a par at 8 and 32. Loading, unloading
 and the registry follower stay on the event loop of the caller of
-:func:`create_server`. ``front="asyncio"`` keeps the all-asyncio server.
+:func:`create_server`. ``--serving-front asyncio`` keeps the all-asyncio server.
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ from mlbackend_serving.transport import threaded
 from mlbackend_serving.transport.servicers import InferenceServicer, ModelServingServicer
 
 Front = Literal["threads", "asyncio"]
-DEFAULT_FRONT: Front = "threads"
 # Threads of the thread-pool front: each holds one call in progress (waiting for its
 # batch included). Beyond MAX_CONCURRENT_RPCS calls gRPC answers RESOURCE_EXHAUSTED.
 FRONT_THREADS = 64
@@ -92,8 +91,10 @@ async def create_server(
     settings: ServerSettings,
     *,
     registry: CollectorRegistry | None = None,
-    front: Front = DEFAULT_FRONT,
+    front: Front | None = None,
 ) -> RunningServer:
+    """``front`` overrides ``settings.serving_front`` (tests compare both)."""
+    front = front or settings.serving_front
     registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
     directory = None
     if settings.model_dir is not None:
