@@ -398,6 +398,7 @@ class OnlineQuery(NamedTuple):
 class ReadResult(NamedTuple):
     schema: tuple[OutputColumn, ...]
     rows: list[list[Cell]]
+    """Read-only: rows of one entity asked for twice may be the same list."""
     feature_service: str
 
 

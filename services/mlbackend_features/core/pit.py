@@ -8,7 +8,8 @@ counts only within the view's TTL: ``as_of - event_time <= ttl`` (TTL 0 = foreve
 Otherwise the value is null with status EXPIRED; with no candidate, NOT_FOUND.
 
 A store finds candidates (in SQL, in Redis...); :func:`cells` turns a candidate into
-the values and statuses a read returns, so the status rules live only here.
+the values and statuses a read returns (:func:`stored_cells` straight from the stored
+row, as reads do), so the status rules live only here.
 :func:`as_of_join` is the reference implementation the stores are tested against.
 """
 
@@ -19,7 +20,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
-from mlbackend_features.core.model import Cell, Scalar, Status
+from mlbackend_features.core import codec
+from mlbackend_features.core.model import Cell, DType, Scalar, Status
 
 
 class Candidate(NamedTuple):
@@ -51,6 +53,21 @@ def cells(
             else Cell(None, Status.NULL_VALUE, event_us)
         )
     return out
+
+
+def missing_cells(count: int) -> list[Cell]:
+    """What a read returns for an entity with no candidate."""
+    return [Cell(None, Status.NOT_FOUND, None)] * count
+
+
+def stored_cells(
+    event_us: int, payload: str, fields: Sequence[tuple[str, DType]], as_of_us: int, ttl_us: int
+) -> list[Cell]:
+    """``cells`` of the candidate stored as ``(event_us, payload)``, decoding only the
+    requested fields, and nothing at all when it has expired."""
+    if is_expired(event_us, as_of_us, ttl_us):
+        return [Cell(None, Status.EXPIRED, event_us)] * len(fields)
+    return codec.present_cells(payload, fields, event_us)
 
 
 class HistoryRow(NamedTuple):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from mlbackend_features.core import codec, definitions, pit, validation
+from mlbackend_features.core import definitions, pit, validation
 from mlbackend_features.core.model import (
     DEFAULT_CHUNK_ROWS,
     MAX_CHUNK_ROWS,
@@ -82,6 +82,30 @@ class Freshness:
 
 
 @dataclass(frozen=True)
+class ViewRead:
+    """One view's share of a read: its output names, stored fields, join keys and TTL."""
+
+    view: FeatureView
+    refs: tuple[str, ...]
+    fields: tuple[tuple[str, DType], ...]
+    join_keys: tuple[JoinKey, ...]
+    ttl_us: int
+
+
+@dataclass(frozen=True)
+class ReadPlan:
+    """A compiled read with what every call needs of the definitions, worked out once.
+
+    ``direct``: one view, no transforms, no request inputs and the outputs in stored
+    order, so a result row is that view's cells as they are."""
+
+    compiled: CompiledService
+    views: tuple[ViewRead, ...]
+    known_keys: frozenset[str]
+    direct: bool
+
+
+@dataclass(frozen=True)
 class FeatureSummary:
     name: str
     dtype: DType
@@ -111,7 +135,8 @@ class FeatureStore:
         self._online = online
         self._clock = clock
         self._defs = Definitions({}, {}, {})
-        self._compiled: dict[tuple[tuple[str, ...], str], CompiledService] = {}
+        # Read plans per (refs, service), dropped whenever the definitions change.
+        self._compiled: dict[tuple[tuple[str, ...], str], ReadPlan] = {}
         self._write_lock = asyncio.Lock()
         self._apply_lock = asyncio.Lock()
         self._online_behind = True
@@ -297,10 +322,11 @@ class FeatureStore:
 
     # --- reads --------------------------------------------------------------------------
 
-    def compile(self, refs: Sequence[str], service: str) -> CompiledService:
+    def compile(self, refs: Sequence[str], service: str) -> ReadPlan:
+        """How to read ``refs`` or ``service``: compiled once, kept until definitions change."""
         key = (tuple(refs), service)
-        compiled = self._compiled.get(key)
-        if compiled is None:
+        plan = self._compiled.get(key)
+        if plan is None:
             if refs and service:
                 raise InvalidInput.field("feature_service", "set feature_refs or feature_service")
             if service:
@@ -309,13 +335,35 @@ class FeatureStore:
                 )
             else:
                 compiled = compile_refs(refs, self._defs.views, "feature_refs")
-            self._compiled[key] = compiled
-        return compiled
+            plan = self._read_plan(compiled)
+            self._compiled[key] = plan
+        return plan
 
-    @staticmethod
-    def _fields(view: FeatureView, names: Sequence[str]) -> list[tuple[str, DType]]:
-        dtypes = {f.name: f.dtype for f in view.features}
-        return [(name, dtypes[name]) for name in names]
+    def _read_plan(self, compiled: CompiledService) -> ReadPlan:
+        by_view: dict[str, list[StoredRef]] = {}
+        for ref in compiled.stored:
+            by_view.setdefault(ref.view, []).append(ref)
+        views = []
+        for name, refs in by_view.items():
+            view = self._defs.views[name]
+            dtypes = {f.name: f.dtype for f in view.features}
+            views.append(
+                ViewRead(
+                    view,
+                    tuple(r.ref for r in refs),
+                    tuple((r.feature, dtypes[r.feature]) for r in refs),
+                    tuple(self._join_keys(view)),
+                    view.ttl_us,
+                )
+            )
+        direct = (
+            len(views) == 1
+            and not compiled.steps
+            and not compiled.request_inputs
+            and views[0].refs == compiled.outputs
+        )
+        known = frozenset(k.name for v in views for k in v.join_keys)
+        return ReadPlan(compiled, tuple(views), known, direct)
 
     def _join_keys(self, view: FeatureView) -> list[JoinKey]:
         keys: list[JoinKey] = []
@@ -323,22 +371,12 @@ class FeatureStore:
             keys.extend(self._defs.entities[name].join_keys)
         return keys
 
-    def _groups(
-        self, compiled: CompiledService, keys: Sequence[EntityKey], field: str
-    ) -> list[tuple[FeatureView, list[StoredRef], list[str]]]:
-        """Per view read: its refs and the encoded entity key of every request row."""
-        by_view: dict[str, list[StoredRef]] = {}
-        for ref in compiled.stored:
-            by_view.setdefault(ref.view, []).append(ref)
-        groups = []
-        known: set[str] = set()
-        for name, refs in by_view.items():
-            view = self._defs.views[name]
-            join_keys = self._join_keys(view)
-            known.update(k.name for k in join_keys)
-            groups.append((view, refs, validation.entity_strings(join_keys, keys, field)))
-        validation.check_unknown_keys(keys, known, field)
-        return groups
+    @staticmethod
+    def _entity_strings(plan: ReadPlan, keys: Sequence[EntityKey], field: str) -> list[list[str]]:
+        """Per view read: the encoded entity key of every request row."""
+        out = [validation.entity_strings(v.join_keys, keys, field) for v in plan.views]
+        validation.check_unknown_keys(keys, plan.known_keys, field)
+        return out
 
     def _request_inputs(
         self, compiled: CompiledService, supplied: dict[str, Scalar], field: str
@@ -365,31 +403,32 @@ class FeatureStore:
             )
         if count == 0:
             raise InvalidInput.field("entity_keys", "name at least one entity")
-        compiled = self.compile(query.feature_refs, query.feature_service)
+        plan = self.compile(query.feature_refs, query.feature_service)
+        compiled = plan.compiled
         inputs = query.request_inputs
         if len(inputs) not in (0, 1, count):
             raise InvalidInput.field(
                 "request_inputs", f"give one entry per entity key ({count}) or a single one"
             )
-        groups = self._groups(compiled, query.entity_keys, "entity_keys")
+        per_view = self._entity_strings(plan, query.entity_keys, "entity_keys")
+        for read in plan.views:
+            if not read.view.online:
+                raise FailedPrecondition(f"feature view {read.view.name!r} is not kept online")
+        service = compiled.service.ref if compiled.service else ""
         now = self._clock()
+        if plan.direct:
+            # The rows are the view's cells as they are; duplicate keys share one list.
+            read, keys = plan.views[0], per_view[0]
+            found = await self._online_cells(read, keys, now)
+            missing = pit.missing_cells(len(read.fields))
+            return ReadResult(compiled.schema, [found.get(k, missing) for k in keys], service)
         rows: list[dict[str, Cell]] = [{} for _ in range(count)]
-        for view, refs, keys in groups:
-            if not view.online:
-                raise FailedPrecondition(f"feature view {view.name!r} is not kept online")
-            found = await self._online.read(view.name, list(dict.fromkeys(keys)))
-            names = [r.feature for r in refs]
-            fields = self._fields(view, names)
-            decoded = {
-                entity: pit.Candidate(ts, codec.decode_fields(payload, fields))
-                for entity, (ts, payload) in found.items()
-            }
-            ttl = view.ttl_us
+        for read, keys in zip(plan.views, per_view, strict=True):
+            found = await self._online_cells(read, keys, now)
+            missing = pit.missing_cells(len(read.fields))
+            names = read.refs
             for row, key in zip(rows, keys, strict=True):
-                for ref, cell in zip(
-                    refs, pit.cells(decoded.get(key), names, now, ttl), strict=True
-                ):
-                    row[ref.ref] = cell
+                row.update(zip(names, found.get(key, missing), strict=True))
         if compiled.request_inputs:
             shared = (
                 self._request_inputs(compiled, inputs[0], "request_inputs[0]")
@@ -403,8 +442,18 @@ class FeatureStore:
                         compiled, inputs[i] if inputs else {}, f"request_inputs[{i}]"
                     )
                 )
-        service = compiled.service.ref if compiled.service else ""
         return ReadResult(compiled.schema, [compiled.evaluate(row) for row in rows], service)
+
+    async def _online_cells(
+        self, read: ViewRead, keys: Sequence[str], now: int
+    ) -> dict[str, list[Cell]]:
+        """The cells of every requested entity the online store holds a value for."""
+        found = await self._online.read(read.view.name, list(dict.fromkeys(keys)))
+        fields, ttl = read.fields, read.ttl_us
+        return {
+            entity: pit.stored_cells(ts, payload, fields, now, ttl)
+            for entity, (ts, payload) in found.items()
+        }
 
     async def read_historical(self, query: HistoricalQuery) -> AsyncIterator[HistoricalChunk]:
         """Point-in-time correct rows, every request row in order, in chunks."""
@@ -415,9 +464,10 @@ class FeatureStore:
             )
         if count == 0:
             raise InvalidInput.field("entity_rows", "name at least one entity row")
-        compiled = self.compile(query.feature_refs, query.feature_service)
+        plan = self.compile(query.feature_refs, query.feature_service)
+        compiled = plan.compiled
         # Everything is checked before the first chunk goes out: a stream never fails halfway.
-        groups = self._groups(compiled, [r.entity_key for r in query.rows], "entity_rows")
+        per_view = self._entity_strings(plan, [r.entity_key for r in query.rows], "entity_rows")
         times: list[int] = []
         for i, entity_row in enumerate(query.rows):
             problem = validation.check_time(entity_row.event_us)
@@ -426,36 +476,47 @@ class FeatureStore:
             times.append(entity_row.event_us or 0)
         inputs = [
             self._request_inputs(compiled, r.request_inputs, f"entity_rows[{i}].request_inputs")
-            if compiled.request_inputs
-            else {}
             for i, r in enumerate(query.rows)
-        ]
+        ] if compiled.request_inputs else None  # fmt: skip
         size = query.chunk_size if query.chunk_size > 0 else DEFAULT_CHUNK_ROWS
         size = min(size, MAX_CHUNK_ROWS)
         service = compiled.service.ref if compiled.service else ""
         for start in range(0, count, size):
             end = min(start + size, count)
-            rows: list[dict[str, Cell]] = [dict(inputs[i]) for i in range(start, end)]
-            for view, refs, keys in groups:
-                queries = list(zip(keys[start:end], times[start:end], strict=True))
-                found = await self._offline.as_of(view.name, queries)
-                names = [r.feature for r in refs]
-                fields = self._fields(view, names)
-                ttl = view.ttl_us
-                for row, hit, (_, as_of) in zip(rows, found, queries, strict=True):
-                    candidate = (
-                        pit.Candidate(hit[0], codec.decode_fields(hit[1], fields)) if hit else None
-                    )
-                    for ref, cell in zip(
-                        refs, pit.cells(candidate, names, as_of, ttl), strict=True
-                    ):
-                        row[ref.ref] = cell
+            as_of = times[start:end]
+            if plan.direct:
+                read = plan.views[0]
+                rows = await self._historical_cells(read, per_view[0][start:end], as_of)
+            else:
+                cells: list[dict[str, Cell]] = (
+                    [dict(inputs[i]) for i in range(start, end)]
+                    if inputs
+                    else [{} for _ in range(start, end)]
+                )
+                for read, keys in zip(plan.views, per_view, strict=True):
+                    found = await self._historical_cells(read, keys[start:end], as_of)
+                    names = read.refs
+                    for row, view_cells in zip(cells, found, strict=True):
+                        row.update(zip(names, view_cells, strict=True))
+                rows = [compiled.evaluate(row) for row in cells]
             yield HistoricalChunk(
                 compiled.schema if start == 0 else (),
                 start,
-                [compiled.evaluate(row) for row in rows],
+                rows,
                 service if start == 0 else "",
             )
+
+    async def _historical_cells(
+        self, read: ViewRead, keys: Sequence[str], times: Sequence[int]
+    ) -> list[list[Cell]]:
+        """The view's cells for each (entity, as-of time), in order."""
+        found = await self._offline.as_of(read.view.name, list(zip(keys, times, strict=True)))
+        fields, ttl = read.fields, read.ttl_us
+        missing = pit.missing_cells(len(fields))
+        return [
+            pit.stored_cells(hit[0], hit[1], fields, as_of, ttl) if hit else missing
+            for hit, as_of in zip(found, times, strict=True)
+        ]
 
     # --- materialization, statistics, maintenance ---------------------------------------
 

@@ -7,7 +7,7 @@ row is collected, so the writer can fix the whole batch in one go.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from datetime import datetime
 
 from mlbackend_features.core import codec
@@ -221,6 +221,10 @@ def entity_strings(
     join_keys: Sequence[JoinKey], keys: Sequence[EntityKey], field: str
 ) -> list[str]:
     """Encoded keys for a read, in request order; every defect raises one InvalidInput."""
+    if len(join_keys) == 1 and join_keys[0].dtype is DType.INT64:
+        simple = _int_key_strings(join_keys[0].name, keys)
+        if simple is not None:
+            return simple
     out: list[str] = []
     violations: list[FieldViolation] = []
     for i, key in enumerate(keys):
@@ -238,7 +242,19 @@ def entity_strings(
     return out
 
 
-def check_unknown_keys(keys: Sequence[Mapping[str, Scalar]], known: set[str], field: str) -> None:
+def _int_key_strings(name: str, keys: Sequence[EntityKey]) -> list[str] | None:
+    """The common case of one int64 join key, every key valid; None sends the caller
+    to the general path (which also reports the defects)."""
+    out: list[str] = []
+    for key in keys:
+        value = key.get(name)
+        if type(value) is not int:
+            return None
+        out.append(codec.encode_int_key(value))
+    return out
+
+
+def check_unknown_keys(keys: Sequence[Mapping[str, Scalar]], known: Set[str], field: str) -> None:
     """Refuse join keys no requested view uses (usually a typo)."""
     for i, key in enumerate(keys):
         for name in key:
