@@ -10,6 +10,8 @@ import json
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
 from mlbackend_features.core.model import (
     MICROS,
     Actor,
@@ -29,6 +31,7 @@ from mlbackend_features.core.service import FeatureStore
 from mlbackend_features.stores.definitions import SqliteDefinitionStore
 from mlbackend_features.stores.offline_sqlite import SqliteOfflineStore
 from mlbackend_features.stores.online_sqlite import SqliteOnlineStore
+from mlbackend_runtime.errors import NotFound
 
 T = 1_767_225_600 * MICROS  # 2026-01-01
 
@@ -43,27 +46,25 @@ def replica(base: Path) -> FeatureStore:
     )
 
 
+STATS = DefinitionSet(
+    entities=(Entity(name="user", join_keys=(JoinKey(name="id", dtype=DType.INT64),)),),
+    feature_views=(
+        FeatureView(
+            name="stats",
+            entities=("user",),
+            ttl=timedelta(days=1),
+            features=(Feature(name="x", dtype=DType.DOUBLE),),
+        ),
+    ),
+)
+
+
 async def test_a_batch_committed_but_never_applied_is_applied_by_the_next_writer(
     tmp_path: Path,
 ) -> None:
     a, b = replica(tmp_path), replica(tmp_path)
     await a.start()
-    await a.apply(
-        DefinitionSet(
-            entities=(Entity(name="user", join_keys=(JoinKey(name="id", dtype=DType.INT64),)),),
-            feature_views=(
-                FeatureView(
-                    name="stats",
-                    entities=("user",),
-                    ttl=timedelta(days=1),
-                    features=(Feature(name="x", dtype=DType.DOUBLE),),
-                ),
-            ),
-        ),
-        force=False,
-        dry_run=False,
-        actor=Actor("test", True),
-    )
+    await a.apply(STATS, force=False, dry_run=False, actor=Actor("test", True))
     await b.start()
     # B commits batch 1 normally, then commits batch 2 and "dies" before applying it.
     await b.write(WriteBatch("b1", "stats", ["x"], [WriteRow({"id": 1}, T, [1.0])]))
@@ -79,5 +80,22 @@ async def test_a_batch_committed_but_never_applied_is_applied_by_the_next_writer
         (Status.PRESENT, 2.0),
         (Status.PRESENT, 3.0),
     ]
+    for store in (a, b):
+        await store.close()
+
+
+async def test_a_view_another_replica_just_applied_is_found_at_once(tmp_path: Path) -> None:
+    a, b = replica(tmp_path), replica(tmp_path)
+    await a.start()
+    await b.start()  # B loaded no definitions, and no refresh runs in this test
+    await a.apply(STATS, force=False, dry_run=False, actor=Actor("test", True))
+    ack = await b.write(WriteBatch("b1", "stats", ["x"], [WriteRow({"id": 1}, T, [1.0])]))
+    assert ack.row_count == 1
+    read = await b.read_online(OnlineQuery(["stats:x"], "", [{"id": 1}], []))
+    assert (read.rows[0][0].status, read.rows[0][0].value) == (Status.PRESENT, 1.0)
+    # A name nobody applied is still unknown (and reloads are rate-limited).
+    for _ in range(3):
+        with pytest.raises(NotFound, match="nope"):
+            await b.write(WriteBatch("b2", "nope", ["x"], [WriteRow({"id": 1}, T, [1.0])]))
     for store in (a, b):
         await store.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -69,6 +70,9 @@ _MATERIALIZE_SLICE = 1_000
 _DEFAULT_PAGE = 100
 _MAX_PAGE = 1_000
 _MAX_BATCH_ID = 128
+# An unknown name reloads the definitions at most this often (another replica on a
+# shared definition store may have just applied it).
+_RELOAD_ON_MISS_SECONDS = 1.0
 
 T = TypeVar("T")
 
@@ -144,6 +148,7 @@ class FeatureStore:
         # one: a commit right after it is applied directly, any other means another
         # replica committed in between, and the log is replayed from the watermark.
         self._applied = 0
+        self._reloaded_at = float("-inf")
         self.freshness: dict[str, Freshness] = {}
 
     async def start(self) -> None:
@@ -185,11 +190,30 @@ class FeatureStore:
         async with self._apply_lock:
             await self._reload_definitions()
 
-    async def _reload_definitions(self) -> None:
+    async def _reload_definitions(self) -> bool:
+        """Load the stored definitions; True when they differ from the ones in use."""
         loaded = await self._definition_store.load()
-        if loaded != self._defs:
-            self._defs = loaded
-            self._compiled.clear()
+        self._reloaded_at = time.monotonic()
+        if loaded == self._defs:
+            return False
+        self._defs = loaded
+        self._compiled.clear()
+        return True
+
+    async def fresh(self, lookup: Callable[[], T]) -> T:
+        """``lookup()`` against the definitions in use; when it names something unknown,
+        once more against the stored ones, reloaded at most every second — so a view
+        another replica applied a moment ago is found without waiting for the refresh."""
+        try:
+            return lookup()
+        except NotFound:
+            if time.monotonic() - self._reloaded_at < _RELOAD_ON_MISS_SECONDS:
+                raise
+            async with self._apply_lock:
+                changed = await self._reload_definitions()
+            if not changed:
+                raise
+            return lookup()
 
     def entity(self, name: str) -> Entity:
         found = self._defs.entities.get(name)
@@ -243,7 +267,7 @@ class FeatureStore:
     # --- writes -------------------------------------------------------------------------
 
     async def write(self, batch: WriteBatch) -> WriteAck:
-        view = self.feature_view(batch.feature_view, "batch.feature_view")
+        view = await self.fresh(lambda: self.feature_view(batch.feature_view, "batch.feature_view"))
         if len(batch.batch_id) > _MAX_BATCH_ID:
             raise InvalidInput.field("batch.batch_id", f"longer than {_MAX_BATCH_ID} characters")
         records, violations = validation.validate_batch(view, self._join_keys(view), batch)
@@ -403,7 +427,7 @@ class FeatureStore:
             )
         if count == 0:
             raise InvalidInput.field("entity_keys", "name at least one entity")
-        plan = self.compile(query.feature_refs, query.feature_service)
+        plan = await self.fresh(lambda: self.compile(query.feature_refs, query.feature_service))
         compiled = plan.compiled
         inputs = query.request_inputs
         if len(inputs) not in (0, 1, count):
@@ -464,7 +488,7 @@ class FeatureStore:
             )
         if count == 0:
             raise InvalidInput.field("entity_rows", "name at least one entity row")
-        plan = self.compile(query.feature_refs, query.feature_service)
+        plan = await self.fresh(lambda: self.compile(query.feature_refs, query.feature_service))
         compiled = plan.compiled
         # Everything is checked before the first chunk goes out: a stream never fails halfway.
         per_view = self._entity_strings(plan, [r.entity_key for r in query.rows], "entity_rows")
@@ -525,7 +549,9 @@ class FeatureStore:
     ) -> AsyncIterator[MaterializeProgress]:
         """Copy the newest offline row per entity in [start, end) into the online store."""
         if views:
-            targets = [self.feature_view(v, f"feature_views[{i}]") for i, v in enumerate(views)]
+            targets = await self.fresh(
+                lambda: [self.feature_view(v, f"feature_views[{i}]") for i, v in enumerate(views)]
+            )
         else:
             targets = [v for _, v in sorted(self._defs.views.items()) if v.online]
         for i, view in enumerate(targets):
@@ -559,7 +585,7 @@ class FeatureStore:
         bins: int,
         quantiles: Sequence[float],
     ) -> ViewStatistics:
-        view = self.feature_view(view_name, "feature_view")
+        view = await self.fresh(lambda: self.feature_view(view_name, "feature_view"))
         chosen = []
         for i, name in enumerate(features):
             feature = view.feature(name)

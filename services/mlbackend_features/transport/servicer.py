@@ -39,7 +39,8 @@ class FeatureStoreServicer(features_pb2_grpc.FeatureStoreServiceServicer):
     async def GetEntity(
         self, request: pb.GetEntityRequest, context: Context
     ) -> pb.GetEntityResponse:
-        return pb.GetEntityResponse(entity=convert.entity_pb(self._store.entity(request.name)))
+        entity = await self._store.fresh(lambda: self._store.entity(request.name))
+        return pb.GetEntityResponse(entity=convert.entity_pb(entity))
 
     async def ListEntities(
         self, request: pb.ListEntitiesRequest, context: Context
@@ -52,7 +53,7 @@ class FeatureStoreServicer(features_pb2_grpc.FeatureStoreServiceServicer):
     async def GetFeatureView(
         self, request: pb.GetFeatureViewRequest, context: Context
     ) -> pb.GetFeatureViewResponse:
-        view = self._store.feature_view(request.name)
+        view = await self._store.fresh(lambda: self._store.feature_view(request.name))
         return pb.GetFeatureViewResponse(feature_view=convert.feature_view_pb(view))
 
     async def ListFeatureViews(
@@ -68,7 +69,7 @@ class FeatureStoreServicer(features_pb2_grpc.FeatureStoreServiceServicer):
     async def GetFeatureService(
         self, request: pb.GetFeatureServiceRequest, context: Context
     ) -> pb.GetFeatureServiceResponse:
-        service = self._store.feature_service(request.name)
+        service = await self._store.fresh(lambda: self._store.feature_service(request.name))
         return pb.GetFeatureServiceResponse(feature_service=convert.feature_service_pb(service))
 
     async def ListFeatureServices(
