@@ -10,6 +10,7 @@ is not. Experiments live in SQLite under ``data_dir/gateway`` or in PostgreSQL
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import grpc
@@ -22,8 +23,16 @@ from mlbackend_clients.monitoring import MonitoringClient
 from mlbackend_clients.registry import RegistryClient
 from mlbackend_clients.serving import ServingClient
 from mlbackend_gateway.core.experiments import ExperimentRouter, ExperimentService
-from mlbackend_gateway.core.model import FeatureTable, ModelVersionInfo
+from mlbackend_gateway.core.model import (
+    FeatureTable,
+    ModelVersionInfo,
+    PredictionInput,
+    RegisteredModelInfo,
+    Scalar,
+    Scored,
+)
 from mlbackend_gateway.core.pipeline import InferencePipeline, PipelineLimits
+from mlbackend_gateway.core.ports import FeatureReader, ModelCatalog, Scorer
 from mlbackend_gateway.core.records import QueueLimits, RecordQueue
 from mlbackend_gateway.core.service import GatewayCore
 from mlbackend_gateway.core.versions import VersionResolver
@@ -89,19 +98,21 @@ class _Missing:
     def _fail(self) -> DependencyUnavailable:
         return DependencyUnavailable(self._dependency, f"no {self._dependency} configured")
 
-    async def read(self, version: ModelVersionInfo, inputs: object) -> FeatureTable:
+    async def read(
+        self, version: ModelVersionInfo, inputs: Sequence[PredictionInput]
+    ) -> FeatureTable:
         raise self._fail()
 
-    async def score(self, model: str, version: int, vectors: object) -> object:
+    async def score(self, model: str, version: int, vectors: Sequence[Sequence[Scalar]]) -> Scored:
         raise self._fail()
 
-    async def get_model(self, model: str) -> object:
+    async def get_model(self, model: str) -> RegisteredModelInfo:
         raise self._fail()
 
-    async def get_version(self, model: str, version: int) -> object:
+    async def get_version(self, model: str, version: int) -> ModelVersionInfo:
         raise self._fail()
 
-    async def list_models(self, page_size: int, page_token: str) -> object:
+    async def list_models(self, page_size: int, page_token: str) -> tuple[list[str], str]:
         raise self._fail()
 
 
@@ -131,17 +142,17 @@ async def create_server(
     closers = []
 
     registry_client = None
-    catalog: RegistryCatalog | _Missing = _Missing("registry")
+    catalog: ModelCatalog = _Missing("registry")
     if settings.registry:
         registry_client = RegistryClient.connect(settings.registry, _options(settings))
         catalog = RegistryCatalog(registry_client, options.registry_timeout)
         closers.append(registry_client.close)
-    features: FeatureStoreReader | _Missing = _Missing("feature-store")
+    features: FeatureReader = _Missing("feature-store")
     if settings.features:
         features_client = FeatureStoreClient.connect(settings.features, _options(settings))
         features = FeatureStoreReader(features_client, options.features_timeout)
         closers.append(features_client.close)
-    scorer: ServingScorer | _Missing = _Missing("serving")
+    scorer: Scorer = _Missing("serving")
     if settings.serving:
         serving_client = ServingClient.connect(settings.serving, _options(settings))
         scorer = ServingScorer(serving_client, options.serving_timeout)
@@ -153,15 +164,15 @@ async def create_server(
         closers.append(monitoring_client.close)
 
     store = SqlExperimentStore(engine_url(settings.database_url, settings.data_dir / "gateway"))
-    resolver = VersionResolver(catalog, ttl=options.version_cache_ttl)  # type: ignore[arg-type]
+    resolver = VersionResolver(catalog, ttl=options.version_cache_ttl)
     router = ExperimentRouter(store, ttl=options.experiment_cache_ttl)
     records = RecordQueue(sink, options.records, metrics.drop, metrics.sent)
     pipeline = InferencePipeline(
-        resolver, features, scorer, router, records, options.pipeline,  # type: ignore[arg-type]
+        resolver, features, scorer, router, records, options.pipeline,
         metrics.shadow_drop,
     )  # fmt: skip
     core = GatewayCore(
-        pipeline, ExperimentService(store, router), router, catalog,  # type: ignore[arg-type]
+        pipeline, ExperimentService(store, router), router, catalog,
         options.serving_timeout,
     )  # fmt: skip
     servicer = GatewayServicer(core)
