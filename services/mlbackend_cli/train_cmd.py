@@ -58,13 +58,17 @@ def add_parser(commands: Any) -> None:
     # Options of the --config form; own dests, so the fraud sub-command's never mix in.
     train.add_argument("--config", dest="config_file", type=Path, metavar="FILE",
                        help="YAML file of a tabular problem (exclusive with 'fraud')")  # fmt: skip
-    train.add_argument("--registry", dest="config_registry", default=DEFAULT_REGISTRY)
+    train.add_argument("--registry", dest="config_registry", default=DEFAULT_REGISTRY,
+                       metavar="ADDR", help=f"registry (default {DEFAULT_REGISTRY})")  # fmt: skip
     train.add_argument("--features", dest="config_features", default=DEFAULT_FEATURES,
+                       metavar="ADDR",
                        help="feature store, for a config naming a feature_service")  # fmt: skip
-    train.add_argument("--data-dir", dest="config_data_dir", type=Path, default=Path("data"))
-    train.add_argument("--token", dest="config_token", default=None,
+    train.add_argument("--data-dir", dest="config_data_dir", type=Path, default=Path("data"),
+                       metavar="DIR", help="runs go under DIR/runs/<id>/")  # fmt: skip
+    train.add_argument("--token", dest="config_token", default=None, metavar="TOKEN",
                        help="bearer token (or MLBACKEND_TOKEN)")  # fmt: skip
-    train.add_argument("--no-promote", dest="config_no_promote", action="store_true")
+    train.add_argument("--no-promote", dest="config_no_promote", action="store_true",
+                       help="register only; leave production where it is")  # fmt: skip
     train.add_argument("--json", dest="config_json", action="store_true",
                        help="print the evaluation as JSON")  # fmt: skip
     train.set_defaults(train_parser=train)
