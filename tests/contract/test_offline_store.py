@@ -114,7 +114,8 @@ async def test_as_of_matches_the_reference_join(offline_store: OfflineStore, see
         history += [HistoryRow(r.entity, r.event_us, json.loads(r.payload)) for r in records]
     # Another view's rows never leak in.
     await offline_store.append("other", "w", [rec("e1", 0, "other")])
-    queries = [(f"e{rng.randint(0, 11)}", rng.randint(-5, 55)) for _ in range(500)]
+    # More rows than one SQLite batch (500): full batches and a shorter last one.
+    queries = [(f"e{rng.randint(0, 11)}", rng.randint(-5, 55)) for _ in range(1_234)]
     expected = as_of_join(history, queries)
     found = await offline_store.as_of("v", queries)
     got = [None if hit is None else Candidate(hit[0], json.loads(hit[1])) for hit in found]

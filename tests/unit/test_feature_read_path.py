@@ -34,6 +34,7 @@ from mlbackend_features.core.model import (
     JoinKey,
     OnlineQuery,
     OutputColumn,
+    PresentRow,
     ReadResult,
     Scalar,
     Status,
@@ -125,6 +126,27 @@ def test_the_schema_is_the_one_built_field_by_field_every_time() -> None:
     assert not convert.historical_chunk_pb(HistoricalChunk((), 9, [], "")).schema
 
 
+def test_present_rows_parse_to_the_messages_built_field_by_field() -> None:
+    before_1970 = datetime(1900, 1, 1, 0, 0, 0, 1, tzinfo=UTC)
+    rows = [
+        PresentRow([0.0, -0.0, 1.5, -2.25e300, 5e-324, math.inf, -math.inf, math.nan], T + 1),
+        PresentRow([0, 1, 127, 128, 16_383, 16_384, 2**63 - 1, -1, -128, -(2**63)], T),
+        PresentRow(["", "é ✓ 𝄞", "y" * 70_000, True, False, before_1970], -1),
+        PresentRow([datetime.fromtimestamp(0, UTC), 2.5, 300], 0),
+        PresentRow([1.0, None, 3, None], 999_999),  # null values: another status
+        PresentRow([None], T),
+        PresentRow([], T),
+    ]
+    for tag, build in (
+        (convert._ONLINE_ROWS, lambda: convert.online_result_pb(ReadResult((), rows, "")).rows),
+        (
+            convert._HISTORICAL_ROWS,
+            lambda: convert.historical_chunk_pb(HistoricalChunk((), 0, rows, "")).rows,
+        ),
+    ):
+        assert same_rows(build(), [reference_row(list(r)) for r in rows]), tag
+
+
 def test_historical_rows_and_shared_row_lists() -> None:
     shared = [Cell(None, Status.NOT_FOUND, None)] * 2
     present = [Cell(1.0, Status.PRESENT, 0), Cell(7, Status.PRESENT, 0)]
@@ -166,9 +188,26 @@ def test_stored_cells_equal_decoding_then_the_pit_rules(
     names = [name for name, _ in FIELDS]
     candidate = pit.Candidate(T, codec.decode_fields(payload, FIELDS))
     want = pit.cells(candidate, names, T + as_of_offset, 3_600 * MICROS)
-    got = pit.stored_cells(T, payload, FIELDS, T + as_of_offset, 3_600 * MICROS)
+    decoder = codec.RowDecoder(FIELDS)
+    got = pit.stored_cells(T, payload, decoder, T + as_of_offset, 3_600 * MICROS)
     assert [repr(c) for c in got] == [repr(c) for c in want]  # repr: NaN-safe
     assert all(type(c) is Cell for c in got)
+    # The loop of a historical retrieval gives the same, and NOT_FOUND for no candidate.
+    hits: list[tuple[int, str] | None] = [(T, payload), None]
+    rows = pit.as_of_cells(hits, [T + as_of_offset, T], decoder, 3_600 * MICROS)
+    assert [repr(c) for c in rows[0]] == [repr(c) for c in want]
+    assert rows[1] == pit.missing_cells(len(FIELDS))
+
+
+def test_a_present_row_is_its_cells() -> None:
+    row = PresentRow([1.5, None, "x"], T)
+    cells = [
+        Cell(1.5, Status.PRESENT, T), Cell(None, Status.NULL_VALUE, T), Cell("x", Status.PRESENT, T)
+    ]  # fmt: skip
+    assert row == cells and list(row) == cells and cells == row
+    assert len(row) == 3 and row[1] == cells[1] and row[-1] == cells[-1] and row[1:] == cells[1:]
+    assert row != cells[:2] and row != [Cell(1.5, Status.PRESENT, T + 1), *cells[1:]]
+    assert row != 3 and row == PresentRow([1.5, None, "x"], T)
 
 
 def test_what_orjson_refuses_is_read_by_json() -> None:

@@ -18,12 +18,11 @@ from datetime import datetime
 import orjson
 
 from mlbackend_features.core.model import (
-    Cell,
     DType,
     FeatureView,
     JoinKey,
+    PresentRow,
     Scalar,
-    Status,
     datetime_to_us,
     us_to_datetime,
 )
@@ -82,23 +81,30 @@ def decode_fields(payload: str, fields: Sequence[tuple[str, DType]]) -> dict[str
     return out
 
 
-def present_cells(payload: str, fields: Sequence[tuple[str, DType]], event_us: int) -> list[Cell]:
-    """The cells of one stored row within its TTL: PRESENT, or NULL_VALUE where the
-    value is null (or of another type, see :func:`_typed`); the read path's decoder."""
-    raw = _loads(payload)
-    values = [raw.get(name) for name, _ in fields]
-    for i, (_, dtype) in enumerate(fields):
-        value = values[i]
-        if value is not None and type(value) is not _NATIVE.get(dtype):
-            values[i] = _typed(dtype, value)
-    # tuple.__new__ builds the named tuples without their Python-level __new__.
-    present, null = Status.PRESENT, Status.NULL_VALUE
-    return [
-        _new(Cell, (None, null, event_us) if v is None else (v, present, event_us)) for v in values
-    ]
+class RowDecoder:
+    """Decodes the requested fields of stored rows into read results, typed; built once
+    per read plan, so the per-row work is only what differs between rows."""
 
+    __slots__ = ("fields", "names", "natives")
 
-_new = tuple.__new__
+    def __init__(self, fields: Sequence[tuple[str, DType]]) -> None:
+        self.fields = tuple(fields)
+        self.names = tuple(name for name, _ in fields)
+        # What JSON yields for each field when the stored value is of its dtype.
+        self.natives = [_NATIVE.get(dtype) for _, dtype in fields]
+
+    def present(self, payload: str, event_us: int) -> PresentRow:
+        """The cells of one stored row within its TTL: PRESENT, or NULL_VALUE where the
+        value is null (or of another type, see :func:`_typed`); the read path's decoder."""
+        raw = _loads(payload)
+        values: list[Scalar] = list(map(raw.get, self.names))  # type: ignore[arg-type]
+        if list(map(type, values)) != self.natives:  # one C-level check in the usual case
+            for i, (_, dtype) in enumerate(self.fields):
+                value = values[i]
+                if value is not None and type(value) is not self.natives[i]:
+                    values[i] = _typed(dtype, value)
+        return PresentRow(values, event_us)
+
 
 # JSON already yields these types for these dtypes; everything else goes through _typed.
 _NATIVE: dict[DType, type] = {

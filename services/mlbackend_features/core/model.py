@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal, NamedTuple
+from typing import Annotated, Literal, NamedTuple, overload
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -388,6 +389,53 @@ class Cell(NamedTuple):
     event_us: int | None
 
 
+class PresentRow(Sequence[Cell]):
+    """The cells of one stored row within its TTL, kept as the row's values: a value is
+    PRESENT, or NULL_VALUE where it is None, and every cell has the row's event time.
+
+    Reads return one of these per found row instead of one ``Cell`` per value; the
+    transport encodes it from ``values`` directly (a historical retrieval has ~100,000
+    cells). Read-only, like every row a read returns.
+    """
+
+    __slots__ = ("event_us", "values")
+
+    def __init__(self, values: list[Scalar], event_us: int) -> None:
+        self.values = values
+        self.event_us = event_us
+
+    def _cell(self, value: Scalar) -> Cell:
+        status = Status.NULL_VALUE if value is None else Status.PRESENT
+        return Cell(value, status, self.event_us)
+
+    @overload
+    def __getitem__(self, index: int) -> Cell: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Cell]: ...
+    def __getitem__(self, index: int | slice) -> Cell | list[Cell]:
+        if isinstance(index, slice):
+            return [self._cell(v) for v in self.values[index]]
+        return self._cell(self.values[index])
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __iter__(self) -> Iterator[Cell]:
+        return map(self._cell, self.values)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence):
+            return NotImplemented
+        return len(other) == len(self.values) and all(
+            a == b for a, b in zip(self, other, strict=True)
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # compares equal to lists
+
+    def __repr__(self) -> str:
+        return f"PresentRow({self.values!r}, {self.event_us!r})"
+
+
 class OnlineQuery(NamedTuple):
     feature_refs: list[str]
     feature_service: str
@@ -397,7 +445,7 @@ class OnlineQuery(NamedTuple):
 
 class ReadResult(NamedTuple):
     schema: tuple[OutputColumn, ...]
-    rows: list[list[Cell]]
+    rows: list[Sequence[Cell]]
     """Read-only: rows of one entity asked for twice may be the same list."""
     feature_service: str
 
@@ -418,7 +466,7 @@ class HistoricalQuery(NamedTuple):
 class HistoricalChunk(NamedTuple):
     schema: tuple[OutputColumn, ...]
     start_row_index: int
-    rows: list[list[Cell]]
+    rows: list[Sequence[Cell]]
     feature_service: str
 
 

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from mlbackend_features.core import codec
-from mlbackend_features.core.model import Cell, DType, Scalar, Status
+from mlbackend_features.core.model import Cell, Scalar, Status
 
 
 class Candidate(NamedTuple):
@@ -61,13 +61,35 @@ def missing_cells(count: int) -> list[Cell]:
 
 
 def stored_cells(
-    event_us: int, payload: str, fields: Sequence[tuple[str, DType]], as_of_us: int, ttl_us: int
-) -> list[Cell]:
+    event_us: int, payload: str, decoder: codec.RowDecoder, as_of_us: int, ttl_us: int
+) -> Sequence[Cell]:
     """``cells`` of the candidate stored as ``(event_us, payload)``, decoding only the
-    requested fields, and nothing at all when it has expired."""
+    fields ``decoder`` reads, and nothing at all when it has expired."""
     if is_expired(event_us, as_of_us, ttl_us):
-        return [Cell(None, Status.EXPIRED, event_us)] * len(fields)
-    return codec.present_cells(payload, fields, event_us)
+        return [Cell(None, Status.EXPIRED, event_us)] * len(decoder.fields)
+    return decoder.present(payload, event_us)
+
+
+def as_of_cells(
+    found: Sequence[tuple[int, str] | None],
+    as_of: Sequence[int],
+    decoder: codec.RowDecoder,
+    ttl_us: int,
+) -> list[Sequence[Cell]]:
+    """``stored_cells`` of every candidate an as-of join found (None: no candidate), in
+    one loop: a historical retrieval runs it for every entity row."""
+    missing = missing_cells(len(decoder.fields))
+    present = decoder.present
+    out: list[Sequence[Cell]] = []
+    append = out.append
+    for hit, as_of_us in zip(found, as_of, strict=True):
+        if hit is None:
+            append(missing)
+        elif ttl_us > 0 and as_of_us - hit[0] > ttl_us:  # is_expired, inlined
+            append([Cell(None, Status.EXPIRED, hit[0])] * len(missing))
+        else:
+            append(present(hit[1], hit[0]))
+    return out
 
 
 class HistoryRow(NamedTuple):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from mlbackend_features.core import definitions, pit, validation
+from mlbackend_features.core import codec, definitions, pit, validation
 from mlbackend_features.core.model import (
     DEFAULT_CHUNK_ROWS,
     MAX_CHUNK_ROWS,
@@ -87,11 +87,13 @@ class Freshness:
 
 @dataclass(frozen=True)
 class ViewRead:
-    """One view's share of a read: its output names, stored fields, join keys and TTL."""
+    """One view's share of a read: its output names, stored fields (and their decoder),
+    join keys and TTL."""
 
     view: FeatureView
     refs: tuple[str, ...]
     fields: tuple[tuple[str, DType], ...]
+    decoder: codec.RowDecoder
     join_keys: tuple[JoinKey, ...]
     ttl_us: int
 
@@ -371,11 +373,13 @@ class FeatureStore:
         for name, refs in by_view.items():
             view = self._defs.views[name]
             dtypes = {f.name: f.dtype for f in view.features}
+            fields = tuple((r.feature, dtypes[r.feature]) for r in refs)
             views.append(
                 ViewRead(
                     view,
                     tuple(r.ref for r in refs),
-                    tuple((r.feature, dtypes[r.feature]) for r in refs),
+                    fields,
+                    codec.RowDecoder(fields),
                     tuple(self._join_keys(view)),
                     view.ttl_us,
                 )
@@ -470,12 +474,12 @@ class FeatureStore:
 
     async def _online_cells(
         self, read: ViewRead, keys: Sequence[str], now: int
-    ) -> dict[str, list[Cell]]:
+    ) -> dict[str, Sequence[Cell]]:
         """The cells of every requested entity the online store holds a value for."""
         found = await self._online.read(read.view.name, list(dict.fromkeys(keys)))
-        fields, ttl = read.fields, read.ttl_us
+        decoder, ttl = read.decoder, read.ttl_us
         return {
-            entity: pit.stored_cells(ts, payload, fields, now, ttl)
+            entity: pit.stored_cells(ts, payload, decoder, now, ttl)
             for entity, (ts, payload) in found.items()
         }
 
@@ -532,15 +536,10 @@ class FeatureStore:
 
     async def _historical_cells(
         self, read: ViewRead, keys: Sequence[str], times: Sequence[int]
-    ) -> list[list[Cell]]:
+    ) -> list[Sequence[Cell]]:
         """The view's cells for each (entity, as-of time), in order."""
         found = await self._offline.as_of(read.view.name, list(zip(keys, times, strict=True)))
-        fields, ttl = read.fields, read.ttl_us
-        missing = pit.missing_cells(len(fields))
-        return [
-            pit.stored_cells(hit[0], hit[1], fields, as_of, ttl) if hit else missing
-            for hit, as_of in zip(found, times, strict=True)
-        ]
+        return pit.as_of_cells(found, times, read.decoder, read.ttl_us)
 
     # --- materialization, statistics, maintenance ---------------------------------------
 

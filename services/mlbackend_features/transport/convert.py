@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -97,7 +98,15 @@ def value_pb(value: m.Scalar) -> common_pb2.Value:
 
 
 def entity_key(key: common_pb2.EntityKey) -> m.EntityKey:
-    return {name: scalar(v) for name, v in key.join_keys.items()}
+    # Keys and lookups: faster than the map's items() (upb builds an item per entry).
+    join_keys = key.join_keys
+    out: m.EntityKey = {}
+    for name in join_keys:
+        value = join_keys[name]
+        out[name] = (
+            value.int64_value if value.WhichOneof("kind") == "int64_value" else scalar(value)
+        )
+    return out
 
 
 def feature_map(values: common_pb2.FeatureMap) -> dict[str, m.Scalar]:
@@ -482,6 +491,11 @@ def _varint(n: int) -> bytes:
         return _BYTE[n]
     if n < 0x4000:
         return bytes((n & 0x7F | 0x80, n >> 7))
+    if 0x10000000 <= n < 0x800000000:  # five bytes: seconds since 1978 until 3058
+        return bytes(
+            (n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14 & 0x7F | 0x80, n >> 21 & 0x7F | 0x80,
+             n >> 28)
+        )  # fmt: skip
     out = bytearray()
     while n >= 0x80:
         out.append(n & 0x7F | 0x80)
@@ -518,45 +532,101 @@ def _rows_bytes(tag: bytes, rows: Sequence[Sequence[m.Cell]]) -> bytes:
     """``rows`` as the wire bytes of a repeated FeatureValueRow field with ``tag``."""
     out: list[bytes] = []
     done: dict[int, bytes] = {}  # rows shared by several entities are encoded once
-    last_status: m.Status | None = None
-    last_event: int | None = None
-    # Status and event time are shared by the cells of one stored row: their bytes, and
-    # those of a null cell and of a double's prefix, change only when they do.
-    tail = null = double = int1 = int2 = b""
-    pack = _PACK_DOUBLE
+    present_row = m.PresentRow
     for cells in rows:
         encoded = done.get(id(cells))
         if encoded is None:
-            parts = []
-            for value, status, event_us in cells:
-                if status is not last_status or event_us != last_event:
-                    tail = _STATUS_TAG[status]
-                    if event_us is not None:
-                        stamp = _timestamp_bytes(event_us)
-                        tail += b"\x1a" + _BYTE[len(stamp)] + stamp
-                    null = b"\x0a" + _BYTE[len(tail)] + tail
-                    double = b"\x0a" + _BYTE[11 + len(tail)] + b"\x0a\x09\x11"
-                    int1 = b"\x0a" + _BYTE[4 + len(tail)] + b"\x0a\x02\x08"  # 0 <= int < 2**7
-                    int2 = b"\x0a" + _BYTE[5 + len(tail)] + b"\x0a\x03\x08"  # < 2**14
-                    last_status, last_event = status, event_us
-                kind = type(value)
-                if kind is float:
-                    parts.append(double + pack(value) + tail)
-                elif kind is int and 0 <= value < 0x4000:  # type: ignore[operator]
-                    if value < 0x80:  # type: ignore[operator]
-                        parts.append(int1 + _BYTE[value] + tail)  # type: ignore[index]
-                    else:
-                        low, high = value & 0x7F | 0x80, value >> 7  # type: ignore[operator]
-                        parts.append(int2 + bytes((low, high)) + tail)
-                elif value is None:
-                    parts.append(null)
-                else:
-                    body = _value_bytes(value) + tail
-                    parts.append(b"\x0a" + _varint(len(body)) + body)
-            row = b"".join(parts)
+            if type(cells) is present_row:
+                row = _present_bytes(cells.values, cells.event_us)
+            else:
+                row = _cells_bytes(cells)
             encoded = done[id(cells)] = tag + _varint(len(row)) + row
         out.append(encoded)
     return b"".join(out)
+
+
+_PRESENT_TAG = _STATUS_TAG[m.Status.PRESENT]
+_DOUBLE = struct.Struct("<5sd").pack  # a double's FeatureValue head and Value, one call
+_INT2 = struct.Struct("<5sBB").pack  # the same for an int64 of two varint bytes
+
+
+@functools.cache
+def _heads(tail_size: int) -> tuple[bytes, bytes, bytes]:
+    """What precedes a double, an int64 < 2**7 and one < 2**14 in a FeatureValue whose
+    status and event time take ``tail_size`` bytes."""
+    return (
+        b"\x0a" + _BYTE[11 + tail_size] + b"\x0a\x09\x11",
+        b"\x0a" + _BYTE[4 + tail_size] + b"\x0a\x02\x08",
+        b"\x0a" + _BYTE[5 + tail_size] + b"\x0a\x03\x08",
+    )
+
+
+def _present_bytes(values: Sequence[m.Scalar], event_us: int) -> bytes:
+    """The FeatureValues of a stored row's cells (:class:`m.PresentRow`): every cell ends
+    in the same status and event time, so each value is encoded with its head, and the
+    shared tail goes between them in one join."""
+    stamp = _timestamp_bytes(event_us)
+    tail = _PRESENT_TAG + b"\x1a" + _BYTE[len(stamp)] + stamp
+    size = len(tail)
+    double, int1, int2 = _heads(size)
+    heads: list[bytes] = []
+    append = heads.append
+    for value in values:
+        kind = type(value)
+        if kind is float:
+            append(_DOUBLE(double, value))
+        elif kind is int and 0 <= value < 0x4000:  # type: ignore[operator]
+            if value < 0x80:  # type: ignore[operator]
+                append(int1 + _BYTE[value])  # type: ignore[index]
+            else:
+                append(_INT2(int2, value & 0x7F | 0x80, value >> 7))  # type: ignore[operator]
+        elif value is None:
+            # A NULL_VALUE cell has another tail: the cell by cell way for this row.
+            return _cells_bytes(m.PresentRow(list(values), event_us))
+        else:
+            body = _value_bytes(value)
+            append(b"\x0a" + _varint(len(body) + size) + body)
+    return tail.join(heads) + tail if heads else b""
+
+
+def _cells_bytes(cells: Sequence[m.Cell]) -> bytes:
+    """The FeatureValues of a row of cells, one after the other."""
+    if len(cells) > 1 and cells.count(cells[0]) == len(cells):
+        # One cell repeated (a row not found, or expired): encoded once.
+        return _cells_bytes(cells[:1]) * len(cells)
+    parts: list[bytes] = []
+    last_status: m.Status | None = None
+    last_event: int | None = None
+    # Status and event time are often shared by the cells of a row: their bytes, and
+    # those of a null cell and of a double's prefix, change only when they do.
+    tail = null = double = int1 = int2 = b""
+    pack = _PACK_DOUBLE
+    for value, status, event_us in cells:
+        if status is not last_status or event_us != last_event:
+            tail = _STATUS_TAG[status]
+            if event_us is not None:
+                stamp = _timestamp_bytes(event_us)
+                tail += b"\x1a" + _BYTE[len(stamp)] + stamp
+            null = b"\x0a" + _BYTE[len(tail)] + tail
+            double = b"\x0a" + _BYTE[11 + len(tail)] + b"\x0a\x09\x11"
+            int1 = b"\x0a" + _BYTE[4 + len(tail)] + b"\x0a\x02\x08"  # 0 <= int < 2**7
+            int2 = b"\x0a" + _BYTE[5 + len(tail)] + b"\x0a\x03\x08"  # < 2**14
+            last_status, last_event = status, event_us
+        kind = type(value)
+        if kind is float:
+            parts.append(double + pack(value) + tail)
+        elif kind is int and 0 <= value < 0x4000:  # type: ignore[operator]
+            if value < 0x80:  # type: ignore[operator]
+                parts.append(int1 + _BYTE[value] + tail)  # type: ignore[index]
+            else:
+                low, high = value & 0x7F | 0x80, value >> 7  # type: ignore[operator]
+                parts.append(int2 + bytes((low, high)) + tail)
+        elif value is None:
+            parts.append(null)
+        else:
+            body = _value_bytes(value) + tail
+            parts.append(b"\x0a" + _varint(len(body)) + body)
+    return b"".join(parts)
 
 
 # The schema of a read plan's results, as the bytes of the responses' field 1 (schema in
@@ -586,18 +656,16 @@ def online_result_pb(result: m.ReadResult) -> pb.GetOnlineFeaturesResponse:
 
 
 def historical_query(request: pb.GetHistoricalFeaturesRequest) -> m.HistoricalQuery:
+    # Up to a million entity rows: each field is read once, in one loop.
+    rows: list[m.HistoricalRow] = []
+    append = rows.append
+    row_type, new = m.HistoricalRow, tuple.__new__  # without the named tuple's own __new__
+    for r in request.entity_rows:
+        event_us = micros(r.event_time) if r.HasField("event_time") else None
+        inputs = feature_map(r.request_inputs) if r.HasField("request_inputs") else {}
+        append(new(row_type, (entity_key(r.entity_key), event_us, inputs)))
     return m.HistoricalQuery(
-        list(request.feature_refs),
-        request.feature_service,
-        [
-            m.HistoricalRow(
-                entity_key(r.entity_key),
-                optional_micros(r, "event_time"),
-                feature_map(r.request_inputs),
-            )
-            for r in request.entity_rows
-        ],
-        request.chunk_size,
+        list(request.feature_refs), request.feature_service, rows, request.chunk_size
     )
 
 
