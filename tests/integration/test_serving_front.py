@@ -21,8 +21,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+from pki import pki
 from prometheus_client import CollectorRegistry
-from test_services import pki as certificates  # noqa: F401  (the fixture, by that name)
 
 from mlbackend.inference.v2 import grpc_predict_v2_pb2 as oip
 from mlbackend.serving.v1 import serving_pb2
@@ -40,6 +40,8 @@ from conftest import StartService, loopback_settings
 PROBE = "mlbackend.test.ThreadProbe"
 _LIMIT = 64 * 1024
 TOKENS = {"reader": "reader-token-0123456789", "admin": "admin-token-01234567890"}
+
+__all__ = ["pki"]  # the fixture, used by the TLS tests below
 
 
 class Probe:
@@ -259,10 +261,9 @@ async def _serving_health(target: str, tls: TlsOptions | None) -> str:
 
 async def test_serving_front_mtls_and_a_plaintext_health_port(
     start_service: StartService,
-    certificates: Path,  # noqa: F811 (the fixture imported above)
+    pki: Path,
     tmp_path: Path,
 ) -> None:
-    pki = certificates  # a CA, a server and a client certificate signed by it
     server = await start_service(
         "serving",
         model_dir=tmp_path / "models",
