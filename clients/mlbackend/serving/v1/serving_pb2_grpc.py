@@ -99,14 +99,18 @@ class ModelServingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def LoadModel(self, request, context):
-        """Downloads, verifies, loads and warms a model version.
+        """Downloads, verifies, loads and warms a model version. Following the registry, the
+        version stays loaded even when no alias points at it (no version given: the
+        production version, else the latest), until unloaded.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UnloadModel(self, request, context):
-        """Unloads a model version after its in-flight requests drain.
+        """Unloads a model version after its in-flight requests drain. Following the
+        registry, it is no longer followed until loaded again or an alias moves onto it
+        (a later promotion wins); unloads are not kept across a restart.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

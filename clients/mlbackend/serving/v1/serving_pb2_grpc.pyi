@@ -44,9 +44,15 @@ class ModelServingServiceStub:
     GetModelMetadata: _grpc.UnaryUnaryMultiCallable[_serving_pb2.GetModelMetadataRequest, _serving_pb2.GetModelMetadataResponse]
     """Describes a loaded model version: signature, output, metrics, lineage."""
     LoadModel: _grpc.UnaryUnaryMultiCallable[_serving_pb2.LoadModelRequest, _serving_pb2.LoadModelResponse]
-    """Downloads, verifies, loads and warms a model version."""
+    """Downloads, verifies, loads and warms a model version. Following the registry, the
+    version stays loaded even when no alias points at it (no version given: the
+    production version, else the latest), until unloaded.
+    """
     UnloadModel: _grpc.UnaryUnaryMultiCallable[_serving_pb2.UnloadModelRequest, _serving_pb2.UnloadModelResponse]
-    """Unloads a model version after its in-flight requests drain."""
+    """Unloads a model version after its in-flight requests drain. Following the
+    registry, it is no longer followed until loaded again or an alias moves onto it
+    (a later promotion wins); unloads are not kept across a restart.
+    """
     GetModelHealth: _grpc.UnaryUnaryMultiCallable[_serving_pb2.GetModelHealthRequest, _serving_pb2.GetModelHealthResponse]
     """Reports request counts, errors, latency and a verdict per version."""
 
@@ -66,9 +72,15 @@ class ModelServingServiceAsyncStub(ModelServingServiceStub):
     GetModelMetadata: _aio.UnaryUnaryMultiCallable[_serving_pb2.GetModelMetadataRequest, _serving_pb2.GetModelMetadataResponse]  # type: ignore[assignment]
     """Describes a loaded model version: signature, output, metrics, lineage."""
     LoadModel: _aio.UnaryUnaryMultiCallable[_serving_pb2.LoadModelRequest, _serving_pb2.LoadModelResponse]  # type: ignore[assignment]
-    """Downloads, verifies, loads and warms a model version."""
+    """Downloads, verifies, loads and warms a model version. Following the registry, the
+    version stays loaded even when no alias points at it (no version given: the
+    production version, else the latest), until unloaded.
+    """
     UnloadModel: _aio.UnaryUnaryMultiCallable[_serving_pb2.UnloadModelRequest, _serving_pb2.UnloadModelResponse]  # type: ignore[assignment]
-    """Unloads a model version after its in-flight requests drain."""
+    """Unloads a model version after its in-flight requests drain. Following the
+    registry, it is no longer followed until loaded again or an alias moves onto it
+    (a later promotion wins); unloads are not kept across a restart.
+    """
     GetModelHealth: _aio.UnaryUnaryMultiCallable[_serving_pb2.GetModelHealthRequest, _serving_pb2.GetModelHealthResponse]  # type: ignore[assignment]
     """Reports request counts, errors, latency and a verdict per version."""
 
@@ -109,7 +121,10 @@ class ModelServingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _serving_pb2.LoadModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_serving_pb2.LoadModelResponse, _abc.Awaitable[_serving_pb2.LoadModelResponse]]:
-        """Downloads, verifies, loads and warms a model version."""
+        """Downloads, verifies, loads and warms a model version. Following the registry, the
+        version stays loaded even when no alias points at it (no version given: the
+        production version, else the latest), until unloaded.
+        """
 
     @_abc_1.abstractmethod
     def UnloadModel(
@@ -117,7 +132,10 @@ class ModelServingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _serving_pb2.UnloadModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_serving_pb2.UnloadModelResponse, _abc.Awaitable[_serving_pb2.UnloadModelResponse]]:
-        """Unloads a model version after its in-flight requests drain."""
+        """Unloads a model version after its in-flight requests drain. Following the
+        registry, it is no longer followed until loaded again or an alias moves onto it
+        (a later promotion wins); unloads are not kept across a restart.
+        """
 
     @_abc_1.abstractmethod
     def GetModelHealth(
