@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -272,6 +273,9 @@ class LoadConfig:
     passthrough: str
 
 
+Call = Callable[[int, "_Http | None"], Awaitable[tuple[float, float, float]]]
+
+
 class _Http:
     """One HTTP/1.1 keep-alive connection: POST a JSON body, read status and body."""
 
@@ -339,25 +343,18 @@ async def loadgen(config: LoadConfig, started_marker: Path | None = None) -> dic
         assert len(answer.predictions[0].probabilities) == 2
         return t2 - t0, t1 - t0, t2 - t1
 
-    async def via_grpc(i: int, _conn: _Http | None) -> tuple[float, float, float]:
-        t0 = time.perf_counter()
-        answer = await gateway.Predict(
-            g.PredictRequest(model=MODEL, input=g.PredictionInput(entity_key=entity_key(i))),
-            timeout=5,
-        )
-        elapsed = time.perf_counter() - t0
-        assert len(answer.result.prediction.probabilities) == 2
-        return elapsed, 0.0, 0.0
+    def via(stub: gateway_pb2_grpc.InferenceGatewayServiceStub) -> Call:
+        async def call(i: int, _conn: _Http | None) -> tuple[float, float, float]:
+            t0 = time.perf_counter()
+            answer = await stub.Predict(
+                g.PredictRequest(model=MODEL, input=g.PredictionInput(entity_key=entity_key(i))),
+                timeout=5,
+            )
+            elapsed = time.perf_counter() - t0
+            assert len(answer.result.prediction.probabilities) == 2
+            return elapsed, 0.0, 0.0
 
-    async def via_passthrough(i: int, _conn: _Http | None) -> tuple[float, float, float]:
-        t0 = time.perf_counter()
-        answer = await passthrough.Predict(
-            g.PredictRequest(model=MODEL, input=g.PredictionInput(entity_key=entity_key(i))),
-            timeout=5,
-        )
-        elapsed = time.perf_counter() - t0
-        assert len(answer.result.prediction.probabilities) == 2
-        return elapsed, 0.0, 0.0
+        return call
 
     bodies = [
         json.dumps(
@@ -375,7 +372,7 @@ async def loadgen(config: LoadConfig, started_marker: Path | None = None) -> dic
             raise RuntimeError(f"HTTP {code}: {payload[:200]!r}")
         return elapsed, 0.0, 0.0
 
-    call = {"direct-sum": direct, "passthrough": via_passthrough, "gateway-grpc": via_grpc,
+    call = {"direct-sum": direct, "passthrough": via(passthrough), "gateway-grpc": via(gateway),
             "gateway-http": via_http}[config.kind]  # fmt: skip
 
     async def run(

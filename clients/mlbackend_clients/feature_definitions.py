@@ -35,6 +35,7 @@ from google.protobuf import duration_pb2
 
 from mlbackend.common.v1 import common_pb2
 from mlbackend.features.v1 import features_pb2 as pb
+from mlbackend_clients.values import to_value
 
 __all__ = [
     "Bucketize",
@@ -99,17 +100,6 @@ def _dtype(value: str) -> common_pb2.DataType.ValueType:
         ) from None
 
 
-def _value(value: AllowedValue) -> common_pb2.Value:
-    # bool before int: True is an int to Python.
-    if isinstance(value, bool):
-        return common_pb2.Value(bool_value=value)
-    if isinstance(value, int):
-        return common_pb2.Value(int64_value=value)
-    if isinstance(value, float):
-        return common_pb2.Value(double_value=value)
-    return common_pb2.Value(string_value=str(value))
-
-
 @dataclass(frozen=True)
 class JoinKey:
     name: str
@@ -147,7 +137,7 @@ class Constraints:
     def to_proto(self) -> pb.FeatureConstraints:
         out = pb.FeatureConstraints(
             not_null=self.not_null,
-            allowed_values=[_value(v) for v in self.allowed_values],
+            allowed_values=[to_value(v) for v in self.allowed_values],
             max_length=self.max_length,
         )
         if self.min is not None:

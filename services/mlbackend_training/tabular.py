@@ -36,7 +36,7 @@ import json
 import math
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -598,10 +598,8 @@ def run_binary(
     )
     if target.recall is not None:
         recall = target.recall
-        steps = Steps(
-            train=steps.train,
-            evaluate=steps.evaluate,
-            gate=steps.gate,
+        steps = replace(
+            steps,
             threshold=lambda label, score, precision: threshold_for_recall(
                 label, score, recall, precision
             ),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -55,6 +55,22 @@ class DefinitionStore(ABC):
     async def close(self) -> None: ...
 
 
+def decode(
+    entities: Iterable[tuple[str, str]],
+    views: Iterable[tuple[str, str]],
+    services: Iterable[tuple[str, str]],
+) -> Definitions:
+    """Definitions from stored (name, JSON body) rows; services in version order."""
+    by_name: dict[str, list[FeatureService]] = {}
+    for name, body in services:
+        by_name.setdefault(name, []).append(FeatureService.model_validate_json(body))
+    return Definitions(
+        {name: Entity.model_validate_json(body) for name, body in entities},
+        {name: FeatureView.model_validate_json(body) for name, body in views},
+        by_name,
+    )
+
+
 class SqliteDefinitionStore(DefinitionStore):
     def __init__(self, path: Path) -> None:
         self._db = Database(path, "FULL")
@@ -62,20 +78,11 @@ class SqliteDefinitionStore(DefinitionStore):
 
     async def load(self) -> Definitions:
         def work(conn: sqlite3.Connection) -> Definitions:
-            entities = {
-                name: Entity.model_validate_json(body)
-                for name, body in conn.execute("SELECT name, body FROM entities")
-            }
-            views = {
-                name: FeatureView.model_validate_json(body)
-                for name, body in conn.execute("SELECT name, body FROM feature_views")
-            }
-            services: dict[str, list[FeatureService]] = {}
-            for name, body in conn.execute(
-                "SELECT name, body FROM feature_services ORDER BY name, version"
-            ):
-                services.setdefault(name, []).append(FeatureService.model_validate_json(body))
-            return Definitions(entities, views, services)
+            return decode(
+                conn.execute("SELECT name, body FROM entities"),
+                conn.execute("SELECT name, body FROM feature_views"),
+                conn.execute("SELECT name, body FROM feature_services ORDER BY name, version"),
+            )
 
         return await asyncio.to_thread(self._db.run, work)
 

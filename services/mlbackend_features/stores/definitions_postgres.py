@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from mlbackend_features.core.model import Entity, FeatureService, FeatureView
-from mlbackend_features.stores.definitions import Definitions, DefinitionStore
+from mlbackend_features.stores.definitions import Definitions, DefinitionStore, decode
 from mlbackend_features.stores.offline_postgres import COMMIT_LOCK, create_schema
 from mlbackend_runtime.errors import Aborted, DependencyUnavailable
 from mlbackend_runtime.sql import in_transaction, sqlalchemy_url
@@ -68,24 +68,12 @@ class PostgresDefinitionStore(DefinitionStore):
 
     async def load(self) -> Definitions:
         def work(conn: Connection) -> Definitions:
-            entities = {
-                name: Entity.model_validate_json(body)
-                for name, body in conn.execute(
-                    sa.select(entities_table.c.name, entities_table.c.body)
-                )
-            }
-            views = {
-                name: FeatureView.model_validate_json(body)
-                for name, body in conn.execute(sa.select(views_table.c.name, views_table.c.body))
-            }
-            services: dict[str, list[FeatureService]] = {}
-            for name, body in conn.execute(
-                sa.select(services_table.c.name, services_table.c.body).order_by(
-                    services_table.c.name, services_table.c.version
-                )
-            ):
-                services.setdefault(name, []).append(FeatureService.model_validate_json(body))
-            return Definitions(entities, views, services)
+            services = sa.select(services_table.c.name, services_table.c.body)
+            return decode(
+                conn.execute(sa.select(entities_table.c.name, entities_table.c.body)),
+                conn.execute(sa.select(views_table.c.name, views_table.c.body)),
+                conn.execute(services.order_by(services_table.c.name, services_table.c.version)),
+            )
 
         return await self._run(work)
 
