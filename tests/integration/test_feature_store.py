@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pyarrow as pa
 import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.rpc import error_details_pb2
@@ -915,3 +916,124 @@ async def test_difference_and_epoch_seconds_online_and_historically(
         )
     ]
     assert [cells for ch in chunks for cells in values(ch)] == values(answer)
+
+
+def _entity_table(users: list[str], times: list[datetime], **inputs: list[Any]) -> bytes:
+    columns: dict[str, Any] = {
+        "user_id": pa.array(users),
+        "event_timestamp": pa.array(times, pa.timestamp("us", tz="UTC")),
+        **{name: pa.array(values) for name, values in inputs.items()},
+    }
+    table = pa.table(columns)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    data: bytes = sink.getvalue().to_pybytes()
+    return data
+
+
+def _arrow_rows(chunks: list[Any]) -> list[list[tuple[str, Any]]]:
+    """Arrow chunks in the shape ``values`` gives row messages: (status name, value)."""
+    names = [s.name for s in chunks[0].schema]
+    out = []
+    for chunk in chunks:
+        assert not chunk.rows
+        columns = pa.ipc.open_stream(chunk.arrow).read_all().to_pydict()
+        for i in range(len(columns[names[0]])):
+            out.append(
+                [("FEATURE_STATUS_" + columns[n + "__status"][i], columns[n][i]) for n in names]
+            )
+    return out
+
+
+async def test_arrow_tables_in_and_out_give_the_rows_answer(
+    start_service: StartService, connect: Connect
+) -> None:
+    _, client = await ready(start_service, connect)
+    await client.stub.WriteFeatures(
+        f.WriteFeaturesRequest(
+            batch=batch(
+                [
+                    row("u1", T0, 1.0, 1, "DE"),
+                    row("u1", T0 + timedelta(minutes=30), 2.0, 2, "FR"),
+                    f.FeatureRow(
+                        entity_key=key("u2"), event_time=ts(T0),
+                        values=[c.Value(double_value=5.0), c.Value(), c.Value(string_value="US")],
+                    ),
+                ]
+            )
+        ),
+        timeout=10,
+    )  # fmt: skip
+    users = ["u1", "u1", "u1", "u2", "u9"] * 3
+    times = [T0 - timedelta(seconds=1), T0 + timedelta(minutes=31), T0 + timedelta(hours=2), T0,
+             T0] * 3  # fmt: skip
+    refs = ["user_stats:amount", "user_stats:txn_count", "user_stats:country"]
+
+    async def read(**kw: Any) -> list[Any]:
+        request = f.GetHistoricalFeaturesRequest(chunk_size=4, **kw)
+        return [ch async for ch in client.stub.GetHistoricalFeatures(request, timeout=10)]
+
+    entity_rows = [
+        f.EntityRow(entity_key=key(u), event_time=ts(t)) for u, t in zip(users, times, strict=True)
+    ]
+    by_rows = await read(feature_refs=refs, entity_rows=entity_rows)
+    by_arrow = await read(
+        feature_refs=refs,
+        entity_table=_entity_table(users, times),
+        result_format=f.RESULT_FORMAT_ARROW,
+    )
+    assert [ch.start_row_index for ch in by_arrow] == [0, 4, 8, 12]
+    assert list(by_arrow[0].schema) == list(by_rows[0].schema) and not by_arrow[1].schema
+    expected = [cells for ch in by_rows for cells in values(ch)]
+    assert _arrow_rows(by_arrow) == expected
+    assert expected[:5] == [
+        [("FEATURE_STATUS_NOT_FOUND", None)] * 3,
+        [("FEATURE_STATUS_PRESENT", 2.0), ("FEATURE_STATUS_PRESENT", 2),
+         ("FEATURE_STATUS_PRESENT", "FR")],
+        [("FEATURE_STATUS_EXPIRED", None)] * 3,
+        [("FEATURE_STATUS_PRESENT", 5.0), ("FEATURE_STATUS_NULL_VALUE", None),
+         ("FEATURE_STATUS_PRESENT", "US")],
+        [("FEATURE_STATUS_NOT_FOUND", None)] * 3,
+    ]  # fmt: skip
+    table = pa.ipc.open_stream(by_arrow[0].arrow).read_all()
+    assert table.column("user_stats:amount__event_time").to_pylist()[1] == T0 + timedelta(
+        minutes=30
+    )
+
+    # A feature service's request inputs are the table's columns of those names.
+    now = datetime.now(UTC)
+    await client.stub.WriteFeatures(
+        f.WriteFeaturesRequest(batch=batch([row("u1", now - timedelta(minutes=1), 14.0, 3, "FR")])),
+        timeout=10,
+    )
+    service = await read(
+        feature_service="fraud",
+        entity_table=_entity_table(["u1", "u9"], [now, now], tx_amount=[7.0, 1.0]),
+        result_format=f.RESULT_FORMAT_ARROW,
+    )
+    assert service[0].feature_service == "fraud@1"
+    got = _arrow_rows(service)
+    assert [v for _, v in got[0]] == [2.0, 0.5, 0.0, 1.0, 0.0]
+    assert got[0][1][0] == "FEATURE_STATUS_COMPUTED"
+    assert got[1][0] == ("FEATURE_STATUS_NOT_FOUND", None)
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"entity_table": b"\x00not arrow"}, "entity_table"),
+        ({"entity_table": _entity_table(["u1"], [T0], typo=[1])}, "entity_table[0].join_keys.typo"),
+        ({"entity_table": _entity_table(["u1"], [T0]), "result_format": 7}, "result_format"),
+    ],
+)
+async def test_a_bad_entity_table_is_invalid_argument_with_the_field(
+    start_service: StartService, connect: Connect, extra: dict[str, Any], field: str
+) -> None:
+    _, client = await ready(start_service, connect)
+    request = f.GetHistoricalFeaturesRequest(feature_refs=["user_stats:amount"], **extra)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        async for _ in client.stub.GetHistoricalFeatures(request, timeout=10):
+            pass
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert [name for name, _ in violations(raised.value)] == [field]

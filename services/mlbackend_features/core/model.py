@@ -461,6 +461,8 @@ class HistoricalQuery(NamedTuple):
     feature_service: str
     rows: list[HistoricalRow]
     chunk_size: int
+    field: str = "entity_rows"
+    """The request field the rows came from, as errors name it."""
 
 
 class HistoricalChunk(NamedTuple):

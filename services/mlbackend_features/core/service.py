@@ -423,6 +423,11 @@ class FeatureStore:
             cells[name] = Cell(value, Status.REQUEST_INPUT, None)
         return cells
 
+    async def request_input_names(self, refs: Sequence[str], service: str) -> frozenset[str]:
+        """The request inputs a read of ``refs`` or ``service`` takes, by name."""
+        plan = await self.fresh(lambda: self.compile(refs, service))
+        return frozenset(name for name, _, _ in plan.compiled.request_inputs)
+
     async def read_online(self, query: OnlineQuery) -> ReadResult:
         count = len(query.entity_keys)
         if count > MAX_ENTITY_KEYS:
@@ -488,22 +493,22 @@ class FeatureStore:
         count = len(query.rows)
         if count > MAX_HISTORICAL_ROWS:
             raise InvalidInput.field(
-                "entity_rows", f"{count} rows; at most {MAX_HISTORICAL_ROWS} per call"
+                query.field, f"{count} rows; at most {MAX_HISTORICAL_ROWS} per call"
             )
         if count == 0:
-            raise InvalidInput.field("entity_rows", "name at least one entity row")
+            raise InvalidInput.field(query.field, "name at least one entity row")
         plan = await self.fresh(lambda: self.compile(query.feature_refs, query.feature_service))
         compiled = plan.compiled
         # Everything is checked before the first chunk goes out: a stream never fails halfway.
-        per_view = self._entity_strings(plan, [r.entity_key for r in query.rows], "entity_rows")
+        per_view = self._entity_strings(plan, [r.entity_key for r in query.rows], query.field)
         times: list[int] = []
         for i, entity_row in enumerate(query.rows):
             problem = validation.check_time(entity_row.event_us)
             if problem:
-                raise InvalidInput.field(f"entity_rows[{i}].event_time", problem)
+                raise InvalidInput.field(f"{query.field}[{i}].event_time", problem)
             times.append(entity_row.event_us or 0)
         inputs = [
-            self._request_inputs(compiled, r.request_inputs, f"entity_rows[{i}].request_inputs")
+            self._request_inputs(compiled, r.request_inputs, f"{query.field}[{i}].request_inputs")
             for i, r in enumerate(query.rows)
         ] if compiled.request_inputs else None  # fmt: skip
         size = query.chunk_size if query.chunk_size > 0 else DEFAULT_CHUNK_ROWS

@@ -9,9 +9,9 @@ import grpc
 
 from mlbackend.features.v1 import features_pb2 as pb
 from mlbackend.features.v1 import features_pb2_grpc
-from mlbackend_features.core.model import Actor
+from mlbackend_features.core.model import Actor, OutputColumn
 from mlbackend_features.core.service import FeatureStore
-from mlbackend_features.transport import convert
+from mlbackend_features.transport import arrow, convert
 from mlbackend_runtime.auth import Role
 from mlbackend_runtime.interceptor import caller
 
@@ -103,8 +103,21 @@ class FeatureStoreServicer(features_pb2_grpc.FeatureStoreServiceServicer):
     async def GetHistoricalFeatures(
         self, request: pb.GetHistoricalFeaturesRequest, context: Context
     ) -> AsyncIterator[pb.GetHistoricalFeaturesResponse]:
-        async for chunk in self._store.read_historical(convert.historical_query(request)):
-            yield convert.historical_chunk_pb(chunk)
+        if request.entity_table:
+            inputs = await self._store.request_input_names(
+                list(request.feature_refs), request.feature_service
+            )
+            query = arrow.historical_query(request, inputs)
+        else:
+            query = convert.historical_query(request)
+        as_arrow = arrow.wants_arrow(request)
+        schema: tuple[OutputColumn, ...] = ()
+        async for chunk in self._store.read_historical(query):
+            if as_arrow:
+                schema = chunk.schema or schema  # only the first chunk carries it
+                yield arrow.chunk_pb(chunk, schema)
+            else:
+                yield convert.historical_chunk_pb(chunk)
 
     async def Materialize(
         self, request: pb.MaterializeRequest, context: Context

@@ -82,6 +82,34 @@ CHANGE_TYPE_UNCHANGED: ChangeType.ValueType  # 4
 """Identical to the stored definition."""
 Global___ChangeType: _TypeAlias = ChangeType  # noqa: Y015
 
+class _ResultFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ResultFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ResultFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RESULT_FORMAT_UNSPECIFIED: _ResultFormat.ValueType  # 0
+    """The same as RESULT_FORMAT_ROWS."""
+    RESULT_FORMAT_ROWS: _ResultFormat.ValueType  # 1
+    """One FeatureValueRow message per row (GetHistoricalFeaturesResponse.rows)."""
+    RESULT_FORMAT_ARROW: _ResultFormat.ValueType  # 2
+    """Each chunk's rows as one Arrow IPC stream (GetHistoricalFeaturesResponse.arrow):
+    the shape data frames and Parquet files want, without a message per value.
+    """
+
+class ResultFormat(_ResultFormat, metaclass=_ResultFormatEnumTypeWrapper):
+    """How GetHistoricalFeatures sends its rows back."""
+
+RESULT_FORMAT_UNSPECIFIED: ResultFormat.ValueType  # 0
+"""The same as RESULT_FORMAT_ROWS."""
+RESULT_FORMAT_ROWS: ResultFormat.ValueType  # 1
+"""One FeatureValueRow message per row (GetHistoricalFeaturesResponse.rows)."""
+RESULT_FORMAT_ARROW: ResultFormat.ValueType  # 2
+"""Each chunk's rows as one Arrow IPC stream (GetHistoricalFeaturesResponse.arrow):
+the shape data frames and Parquet files want, without a message per value.
+"""
+Global___ResultFormat: _TypeAlias = ResultFormat  # noqa: Y015
+
 @_typing.final
 class JoinKey(_message.Message):
     """A join key of an entity."""
@@ -1810,7 +1838,7 @@ Global___EntityRow: _TypeAlias = EntityRow  # noqa: Y015
 @_typing.final
 class GetHistoricalFeaturesRequest(_message.Message):
     """Request for GetHistoricalFeatures. Set exactly one of feature_refs and
-    feature_service.
+    feature_service, and exactly one of entity_rows and entity_table.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1819,10 +1847,21 @@ class GetHistoricalFeaturesRequest(_message.Message):
     FEATURE_SERVICE_FIELD_NUMBER: _builtins.int
     ENTITY_ROWS_FIELD_NUMBER: _builtins.int
     CHUNK_SIZE_FIELD_NUMBER: _builtins.int
+    ENTITY_TABLE_FIELD_NUMBER: _builtins.int
+    RESULT_FORMAT_FIELD_NUMBER: _builtins.int
     feature_service: _builtins.str
     """Feature service "name@version" (or "name" for latest)."""
     chunk_size: _builtins.int
     """Rows per response message (server default and cap apply)."""
+    entity_table: _builtins.bytes
+    """The rows to join features onto as an Arrow IPC stream (a table, like an entity
+    data frame): one column per join key, named as the join key (int64 or string);
+    "event_timestamp" (a timestamp; without a time zone it is read as UTC; null = now);
+    and one column per request input of the feature service, named as the input.
+    Row i of the table is entity row i.
+    """
+    result_format: Global___ResultFormat.ValueType
+    """How the rows come back; unset = RESULT_FORMAT_ROWS."""
     @_builtins.property
     def feature_refs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Features to read, as "view:feature"."""
@@ -1838,10 +1877,12 @@ class GetHistoricalFeaturesRequest(_message.Message):
         feature_service: _builtins.str = ...,
         entity_rows: _abc.Iterable[Global___EntityRow] | None = ...,
         chunk_size: _builtins.int = ...,
+        entity_table: _builtins.bytes = ...,
+        result_format: Global___ResultFormat.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "entity_rows", b"entity_rows", "feature_refs", b"feature_refs", "feature_service", b"feature_service"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "entity_rows", b"entity_rows", "entity_table", b"entity_table", "feature_refs", b"feature_refs", "feature_service", b"feature_service", "result_format", b"result_format"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1857,17 +1898,27 @@ class GetHistoricalFeaturesResponse(_message.Message):
     START_ROW_INDEX_FIELD_NUMBER: _builtins.int
     ROWS_FIELD_NUMBER: _builtins.int
     FEATURE_SERVICE_FIELD_NUMBER: _builtins.int
+    ARROW_FIELD_NUMBER: _builtins.int
     start_row_index: _builtins.int
-    """Index of this chunk's first row in the request's entity_rows."""
+    """Index of this chunk's first row in the request's entity rows."""
     feature_service: _builtins.str
     """The resolved feature service "name@version"; first chunk only."""
+    arrow: _builtins.bytes
+    """RESULT_FORMAT_ARROW: this chunk's rows, in request order, as an Arrow IPC stream
+    of one record batch. Per output column NAME (schema order) three columns: NAME
+    with the values (null unless the status is PRESENT, REQUEST_INPUT or COMPUTED),
+    "NAME__status" (dictionary-encoded FeatureStatus names without the prefix:
+    "PRESENT", "NOT_FOUND", "EXPIRED", "NULL_VALUE", "REQUEST_INPUT", "COMPUTED") and
+    "NAME__event_time" (timestamp[us, UTC] of the stored value, null when none).
+    Arrow types: int64, double, string, bool, timestamp[us, UTC].
+    """
     @_builtins.property
     def schema(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.FeatureSpec]:
         """Output columns in order; set in the first chunk only."""
 
     @_builtins.property
     def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureValueRow]:
-        """Rows, in request order."""
+        """Rows, in request order (RESULT_FORMAT_ROWS)."""
 
     def __init__(
         self,
@@ -1876,10 +1927,11 @@ class GetHistoricalFeaturesResponse(_message.Message):
         start_row_index: _builtins.int = ...,
         rows: _abc.Iterable[Global___FeatureValueRow] | None = ...,
         feature_service: _builtins.str = ...,
+        arrow: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_service", b"feature_service", "rows", b"rows", "schema", b"schema", "start_row_index", b"start_row_index"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrow", b"arrow", "feature_service", b"feature_service", "rows", b"rows", "schema", b"schema", "start_row_index", b"start_row_index"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
