@@ -23,7 +23,7 @@ from grpc_status import rpc_status
 
 from mlbackend.common.v1 import common_pb2 as c
 from mlbackend.features.v1 import features_pb2 as f
-from mlbackend_clients.features import FeatureStoreClient
+from mlbackend_clients.features import FEATURE_SERVICE_KEY, FeatureStoreClient
 
 from conftest import Connect, StartService
 
@@ -1017,6 +1017,15 @@ async def test_arrow_tables_in_and_out_give_the_rows_answer(
     assert [v for _, v in got[0]] == [2.0, 0.5, 0.0, 1.0, 0.0]
     assert got[0][1][0] == "FEATURE_STATUS_COMPUTED"
     assert got[1][0] == ("FEATURE_STATUS_NOT_FOUND", None)
+
+    # The client's data-frame call: one table, the resolved service in its metadata.
+    entities = pa.table(
+        {"user_id": ["u1", "u9"], "event_timestamp": pa.array([now, now]), "tx_amount": [7.0, 1.0]}
+    )
+    table = await client.historical_table(entities, feature_service="fraud", chunk_size=1)
+    assert table.num_rows == 2 and table.schema.metadata == {FEATURE_SERVICE_KEY: b"fraud@1"}
+    assert table.column("amount_z").to_pylist() == [2.0, None]
+    assert table.column("amount_z__status").to_pylist() == ["COMPUTED", "NOT_FOUND"]
 
 
 @pytest.mark.parametrize(
