@@ -9,9 +9,10 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mlbackend_clients.channel import ChannelOptions, create_channel
+from mlbackend_clients.channel import ChannelOptions, Outgoing, create_channel
 
 HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"]
+_HEALTH_CHECK = f"/{HEALTH.full_name}/Check"
 
 StubT = TypeVar("StubT")
 
@@ -24,20 +25,48 @@ class ServiceClient(Generic[StubT]):
     SERVICE: ClassVar[ServiceDescriptor]
     STUB: ClassVar[type[Any]]
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, outgoing: Outgoing | None = None) -> None:
         self.channel = channel
         self.stub: StubT = self.STUB(channel)
+        self.outgoing = outgoing
+        """Set when ``channel`` has no interceptors: calls on ``stub`` then take their
+        ``timeout`` and ``metadata`` from :meth:`call_options`."""
         self._health = health_pb2_grpc.HealthStub(channel)
 
     @classmethod
-    def connect(cls, target: str, options: ChannelOptions | None = None) -> Self:
-        """A client on a new channel to ``target`` (``host:port``, a list, ``dns:///…``)."""
-        return cls(create_channel(target, (cls.SERVICE, HEALTH), options))
+    def connect(
+        cls, target: str, options: ChannelOptions | None = None, *, interceptors: bool = True
+    ) -> Self:
+        """A client on a new channel to ``target`` (``host:port``, a list, ``dns:///…``).
+
+        ``interceptors=False``: the channel adds nothing to calls; each call passes
+        ``timeout, metadata = client.call_options(...)`` instead, which spares grpc.aio's
+        interceptor task per call (for hot paths). Only calls made that way get the
+        token, request id and deadline: the client's own helper methods do not.
+        """
+        channel = create_channel(target, (cls.SERVICE, HEALTH), options, interceptors=interceptors)
+        return cls(channel, None if interceptors else Outgoing.from_options(options))
+
+    def method(self, name: str) -> str:
+        """The full path of method ``name`` of this service (``/package.Service/Name``)."""
+        return f"/{self.SERVICE.full_name}/{self.SERVICE.methods_by_name[name].name}"
+
+    def call_options(
+        self, method: str, timeout: float | None = None
+    ) -> tuple[float | None, grpc.aio.Metadata | None]:
+        """``timeout`` and ``metadata`` for a call to ``method`` (full path): the channel
+        rules applied here when the channel has no interceptors, else ``timeout`` as is."""
+        if self.outgoing is None:
+            return timeout, None
+        return self.outgoing.prepare(method, timeout)
 
     async def check_health(self, *, timeout: float | None = None) -> str:
         """The server's health status for this service: ``SERVING``, ``NOT_SERVING``…"""
+        timeout, metadata = self.call_options(_HEALTH_CHECK, timeout)
         response = await self._health.Check(
-            health_pb2.HealthCheckRequest(service=self.SERVICE.full_name), timeout=timeout
+            health_pb2.HealthCheckRequest(service=self.SERVICE.full_name),
+            timeout=timeout,
+            metadata=metadata,
         )
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 

@@ -8,6 +8,13 @@ default deadline unless it sets one; streams keep their own (often long) lifetim
 The default deadline is applied by this module's interceptors, not by the service
 config's ``timeout``: grpcio 1.85 fails every call at once with DEADLINE_EXCEEDED when
 that timeout is 1 s or less (measured; 1.5 s and more behave).
+
+The same rules (bearer token, propagated request id, default and capped deadline) can
+instead be applied by the caller on a channel created with ``interceptors=False``:
+``timeout, metadata = outgoing.prepare(method, timeout)`` with an :class:`Outgoing`
+built from the same options (``ServiceClient.call_options``). That spares grpc.aio's
+interceptor task on every call: about 40 µs of CPU per call measured, which the
+gateway pays twice per prediction.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import ipaddress
 import json
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,52 +156,81 @@ def create_channel(
     target: str,
     services: Sequence[ServiceDescriptor] = (),
     options: ChannelOptions | None = None,
+    *,
+    interceptors: bool = True,
 ) -> grpc.aio.Channel:
-    """An asyncio channel to ``target`` for calling ``services``."""
+    """An asyncio channel to ``target`` for calling ``services``.
+
+    With ``interceptors=False`` the channel adds nothing to calls: the caller applies
+    :meth:`Outgoing.prepare` (``Outgoing.from_options(options)``) to each call itself.
+    """
     options = options or ChannelOptions()
     args = channel_arguments(services, options)
-    interceptors = _interceptors(options.token, options.default_timeout)
+    chain = _interceptors(Outgoing.from_options(options)) if interceptors else None
     address = normalize_target(target)
     if options.tls is None:
-        return grpc.aio.insecure_channel(address, options=args, interceptors=interceptors)
+        return grpc.aio.insecure_channel(address, options=args, interceptors=chain)
     tls = options.tls
     creds = grpc.ssl_channel_credentials(
         root_certificates=tls.ca_cert.read_bytes() if tls.ca_cert else None,
         private_key=tls.client_key.read_bytes() if tls.client_key else None,
         certificate_chain=tls.client_cert.read_bytes() if tls.client_cert else None,
     )
-    return grpc.aio.secure_channel(address, creds, options=args, interceptors=interceptors)
+    return grpc.aio.secure_channel(address, creds, options=args, interceptors=chain)
 
 
-class _Outgoing:
-    """Adds the bearer token and the propagated request id; gives single-response calls
-    the default deadline; caps the timeout at what is left of the deadline of the call
-    being served (so deadlines shrink hop by hop)."""
+class Outgoing:
+    """What every outgoing call gets: the bearer token and the propagated request id;
+    single-response calls get the default deadline; the timeout is capped at what is
+    left of the deadline of the call being served (so deadlines shrink hop by hop).
 
-    def __init__(self, token: str | None, default_timeout: float) -> None:
+    The channel's interceptors apply it to every call (:meth:`details`); on a channel
+    without interceptors the caller applies it (:meth:`prepare`).
+    """
+
+    def __init__(self, token: str | None = None, default_timeout: float = 10.0) -> None:
         self._auth = (("authorization", f"Bearer {token}"),) if token else ()
         self._default_timeout = default_timeout
+
+    @classmethod
+    def from_options(cls, options: ChannelOptions | None) -> Outgoing:
+        options = options or ChannelOptions()
+        return cls(options.token, options.default_timeout)
+
+    def prepare(
+        self,
+        method: str | bytes,
+        timeout: float | None = None,
+        metadata: Iterable[tuple[str, str | bytes]] | None = None,
+        *,
+        single_response: bool = True,
+    ) -> tuple[float | None, grpc.aio.Metadata]:
+        """The ``timeout`` and ``metadata`` to call ``method`` (``/package.Service/Method``)
+        with; raises DEADLINE_EXCEEDED when the caller's deadline has already passed."""
+        outgoing = grpc.aio.Metadata(*(metadata or ()))
+        for key, value in self._auth:
+            outgoing[key] = value
+        if timeout is None and single_response:
+            timeout = self._default_timeout
+        context = propagation.current()
+        if context is not None:
+            keys = outgoing.keys()
+            if propagation.REQUEST_ID_KEY not in keys and propagation.TRACEPARENT_KEY not in keys:
+                for key, value in propagation.outgoing_metadata(context.request_id):
+                    outgoing[key] = value
+            remaining = context.time_remaining()
+            if remaining is not None:
+                if remaining <= 0:
+                    raise _deadline_passed(method)
+                timeout = remaining if timeout is None else min(timeout, remaining)
+        return timeout, outgoing
 
     def details(
         self, details: grpc.aio.ClientCallDetails, *, single_response: bool
     ) -> grpc.aio.ClientCallDetails:
-        metadata = grpc.aio.Metadata(*(details.metadata or ()))
-        for key, value in self._auth:
-            metadata[key] = value
-        context = propagation.current()
-        timeout = details.timeout
-        if timeout is None and single_response:
-            timeout = self._default_timeout
-        if context is not None:
-            keys = {key for key, _ in metadata}
-            if propagation.REQUEST_ID_KEY not in keys and propagation.TRACEPARENT_KEY not in keys:
-                for key, value in propagation.outgoing_metadata(context.request_id):
-                    metadata[key] = value
-            remaining = context.time_remaining()
-            if remaining is not None:
-                if remaining <= 0:
-                    raise _deadline_passed(details.method)
-                timeout = remaining if timeout is None else min(timeout, remaining)
+        timeout, metadata = self.prepare(
+            details.method, details.timeout, details.metadata, single_response=single_response
+        )
         return grpc.aio.ClientCallDetails(
             details.method, timeout, metadata, details.credentials, details.wait_for_ready
         )
@@ -203,7 +239,7 @@ class _Outgoing:
 # grpc.aio files an interceptor under the first call type it implements only, so each
 # call type gets its own object around the shared logic.
 class _UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
-    def __init__(self, outgoing: _Outgoing) -> None:
+    def __init__(self, outgoing: Outgoing) -> None:
         self._outgoing = outgoing
 
     async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
@@ -211,7 +247,7 @@ class _UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
 
 
 class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):
-    def __init__(self, outgoing: _Outgoing) -> None:
+    def __init__(self, outgoing: Outgoing) -> None:
         self._outgoing = outgoing
 
     async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
@@ -219,7 +255,7 @@ class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):
 
 
 class _StreamUnary(grpc.aio.StreamUnaryClientInterceptor):
-    def __init__(self, outgoing: _Outgoing) -> None:
+    def __init__(self, outgoing: Outgoing) -> None:
         self._outgoing = outgoing
 
     async def intercept_stream_unary(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
@@ -229,7 +265,7 @@ class _StreamUnary(grpc.aio.StreamUnaryClientInterceptor):
 
 
 class _StreamStream(grpc.aio.StreamStreamClientInterceptor):
-    def __init__(self, outgoing: _Outgoing) -> None:
+    def __init__(self, outgoing: Outgoing) -> None:
         self._outgoing = outgoing
 
     async def intercept_stream_stream(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
@@ -238,8 +274,7 @@ class _StreamStream(grpc.aio.StreamStreamClientInterceptor):
         )
 
 
-def _interceptors(token: str | None, default_timeout: float) -> list[grpc.aio.ClientInterceptor]:
-    outgoing = _Outgoing(token, default_timeout)
+def _interceptors(outgoing: Outgoing) -> list[grpc.aio.ClientInterceptor]:
     return [_UnaryUnary(outgoing), _UnaryStream(outgoing), _StreamUnary(outgoing),
             _StreamStream(outgoing)]  # fmt: skip
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import pyarrow as pa
+from typing import TYPE_CHECKING
 
 from mlbackend.features.v1 import features_pb2, features_pb2_grpc
 from mlbackend_clients.base import ServiceClient
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 FEATURE_SERVICE_KEY = b"mlbackend.feature_service"
 """Schema metadata of :meth:`FeatureStoreClient.historical_table`'s result: the feature
@@ -32,6 +34,8 @@ class FeatureStoreClient(ServiceClient["features_pb2_grpc.FeatureStoreServiceAsy
         table in row order: per output NAME the columns NAME, ``NAME__status`` and
         ``NAME__event_time`` (layout in features.proto). A feature service's resolved
         ``name@version`` is in the schema metadata under :data:`FEATURE_SERVICE_KEY`."""
+        import pyarrow as pa  # here: importing the clients stays free of numpy
+
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, entities.schema) as writer:
             writer.write_table(entities)
@@ -44,7 +48,8 @@ class FeatureStoreClient(ServiceClient["features_pb2_grpc.FeatureStoreServiceAsy
         )
         batches: list[pa.RecordBatch] = []
         resolved = ""
-        stream = self.stub.GetHistoricalFeatures(request, timeout=timeout)
+        timeout, metadata = self.call_options(self.method("GetHistoricalFeatures"), timeout)
+        stream = self.stub.GetHistoricalFeatures(request, timeout=timeout, metadata=metadata)
         async for chunk in stream:
             resolved = resolved or chunk.feature_service
             with pa.ipc.open_stream(chunk.arrow) as reader:

@@ -20,6 +20,7 @@ TRACEPARENT_KEY = "traceparent"
 
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_TRACE_ID = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ def request_id_from(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
 def outgoing_metadata(request_id: str) -> list[tuple[str, str]]:
     """Metadata that carries ``request_id`` to the next hop."""
     entries = [(REQUEST_ID_KEY, request_id)]
-    if len(request_id) == 32 and all(c in "0123456789abcdef" for c in request_id):
+    if _TRACE_ID.fullmatch(request_id):
         # A new span id per hop; the trace id is the request id.
         entries.append((TRACEPARENT_KEY, f"00-{request_id}-{secrets.token_hex(8)}-01"))
     return entries

@@ -1,9 +1,11 @@
 """The channel factory against a scripted server: retries only where the contract says
-a call is idempotent, default deadlines, and the bearer token on every call."""
+a call is idempotent, default deadlines, the bearer token on every call, and the same
+rules applied per call on a channel without interceptors."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,6 +13,7 @@ import grpc
 import pytest
 
 from mlbackend.registry.v1 import registry_pb2
+from mlbackend_clients import propagation
 from mlbackend_clients.channel import ChannelOptions
 from mlbackend_clients.registry import RegistryClient
 
@@ -24,12 +27,17 @@ class Flaky:
         self.failures = failures
         self.sleep = sleep
         self.attempts: dict[str, int] = {}
-        self.tokens: list[str | None] = []
+        self.tokens: list[str | bytes | None] = []
+        self.metadata: list[dict[str, str | bytes]] = []
+        self.remaining: list[float | None] = []
 
     def handler(self, method: str, response: Any) -> grpc.RpcMethodHandler[Any, Any]:
         async def behaviour(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             self.attempts[method] = self.attempts.get(method, 0) + 1
-            self.tokens.append(dict(context.invocation_metadata() or ()).get("authorization"))
+            metadata = dict(context.invocation_metadata() or ())
+            self.tokens.append(metadata.get("authorization"))
+            self.metadata.append(metadata)
+            self.remaining.append(context.time_remaining())
             if self.attempts[method] <= self.failures:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "warming up")
             await asyncio.sleep(self.sleep)
@@ -107,7 +115,7 @@ async def test_round_robin_spreads_calls_over_an_address_list() -> None:
             return registry_pb2.GetRegisteredModelResponse()
 
         server = grpc.aio.server()
-        handler = grpc.unary_unary_rpc_method_handler(
+        handler: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(
             behaviour, lambda b: b, lambda m: m.SerializeToString()
         )
         server.add_generic_rpc_handlers(
@@ -125,3 +133,39 @@ async def test_round_robin_spreads_calls_over_an_address_list() -> None:
     finally:
         for server in servers:
             await server.stop(0)
+
+
+@pytest.mark.parametrize("interceptors", [True, False])
+async def test_token_request_id_and_caller_deadline_with_or_without_interceptors(
+    flaky_server: tuple[Flaky, str], interceptors: bool
+) -> None:
+    flaky, address = flaky_server
+    flaky.failures = 0
+    request_id = propagation.new_request_id()
+    options = ChannelOptions(token="t" * 20)
+    async with RegistryClient.connect(address, options, interceptors=interceptors) as client:
+        method = client.method("GetRegisteredModel")
+        bound = propagation.bind(propagation.CallContext(request_id, time.monotonic() + 0.8))
+        try:
+            timeout, metadata = client.call_options(method, 5.0)
+            await client.stub.GetRegisteredModel(
+                registry_pb2.GetRegisteredModelRequest(), timeout=timeout, metadata=metadata
+            )
+            # A caller whose deadline has passed: the call is not made at all.
+            propagation.unbind(bound)
+            bound = propagation.bind(propagation.CallContext(request_id, time.monotonic() - 1))
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                timeout, metadata = client.call_options(method, 5.0)
+                await client.stub.GetRegisteredModel(
+                    registry_pb2.GetRegisteredModelRequest(), timeout=timeout, metadata=metadata
+                )
+        finally:
+            propagation.unbind(bound)
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "deadline passed before calling" in (raised.value.details() or "")
+    (seen,) = flaky.metadata
+    assert seen["authorization"] == f"Bearer {'t' * 20}"
+    assert seen["x-request-id"] == request_id
+    assert str(seen["traceparent"]).startswith(f"00-{request_id}-")
+    (remaining,) = flaky.remaining
+    assert remaining is not None and remaining <= 0.8

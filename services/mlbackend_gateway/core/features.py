@@ -7,6 +7,7 @@ version's signature and decides what happens to inputs that are not present.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -50,7 +51,9 @@ def fits(value: Scalar, dtype: DType) -> bool:
     return isinstance(value, datetime)
 
 
-def _column_index(columns: Sequence[str]) -> dict[str, int]:
+@functools.lru_cache(maxsize=256)
+def _column_index(columns: tuple[str, ...]) -> Mapping[str, int]:
+    # The same columns come back on every read of one feature service: index them once.
     index = {name: i for i, name in enumerate(columns)}
     # A model may name a stored ref `view:feature` by its feature name alone.
     short: dict[str, list[int]] = {}
@@ -67,6 +70,8 @@ def check_request_features(
     version: ModelVersionInfo, inputs: Sequence[PredictionInput], path: FieldPath
 ) -> None:
     """Request-time values the model takes directly must have the signature's type."""
+    if not any(item.request_features for item in inputs):
+        return
     by_name = {f.name: f for f in version.signature}
     violations: list[FieldViolation] = []
     for i, item in enumerate(inputs):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -47,7 +48,12 @@ class RecordQueue:
         self._limits = limits
         self._dropped = dropped
         self._sent = sent
-        self._queue: asyncio.Queue[PredictionRecord] = asyncio.Queue(limits.max_records)
+        self._pending: deque[PredictionRecord] = deque()
+        # The drain task sleeps on these instead of waking for every record: ``_arrived``
+        # is set by the first record offered to an empty queue, ``_full`` by the one that
+        # completes a batch (or by the flush timer).
+        self._arrived = asyncio.Event()
+        self._full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -58,26 +64,34 @@ class RecordQueue:
         if self._sink is None:
             self._dropped("not_configured", 1)
             return
-        try:
-            self._queue.put_nowait(record)
-        except asyncio.QueueFull:
+        pending = self._pending
+        if 0 < self._limits.max_records <= len(pending):
             self._dropped("queue_full", 1)
+            return
+        pending.append(record)
+        if len(pending) == 1:
+            self._arrived.set()
+        if len(pending) >= self._limits.batch_size:
+            self._full.set()
 
     async def _next_batch(self) -> list[PredictionRecord]:
-        batch = [await self._queue.get()]
-        loop = asyncio.get_running_loop()
-        until = loop.time() + self._limits.flush_seconds
-        while len(batch) < self._limits.batch_size:
-            while not self._queue.empty() and len(batch) < self._limits.batch_size:
-                batch.append(self._queue.get_nowait())
-            left = until - loop.time()
-            if len(batch) >= self._limits.batch_size or left <= 0:
-                break
+        """Up to ``batch_size`` records: as soon as that many are queued, else whatever
+        arrived within ``flush_seconds`` of the first one."""
+        while not self._pending:
+            self._arrived.clear()
+            await self._arrived.wait()
+        size = max(1, self._limits.batch_size)
+        if len(self._pending) < size:
+            self._full.clear()
+            timer = asyncio.get_running_loop().call_later(
+                self._limits.flush_seconds, self._full.set
+            )
             try:
-                batch.append(await asyncio.wait_for(self._queue.get(), left))
-            except TimeoutError:
-                break
-        return batch
+                await self._full.wait()
+            finally:
+                timer.cancel()
+        pending = self._pending
+        return [pending.popleft() for _ in range(min(size, len(pending)))]
 
     async def _send(self, batch: list[PredictionRecord]) -> None:
         assert self._sink is not None
@@ -97,9 +111,8 @@ class RecordQueue:
             await self._send(await self._next_batch())
 
     def _take_all(self) -> list[PredictionRecord]:
-        out = []
-        while not self._queue.empty():
-            out.append(self._queue.get_nowait())
+        out = list(self._pending)
+        self._pending.clear()
         return out
 
     async def close(self) -> None:

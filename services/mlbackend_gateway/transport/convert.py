@@ -12,15 +12,14 @@ from mlbackend_gateway.core.experiments import Experiment, ExperimentState, Vari
 from mlbackend_gateway.core.listing import RoutedModel
 from mlbackend_gateway.core.model import (
     FeatureAction,
-    FeatureOutcome,
     OutputInfo,
     OutputKind,
     PredictionInput,
     PredictionResult,
     VersionSelector,
 )
-from mlbackend_gateway.upstream.monitoring import prediction_message
-from mlbackend_gateway.upstream.values import STATUS_CODES, to_scalar, to_value
+from mlbackend_gateway.upstream.monitoring import set_prediction
+from mlbackend_gateway.upstream.values import STATUS_CODES, set_value, to_scalar, to_value
 
 _ACTIONS = {
     FeatureAction.NONE: pb.FEATURE_ACTION_NONE,
@@ -64,38 +63,47 @@ def prediction_input(message: pb.PredictionInput) -> PredictionInput:
     )
 
 
+# Messages of the output specs seen last, by the identity of their OutputInfo (which
+# the scorer decodes once per version), holding it so the id is not reused: equality
+# would mix up classes that compare equal across types (0 == False == 0.0).
+_OUTPUT_SPECS: dict[int, tuple[OutputInfo, common_pb2.OutputSpec]] = {}
+_MAX_OUTPUT_SPECS = 256
+
+
 def _output_spec(info: OutputInfo) -> common_pb2.OutputSpec:
+    """The message of ``info``, built once per OutputInfo; shared, so only copied."""
+    cached = _OUTPUT_SPECS.get(id(info))
+    if cached is not None and cached[0] is info:
+        return cached[1]
     spec = common_pb2.OutputSpec(
         kind=_KINDS[info.kind], classes=[to_value(c) for c in info.classes], top_k=info.top_k
     )
     if info.decision_threshold is not None:
         spec.decision_threshold = info.decision_threshold
+    if len(_OUTPUT_SPECS) >= _MAX_OUTPUT_SPECS:
+        _OUTPUT_SPECS.clear()
+    _OUTPUT_SPECS[id(info)] = (info, spec)
     return spec
 
 
-def _outcome(outcome: FeatureOutcome, with_value: bool) -> pb.FeatureOutcome:
-    message = pb.FeatureOutcome(
-        name=outcome.name,
-        status=STATUS_CODES[outcome.status],
-        action=_ACTIONS[outcome.action],
-    )
-    if with_value:
-        message.value.CopyFrom(to_value(outcome.value))
-    return message
-
-
-def result_message(result: PredictionResult, with_values: bool) -> pb.PredictionResult:
-    return pb.PredictionResult(
-        prediction_id=result.prediction_id,
-        model=result.model,
-        version=result.version,
-        variant=result.variant,
-        experiment=result.experiment,
-        prediction=prediction_message(result.prediction),
-        output=_output_spec(result.output),
-        features=[_outcome(o, with_values) for o in result.features],
-        feature_service=result.feature_service,
-    )
+def set_result(target: pb.PredictionResult, result: PredictionResult, with_values: bool) -> None:
+    """Write ``result`` into ``target`` in place (``response.result``, ``results.add()``)."""
+    target.prediction_id = result.prediction_id
+    target.model = result.model
+    target.version = result.version
+    target.variant = result.variant
+    target.experiment = result.experiment
+    set_prediction(target.prediction, result.prediction)
+    target.output.CopyFrom(_output_spec(result.output))
+    features = target.features
+    for outcome in result.features:
+        message = features.add()
+        message.name = outcome.name
+        message.status = STATUS_CODES[outcome.status]
+        message.action = _ACTIONS[outcome.action]
+        if with_values:
+            set_value(message.value, outcome.value)
+    target.feature_service = result.feature_service
 
 
 def _timestamp(when: datetime | None) -> timestamp_pb2.Timestamp | None:

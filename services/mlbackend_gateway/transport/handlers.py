@@ -11,7 +11,9 @@ async def predict(core: GatewayCore, request: pb.PredictRequest) -> pb.PredictRe
     result = await core.predict(
         request.model, convert.selector(request.version), convert.prediction_input(request.input)
     )
-    return pb.PredictResponse(result=convert.result_message(result, request.include_feature_values))
+    response = pb.PredictResponse()
+    convert.set_result(response.result, result, request.include_feature_values)
+    return response
 
 
 async def predict_batch(
@@ -22,9 +24,10 @@ async def predict_batch(
         convert.selector(request.version),
         [convert.prediction_input(i) for i in request.inputs],
     )
-    return pb.PredictBatchResponse(
-        results=[convert.result_message(r, request.include_feature_values) for r in results]
-    )
+    response = pb.PredictBatchResponse()
+    for result in results:
+        convert.set_result(response.results.add(), result, request.include_feature_values)
+    return response
 
 
 async def create_experiment(

@@ -18,7 +18,7 @@ from mlbackend_gateway.core.model import (
     StoredValue,
 )
 from mlbackend_gateway.upstream.failures import transport_failure
-from mlbackend_gateway.upstream.values import STATUSES, to_key, to_map, to_scalar
+from mlbackend_gateway.upstream.values import STATUSES, set_key, set_map, to_scalar
 from mlbackend_runtime.errors import FailedPrecondition, FieldViolation, InvalidInput
 
 DEPENDENCY = "feature-store"
@@ -32,20 +32,25 @@ class FeatureStoreReader:
     def __init__(self, client: FeatureStoreClient, timeout: float) -> None:
         self._client = client
         self._timeout = timeout
+        self._method = client.method("GetOnlineFeatures")
 
     async def read(
         self, version: ModelVersionInfo, inputs: Sequence[PredictionInput]
     ) -> FeatureTable:
-        request = features_pb2.GetOnlineFeaturesRequest(
-            entity_keys=[to_key(i.entity_key) for i in inputs],
-        )
+        request = features_pb2.GetOnlineFeaturesRequest()
+        for item in inputs:
+            set_key(request.entity_keys.add(), item.entity_key)
         if version.feature_service:
             request.feature_service = version.feature_service
-            request.request_inputs.extend(to_map(i.request_features) for i in inputs)
+            for item in inputs:
+                set_map(request.request_inputs.add(), item.request_features)
         else:
             request.feature_refs.extend(version.feature_refs)
         try:
-            response = await self._client.stub.GetOnlineFeatures(request, timeout=self._timeout)
+            timeout, metadata = self._client.call_options(self._method, self._timeout)
+            response = await self._client.stub.GetOnlineFeatures(
+                request, timeout=timeout, metadata=metadata
+            )
         except grpc.aio.AioRpcError as exc:
             raise _fail(exc, version, len(inputs) > 1) from None
         columns = tuple(s.name for s in response.schema)

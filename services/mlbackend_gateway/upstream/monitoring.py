@@ -5,55 +5,52 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import grpc
-from google.protobuf import duration_pb2, timestamp_pb2
 
 from mlbackend.common.v1 import common_pb2
 from mlbackend.monitoring.v1 import monitoring_pb2
 from mlbackend_clients.monitoring import MonitoringClient
 from mlbackend_gateway.core.model import ModelOutput, PredictionRecord
 from mlbackend_gateway.upstream.failures import transport_failure
-from mlbackend_gateway.upstream.values import to_key, to_value
+from mlbackend_gateway.upstream.values import set_key, set_value
 from mlbackend_runtime.errors import DomainError
 from mlbackend_runtime.status import code_for
 
 
-def prediction_message(output: ModelOutput) -> common_pb2.Prediction:
-    message = common_pb2.Prediction(probabilities=output.probabilities)
+def set_prediction(target: common_pb2.Prediction, output: ModelOutput) -> None:
+    """Write ``output`` into ``target`` in place (marked present even when empty)."""
+    target.SetInParent()
+    target.probabilities.extend(output.probabilities)
     if output.label is not None:
-        message.label.CopyFrom(to_value(output.label))
+        set_value(target.label, output.label)
     if output.value is not None:
-        message.value = output.value
+        target.value = output.value
     if output.confidence is not None:
-        message.confidence = output.confidence
+        target.confidence = output.confidence
     if output.decision_threshold is not None:
-        message.decision_threshold = output.decision_threshold
-    return message
+        target.decision_threshold = output.decision_threshold
 
 
-def record_message(record: PredictionRecord) -> monitoring_pb2.PredictionRecord:
-    when = timestamp_pb2.Timestamp()
-    when.FromDatetime(record.time)
-    latency = duration_pb2.Duration()
-    latency.FromNanoseconds(int(record.latency_seconds * 1e9))
-    message = monitoring_pb2.PredictionRecord(
-        prediction_id=record.prediction_id,
-        request_id=record.request_id,
-        prediction_time=when,
-        model=record.model,
-        version=record.version,
-        variant=record.variant,
-        experiment=record.experiment,
-        shadow=record.shadow,
-        entity_key=to_key(record.entity_key),
-        features={k: to_value(v) for k, v in record.features.items()},
-        latency=latency,
-        status_code=_status_code(record.error),
-        error_message=_error_message(record.error),
-        feature_service=record.feature_service,
-    )
+def set_record(target: monitoring_pb2.PredictionRecord, record: PredictionRecord) -> None:
+    """Write ``record`` into ``target`` in place (``request.records.add()``: no copies)."""
+    target.prediction_id = record.prediction_id
+    target.request_id = record.request_id
+    target.prediction_time.FromDatetime(record.time)
+    target.model = record.model
+    target.version = record.version
+    target.variant = record.variant
+    target.experiment = record.experiment
+    target.shadow = record.shadow
+    target.entity_key.SetInParent()
+    set_key(target.entity_key, record.entity_key)
+    features = target.features
+    for name, value in record.features.items():
+        set_value(features[name], value)
+    target.latency.FromNanoseconds(int(record.latency_seconds * 1e9))
+    target.status_code = _status_code(record.error)
+    target.error_message = _error_message(record.error)
+    target.feature_service = record.feature_service
     if record.output is not None:
-        message.output.CopyFrom(prediction_message(record.output))
-    return message
+        set_prediction(target.output, record.output)
 
 
 def _status_code(error: Exception | None) -> int:
@@ -82,9 +79,9 @@ class MonitoringSink:
         self._timeout = timeout
 
     async def send(self, records: Sequence[PredictionRecord]) -> None:
-        request = monitoring_pb2.IngestPredictionsRequest(
-            records=[record_message(r) for r in records]
-        )
+        request = monitoring_pb2.IngestPredictionsRequest()
+        for record in records:
+            set_record(request.records.add(), record)
         try:
             await self._client.stub.IngestPredictions(request, timeout=self._timeout)
         except grpc.aio.AioRpcError as exc:

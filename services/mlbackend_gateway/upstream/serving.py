@@ -9,13 +9,14 @@ import grpc
 from mlbackend.common.v1 import common_pb2
 from mlbackend.serving.v1 import serving_pb2
 from mlbackend_clients.serving import ServingClient
-from mlbackend_gateway.core.model import ModelOutput, Scalar, Scored
+from mlbackend_gateway.core.model import ModelOutput, OutputInfo, Scalar, Scored
 from mlbackend_gateway.upstream.failures import transport_failure
 from mlbackend_gateway.upstream.registry import output_info
-from mlbackend_gateway.upstream.values import to_scalar, to_value
+from mlbackend_gateway.upstream.values import set_value, to_scalar
 from mlbackend_runtime.errors import FailedPrecondition
 
 DEPENDENCY = "serving"
+_MAX_OUTPUTS = 256
 
 
 def _output(prediction: common_pb2.Prediction) -> ModelOutput:
@@ -34,17 +35,20 @@ class ServingScorer:
     def __init__(self, client: ServingClient, timeout: float) -> None:
         self._client = client
         self._timeout = timeout
+        self._method = client.method("Predict")
+        # The output spec is the same on every answer for one version: decode it once.
+        self._outputs: dict[bytes, OutputInfo] = {}
 
     async def score(self, model: str, version: int, vectors: Sequence[Sequence[Scalar]]) -> Scored:
-        request = serving_pb2.PredictRequest(
-            model=model,
-            version=common_pb2.VersionSelector(version=version),
-            vectors=[
-                common_pb2.FeatureVector(values=[to_value(v) for v in vector]) for vector in vectors
-            ],
-        )
+        request = serving_pb2.PredictRequest(model=model)
+        request.version.version = version
+        for vector in vectors:
+            values = request.vectors.add().values
+            for value in vector:
+                set_value(values.add(), value)
         try:
-            response = await self._client.stub.Predict(request, timeout=self._timeout)
+            timeout, metadata = self._client.call_options(self._method, self._timeout)
+            response = await self._client.stub.Predict(request, timeout=timeout, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             mapped = transport_failure(DEPENDENCY, exc)
             if mapped is not None:
@@ -62,6 +66,15 @@ class ServingScorer:
             raise
         return Scored(
             version=response.version or version,
-            output=output_info(response.output),
+            output=self._output_info(response.output),
             rows=tuple(_output(p) for p in response.predictions),
         )
+
+    def _output_info(self, spec: common_pb2.OutputSpec) -> OutputInfo:
+        key = spec.SerializeToString()
+        info = self._outputs.get(key)
+        if info is None:
+            if len(self._outputs) >= _MAX_OUTPUTS:
+                self._outputs.clear()
+            info = self._outputs[key] = output_info(spec)
+        return info

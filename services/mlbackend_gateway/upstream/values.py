@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from mlbackend.common.v1 import common_pb2
-from mlbackend_clients.values import to_scalar, to_value
+from mlbackend_clients.values import set_value, to_scalar, to_value
 from mlbackend_gateway.core.model import DType, FeatureStatus, Scalar
 
-__all__ = ["DTYPES", "STATUSES", "STATUS_CODES", "to_key", "to_map", "to_scalar", "to_value"]
+__all__ = ["DTYPES", "STATUSES", "STATUS_CODES", "set_key", "set_map", "set_value", "to_scalar",
+           "to_value"]  # fmt: skip
 
 DTYPES = {
     common_pb2.DATA_TYPE_INT64: DType.INT64,
@@ -30,9 +31,13 @@ STATUSES = {
 STATUS_CODES = {v: k for k, v in STATUSES.items()}
 
 
-def to_key(key: Mapping[str, Scalar]) -> common_pb2.EntityKey:
-    return common_pb2.EntityKey(join_keys={k: to_value(v) for k, v in key.items()})
+def set_key(target: common_pb2.EntityKey, key: Mapping[str, Scalar]) -> None:
+    join_keys = target.join_keys
+    for name, value in key.items():
+        set_value(join_keys[name], value)
 
 
-def to_map(values: Mapping[str, Scalar]) -> common_pb2.FeatureMap:
-    return common_pb2.FeatureMap(values={k: to_value(v) for k, v in values.items()})
+def set_map(target: common_pb2.FeatureMap, values: Mapping[str, Scalar]) -> None:
+    entries = target.values
+    for name, value in values.items():
+        set_value(entries[name], value)
