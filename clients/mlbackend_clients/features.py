@@ -16,6 +16,17 @@ FEATURE_SERVICE_KEY = b"mlbackend.feature_service"
 service read, as resolved by the store (``name@version``)."""
 
 
+def arrow_stream(table: pa.Table) -> bytes:
+    """``table`` as the bytes of an Arrow IPC stream (what ``entity_table`` takes)."""
+    import pyarrow as pa  # here: importing the clients stays free of numpy
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    data: bytes = sink.getvalue().to_pybytes()
+    return data
+
+
 class FeatureStoreClient(ServiceClient["features_pb2_grpc.FeatureStoreServiceAsyncStub"]):
     SERVICE = features_pb2.DESCRIPTOR.services_by_name["FeatureStoreService"]
     STUB = features_pb2_grpc.FeatureStoreServiceStub
@@ -36,13 +47,10 @@ class FeatureStoreClient(ServiceClient["features_pb2_grpc.FeatureStoreServiceAsy
         ``name@version`` is in the schema metadata under :data:`FEATURE_SERVICE_KEY`."""
         import pyarrow as pa  # here: importing the clients stays free of numpy
 
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, entities.schema) as writer:
-            writer.write_table(entities)
         request = features_pb2.GetHistoricalFeaturesRequest(
             feature_refs=feature_refs,
             feature_service=feature_service,
-            entity_table=sink.getvalue().to_pybytes(),
+            entity_table=arrow_stream(entities),
             chunk_size=chunk_size,
             result_format=features_pb2.RESULT_FORMAT_ARROW,
         )

@@ -23,7 +23,7 @@ from grpc_status import rpc_status
 
 from mlbackend.common.v1 import common_pb2 as c
 from mlbackend.features.v1 import features_pb2 as f
-from mlbackend_clients.features import FEATURE_SERVICE_KEY, FeatureStoreClient
+from mlbackend_clients.features import FEATURE_SERVICE_KEY, FeatureStoreClient, arrow_stream
 
 from conftest import Connect, StartService
 
@@ -924,12 +924,7 @@ def _entity_table(users: list[str], times: list[datetime], **inputs: list[Any]) 
         "event_timestamp": pa.array(times, pa.timestamp("us", tz="UTC")),
         **{name: pa.array(values) for name, values in inputs.items()},
     }
-    table = pa.table(columns)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    data: bytes = sink.getvalue().to_pybytes()
-    return data
+    return arrow_stream(pa.table(columns))
 
 
 def _arrow_rows(chunks: list[Any]) -> list[list[tuple[str, Any]]]:

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 
 from mlbackend.features.v1 import features_pb2 as f
+from mlbackend_clients.features import arrow_stream
 from mlbackend_features.core.model import Cell, DType, OutputColumn, PresentRow, Status
 from mlbackend_features.transport import arrow
 from mlbackend_runtime.errors import InvalidInput
@@ -106,12 +107,7 @@ def test_rows_of_mixed_cells_go_cell_by_cell() -> None:
 
 
 def _table(**columns: pa.Array) -> bytes:
-    table = pa.table(columns)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    data: bytes = sink.getvalue().to_pybytes()
-    return data
+    return arrow_stream(pa.table(columns))
 
 
 def test_entity_table_reads_keys_times_and_inputs_by_name() -> None:
