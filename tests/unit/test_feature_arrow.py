@@ -111,7 +111,8 @@ def _table(**columns: pa.Array) -> bytes:
 
 
 def test_entity_table_reads_keys_times_and_inputs_by_name() -> None:
-    naive = pa.array([datetime(2026, 1, 1), None], pa.timestamp("ns"))
+    # Nanoseconds (pandas' unit) below a microsecond are dropped, not refused.
+    naive = pa.array([T * 1_000 + 999, None], pa.timestamp("ns"))
     request = f.GetHistoricalFeaturesRequest(
         feature_service="svc",
         chunk_size=7,

@@ -69,8 +69,8 @@ def historical_query(
             keys.append((name, column.to_pylist()))
     if not keys:
         raise InvalidInput.field(_FIELD, "no join key column")
-    entity_keys = _dicts(keys, count)
-    row_inputs = _dicts(inputs, count) if inputs else [{}] * count
+    entity_keys = _dicts(keys)
+    row_inputs = _dicts(inputs) if inputs else [{}] * count
     new, row_type = tuple.__new__, m.HistoricalRow  # without the named tuple's own __new__
     rows = [new(row_type, row) for row in zip(entity_keys, times, row_inputs, strict=True)]
     return m.HistoricalQuery(
@@ -93,19 +93,21 @@ def _times(column: pa.ChunkedArray) -> list[int | None]:
         raise InvalidInput.field(
             f"{_FIELD}.{TIME_COLUMN}", f"must be a timestamp column, not {column.type}"
         )
-    # Without a time zone the wall time is read as UTC; the cast keeps the instant.
-    micros: list[int | None] = column.cast(pa.timestamp("us")).cast(pa.int64()).to_pylist()
+    # Without a time zone the wall time is read as UTC; the cast keeps the instant and
+    # drops what is finer than a microsecond (the store's resolution).
+    as_us = column.cast(pa.timestamp("us"), safe=False)
+    micros: list[int | None] = as_us.cast(pa.int64()).to_pylist()
     return micros
 
 
 def _values(column: pa.ChunkedArray) -> list[m.Scalar]:
     if pa.types.is_timestamp(column.type):
-        column = column.cast(_UTC_US)  # aware datetimes; naive columns are UTC
+        column = column.cast(_UTC_US, safe=False)  # aware datetimes; naive ones are UTC
     values: list[m.Scalar] = column.to_pylist()
     return values
 
 
-def _dicts(columns: list[tuple[str, list[m.Scalar]]], count: int) -> list[dict[str, m.Scalar]]:
+def _dicts(columns: list[tuple[str, list[m.Scalar]]]) -> list[dict[str, m.Scalar]]:
     if len(columns) == 1:
         name, values = columns[0]
         return [{name: v} for v in values]
