@@ -39,6 +39,7 @@ import importlib.util
 import os
 import sys
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -52,7 +53,7 @@ from mlbackend.features.v1 import features_pb2 as pb
 from mlbackend_clients.channel import ChannelOptions
 from mlbackend_clients.errors import decode_error
 from mlbackend_clients.feature_definitions import apply_request, definitions_in, parse_duration
-from mlbackend_clients.features import FeatureStoreClient
+from mlbackend_clients.features import FeatureStoreClient, arrow_stream
 
 _DURATION_FIELDS = {"ttl", "offline_retention"}
 _ENUM_PREFIX = {"dtype": "DATA_TYPE_", "nan_policy": "NAN_POLICY_"}
@@ -258,26 +259,37 @@ async def _materialize(client: FeatureStoreClient, args: argparse.Namespace) -> 
     return 0
 
 
-def _entity_rows(path: Path) -> list[pb.EntityRow]:
-    rows = []
+def _entity_table(path: Path) -> Any:
+    """The entity CSV as an Arrow table: ``event_time`` (RFC 3339, or a date meaning
+    midnight UTC) becomes ``event_timestamp``; a column of whole numbers is an int64 join
+    key, any other column a string."""
+    import pyarrow as pa  # imported here: only the export needs it
+
+    times: list[int] = []
+    columns: dict[str, list[str]] = {}
     with path.open(newline="") as handle:
         for record in csv.DictReader(handle):
             when = record.pop("event_time")
-            row = pb.EntityRow()
-            row.event_time.FromJsonString(when if "T" in when else when + "T00:00:00Z")
+            stamp = timestamp_pb2.Timestamp()
+            stamp.FromJsonString(when if "T" in when else when + "T00:00:00Z")
+            times.append(stamp.ToMicroseconds())
             for name, text in record.items():
-                value = (
-                    common_pb2.Value(int64_value=int(text))
-                    if text.lstrip("-").isdigit()
-                    else common_pb2.Value(string_value=text)
-                )
-                row.entity_key.join_keys[name].CopyFrom(value)
-            rows.append(row)
-    return rows
+                columns.setdefault(name, []).append(text)
+    arrays: dict[str, Any] = {
+        name: pa.array([int(t) for t in texts], pa.int64())
+        if all(t.lstrip("-").isdigit() for t in texts)
+        else pa.array(texts, pa.string())
+        for name, texts in columns.items()
+    }
+    arrays["event_timestamp"] = pa.array(times, pa.timestamp("us", tz="UTC"))
+    return pa.table(arrays)
 
 
 async def _export(client: FeatureStoreClient, args: argparse.Namespace) -> int:
-    request = pb.GetHistoricalFeaturesRequest(entity_rows=_entity_rows(args.entities))
+    entities = _entity_table(args.entities)
+    request = pb.GetHistoricalFeaturesRequest(
+        entity_table=arrow_stream(entities), result_format=pb.RESULT_FORMAT_ARROW
+    )
     if args.feature_service:
         request.feature_service = args.feature_service
     else:
@@ -289,13 +301,21 @@ async def _export(client: FeatureStoreClient, args: argparse.Namespace) -> int:
         async for chunk in client.stub.GetHistoricalFeatures(request, timeout=3600):
             if chunk.start_row_index == 0:
                 sink.start(chunk.schema)
-            sink.write(chunk.start_row_index, chunk.rows)
-            written += len(chunk.rows)
-            print(f"\r{written}/{len(request.entity_rows)} rows", end="", file=sys.stderr)
+            batch = _record_batch(chunk.arrow)
+            sink.write(chunk.start_row_index, batch)
+            written = chunk.start_row_index + batch.num_rows
+            print(f"\r{written}/{entities.num_rows} rows", end="", file=sys.stderr)
     finally:
         sink.close()
     print(file=sys.stderr)
     return 0
+
+
+def _record_batch(data: bytes) -> Any:
+    import pyarrow as pa
+
+    with pa.ipc.open_stream(data) as reader:
+        return reader.read_next_batch()
 
 
 def _format_of(path: Path) -> str:
@@ -304,7 +324,7 @@ def _format_of(path: Path) -> str:
 
 class _Sink(Protocol):
     def start(self, schema: Sequence[common_pb2.FeatureSpec]) -> None: ...
-    def write(self, start: int, rows: Sequence[pb.FeatureValueRow]) -> None: ...
+    def write(self, start: int, batch: Any) -> None: ...
     def close(self) -> None: ...
 
 
@@ -314,13 +334,16 @@ class _CsvSink:
     def __init__(self, path: Path) -> None:
         self._handle = path.open("w", newline="")
         self._writer = csv.writer(self._handle)
+        self._names: list[str] = []
 
     def start(self, schema: Sequence[common_pb2.FeatureSpec]) -> None:
-        self._writer.writerow(["row", *(s.name for s in schema)])
+        self._names = [s.name for s in schema]
+        self._writer.writerow(["row", *self._names])
 
-    def write(self, start: int, rows: Sequence[pb.FeatureValueRow]) -> None:
-        for i, row in enumerate(rows):
-            self._writer.writerow([start + i, *(_text(v.value) for v in row.values)])
+    def write(self, start: int, batch: Any) -> None:
+        columns = [batch.column(name).to_pylist() for name in self._names]
+        for i, values in enumerate(zip(*columns, strict=True)):
+            self._writer.writerow([start + i, *map(_text, values)])
 
     def close(self) -> None:
         self._handle.close()
@@ -331,17 +354,11 @@ class _ParquetSink:
     stay nulls. Written one row group per chunk, so memory stays bounded."""
 
     def __init__(self, path: Path) -> None:
-        import pyarrow as pa  # imported here: only the export to Parquet needs it
+        import pyarrow as pa  # imported here: only the export needs it
 
         self._pa = pa
         self._path = path
-        self._types = {
-            common_pb2.DATA_TYPE_INT64: pa.int64(),
-            common_pb2.DATA_TYPE_DOUBLE: pa.float64(),
-            common_pb2.DATA_TYPE_STRING: pa.string(),
-            common_pb2.DATA_TYPE_BOOL: pa.bool_(),
-            common_pb2.DATA_TYPE_TIMESTAMP: pa.timestamp("us", tz="UTC"),
-        }
+        self._names: list[str] = []
         self._schema: Any = None
         self._writer: Any = None
 
@@ -349,17 +366,23 @@ class _ParquetSink:
         import pyarrow.parquet as pq
 
         pa = self._pa
+        types = {
+            common_pb2.DATA_TYPE_INT64: pa.int64(),
+            common_pb2.DATA_TYPE_DOUBLE: pa.float64(),
+            common_pb2.DATA_TYPE_STRING: pa.string(),
+            common_pb2.DATA_TYPE_BOOL: pa.bool_(),
+            common_pb2.DATA_TYPE_TIMESTAMP: pa.timestamp("us", tz="UTC"),
+        }
+        self._names = [s.name for s in schema]
         fields = [pa.field("row", pa.int64(), nullable=False)]
-        fields += [pa.field(s.name, self._types.get(s.dtype, pa.string())) for s in schema]
+        fields += [pa.field(s.name, types.get(s.dtype, pa.string())) for s in schema]
         self._schema = pa.schema(fields)
         self._writer = pq.ParquetWriter(self._path, self._schema)
 
-    def write(self, start: int, rows: Sequence[pb.FeatureValueRow]) -> None:
+    def write(self, start: int, batch: Any) -> None:
         pa = self._pa
-        columns: list[Any] = [pa.array(range(start, start + len(rows)), pa.int64())]
-        for j, field in enumerate(list(self._schema)[1:]):
-            cells = [_plain(row.values[j].value) for row in rows]
-            columns.append(pa.array(cells, field.type))
+        rows = pa.array(range(start, start + batch.num_rows), pa.int64())
+        columns = [rows, *(batch.column(name) for name in self._names)]
         self._writer.write_table(pa.Table.from_arrays(columns, schema=self._schema))
 
     def close(self) -> None:
@@ -368,23 +391,15 @@ class _ParquetSink:
         self._writer.close()
 
 
-def _plain(value: common_pb2.Value) -> Any:
-    """A value as Arrow takes it: timestamps as integer microseconds, null as None."""
-    kind = value.WhichOneof("kind")
-    if kind is None or kind == "null_value":
-        return None
-    if kind == "timestamp_value":
-        return value.timestamp_value.ToMicroseconds()
-    return getattr(value, kind)
-
-
-def _text(value: common_pb2.Value) -> str:
-    kind = value.WhichOneof("kind")
-    if kind is None or kind == "null_value":
+def _text(value: Any) -> str:
+    """A value as the CSV writes it: timestamps in RFC 3339, null as an empty cell."""
+    if value is None:
         return ""
-    if kind == "timestamp_value":
-        return value.timestamp_value.ToJsonString()
-    return str(getattr(value, kind))
+    if isinstance(value, datetime):
+        stamp = timestamp_pb2.Timestamp()
+        stamp.FromDatetime(value)
+        return stamp.ToJsonString()
+    return str(value)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -802,9 +802,12 @@ async def test_cli_exports_typed_parquet_equal_to_the_grpc_answer(
         pa.timestamp("us", tz="UTC"),
     ]
     # The gRPC answer, cell by cell: the same values, nulls where it has none.
-    request = f.GetHistoricalFeaturesRequest(
-        feature_refs=refs.split(","), entity_rows=features_cmd._entity_rows(entities)
-    )
+    entity_rows = []
+    for user, when in zip(["u1", "u2", "u3", "u1"], times, strict=True):
+        row = f.EntityRow(entity_key=key(user))
+        row.event_time.FromJsonString(when)
+        entity_rows.append(row)
+    request = f.GetHistoricalFeaturesRequest(feature_refs=refs.split(","), entity_rows=entity_rows)
     grpc_rows = [
         r
         for ch in await _collect(client.stub.GetHistoricalFeatures(request, timeout=10))
