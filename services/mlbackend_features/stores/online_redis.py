@@ -1,7 +1,9 @@
 """Online store on Redis: one string key per (view, entity) holding ``"<event_us>|<payload>"``.
 
 Writes go through one Lua script per slice of a batch, so the "newest event time wins"
-compare and the watermark update are atomic inside Redis; a read is one MGET per view.
+compare and the watermark update are atomic inside Redis; a read is one MGET per view,
+sent on a connection shared by concurrent reads (``redis_pipeline``) unless the URL asks
+for TLS, which redis-py handles.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from redis.exceptions import RedisError
 
 from mlbackend_features.core.model import Record
 from mlbackend_features.stores.online import OnlineStore
+from mlbackend_features.stores.redis_pipeline import PipelinedReads, RedisReadError
 from mlbackend_runtime.errors import DependencyUnavailable
 
 # KEYS[1] = watermark, KEYS[2..] = values; ARGV[1] = sequence, then (event_us, payload) pairs.
@@ -49,6 +52,7 @@ class RedisOnlineStore(OnlineStore):
         self._prefix = prefix
         self._watermark = f"{prefix}:applied_seq"
         self._script = self._client.register_script(_APPLY)
+        self._reads = PipelinedReads(url) if PipelinedReads.supports(url) else None
 
     def _key(self, view: str, entity: str) -> str:
         return f"{self._prefix}:v:{view}:{entity}"
@@ -73,9 +77,10 @@ class RedisOnlineStore(OnlineStore):
     async def read(self, view: str, entities: Sequence[str]) -> dict[str, tuple[int, str]]:
         if not entities:
             return {}
+        keys = [self._key(view, e) for e in entities]
         try:
-            raw = await self._client.mget([self._key(view, e) for e in entities])
-        except (RedisError, OSError) as exc:
+            raw = await (self._client.mget(keys) if self._reads is None else self._reads.mget(keys))
+        except (RedisReadError, RedisError, OSError) as exc:
             raise DependencyUnavailable(_DEPENDENCY, f"redis: {exc}") from exc
         out: dict[str, tuple[int, str]] = {}
         for entity, value in zip(entities, raw, strict=True):
@@ -120,6 +125,8 @@ class RedisOnlineStore(OnlineStore):
             raise DependencyUnavailable(_DEPENDENCY, f"redis: {exc}") from exc
 
     async def close(self) -> None:
+        if self._reads is not None:
+            self._reads.close()
         await self._client.aclose()
 
 

@@ -1,0 +1,132 @@
+"""The shared read connection of the Redis online store, against a real redis-server:
+concurrent reads share one connection and each caller gets its own reply; failures,
+silence and cancellation never hand a caller someone else's answer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+import redis as redis_sync
+
+from mlbackend_features.stores.redis_pipeline import PipelinedReads, RedisReadError
+from tests.contract.redis_server import redis_server
+
+
+@pytest.fixture
+def url() -> Iterator[str]:
+    with redis_server() as server_url:
+        yield server_url
+
+
+def _fill(url: str, count: int) -> None:
+    client = redis_sync.Redis.from_url(url)
+    client.mset({f"k{i}": f"value {i}" for i in range(count)})
+    client.close()
+
+
+def _clients(url: str) -> int:
+    client = redis_sync.Redis.from_url(url)
+    listed = client.client_list()
+    client.close()
+    return len(listed) - 1  # not counting the one asking
+
+
+async def test_concurrent_reads_share_one_connection_and_get_their_own_replies(
+    url: str,
+) -> None:
+    _fill(url, 500)
+    reads = PipelinedReads(url)
+    keys = [[f"k{i}", "absent", f"k{(i * 7) % 500}"] for i in range(500)]
+    replies = await asyncio.gather(*(reads.mget(k) for k in keys))
+    for i, reply in enumerate(replies):
+        assert reply == [f"value {i}", None, f"value {(i * 7) % 500}"]
+    assert _clients(url) == 1
+    # A large read (10,000 keys) comes back whole and in order.
+    big = [f"k{i % 500}" for i in range(10_000)]
+    assert await reads.mget(big) == [f"value {i % 500}" for i in range(10_000)]
+    reads.close()
+
+
+async def test_a_cancelled_caller_does_not_shift_the_replies(url: str) -> None:
+    _fill(url, 3)
+    reads = PipelinedReads(url)
+    await reads.mget(["k0"])  # connected
+    first = asyncio.ensure_future(reads.mget(["k0"]))
+    second = asyncio.ensure_future(reads.mget(["k1"]))
+    third = asyncio.ensure_future(reads.mget(["k2"]))
+    await asyncio.sleep(0)  # queued and sent
+    second.cancel()
+    assert await first == ["value 0"]
+    assert await third == ["value 2"]
+    assert await reads.mget(["k1"]) == ["value 1"]
+    reads.close()
+
+
+async def test_password_and_database_from_the_url(url: str) -> None:
+    admin = redis_sync.Redis.from_url(url)
+    admin.config_set("requirepass", "s3cret")
+    base = url.rsplit("/", 1)[0].replace("redis://", "redis://:s3cret@")
+    authed = redis_sync.Redis.from_url(f"{base}/3")
+    authed.set("k", "in db 3")
+    reads = PipelinedReads(f"{base}/3")
+    assert await reads.mget(["k"]) == ["in db 3"]
+    reads.close()
+    with pytest.raises(RedisReadError, match="WRONGPASS"):
+        await PipelinedReads(url.replace("redis://", "redis://:wrong@")).mget(["k"])
+    with pytest.raises(RedisReadError, match="NOAUTH"):
+        await PipelinedReads(url).mget(["k"])
+    authed.close()
+    admin.close()
+
+
+async def test_an_error_reply_fails_that_caller_only(url: str) -> None:
+    reads = PipelinedReads(url.rsplit("/", 1)[0] + "/99")  # no such database
+    with pytest.raises(RedisReadError, match="DB index"):
+        await reads.mget(["k"])
+
+
+async def test_a_server_gone_fails_fast_and_the_next_read_reconnects() -> None:
+    with redis_server() as url:
+        _fill(url, 1)
+        reads = PipelinedReads(url)
+        assert await reads.mget(["k0"]) == ["value 0"]
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+    # The server is stopped: the open connection and new attempts both fail.
+    with pytest.raises(RedisReadError):
+        await asyncio.wait_for(reads.mget(["k0"]), 5)
+    with pytest.raises(RedisReadError, match="cannot connect"):
+        await asyncio.wait_for(reads.mget(["k0"]), 5)
+    assert port > 0
+    reads.close()
+
+
+async def test_a_silent_server_times_out_every_waiting_caller() -> None:
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        await reader.read(1 << 16)  # read the commands, never answer
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reads = PipelinedReads(f"redis://127.0.0.1:{port}/0", timeout=0.3)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    results = await asyncio.gather(
+        *(reads.mget([f"k{i}"]) for i in range(5)), return_exceptions=True
+    )
+    assert all(isinstance(r, RedisReadError) and "no reply" in str(r) for r in results)
+    assert 0.25 <= loop.time() - started < 3
+    reads.close()
+    for writer in accepted:
+        writer.close()
+    server.close()
+    await server.wait_closed()
+
+
+def test_tls_urls_stay_on_redis_py() -> None:
+    assert PipelinedReads.supports("redis://127.0.0.1:6379/0")
+    assert PipelinedReads.supports("unix:///tmp/redis.sock?db=1")
+    assert not PipelinedReads.supports("rediss://127.0.0.1:6380/0")
