@@ -168,4 +168,5 @@ async def test_token_request_id_and_caller_deadline_with_or_without_interceptors
     assert seen["x-request-id"] == request_id
     assert str(seen["traceparent"]).startswith(f"00-{request_id}-")
     (remaining,) = flaky.remaining
-    assert remaining is not None and remaining <= 0.8
+    # The caller's 0.8 s, not the 5 s default (gRPC rounds the sent timeout up a little).
+    assert remaining is not None and remaining <= 0.85

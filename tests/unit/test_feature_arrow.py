@@ -5,6 +5,7 @@ entity tables are read into the same query as entity rows."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import pyarrow as pa
@@ -12,7 +13,15 @@ import pytest
 
 from mlbackend.features.v1 import features_pb2 as f
 from mlbackend_clients.features import arrow_stream
-from mlbackend_features.core.model import Cell, DType, OutputColumn, PresentRow, Status
+from mlbackend_features.core import codec, pit
+from mlbackend_features.core.model import (
+    Cell,
+    DType,
+    OutputColumn,
+    PresentRow,
+    Status,
+    StoredRows,
+)
 from mlbackend_features.transport import arrow
 from mlbackend_runtime.errors import InvalidInput
 
@@ -27,11 +36,11 @@ SCHEMA = (
 WHEN = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
 
 
-def _cells(rows: list[list[Cell] | PresentRow]) -> list[list[tuple[object, str, object]]]:
+def _cells(rows: Sequence[Sequence[Cell]]) -> list[list[tuple[object, str, object]]]:
     """What the rows say, cell by cell, with event times as aware datetimes."""
     out = []
     for row in rows:
-        cells = []
+        cells: list[tuple[object, str, object]] = []
         for value, status, event_us in row:
             if status is Status.PRESENT and value is None:
                 status = Status.NULL_VALUE
@@ -104,6 +113,61 @@ def test_rows_of_mixed_cells_go_cell_by_cell() -> None:
     ]
     rows: list[list[Cell] | PresentRow] = [mixed, STORED, MISSING, mixed]
     _same(_cells(rows), _from_batch(_round_trip(rows)))
+
+
+# Stored rows as the offline store returns them: (event_us, payload) or None.
+FIELDS = [("d", DType.DOUBLE), ("i", DType.INT64), ("s", DType.STRING), ("b", DType.BOOL),
+          ("t", DType.TIMESTAMP)]  # fmt: skip
+CLEAN: list[tuple[int, str] | None] = [
+    (T, codec.encode_values({"d": 1.5, "i": -7, "s": 'é ✓\n"q"', "b": True, "t": WHEN})),
+    None,
+    (T + 1, codec.encode_values({"d": None, "i": 3, "s": None, "b": False, "t": None})),
+    (T - 10, codec.encode_values({"d": 2.0, "i": 1, "s": "x", "b": True, "t": WHEN})),
+    (T + 2, '{"i":2,"gone":"a feature no longer read","d":4}'),  # d stored as an integer
+    (T + 3, "{}"),
+    (T + 4, codec.encode_values({"d": -0.0, "i": 2**63 - 1, "s": "", "b": False, "t": 0})),
+    (T + 5, '{\n  "d": 1.0,\n  "s": "hand-written"\n}'),  # line breaks between tokens
+]
+# Rows the row decoder coerces (or reads as null) and Arrow's JSON reader refuses.
+COERCED = [
+    '{"d":"nan"}',
+    '{"d":"-inf"}',
+    '{"i":2.5}',
+    '{"i":true}',
+    '{"i":18446744073709551616}',
+    '{"s":5}',
+    '{"b":1}',
+    '{"d":true}',
+    '{"t":"2026-01-01"}',
+]
+
+
+def _stored(found: list[tuple[int, str] | None], ttl_us: int) -> StoredRows:
+    as_of = [T + 100] * len(found)
+    return StoredRows(found, as_of, codec.RowDecoder(FIELDS), ttl_us)
+
+
+@pytest.mark.parametrize("ttl_us", [0, 100, 109])
+def test_stored_rows_decode_by_column_as_the_row_decoder_does(ttl_us: int) -> None:
+    stored = _stored(CLEAN, ttl_us)
+    assert arrow._parse_payloads(stored.found, FIELDS) is not None  # the columnar path
+    by_column = arrow.stored_record_batch(SCHEMA, stored)
+    by_row = arrow.record_batch(SCHEMA, pit.cells_of(stored))
+    assert by_column.equals(by_row)
+    _same(_cells(pit.cells_of(stored)), _from_batch(by_column))
+    statuses = by_column.column("d__status").to_pylist()
+    if ttl_us == 100:  # T - 10 is 110 µs before the as-of time: past the TTL
+        assert statuses[3] == Status.EXPIRED.value
+    assert statuses[1] == Status.NOT_FOUND.value and statuses[2] == Status.NULL_VALUE.value
+
+
+@pytest.mark.parametrize("payload", COERCED)
+def test_stored_rows_arrow_cannot_read_as_is_go_through_the_row_decoder(payload: str) -> None:
+    found = [*CLEAN, (T + 5, payload)]
+    assert arrow._parse_payloads(found, FIELDS) is None
+    stored = _stored(found, 0)
+    by_column = arrow.stored_record_batch(SCHEMA, stored)
+    _same(_cells(pit.cells_of(stored)), _from_batch(by_column))
 
 
 def _table(**columns: pa.Array) -> bytes:

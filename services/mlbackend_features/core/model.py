@@ -12,9 +12,12 @@ import enum
 import re
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal, NamedTuple, overload
+from typing import TYPE_CHECKING, Annotated, Literal, NamedTuple, overload
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from mlbackend_features.core.codec import RowDecoder
 
 Scalar = int | float | str | bool | datetime | None
 """One feature value; the feature's dtype says which member is meant."""
@@ -465,11 +468,25 @@ class HistoricalQuery(NamedTuple):
     """The request field the rows came from, as errors name it."""
 
 
+class StoredRows(NamedTuple):
+    """What the as-of join found for a chunk of a direct read, not decoded yet: per
+    entity row the stored ``(event_us, payload)`` or None, and its as-of time. A reader
+    that wants columns decodes them in one pass (``transport/arrow.py``); ``pit.cells_of``
+    gives the same rows as cells."""
+
+    found: Sequence[tuple[int, str] | None]
+    as_of: Sequence[int]
+    decoder: RowDecoder
+    ttl_us: int
+
+
 class HistoricalChunk(NamedTuple):
     schema: tuple[OutputColumn, ...]
     start_row_index: int
     rows: list[Sequence[Cell]]
     feature_service: str
+    # Set instead of ``rows`` when the reader asked for stored rows (direct reads only).
+    stored: StoredRows | None = None
 
 
 class MaterializeProgress(NamedTuple):

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from mlbackend_features.core import codec
-from mlbackend_features.core.model import Cell, Scalar, Status
+from mlbackend_features.core.model import Cell, Scalar, Status, StoredRows
 
 
 class Candidate(NamedTuple):
@@ -90,6 +90,11 @@ def as_of_cells(
         else:
             append(present(hit[1], hit[0]))
     return out
+
+
+def cells_of(stored: StoredRows) -> list[Sequence[Cell]]:
+    """The rows of a chunk that carries stored rows."""
+    return as_of_cells(stored.found, stored.as_of, stored.decoder, stored.ttl_us)
 
 
 class HistoryRow(NamedTuple):

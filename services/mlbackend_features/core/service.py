@@ -47,6 +47,7 @@ from mlbackend_features.core.model import (
     RowViolation,
     Scalar,
     Status,
+    StoredRows,
     WriteAck,
     WriteBatch,
     now_us,
@@ -488,8 +489,14 @@ class FeatureStore:
             for entity, (ts, payload) in found.items()
         }
 
-    async def read_historical(self, query: HistoricalQuery) -> AsyncIterator[HistoricalChunk]:
-        """Point-in-time correct rows, every request row in order, in chunks."""
+    async def read_historical(
+        self, query: HistoricalQuery, *, stored: bool = False
+    ) -> AsyncIterator[HistoricalChunk]:
+        """Point-in-time correct rows, every request row in order, in chunks.
+
+        ``stored``: where the read is direct (one view's features as stored), chunks
+        carry the join's stored rows undecoded (``HistoricalChunk.stored``), for a
+        reader that decodes columns at once."""
         count = len(query.rows)
         if count > MAX_HISTORICAL_ROWS:
             raise InvalidInput.field(
@@ -517,6 +524,17 @@ class FeatureStore:
         for start in range(0, count, size):
             end = min(start + size, count)
             as_of = times[start:end]
+            if plan.direct and stored:
+                read = plan.views[0]
+                hits = await self._as_of(read, per_view[0][start:end], as_of)
+                yield HistoricalChunk(
+                    compiled.schema if start == 0 else (),
+                    start,
+                    [],
+                    service if start == 0 else "",
+                    StoredRows(hits, as_of, read.decoder, read.ttl_us),
+                )
+                continue
             if plan.direct:
                 read = plan.views[0]
                 rows = await self._historical_cells(read, per_view[0][start:end], as_of)
@@ -543,8 +561,13 @@ class FeatureStore:
         self, read: ViewRead, keys: Sequence[str], times: Sequence[int]
     ) -> list[Sequence[Cell]]:
         """The view's cells for each (entity, as-of time), in order."""
-        found = await self._offline.as_of(read.view.name, list(zip(keys, times, strict=True)))
+        found = await self._as_of(read, keys, times)
         return pit.as_of_cells(found, times, read.decoder, read.ttl_us)
+
+    async def _as_of(
+        self, read: ViewRead, keys: Sequence[str], times: Sequence[int]
+    ) -> Sequence[tuple[int, str] | None]:
+        return await self._offline.as_of(read.view.name, list(zip(keys, times, strict=True)))
 
     # --- materialization, statistics, maintenance ---------------------------------------
 

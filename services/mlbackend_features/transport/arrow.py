@@ -14,9 +14,11 @@ from collections.abc import Collection, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pa_json
 
 from mlbackend.features.v1 import features_pb2 as pb
 from mlbackend_features.core import model as m
+from mlbackend_features.core import pit
 from mlbackend_features.transport.convert import schema_pb
 from mlbackend_runtime.errors import InvalidInput
 
@@ -37,6 +39,12 @@ _STATUSES = list(m.Status)
 _STATUS_NAMES = pa.array([s.value for s in _STATUSES], pa.string())
 _CODE = {s: i for i, s in enumerate(_STATUSES)}
 _PRESENT, _NULL_VALUE = _CODE[m.Status.PRESENT], _CODE[m.Status.NULL_VALUE]
+_NOT_FOUND, _EXPIRED = _CODE[m.Status.NOT_FOUND], _CODE[m.Status.EXPIRED]
+# Blocks Arrow's JSON reader parses in parallel: 10,000 stored rows of 10 features
+# (1.6 MB) in ~5 ms on two cores, against ~8 ms as one block (measured here).
+_JSON_BLOCK_BYTES = 256 * 1024
+# How stored JSON values are parsed per dtype (timestamps are integer microseconds).
+_PARSED_TYPES = {**_ARROW_TYPES, m.DType.TIMESTAMP: pa.int64()}
 
 
 # --- the request's entity table ----------------------------------------------------------
@@ -135,17 +143,25 @@ def chunk_pb(
 ) -> pb.GetHistoricalFeaturesResponse:
     """One response chunk with its rows as Arrow (``schema``: the read's, which only the
     first chunk carries)."""
+    if chunk.stored is not None:
+        batch = stored_record_batch(schema, chunk.stored)
+    else:
+        batch = record_batch(schema, chunk.rows)
     return pb.GetHistoricalFeaturesResponse(
         schema=schema_pb(chunk.schema) if chunk.schema else (),
         start_row_index=chunk.start_row_index,
         feature_service=chunk.feature_service,
-        arrow=record_batch_bytes(schema, chunk.rows),
+        arrow=batch_bytes(batch),
     )
 
 
 def record_batch_bytes(schema: Sequence[m.OutputColumn], rows: Sequence[Sequence[m.Cell]]) -> bytes:
     """``rows`` as an Arrow IPC stream of one record batch (layout in features.proto)."""
-    batch = record_batch(schema, rows)
+    return batch_bytes(record_batch(schema, rows))
+
+
+def batch_bytes(batch: pa.RecordBatch) -> bytes:
+    """One record batch as an Arrow IPC stream."""
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, batch.schema) as writer:
         writer.write_batch(batch)
@@ -168,11 +184,78 @@ def record_batch(
         values, code_columns, event_columns = _by_cell(rows, width)
         codes = [pa.array(c, pa.int8()) for c in code_columns]
         events = [pa.array(e, _UTC_US) for e in event_columns]
+    arrays = [pa.array(v, _ARROW_TYPES[c.dtype]) for c, v in zip(schema, values, strict=True)]
+    return _assemble(schema, arrays, codes, events)
+
+
+def stored_record_batch(schema: Sequence[m.OutputColumn], stored: m.StoredRows) -> pa.RecordBatch:
+    """:func:`record_batch` of a chunk's stored rows, decoded a column at a time: the
+    payloads are parsed together by Arrow's JSON reader against the fields' types, and
+    statuses and event times are computed over whole arrays.
+
+    The reader refuses anything the row decoder would coerce (a stored ``"nan"``, an
+    integer in a string column, a value of another type left by a forced dtype change,
+    ...); such a chunk goes through the row decoder instead, so both give the same
+    answer."""
+    fields = stored.decoder.fields
+    parsed = _parse_payloads(stored.found, fields)
+    if parsed is None:
+        return record_batch(schema, pit.cells_of(stored))
+    event_us = pa.array([None if hit is None else hit[0] for hit in stored.found], pa.int64())
+    code = pc.if_else(event_us.is_null(), _NOT_FOUND, _PRESENT).cast(pa.int8())
+    if stored.ttl_us > 0:
+        age = pc.subtract(pa.array(stored.as_of, pa.int64()), event_us)
+        expired = pc.fill_null(pc.greater(age, stored.ttl_us), False)
+        code = pc.if_else(expired, pa.scalar(_EXPIRED, pa.int8()), code)
+    present = pc.equal(code, _PRESENT)
+    arrays: list[pa.Array] = []
+    for column, (name, _) in zip(schema, fields, strict=True):
+        value = parsed.column(name).combine_chunks()
+        arrow_type = _ARROW_TYPES[column.dtype]
+        if value.type != arrow_type:
+            value = value.cast(arrow_type)  # integer microseconds -> timestamp
+        arrays.append(pc.if_else(present, value, pa.scalar(None, arrow_type)))
+    events = event_us.cast(_UTC_US)
+    return _assemble(schema, arrays, [code] * len(schema), [events] * len(schema))
+
+
+def _parse_payloads(
+    found: Sequence[tuple[int, str] | None], fields: Sequence[tuple[str, m.DType]]
+) -> pa.Table | None:
+    """Every stored payload (an empty object where none) parsed as one JSON-lines text,
+    typed by ``fields``; None when Arrow's reader will not take them as they are."""
+    names = [name for name, _ in fields]
+    if len(set(names)) != len(names):
+        return None
+    text = "\n".join(["{}" if hit is None else hit[1] for hit in found]).encode()
+    options = pa_json.ParseOptions(
+        explicit_schema=pa.schema([(n, _PARSED_TYPES[dtype]) for n, dtype in fields]),
+        unexpected_field_behavior="ignore",
+    )
+    try:
+        table = pa_json.read_json(
+            pa.BufferReader(text),
+            read_options=pa_json.ReadOptions(block_size=_JSON_BLOCK_BYTES),
+            parse_options=options,
+        )
+    except pa.ArrowException:
+        return None
+    # A payload with a line break of its own (hand-written JSON) would shift the rows.
+    return table if table.num_rows == len(found) else None
+
+
+def _assemble(
+    schema: Sequence[m.OutputColumn],
+    values: Sequence[pa.Array],
+    codes: Sequence[pa.Array],
+    events: Sequence[pa.Array],
+) -> pa.RecordBatch:
+    """The batch's three columns per output: value, status (stored rows with a null
+    value are NULL_VALUE) and event time."""
     arrays: list[pa.Array] = []
     names: list[str] = []
     null_value = pa.scalar(_NULL_VALUE, pa.int8())
-    for column, value_column, code, event in zip(schema, values, codes, events, strict=True):
-        value = pa.array(value_column, _ARROW_TYPES[column.dtype])
+    for column, value, code, event in zip(schema, values, codes, events, strict=True):
         if value.null_count:
             # A stored row is PRESENT as a whole; its null values are NULL_VALUE.
             code = pc.if_else(pc.and_(pc.equal(code, _PRESENT), value.is_null()), null_value, code)

@@ -112,7 +112,7 @@ class FeatureStoreServicer(features_pb2_grpc.FeatureStoreServiceServicer):
             query = convert.historical_query(request)
         as_arrow = arrow.wants_arrow(request)
         schema: tuple[OutputColumn, ...] = ()
-        async for chunk in self._store.read_historical(query):
+        async for chunk in self._store.read_historical(query, stored=as_arrow):
             if as_arrow:
                 schema = chunk.schema or schema  # only the first chunk carries it
                 yield arrow.chunk_pb(chunk, schema)
