@@ -68,6 +68,7 @@ MLBACKEND = HERE.parents[1] / ".venv" / "bin" / "mlbackend"
 FEAST_VENV = benchkit.BENCH_CACHE / "feast"
 FEAST_PACKAGES = ["feast[grpcio,redis,duckdb]==0.67.0"]
 PYSPY_VENV = benchkit.BENCH_CACHE / "py-spy"
+PROFILE_FLAGS = os.environ.get("BENCH_PYSPY_FLAGS", "--gil --nonblocking").split()
 FEAST_PROBE = "import feast, duckdb, redis, grpc_health; assert feast.__version__ == '0.67.0'"
 VIEW, WRITE_VIEW = "user_stats", "user_writes"
 FEATURES = [f"f{i}" for i in range(10)]
@@ -519,12 +520,14 @@ def _check_first(label: str, answer: bytes) -> None:
 
 @contextmanager
 def py_spy(pid: int, out: Path | None, seconds: float) -> Iterator[None]:
-    """``py-spy record --gil`` of ``pid`` (collapsed stacks to ``out``) around the block."""
+    """``py-spy record`` of ``pid`` (collapsed stacks to ``out``) around the block; flags
+    ``--gil --nonblocking`` unless BENCH_PYSPY_FLAGS gives others (``--native`` shows gRPC's
+    C core)."""
     if out is None:
         yield
         return
     spy = benchkit.ensure_venv(PYSPY_VENV, ["py-spy"], "import sys").parent / "py-spy"
-    command = [str(spy), "record", "--pid", str(pid), "--gil", "--nonblocking", "--rate", "250",
+    command = [str(spy), "record", "--pid", str(pid), *PROFILE_FLAGS, "--rate", "250",
                "--format", "raw", "--duration", str(int(seconds) + 1), "-o", str(out)]  # fmt: skip
     recorder = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -68,6 +68,9 @@ logger = logging.getLogger("mlbackend.features")
 
 _REPLAY_BATCHES = 100
 _MATERIALIZE_SLICE = 1_000
+
+# What an as-of join finds per query row: the stored (event_us, payload), or None.
+Found = Sequence[tuple[int, str] | None]
 _DEFAULT_PAGE = 100
 _MAX_PAGE = 1_000
 _MAX_BATCH_ID = 128
@@ -521,52 +524,64 @@ class FeatureStore:
         size = query.chunk_size if query.chunk_size > 0 else DEFAULT_CHUNK_ROWS
         size = min(size, MAX_CHUNK_ROWS)
         service = compiled.service.ref if compiled.service else ""
-        for start in range(0, count, size):
+
+        def look_up(start: int) -> list[asyncio.Future[Found]]:
+            """Start the as-of joins of the chunk at ``start``, one per view."""
             end = min(start + size, count)
-            as_of = times[start:end]
-            if plan.direct and stored:
-                read = plan.views[0]
-                hits = await self._as_of(read, per_view[0][start:end], as_of)
+            return [
+                asyncio.ensure_future(self._as_of(read, keys[start:end], times[start:end]))
+                for read, keys in zip(plan.views, per_view, strict=True)
+            ]
+
+        # The next chunk's joins run (in the store's thread or database) while this one
+        # is decoded and sent.
+        pending = look_up(0)
+        try:
+            for start in range(0, count, size):
+                found = [await lookup for lookup in pending]
+                pending = look_up(start + size) if start + size < count else []
+                as_of = times[start : start + size]
+                chunk_inputs = inputs[start : start + size] if inputs else None
+                rows, stored_rows = self._chunk_rows(plan, found, as_of, chunk_inputs, stored)
                 yield HistoricalChunk(
                     compiled.schema if start == 0 else (),
                     start,
-                    [],
+                    rows,
                     service if start == 0 else "",
-                    StoredRows(hits, as_of, read.decoder, read.ttl_us),
+                    stored_rows,
                 )
-                continue
-            if plan.direct:
-                read = plan.views[0]
-                rows = await self._historical_cells(read, per_view[0][start:end], as_of)
-            else:
-                cells: list[dict[str, Cell]] = (
-                    [dict(inputs[i]) for i in range(start, end)]
-                    if inputs
-                    else [{} for _ in range(start, end)]
-                )
-                for read, keys in zip(plan.views, per_view, strict=True):
-                    found = await self._historical_cells(read, keys[start:end], as_of)
-                    names = read.refs
-                    for row, view_cells in zip(cells, found, strict=True):
-                        row.update(zip(names, view_cells, strict=True))
-                rows = [compiled.evaluate(row) for row in cells]
-            yield HistoricalChunk(
-                compiled.schema if start == 0 else (),
-                start,
-                rows,
-                service if start == 0 else "",
-            )
+        finally:
+            for lookup in pending:
+                if lookup.done() and not lookup.cancelled():
+                    lookup.exception()  # retrieved: the caller has gone, nothing to report
+                lookup.cancel()
 
-    async def _historical_cells(
-        self, read: ViewRead, keys: Sequence[str], times: Sequence[int]
-    ) -> list[Sequence[Cell]]:
-        """The view's cells for each (entity, as-of time), in order."""
-        found = await self._as_of(read, keys, times)
-        return pit.as_of_cells(found, times, read.decoder, read.ttl_us)
+    @staticmethod
+    def _chunk_rows(
+        plan: ReadPlan,
+        found: Sequence[Found],
+        as_of: Sequence[int],
+        inputs: Sequence[dict[str, Cell]] | None,
+        stored: bool,
+    ) -> tuple[list[Sequence[Cell]], StoredRows | None]:
+        """One chunk's rows from its as-of joins (one per view of the plan), or its
+        stored rows as they are (``stored``, direct reads)."""
+        if plan.direct:
+            read = plan.views[0]
+            if stored:
+                return [], StoredRows(found[0], as_of, read.decoder, read.ttl_us)
+            return pit.as_of_cells(found[0], as_of, read.decoder, read.ttl_us), None
+        cells: list[dict[str, Cell]] = (
+            [dict(row_inputs) for row_inputs in inputs] if inputs else [{} for _ in as_of]
+        )
+        for read, hits in zip(plan.views, found, strict=True):
+            view_rows = pit.as_of_cells(hits, as_of, read.decoder, read.ttl_us)
+            names = read.refs
+            for row, view_cells in zip(cells, view_rows, strict=True):
+                row.update(zip(names, view_cells, strict=True))
+        return [plan.compiled.evaluate(row) for row in cells], None
 
-    async def _as_of(
-        self, read: ViewRead, keys: Sequence[str], times: Sequence[int]
-    ) -> Sequence[tuple[int, str] | None]:
+    async def _as_of(self, read: ViewRead, keys: Sequence[str], times: Sequence[int]) -> Found:
         return await self._offline.as_of(read.view.name, list(zip(keys, times, strict=True)))
 
     # --- materialization, statistics, maintenance ---------------------------------------

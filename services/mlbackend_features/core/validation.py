@@ -245,13 +245,10 @@ def entity_strings(
 def _int_key_strings(name: str, keys: Sequence[EntityKey]) -> list[str] | None:
     """The common case of one int64 join key, every key valid; None sends the caller
     to the general path (which also reports the defects)."""
-    out: list[str] = []
-    for key in keys:
-        value = key.get(name)
-        if type(value) is not int:
-            return None
-        out.append(codec.encode_int_key(value))
-    return out
+    values = [key.get(name) for key in keys]
+    if not all(type(value) is int for value in values):
+        return None
+    return list(map(codec.encode_int_key, values))  # type: ignore[arg-type]  # ints, checked
 
 
 def check_unknown_keys(keys: Sequence[Mapping[str, Scalar]], known: Set[str], field: str) -> None:

@@ -42,6 +42,8 @@ _READ = """
 SELECT entity, event_us, vals FROM online
 WHERE view = ? AND entity IN (SELECT value FROM json_each(?))
 """
+# One key (the usual online read) without the JSON list: 2.2 vs 4.8 µs per read.
+_READ_ONE = "SELECT entity, event_us, vals FROM online WHERE view = ? AND entity = ?"
 
 # Reads of up to this many keys run on the event loop: a thread hop costs more than them.
 _INLINE_READ_KEYS = 256
@@ -67,10 +69,13 @@ class SqliteOnlineStore(OnlineStore):
         return await asyncio.to_thread(self._db.transaction, work)
 
     async def read(self, view: str, entities: Sequence[str]) -> dict[str, tuple[int, str]]:
-        encoded = json.dumps(list(entities))
+        if len(entities) == 1:
+            statement, parameters = _READ_ONE, (view, entities[0])
+        else:
+            statement, parameters = _READ, (view, json.dumps(list(entities)))
 
         def work(conn: sqlite3.Connection) -> dict[str, tuple[int, str]]:
-            return {e: (ts, vals) for e, ts, vals in conn.execute(_READ, (view, encoded))}
+            return {e: (ts, vals) for e, ts, vals in conn.execute(statement, parameters)}
 
         if len(entities) <= _INLINE_READ_KEYS:
             return self._reader.run(work)
