@@ -43,7 +43,9 @@ FOLLOW_SECONDS = 1.0
 
 def _online_store(settings: ServerSettings) -> OnlineStore:
     if settings.online_store == "redis" and settings.redis_url:
-        return RedisOnlineStore(settings.redis_url, settings.redis_prefix)
+        return RedisOnlineStore(
+            settings.redis_url, settings.redis_prefix, read_cache=settings.redis_read_cache
+        )
     return SqliteOnlineStore(settings.data_dir / "features" / "online.db")
 
 

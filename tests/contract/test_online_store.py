@@ -36,7 +36,9 @@ from mlbackend_features.stores.online import OnlineStore
 from mlbackend_features.stores.online_redis import RedisOnlineStore
 from mlbackend_features.stores.online_sqlite import SqliteOnlineStore
 
-BACKENDS = ["sqlite", "redis"]
+# "redis" as the server runs it (reads cached, kept current by Redis's invalidations);
+# "redis-uncached" with --redis-read-cache 0.
+BACKENDS = ["sqlite", "redis", "redis-uncached"]
 T = 1_767_225_600 * MICROS  # 2026-01-01
 
 
@@ -55,7 +57,8 @@ async def online_store(
         store = SqliteOnlineStore(tmp_path / "online.db")
     else:
         url = request.getfixturevalue("redis_url")
-        store = RedisOnlineStore(url, prefix=f"test:{uuid.uuid4().hex}")
+        cache = 0 if request.param == "redis-uncached" else 100_000
+        store = RedisOnlineStore(url, prefix=f"test:{uuid.uuid4().hex}", read_cache=cache)
     yield store
     await store.close()
 

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 import pytest
 import redis as redis_sync
 
+from mlbackend_features.core.model import Record
+from mlbackend_features.stores.online_redis import RedisOnlineStore
 from mlbackend_features.stores.redis_pipeline import PipelinedReads, RedisReadError
 from tests.contract.redis_server import redis_server
 
@@ -130,3 +132,84 @@ def test_tls_urls_stay_on_redis_py() -> None:
     assert PipelinedReads.supports("redis://127.0.0.1:6379/0")
     assert PipelinedReads.supports("unix:///tmp/redis.sock?db=1")
     assert not PipelinedReads.supports("rediss://127.0.0.1:6380/0")
+
+
+# --- the read cache (client-side caching with Redis's invalidation messages) -------------
+
+
+def _mget_calls(url: str) -> int:
+    client = redis_sync.Redis.from_url(url)
+    stats = client.info("commandstats").get("cmdstat_mget", {"calls": 0})
+    client.close()
+    return int(stats["calls"])
+
+
+async def _eventually(reads: PipelinedReads, keys: list[str], want: list[str | None]) -> None:
+    """The cache is told of a change by a push message: wait (bounded) for it."""
+    deadline = asyncio.get_running_loop().time() + 2
+    while (got := await reads.mget(keys)) != want:
+        assert asyncio.get_running_loop().time() < deadline, f"still {got}, want {want}"
+        await asyncio.sleep(0.005)
+
+
+async def test_cached_reads_skip_redis_until_another_client_changes_the_key(url: str) -> None:
+    _fill(url, 3)
+    reads = PipelinedReads(url, cache_keys=100, cache_seconds=60)
+    assert await reads.mget(["k0", "k1", "absent"]) == ["value 0", "value 1", None]
+    before = _mget_calls(url)
+    for _ in range(5):
+        assert await reads.mget(["k0", "k1", "absent"]) == ["value 0", "value 1", None]
+        assert await reads.mget(["k1"]) == ["value 1"]
+    assert _mget_calls(url) == before  # all from the cache
+    writer = redis_sync.Redis.from_url(url)
+    writer.set("k1", "changed")
+    writer.set("absent", "now here")
+    await _eventually(reads, ["k0", "k1", "absent"], ["value 0", "changed", "now here"])
+    writer.flushdb()  # announced as "everything changed"
+    await _eventually(reads, ["k0", "k1"], [None, None])
+    writer.close()
+    reads.close()
+
+
+async def test_own_writes_are_read_at_once_even_with_a_read_in_flight(url: str) -> None:
+    _fill(url, 1)
+    reads = PipelinedReads(url, cache_keys=100, cache_seconds=60)
+    assert await reads.mget(["k0"]) == ["value 0"]
+    writer = redis_sync.Redis.from_url(url)
+    writer.set("k0", "mine")
+    reads.forget(["k0"])  # what the store does after its own write returns
+    assert await reads.mget(["k0"]) == ["mine"]
+    # A read sent before a local write is answered but not kept: it may predate it.
+    in_flight = asyncio.ensure_future(reads.mget(["k0"]))
+    await asyncio.sleep(0)
+    assert reads.cache is not None and len(reads.cache) == 1
+    reads.forget(["k0"])
+    assert await in_flight == ["mine"]
+    assert len(reads.cache) == 0
+    writer.close()
+    reads.close()
+
+
+async def test_the_cache_is_bounded_and_emptied_when_the_connection_drops(url: str) -> None:
+    _fill(url, 50)
+    reads = PipelinedReads(url, cache_keys=10, cache_seconds=60)
+    for i in range(50):
+        assert await reads.mget([f"k{i}"]) == [f"value {i}"]
+    assert reads.cache is not None and len(reads.cache) == 10
+    admin = redis_sync.Redis.from_url(url)
+    admin.client_kill_filter(_type="normal", skip_me=True)  # our reading connection
+    admin.set("k49", "changed while we were away")
+    await _eventually(reads, ["k49"], ["changed while we were away"])
+    admin.close()
+    reads.close()
+
+
+async def test_the_online_store_reads_its_own_writes_with_the_cache_on(url: str) -> None:
+    store = RedisOnlineStore(url, prefix="own", read_cache=1000)
+    await store.apply("v", [Record('["a"]', 10, '{"x":1}')], 1)
+    assert await store.read("v", ['["a"]']) == {'["a"]': (10, '{"x":1}')}
+    await store.apply("v", [Record('["a"]', 20, '{"x":2}')], 2)
+    assert await store.read("v", ['["a"]']) == {'["a"]': (20, '{"x":2}')}
+    assert await store.delete_expired("v", 30, 100) == 1
+    assert await store.read("v", ['["a"]']) == {}
+    await store.close()

@@ -2,8 +2,9 @@
 
 Writes go through one Lua script per slice of a batch, so the "newest event time wins"
 compare and the watermark update are atomic inside Redis; a read is one MGET per view,
-sent on a connection shared by concurrent reads (``redis_pipeline``) unless the URL asks
-for TLS, which redis-py handles.
+sent on a connection shared by concurrent reads, whose answers are kept until Redis
+says they changed (``redis_pipeline``), unless the URL asks for TLS, which redis-py
+handles.
 """
 
 from __future__ import annotations
@@ -47,12 +48,14 @@ _DEPENDENCY = "redis"
 class RedisOnlineStore(OnlineStore):
     name = "redis"
 
-    def __init__(self, url: str, prefix: str = "mlbackend:features") -> None:
+    def __init__(self, url: str, prefix: str = "mlbackend:features", read_cache: int = 0) -> None:
         self._client = redis.Redis.from_url(url, decode_responses=True)
         self._prefix = prefix
         self._watermark = f"{prefix}:applied_seq"
         self._script = self._client.register_script(_APPLY)
-        self._reads = PipelinedReads(url) if PipelinedReads.supports(url) else None
+        self._reads = (
+            PipelinedReads(url, cache_keys=read_cache) if PipelinedReads.supports(url) else None
+        )
 
     def _key(self, view: str, entity: str) -> str:
         return f"{self._prefix}:v:{view}:{entity}"
@@ -69,10 +72,18 @@ class RedisOnlineStore(OnlineStore):
                 args: list[str | int] = [sequence if last else 0]
                 for record in part:
                     args += [record.event_us, record.payload]
-                changed += int(await self._script(keys=keys, args=args))
+                try:
+                    changed += int(await self._script(keys=keys, args=args))
+                finally:
+                    # Also after an error: the script may have run before it was reported.
+                    self._forget(keys[1:])
         except (RedisError, OSError) as exc:
             raise DependencyUnavailable(_DEPENDENCY, f"redis: {exc}") from exc
         return changed
+
+    def _forget(self, keys: Sequence[str]) -> None:
+        if self._reads is not None:
+            self._reads.forget(keys)
 
     async def read(self, view: str, entities: Sequence[str]) -> dict[str, tuple[int, str]]:
         if not entities:
@@ -109,9 +120,12 @@ class RedisOnlineStore(OnlineStore):
                 )
                 seen += len(keys)
                 if keys:
-                    deleted += int(
-                        await self._client.eval(_DELETE_OLDER, len(keys), *keys, cutoff_us)
-                    )
+                    try:
+                        deleted += int(
+                            await self._client.eval(_DELETE_OLDER, len(keys), *keys, cutoff_us)
+                        )
+                    finally:
+                        self._forget([k if isinstance(k, str) else k.decode() for k in keys])
                 if cursor == 0:
                     break
         except (RedisError, OSError) as exc:

@@ -1,4 +1,5 @@
-"""One Redis connection that sends every read issued in the same event-loop turn together.
+"""One Redis connection that sends every read issued in the same event-loop turn together,
+and optionally keeps what it read, kept current by Redis's own invalidation messages.
 
 redis-py takes a pooled connection per command and waits for its reply before the
 connection serves anyone else: ~46 µs of client CPU per MGET at eight concurrent
@@ -7,6 +8,17 @@ share one connection: commands queued during a loop turn go out in one write, an
 replies, which Redis sends in order, resolve the callers' futures first-in first-out
 (~6 µs per MGET at eight readers; Redis also answers a pipeline for less CPU).
 
+The read cache uses Redis's server-assisted client-side caching: the connection speaks
+RESP3 with ``CLIENT TRACKING on``, so Redis remembers the keys it read and pushes an
+``invalidate`` message on that same connection when any client changes one. Replies and
+pushes arrive in the order Redis produced them, so a value is stored when its reply is
+parsed and dropped when a later change is announced; nothing stale outlives the push.
+What this process writes itself is dropped as soon as the write returns (``forget``),
+and a read that was in flight during such a write is not stored, so a process always
+reads its own writes; another process's write is seen once its push arrives (normally
+well under a millisecond). Every entry also expires after ``cache_seconds`` whatever
+happens, and a lost connection empties the cache (pushes may have been missed).
+
 Only the read path uses it (plain TCP or a Unix socket); writes, scripts and scans stay
 on redis-py, which keeps its pool, TLS and retries.
 """
@@ -14,17 +26,69 @@ on redis-py, which keeps its pool, TLS and retries.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
 
 import hiredis
 from redis.connection import UnixDomainSocketConnection, parse_url
 
+logger = logging.getLogger("mlbackend.features")
+
 
 class RedisReadError(Exception):
     """The connection failed, timed out, or Redis answered with an error."""
+
+
+class ReadCache:
+    """Values read on the tracking connection: at most ``size`` keys (the oldest
+    inserted go first), none older than ``max_age`` seconds."""
+
+    def __init__(self, size: int, max_age: float) -> None:
+        self._values: dict[str, tuple[str | None, float]] = {}
+        self._size = size
+        self._max_age = max_age
+        # Bumped by every local drop: a reply to a read sent before it is not stored.
+        self.epoch = 0
+
+    def get(self, keys: Sequence[str]) -> list[str | None] | None:
+        """Every key's value, or None unless all of them are cached and fresh."""
+        values = self._values
+        oldest = time.monotonic() - self._max_age
+        out: list[str | None] = []
+        for key in keys:
+            entry = values.get(key)
+            if entry is None or entry[1] < oldest:
+                return None
+            out.append(entry[0])
+        return out
+
+    def fill(self, keys: Sequence[str], replies: Sequence[str | None]) -> None:
+        values = self._values
+        now = time.monotonic()
+        for key, value in zip(keys, replies, strict=True):
+            values[key] = (value, now)
+        while len(values) > self._size:
+            del values[next(iter(values))]
+
+    def drop(self, keys: Iterable[str]) -> None:
+        """Forget ``keys`` after a write of this process (replies in flight are not kept)."""
+        self.epoch += 1
+        self.invalidate(keys)
+
+    def invalidate(self, keys: Iterable[str]) -> None:
+        """Forget ``keys`` as Redis asked (in order with the replies: nothing else to do)."""
+        for key in keys:
+            self._values.pop(key, None)
+
+    def clear(self) -> None:
+        self.epoch += 1
+        self._values.clear()
+
+    def __len__(self) -> int:
+        return len(self._values)
 
 
 class PipelinedReads:
@@ -32,12 +96,17 @@ class PipelinedReads:
 
     Opens the connection on first use (and again after a failure); a reply that takes
     longer than ``timeout`` seconds fails every waiting caller and drops the connection,
-    as a dead server would otherwise hold them forever.
+    as a dead server would otherwise hold them forever. ``cache_keys`` > 0 keeps up to
+    that many values locally (see the module's notes); a server without RESP3 (Redis
+    before 6) is read without it.
     """
 
-    def __init__(self, url: str, *, timeout: float = 5.0) -> None:
+    def __init__(
+        self, url: str, *, timeout: float = 5.0, cache_keys: int = 0, cache_seconds: float = 1.0
+    ) -> None:
         self._options = _parse(url)
         self._timeout = timeout
+        self.cache = ReadCache(cache_keys, cache_seconds) if cache_keys > 0 else None
         self._connection: _Connection | None = None
         self._connecting: asyncio.Future[_Connection] | None = None
 
@@ -48,13 +117,23 @@ class PipelinedReads:
         return connection_class in (None, UnixDomainSocketConnection)
 
     async def mget(self, keys: Sequence[str]) -> list[str | None]:
+        cache = self.cache
+        if cache is not None:
+            cached = cache.get(keys)
+            if cached is not None:
+                return cached
         connection = self._connection
         if connection is None or connection.closed:
             connection = await self._connect()
-        reply = await connection.call(_command(b"MGET", keys))
+        reply = await connection.call(_pack("MGET", *keys), keys)
         if not isinstance(reply, list):
             raise RedisReadError(f"unexpected reply to MGET: {type(reply).__name__}")
         return reply
+
+    def forget(self, keys: Iterable[str]) -> None:
+        """Drop ``keys`` from the cache: this process has just changed them."""
+        if self.cache is not None:
+            self.cache.drop(keys)
 
     async def _connect(self) -> _Connection:
         # Concurrent first callers share one connection attempt.
@@ -72,7 +151,7 @@ class PipelinedReads:
         options = self._options
 
         def factory() -> _Connection:
-            return _Connection(self._timeout)
+            return _Connection(self._timeout, self.cache)
 
         try:
             if "path" in options:
@@ -88,19 +167,36 @@ class PipelinedReads:
                 )
         except (OSError, TimeoutError) as exc:
             raise RedisReadError(f"cannot connect: {exc or type(exc).__name__}") from exc
-        username, password = options.get("username"), options.get("password")
         try:
-            if password is not None:
-                auth = (username, password) if username else (password,)
-                _expect_ok(await connection.call(_command(b"AUTH", auth)), "AUTH")
-            if options.get("db"):
-                db = (str(options["db"]),)
-                _expect_ok(await connection.call(_command(b"SELECT", db)), "SELECT")
+            await self._handshake(connection)
         except RedisReadError as exc:
             connection.fail(exc)
             raise
         self._connection = connection
         return connection
+
+    async def _handshake(self, connection: _Connection) -> None:
+        options = self._options
+        username, password = options.get("username"), options.get("password")
+        auth: tuple[str, ...] = ()
+        if password is not None:
+            auth = (username or "default", password)
+        if self.cache is not None:
+            try:
+                await connection.call(_pack("HELLO", "3", *_auth_args(auth)))
+            except RedisReadError as exc:
+                if "unknown command" not in str(exc).lower():
+                    raise
+                logger.warning("redis: no RESP3 (%s); online reads are not cached", exc)
+                self.cache = connection.cache = None
+        if self.cache is None and auth:
+            _expect_ok(await connection.call(_pack("AUTH", *auth)), "AUTH")
+        if options.get("db"):
+            command = _pack("SELECT", str(options["db"]))
+            _expect_ok(await connection.call(command), "SELECT")
+        if self.cache is not None:
+            command = _pack("CLIENT", "TRACKING", "on")
+            _expect_ok(await connection.call(command), "CLIENT TRACKING")
 
     def close(self) -> None:
         if self._connection is not None:
@@ -108,11 +204,23 @@ class PipelinedReads:
             self._connection = None
 
 
+def _auth_args(auth: tuple[str, ...]) -> tuple[str, ...]:
+    return ("AUTH", *auth) if auth else ()
+
+
+class _Waiter(NamedTuple):
+    future: asyncio.Future[Any]
+    sent: float
+    keys: Sequence[str] | None  # stored in the cache with the reply
+    epoch: int
+
+
 class _Connection(asyncio.Protocol):
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, cache: ReadCache | None) -> None:
         self._timeout = timeout
+        self.cache = cache
         self._reader = hiredis.Reader(encoding="utf-8", errors="strict")
-        self._waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
+        self._waiting: deque[_Waiter] = deque()
         self._outgoing: list[bytes] = []
         self._transport: asyncio.Transport | None = None
         self._watchdog: asyncio.TimerHandle | None = None
@@ -123,7 +231,7 @@ class _Connection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
 
-    def call(self, command: bytes) -> asyncio.Future[Any]:
+    def call(self, command: bytes, keys: Sequence[str] | None = None) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = self._loop.create_future()
         if self.closed:
             future.set_exception(RedisReadError("connection closed"))
@@ -131,7 +239,9 @@ class _Connection(asyncio.Protocol):
         if not self._outgoing:
             self._loop.call_soon(self._flush)
         self._outgoing.append(command)
-        self._waiting.append((future, time.monotonic()))
+        cache = self.cache
+        epoch = cache.epoch if cache is not None else 0
+        self._waiting.append(_Waiter(future, time.monotonic(), keys, epoch))
         if self._watchdog is None:
             self._watchdog = self._loop.call_later(self._timeout, self._check_timeout)
         return future
@@ -144,22 +254,44 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
         while (reply := self._reader.gets()) is not False:
+            if isinstance(reply, hiredis.PushNotification):
+                self._pushed(reply)
+                continue
             if not self._waiting:
                 self.fail(RedisReadError("reply without a request"))
                 return
-            future, _ = self._waiting.popleft()
-            if future.done():  # the caller was cancelled; the reply is dropped
-                continue
+            waiter = self._waiting.popleft()
             if isinstance(reply, hiredis.ReplyError):
-                future.set_exception(RedisReadError(str(reply)))
-            else:
-                future.set_result(reply)
+                if not waiter.future.done():
+                    waiter.future.set_exception(RedisReadError(str(reply)))
+                continue
+            cache = self.cache
+            # Stored now, before any later push is read: a change announced after this
+            # reply then removes it again.
+            if (
+                cache is not None
+                and waiter.keys is not None
+                and waiter.epoch == cache.epoch
+                and isinstance(reply, list)
+            ):
+                cache.fill(waiter.keys, reply)
+            if not waiter.future.done():  # else the caller was cancelled: dropped
+                waiter.future.set_result(reply)
+
+    def _pushed(self, message: list[Any]) -> None:
+        if self.cache is None or not message or message[0] != "invalidate":
+            return
+        keys = message[1] if len(message) > 1 else None
+        if keys is None:  # FLUSHDB / FLUSHALL: everything may have changed
+            self.cache.clear()
+        else:
+            self.cache.invalidate(keys)
 
     def _check_timeout(self) -> None:
         self._watchdog = None
         if not self._waiting or self.closed:
             return
-        waited = time.monotonic() - self._waiting[0][1]
+        waited = time.monotonic() - self._waiting[0].sent
         if waited >= self._timeout:
             self.fail(RedisReadError(f"no reply within {self._timeout:g} s"))
             return
@@ -169,6 +301,8 @@ class _Connection(asyncio.Protocol):
         self.fail(RedisReadError(f"connection lost: {exc}" if exc else "connection closed"))
 
     def fail(self, error: RedisReadError) -> None:
+        if self.cache is not None and not self.closed:
+            self.cache.clear()  # invalidations may have been missed
         self.closed = True
         if self._transport is not None:
             self._transport.close()
@@ -176,25 +310,22 @@ class _Connection(asyncio.Protocol):
             self._watchdog.cancel()
             self._watchdog = None
         while self._waiting:
-            future, _ = self._waiting.popleft()
+            future = self._waiting.popleft().future
             if not future.done():
                 future.set_exception(error)
         self._outgoing.clear()
+
+
+def _pack(*args: str) -> bytes:
+    """One command in RESP (hiredis writes it)."""
+    packed: bytes = hiredis.pack_command(args)  # type: ignore[arg-type]  # its stub says 1-tuple
+    return packed
 
 
 def _parse(url: str) -> dict[str, Any]:
     """redis-py's reading of a ``redis://`` or ``unix://`` URL (host, port, db, auth)."""
     options: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
     return options
-
-
-def _command(name: bytes, args: Sequence[str]) -> bytes:
-    """One RESP array: ``*N`` then each bulk string as ``$len`` and its bytes."""
-    parts = [b"*%d\r\n$%d\r\n%s\r\n" % (len(args) + 1, len(name), name)]
-    for arg in args:
-        data = arg.encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(parts)
 
 
 def _expect_ok(reply: object, what: str) -> None:
