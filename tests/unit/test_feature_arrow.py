@@ -17,6 +17,7 @@ from mlbackend_features.core import codec, pit
 from mlbackend_features.core.model import (
     Cell,
     DType,
+    HistoricalChunk,
     OutputColumn,
     PresentRow,
     Status,
@@ -144,7 +145,7 @@ COERCED = [
 
 def _stored(found: list[tuple[int, str] | None], ttl_us: int) -> StoredRows:
     as_of = [T + 100] * len(found)
-    return StoredRows(found, as_of, codec.RowDecoder(FIELDS), ttl_us)
+    return StoredRows(found, as_of, codec.RowDecoder(FIELDS), ttl_us, len(found))
 
 
 @pytest.mark.parametrize("ttl_us", [0, 100, 109])
@@ -238,3 +239,16 @@ def test_result_format_is_checked() -> None:
     assert not arrow.wants_arrow(f.GetHistoricalFeaturesRequest(result_format=f.RESULT_FORMAT_ROWS))
     with pytest.raises(InvalidInput):
         arrow.wants_arrow(f.GetHistoricalFeaturesRequest(result_format=99))  # type: ignore[arg-type]
+
+
+def test_a_run_of_stored_rows_is_sent_as_messages_of_the_requested_size() -> None:
+    stored = _stored(CLEAN, 100)._replace(message_rows=3)
+    chunk = HistoricalChunk(SCHEMA, 12, [], "svc@1", stored)
+    messages = list(arrow.chunk_pbs(chunk, SCHEMA))
+    assert [m.start_row_index for m in messages] == [12, 15, 18]
+    assert [len(m.schema) for m in messages] == [len(SCHEMA), 0, 0]
+    assert [m.feature_service for m in messages] == ["svc@1", "", ""]
+    tables = [pa.ipc.open_stream(m.arrow).read_all() for m in messages]
+    assert [t.num_rows for t in tables] == [3, 3, len(CLEAN) - 6]
+    whole = pa.Table.from_batches([arrow.stored_record_batch(SCHEMA, stored)])
+    assert pa.concat_tables(tables).equals(whole)

@@ -472,12 +472,15 @@ class StoredRows(NamedTuple):
     """What the as-of join found for a chunk of a direct read, not decoded yet: per
     entity row the stored ``(event_us, payload)`` or None, and its as-of time. A reader
     that wants columns decodes them in one pass (``transport/arrow.py``); ``pit.cells_of``
-    gives the same rows as cells."""
+    gives the same rows as cells. Such a chunk holds several response messages' rows
+    (``message_rows`` each), as decoding in larger runs costs less per row."""
 
     found: Sequence[tuple[int, str] | None]
     as_of: Sequence[int]
     decoder: RowDecoder
     ttl_us: int
+    message_rows: int
+    """Rows per response message: a chunk of stored rows may span several."""
 
 
 class HistoricalChunk(NamedTuple):

@@ -69,6 +69,10 @@ logger = logging.getLogger("mlbackend.features")
 _REPLAY_BATCHES = 100
 _MATERIALIZE_SLICE = 1_000
 
+# Stored rows (for the Arrow form) are joined and decoded in runs of about this many:
+# parsing 10,000 rows in runs of 4,000 takes ~4 ms, a thousand at a time ~9 ms.
+_STORED_RUN_ROWS = 4_096
+
 # What an as-of join finds per query row: the stored (event_us, payload), or None.
 Found = Sequence[tuple[int, str] | None]
 _DEFAULT_PAGE = 100
@@ -524,10 +528,13 @@ class FeatureStore:
         size = query.chunk_size if query.chunk_size > 0 else DEFAULT_CHUNK_ROWS
         size = min(size, MAX_CHUNK_ROWS)
         service = compiled.service.ref if compiled.service else ""
+        # Stored rows are read and decoded in runs of several messages (a multiple of
+        # the message size); everything else a message at a time.
+        step = max(size, _STORED_RUN_ROWS // size * size) if stored and plan.direct else size
 
         def look_up(start: int) -> list[asyncio.Future[Found]]:
             """Start the as-of joins of the chunk at ``start``, one per view."""
-            end = min(start + size, count)
+            end = min(start + step, count)
             return [
                 asyncio.ensure_future(self._as_of(read, keys[start:end], times[start:end]))
                 for read, keys in zip(plan.views, per_view, strict=True)
@@ -537,12 +544,12 @@ class FeatureStore:
         # is decoded and sent.
         pending = look_up(0)
         try:
-            for start in range(0, count, size):
+            for start in range(0, count, step):
                 found = [await lookup for lookup in pending]
-                pending = look_up(start + size) if start + size < count else []
-                as_of = times[start : start + size]
-                chunk_inputs = inputs[start : start + size] if inputs else None
-                rows, stored_rows = self._chunk_rows(plan, found, as_of, chunk_inputs, stored)
+                pending = look_up(start + step) if start + step < count else []
+                as_of = times[start : start + step]
+                chunk_inputs = inputs[start : start + step] if inputs else None
+                rows, stored_rows = self._chunk_rows(plan, found, as_of, chunk_inputs, stored, size)
                 yield HistoricalChunk(
                     compiled.schema if start == 0 else (),
                     start,
@@ -563,13 +570,14 @@ class FeatureStore:
         as_of: Sequence[int],
         inputs: Sequence[dict[str, Cell]] | None,
         stored: bool,
+        message_rows: int,
     ) -> tuple[list[Sequence[Cell]], StoredRows | None]:
         """One chunk's rows from its as-of joins (one per view of the plan), or its
         stored rows as they are (``stored``, direct reads)."""
         if plan.direct:
             read = plan.views[0]
             if stored:
-                return [], StoredRows(found[0], as_of, read.decoder, read.ttl_us)
+                return [], StoredRows(found[0], as_of, read.decoder, read.ttl_us, message_rows)
             return pit.as_of_cells(found[0], as_of, read.decoder, read.ttl_us), None
         cells: list[dict[str, Cell]] = (
             [dict(row_inputs) for row_inputs in inputs] if inputs else [{} for _ in as_of]

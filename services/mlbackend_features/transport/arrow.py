@@ -10,7 +10,7 @@ The layout of both is documented on the messages in features.proto.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -138,21 +138,23 @@ def wants_arrow(request: pb.GetHistoricalFeaturesRequest) -> bool:
     raise InvalidInput.field("result_format", f"unknown result format {chosen}")
 
 
-def chunk_pb(
+def chunk_pbs(
     chunk: m.HistoricalChunk, schema: Sequence[m.OutputColumn]
-) -> pb.GetHistoricalFeaturesResponse:
-    """One response chunk with its rows as Arrow (``schema``: the read's, which only the
-    first chunk carries)."""
-    if chunk.stored is not None:
-        batch = stored_record_batch(schema, chunk.stored)
+) -> Iterator[pb.GetHistoricalFeaturesResponse]:
+    """The response messages of one chunk, rows as Arrow (``schema``: the read's, which
+    only the first message carries); a chunk of stored rows may make several."""
+    if chunk.stored is None:
+        batch, size = record_batch(schema, chunk.rows), len(chunk.rows)
     else:
-        batch = record_batch(schema, chunk.rows)
-    return pb.GetHistoricalFeaturesResponse(
-        schema=schema_pb(chunk.schema) if chunk.schema else (),
-        start_row_index=chunk.start_row_index,
-        feature_service=chunk.feature_service,
-        arrow=batch_bytes(batch),
-    )
+        batch, size = stored_record_batch(schema, chunk.stored), chunk.stored.message_rows
+    for offset in range(0, batch.num_rows, size):
+        first = offset == 0
+        yield pb.GetHistoricalFeaturesResponse(
+            schema=schema_pb(chunk.schema) if chunk.schema and first else (),
+            start_row_index=chunk.start_row_index + offset,
+            feature_service=chunk.feature_service if first else "",
+            arrow=batch_bytes(batch.slice(offset, size)),
+        )
 
 
 def record_batch_bytes(schema: Sequence[m.OutputColumn], rows: Sequence[Sequence[m.Cell]]) -> bytes:

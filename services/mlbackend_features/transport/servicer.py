@@ -115,7 +115,8 @@ class FeatureStoreServicer(features_pb2_grpc.FeatureStoreServiceServicer):
         async for chunk in self._store.read_historical(query, stored=as_arrow):
             if as_arrow:
                 schema = chunk.schema or schema  # only the first chunk carries it
-                yield arrow.chunk_pb(chunk, schema)
+                for message in arrow.chunk_pbs(chunk, schema):
+                    yield message
             else:
                 yield convert.historical_chunk_pb(chunk)
 
