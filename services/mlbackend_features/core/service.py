@@ -531,37 +531,22 @@ class FeatureStore:
         # Stored rows are read and decoded in runs of several messages (a multiple of
         # the message size); everything else a message at a time.
         step = max(size, _STORED_RUN_ROWS // size * size) if stored and plan.direct else size
-
-        def look_up(start: int) -> list[asyncio.Future[Found]]:
-            """Start the as-of joins of the chunk at ``start``, one per view."""
+        for start in range(0, count, step):
             end = min(start + step, count)
-            return [
-                asyncio.ensure_future(self._as_of(read, keys[start:end], times[start:end]))
+            as_of = times[start:end]
+            found = [
+                await self._as_of(read, keys[start:end], as_of)
                 for read, keys in zip(plan.views, per_view, strict=True)
             ]
-
-        # The next chunk's joins run (in the store's thread or database) while this one
-        # is decoded and sent.
-        pending = look_up(0)
-        try:
-            for start in range(0, count, step):
-                found = [await lookup for lookup in pending]
-                pending = look_up(start + step) if start + step < count else []
-                as_of = times[start : start + step]
-                chunk_inputs = inputs[start : start + step] if inputs else None
-                rows, stored_rows = self._chunk_rows(plan, found, as_of, chunk_inputs, stored, size)
-                yield HistoricalChunk(
-                    compiled.schema if start == 0 else (),
-                    start,
-                    rows,
-                    service if start == 0 else "",
-                    stored_rows,
-                )
-        finally:
-            for lookup in pending:
-                if lookup.done() and not lookup.cancelled():
-                    lookup.exception()  # retrieved: the caller has gone, nothing to report
-                lookup.cancel()
+            chunk_inputs = inputs[start:end] if inputs else None
+            rows, stored_rows = self._chunk_rows(plan, found, as_of, chunk_inputs, stored, size)
+            yield HistoricalChunk(
+                compiled.schema if start == 0 else (),
+                start,
+                rows,
+                service if start == 0 else "",
+                stored_rows,
+            )
 
     @staticmethod
     def _chunk_rows(
