@@ -44,7 +44,7 @@ _SERVER_FLAGS: tuple[tuple[str, type | None, str], ...] = (
     ("online-store", str, "feature store online engine: sqlite (default) or redis"),
     ("redis-url", str, "Redis URL for the online feature store (or MLBACKEND_REDIS_URL)"),
     ("redis-prefix", str, "prefix of the feature store's Redis keys"),
-    ("redis-read-cache", int, "online values kept in process, invalidated by Redis (0 = off)"),
+    ("online-read-cache", int, "feature store: online values kept in process (0 = off)"),
     ("maintenance-seconds", float, "feature store cleanup/catch-up interval (default 30)"),
     ("model-dir", Path, "serving: serve models from DIR/<model>/<version>/ (no registry)"),
     ("serving-models", str, "serving: versions to follow, e.g. fraud@production,x@latest:2"),

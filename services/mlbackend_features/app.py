@@ -44,9 +44,11 @@ FOLLOW_SECONDS = 1.0
 def _online_store(settings: ServerSettings) -> OnlineStore:
     if settings.online_store == "redis" and settings.redis_url:
         return RedisOnlineStore(
-            settings.redis_url, settings.redis_prefix, read_cache=settings.redis_read_cache
+            settings.redis_url, settings.redis_prefix, read_cache=settings.online_read_cache
         )
-    return SqliteOnlineStore(settings.data_dir / "features" / "online.db")
+    return SqliteOnlineStore(
+        settings.data_dir / "features" / "online.db", read_cache=settings.online_read_cache
+    )
 
 
 def _durable_stores(settings: ServerSettings) -> tuple[DefinitionStore, OfflineStore]:

@@ -60,11 +60,13 @@ class ServerSettings(BaseSettings):
     )
     redis_url: str | None = Field(None, description="Redis URL (redis://host:port/db).")
     redis_prefix: str = Field("mlbackend:features", description="Prefix of the store's Redis keys.")
-    redis_read_cache: int = Field(
+    online_read_cache: int = Field(
         100_000,
         ge=0,
-        description="Online values kept in process, current through Redis's invalidation "
-        "messages (client-side caching; entries expire after 1 s regardless); 0 = off.",
+        description="Online values the feature store keeps in process, at most this many "
+        "entities per store: with SQLite dropped on this process's writes (the only "
+        "writer), with Redis when Redis announces a change (client-side caching) or after "
+        "1 s; 0 = off.",
     )
     maintenance_seconds: float = Field(
         30.0, gt=0, description="Interval of TTL cleanup, retention and online catch-up."

@@ -6,6 +6,7 @@ seen to answer identically (statuses, TTL, request order).
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
@@ -36,9 +37,9 @@ from mlbackend_features.stores.online import OnlineStore
 from mlbackend_features.stores.online_redis import RedisOnlineStore
 from mlbackend_features.stores.online_sqlite import SqliteOnlineStore
 
-# "redis" as the server runs it (reads cached, kept current by Redis's invalidations);
-# "redis-uncached" with --redis-read-cache 0.
-BACKENDS = ["sqlite", "redis", "redis-uncached"]
+# As the server runs them (reads kept in process: dropped on own writes, and for Redis
+# on its invalidations), and "-uncached" with --online-read-cache 0.
+BACKENDS = ["sqlite", "sqlite-uncached", "redis", "redis-uncached"]
 T = 1_767_225_600 * MICROS  # 2026-01-01
 
 
@@ -53,11 +54,11 @@ async def online_store(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[OnlineStore]:
     store: OnlineStore
-    if request.param == "sqlite":
-        store = SqliteOnlineStore(tmp_path / "online.db")
+    cache = 0 if request.param.endswith("-uncached") else 100_000
+    if request.param.startswith("sqlite"):
+        store = SqliteOnlineStore(tmp_path / "online.db", read_cache=cache)
     else:
         url = request.getfixturevalue("redis_url")
-        cache = 0 if request.param == "redis-uncached" else 100_000
         store = RedisOnlineStore(url, prefix=f"test:{uuid.uuid4().hex}", read_cache=cache)
     yield store
     await store.close()
@@ -106,9 +107,29 @@ async def test_large_batches_and_reads(online_store: OnlineStore) -> None:
 async def test_delete_expired_removes_only_old_values(online_store: OnlineStore) -> None:
     await online_store.apply("v", [Record('["old"]', T, "{}"), Record('["new"]', T + 100, "{}")], 1)
     await online_store.apply("w", [Record('["old"]', T, "{}")], 2)
+    assert set(await online_store.read("v", ['["old"]', '["new"]'])) == {'["old"]', '["new"]'}
     assert await online_store.delete_expired("v", T + 50, 1_000) == 1
     assert set(await online_store.read("v", ['["old"]', '["new"]'])) == {'["new"]'}
     assert set(await online_store.read("w", ['["old"]'])) == {'["old"]'}
+
+
+async def test_what_was_read_is_never_served_after_it_changed(online_store: OnlineStore) -> None:
+    # Absent, then written: the absence read first is not served afterwards.
+    assert await online_store.read("v", ['["late"]']) == {}
+    await online_store.apply("v", [Record('["late"]', T, '{"x":1}')], 1)
+    assert await online_store.read("v", ['["late"]']) == {'["late"]': (T, '{"x":1}')}
+    # A large read running while a write lands may see either value, but never leaves
+    # the old one behind for the reads after the write.
+    records = [Record(f'["k{i}"]', T, '{"x":0}') for i in range(10_000)]
+    await online_store.apply("v", records, 2)
+    keys = [r.entity for r in records]
+    for n in range(1, 6):
+        reading = asyncio.ensure_future(online_store.read("v", keys))
+        await asyncio.sleep(0)
+        await online_store.apply("v", [Record('["k7"]', T + n, f'{{"x":{n}}}')], 2 + n)
+        await reading
+        assert await online_store.read("v", ['["k7"]']) == {'["k7"]': (T + n, f'{{"x":{n}}}')}
+        assert len(await online_store.read("v", keys)) == 10_000
 
 
 # --- the same online read on every engine -----------------------------------------------

@@ -3,6 +3,9 @@
 NORMAL is enough here: this file is derived data. Its watermark is written in the same
 transaction as the values, so after a power loss both roll back together and the
 missing batches are replayed from the offline commit log on start-up.
+
+The serving process is the only writer of its file (replicas each keep their own), so
+what it read can be kept in memory (``read_cache``) and dropped exactly when it writes.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 
 from mlbackend_features.core.model import Record
 from mlbackend_features.stores.online import OnlineStore
+from mlbackend_features.stores.read_cache import ReadCache
 from mlbackend_features.stores.sqlite_db import Database
 
 _SCHEMA = """
@@ -52,11 +56,15 @@ _INLINE_READ_KEYS = 256
 class SqliteOnlineStore(OnlineStore):
     name = "sqlite"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, read_cache: int = 0) -> None:
         self._db = Database(path, "NORMAL")
         self._db.run(lambda c: c.executescript(_SCHEMA))
         # Reads use their own connection: under WAL they never wait for a write.
         self._reader = Database(path, "NORMAL")
+        # (view, entity) -> the stored (event_us, payload), None if absent.
+        self._cache: ReadCache[tuple[str, str], tuple[int, str] | None] | None = (
+            ReadCache(read_cache) if read_cache > 0 else None
+        )
 
     async def apply(self, view: str, records: Sequence[Record], sequence: int) -> int:
         def work(conn: sqlite3.Connection) -> int:
@@ -66,9 +74,27 @@ class SqliteOnlineStore(OnlineStore):
             conn.execute("UPDATE watermark SET seq = MAX(seq, ?) WHERE id = 1", (sequence,))
             return changed
 
-        return await asyncio.to_thread(self._db.transaction, work)
+        try:
+            return await asyncio.to_thread(self._db.transaction, work)
+        finally:
+            # Also after an error: the transaction may have committed before it was reported.
+            if self._cache is not None:
+                self._cache.drop([(view, r.entity) for r in records])
 
     async def read(self, view: str, entities: Sequence[str]) -> dict[str, tuple[int, str]]:
+        cache = self._cache
+        if cache is None:
+            return await self._read(view, entities)
+        keys = [(view, e) for e in entities]
+        cached = cache.get(keys)
+        if cached is not None:
+            return {e: hit for e, hit in zip(entities, cached, strict=True) if hit is not None}
+        epoch = cache.epoch
+        found = await self._read(view, entities)
+        cache.fill(keys, [found.get(e) for e in entities], epoch)
+        return found
+
+    async def _read(self, view: str, entities: Sequence[str]) -> dict[str, tuple[int, str]]:
         if len(entities) == 1:
             statement, parameters = _READ_ONE, (view, entities[0])
         else:
@@ -94,7 +120,11 @@ class SqliteOnlineStore(OnlineStore):
             )
             return int(cursor.rowcount)
 
-        return await asyncio.to_thread(self._db.transaction, work)
+        try:
+            return await asyncio.to_thread(self._db.transaction, work)
+        finally:
+            if self._cache is not None:
+                self._cache.clear()  # which entities went is not returned; rare, so all
 
     async def close(self) -> None:
         self._reader.close()

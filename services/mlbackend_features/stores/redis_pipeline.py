@@ -30,65 +30,21 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeAlias
 
 import hiredis
 from redis.connection import UnixDomainSocketConnection, parse_url
 
+from mlbackend_features.stores.read_cache import ReadCache
+
 logger = logging.getLogger("mlbackend.features")
+
+# Redis key -> its value as MGET returned it (None: no such key).
+KeyCache: TypeAlias = ReadCache[str, str | None]
 
 
 class RedisReadError(Exception):
     """The connection failed, timed out, or Redis answered with an error."""
-
-
-class ReadCache:
-    """Values read on the tracking connection: at most ``size`` keys (the oldest
-    inserted go first), none older than ``max_age`` seconds."""
-
-    def __init__(self, size: int, max_age: float) -> None:
-        self._values: dict[str, tuple[str | None, float]] = {}
-        self._size = size
-        self._max_age = max_age
-        # Bumped by every local drop: a reply to a read sent before it is not stored.
-        self.epoch = 0
-
-    def get(self, keys: Sequence[str]) -> list[str | None] | None:
-        """Every key's value, or None unless all of them are cached and fresh."""
-        values = self._values
-        oldest = time.monotonic() - self._max_age
-        out: list[str | None] = []
-        for key in keys:
-            entry = values.get(key)
-            if entry is None or entry[1] < oldest:
-                return None
-            out.append(entry[0])
-        return out
-
-    def fill(self, keys: Sequence[str], replies: Sequence[str | None]) -> None:
-        values = self._values
-        now = time.monotonic()
-        for key, value in zip(keys, replies, strict=True):
-            values[key] = (value, now)
-        while len(values) > self._size:
-            del values[next(iter(values))]
-
-    def drop(self, keys: Iterable[str]) -> None:
-        """Forget ``keys`` after a write of this process (replies in flight are not kept)."""
-        self.epoch += 1
-        self.invalidate(keys)
-
-    def invalidate(self, keys: Iterable[str]) -> None:
-        """Forget ``keys`` as Redis asked (in order with the replies: nothing else to do)."""
-        for key in keys:
-            self._values.pop(key, None)
-
-    def clear(self) -> None:
-        self.epoch += 1
-        self._values.clear()
-
-    def __len__(self) -> int:
-        return len(self._values)
 
 
 class PipelinedReads:
@@ -106,7 +62,9 @@ class PipelinedReads:
     ) -> None:
         self._options = _parse(url)
         self._timeout = timeout
-        self.cache = ReadCache(cache_keys, cache_seconds) if cache_keys > 0 else None
+        self.cache: KeyCache | None = (
+            ReadCache(cache_keys, cache_seconds) if cache_keys > 0 else None
+        )
         self._connection: _Connection | None = None
         self._connecting: asyncio.Future[_Connection] | None = None
 
@@ -216,7 +174,7 @@ class _Waiter(NamedTuple):
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self, timeout: float, cache: ReadCache | None) -> None:
+    def __init__(self, timeout: float, cache: KeyCache | None) -> None:
         self._timeout = timeout
         self.cache = cache
         self._reader = hiredis.Reader(encoding="utf-8", errors="strict")
@@ -268,13 +226,8 @@ class _Connection(asyncio.Protocol):
             cache = self.cache
             # Stored now, before any later push is read: a change announced after this
             # reply then removes it again.
-            if (
-                cache is not None
-                and waiter.keys is not None
-                and waiter.epoch == cache.epoch
-                and isinstance(reply, list)
-            ):
-                cache.fill(waiter.keys, reply)
+            if cache is not None and waiter.keys is not None and isinstance(reply, list):
+                cache.fill(waiter.keys, reply, waiter.epoch)
             if not waiter.future.done():  # else the caller was cancelled: dropped
                 waiter.future.set_result(reply)
 
