@@ -121,10 +121,18 @@ class SqliteOnlineStore(OnlineStore):
             return int(cursor.rowcount)
 
         try:
-            return await asyncio.to_thread(self._db.transaction, work)
-        finally:
-            if self._cache is not None:
-                self._cache.clear()  # which entities went is not returned; rare, so all
+            deleted = await asyncio.to_thread(self._db.transaction, work)
+        except BaseException:
+            self._forget_all()
+            raise
+        if deleted:
+            self._forget_all()
+        return deleted
+
+    def _forget_all(self) -> None:
+        # Which entities a cleanup removed is not returned; cleanups are rare, so all.
+        if self._cache is not None:
+            self._cache.clear()
 
     async def close(self) -> None:
         self._reader.close()
