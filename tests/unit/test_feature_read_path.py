@@ -147,6 +147,23 @@ def test_present_rows_parse_to_the_messages_built_field_by_field() -> None:
         assert same_rows(build(), [reference_row(list(r)) for r in rows]), tag
 
 
+def test_recently_decoded_rows_are_shared_bounded_and_encoded_once() -> None:
+    decoder = codec.RowDecoder([("x", DType.DOUBLE), ("n", DType.INT64)])
+    payload = '{"x":1.5,"n":2}'
+    row = decoder.present_recent(payload, T)
+    assert decoder.present_recent(payload, T) is row
+    assert list(row) == list(decoder.present(payload, T))
+    assert decoder.present_recent(payload, T + 1) is not row  # another event time
+    first = convert.online_result_pb(ReadResult((), [row], "")).rows
+    assert row.wire is not None
+    assert convert.online_result_pb(ReadResult((), [row, row], "")).rows == [*first, *first]
+    assert same_rows(first, [reference_row(list(row))])
+    for i in range(codec._RECENT_ROWS):
+        decoder.present_recent(f'{{"x":{i}.5}}', T)
+    assert len(decoder._recent) == codec._RECENT_ROWS
+    assert decoder.present_recent(payload, T) is not row  # the oldest went first
+
+
 def test_historical_rows_and_shared_row_lists() -> None:
     shared = [Cell(None, Status.NOT_FOUND, None)] * 2
     present = [Cell(1.0, Status.PRESENT, 0), Cell(7, Status.PRESENT, 0)]

@@ -85,13 +85,26 @@ class RowDecoder:
     """Decodes the requested fields of stored rows into read results, typed; built once
     per read plan, so the per-row work is only what differs between rows."""
 
-    __slots__ = ("fields", "names", "natives")
+    __slots__ = ("_recent", "fields", "names", "natives")
 
     def __init__(self, fields: Sequence[tuple[str, DType]]) -> None:
         self.fields = tuple(fields)
         self.names = tuple(name for name, _ in fields)
         # What JSON yields for each field when the stored value is of its dtype.
         self.natives = [_NATIVE.get(dtype) for _, dtype in fields]
+        self._recent: dict[tuple[str, int], PresentRow] = {}
+
+    def present_recent(self, payload: str, event_us: int) -> PresentRow:
+        """:meth:`present`, the same row again for a stored row decoded lately: online
+        reads of hot entities skip decoding (and, through ``PresentRow.wire``, encoding).
+        Rows are read-only, so sharing them is safe."""
+        key = (payload, event_us)
+        row = self._recent.get(key)
+        if row is None:
+            row = self._recent[key] = self.present(payload, event_us)
+            if len(self._recent) > _RECENT_ROWS:
+                del self._recent[next(iter(self._recent))]
+        return row
 
     def present(self, payload: str, event_us: int) -> PresentRow:
         """The cells of one stored row within its TTL: PRESENT, or NULL_VALUE where the
@@ -105,6 +118,9 @@ class RowDecoder:
                     values[i] = _typed(dtype, value)
         return PresentRow(values, event_us)
 
+
+# Decoded rows a read plan keeps for online reads (the oldest decoded go first).
+_RECENT_ROWS = 4_096
 
 # JSON already yields these types for these dtypes; everything else goes through _typed.
 _NATIVE: dict[DType, type] = {

@@ -401,11 +401,14 @@ class PresentRow(Sequence[Cell]):
     cells). Read-only, like every row a read returns.
     """
 
-    __slots__ = ("event_us", "values")
+    __slots__ = ("event_us", "values", "wire")
 
     def __init__(self, values: list[Scalar], event_us: int) -> None:
         self.values = values
         self.event_us = event_us
+        # Its cells as protobuf wire bytes, kept by the transport once encoded: an online
+        # read of a hot entity gets the same row again (``RowDecoder.present_recent``).
+        self.wire: bytes | None = None
 
     def _cell(self, value: Scalar) -> Cell:
         status = Status.NULL_VALUE if value is None else Status.PRESENT

@@ -67,7 +67,7 @@ def stored_cells(
     fields ``decoder`` reads, and nothing at all when it has expired."""
     if is_expired(event_us, as_of_us, ttl_us):
         return [Cell(None, Status.EXPIRED, event_us)] * len(decoder.fields)
-    return decoder.present(payload, event_us)
+    return decoder.present_recent(payload, event_us)
 
 
 def as_of_cells(

@@ -537,7 +537,9 @@ def _rows_bytes(tag: bytes, rows: Sequence[Sequence[m.Cell]]) -> bytes:
         encoded = done.get(id(cells))
         if encoded is None:
             if type(cells) is present_row:
-                row = _present_bytes(cells.values, cells.event_us)
+                row = cells.wire
+                if row is None:
+                    row = cells.wire = _present_bytes(cells.values, cells.event_us)
             else:
                 row = _cells_bytes(cells)
             encoded = done[id(cells)] = tag + _varint(len(row)) + row
