@@ -66,7 +66,7 @@ def _from_batch(batch: pa.RecordBatch) -> list[list[tuple[object, str, object]]]
 
 
 def _round_trip(rows: list[list[Cell] | PresentRow]) -> pa.RecordBatch:
-    data = arrow.record_batch_bytes(SCHEMA, rows)
+    data = arrow.batch_bytes(arrow.record_batch(SCHEMA, rows))
     with pa.ipc.open_stream(data) as reader:
         table = reader.read_all()
     batches = table.to_batches()

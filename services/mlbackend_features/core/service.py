@@ -68,6 +68,9 @@ logger = logging.getLogger("mlbackend.features")
 
 _REPLAY_BATCHES = 100
 _MATERIALIZE_SLICE = 1_000
+_DEFAULT_PAGE = 100
+_MAX_PAGE = 1_000
+_MAX_BATCH_ID = 128
 
 # Stored rows (for the Arrow form) are joined and decoded in runs of about this many:
 # parsing 10,000 rows in runs of 4,000 takes ~4 ms, a thousand at a time ~9 ms.
@@ -75,9 +78,7 @@ _STORED_RUN_ROWS = 4_096
 
 # What an as-of join finds per query row: the stored (event_us, payload), or None.
 Found = Sequence[tuple[int, str] | None]
-_DEFAULT_PAGE = 100
-_MAX_PAGE = 1_000
-_MAX_BATCH_ID = 128
+
 # An unknown name reloads the definitions at most this often (another replica on a
 # shared definition store may have just applied it).
 _RELOAD_ON_MISS_SECONDS = 1.0

@@ -141,7 +141,8 @@ class PipelinedReads:
             auth = (username or "default", password)
         if self.cache is not None:
             try:
-                await connection.call(_pack("HELLO", "3", *_auth_args(auth)))
+                hello = ("HELLO", "3", *(("AUTH", *auth) if auth else ()))
+                await connection.call(_pack(*hello))
             except RedisReadError as exc:
                 if "unknown command" not in str(exc).lower():
                     raise
@@ -160,10 +161,6 @@ class PipelinedReads:
         if self._connection is not None:
             self._connection.fail(RedisReadError("closed"))
             self._connection = None
-
-
-def _auth_args(auth: tuple[str, ...]) -> tuple[str, ...]:
-    return ("AUTH", *auth) if auth else ()
 
 
 class _Waiter(NamedTuple):

@@ -157,11 +157,6 @@ def chunk_pbs(
         )
 
 
-def record_batch_bytes(schema: Sequence[m.OutputColumn], rows: Sequence[Sequence[m.Cell]]) -> bytes:
-    """``rows`` as an Arrow IPC stream of one record batch (layout in features.proto)."""
-    return batch_bytes(record_batch(schema, rows))
-
-
 def batch_bytes(batch: pa.RecordBatch) -> bytes:
     """One record batch as an Arrow IPC stream."""
     sink = pa.BufferOutputStream()
