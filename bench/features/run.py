@@ -582,17 +582,28 @@ class Server:
 
 
 def start_ours(
-    stack: ExitStack, plan: Plan, work: Path, data: Data, store: str, redis_port: int
+    stack: ExitStack,
+    plan: Plan,
+    work: Path,
+    data: Data,
+    store: str,
+    redis_port: int,
+    front: str = "threads",
 ) -> tuple[Server, str]:
-    """Our feature store for ``store``, loaded with the source rows and checked."""
-    ready = work / f"ours-{store}.ready.json"
+    """Our feature store for ``store`` on gRPC ``front``, loaded with the source rows and
+    checked."""
+    name = "mlbackend" if front == "threads" else f"mlbackend-{front}"
+    ready = work / f"{name}-{store}.ready.json"
     ready.unlink(missing_ok=True)
     command = [str(MLBACKEND), "serve", "features", "--port", "0", "--metrics-port", "0",
-               "--data-dir", str(work / f"ours-{store}"), "--ready-file", str(ready),
-               "--grace-seconds", "2", "--log-level", "WARNING"]  # fmt: skip
+               "--data-dir", str(work / f"{name}-{store}"), "--ready-file", str(ready),
+               "--grace-seconds", "2", "--log-level", "WARNING",
+               "--features-front", front]  # fmt: skip
     if store == "redis":
-        command += ["--online-store", "redis", "--redis-url", f"redis://127.0.0.1:{redis_port}/0"]
-    process = stack.enter_context(server_process(command, server_env(), work / f"ours-{store}.log"))
+        command += ["--online-store", "redis", "--redis-url", f"redis://127.0.0.1:{redis_port}/0",
+                    "--redis-prefix", f"{name}:"]  # fmt: skip
+    log = work / f"{name}-{store}.log"
+    process = stack.enter_context(server_process(command, server_env(), log))
     address = wait_for_file(ready, process)["address"]
     with grpc.insecure_channel(address, options=GRPC_OPTIONS) as channel:
         stub = features_pb2_grpc.FeatureStoreServiceStub(channel)
@@ -602,9 +613,9 @@ def start_ours(
         )
         answer = stub.GetOnlineFeatures(check, timeout=30)
         got = [[_plain(v.value) for v in row.values] for row in answer.rows]
-        plan.say(check_values(f"online mlbackend {store}", got, data))
+        plan.say(check_values(f"online {name} {store}", got, data))
     target = {"kind": "grpc", "address": address, "method": OUR_READ}
-    server = Server("mlbackend", process.pid, target, our_read_requests(data), _checks(data))
+    server = Server(name, process.pid, target, our_read_requests(data), _checks(data))
     return server, address
 
 
@@ -931,7 +942,9 @@ def main() -> None:
     parser.add_argument(
         "--seconds", type=float, help="measurement per point and round (default 2, quick 0.7)"
     )
-    parser.add_argument("--only", help="comma-separated: ours,feast,echo (default all)")
+    parser.add_argument(
+        "--only", help="comma-separated: ours,ours-asyncio,feast,echo (default all)"
+    )
     parser.add_argument("--keep", type=Path, help="keep the work files (logs, repos) here")
     parser.add_argument(
         "--profile", type=Path, help="py-spy record our server at c=8 into this folder"
@@ -950,7 +963,7 @@ def main() -> None:
     )
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
-    only = set((args.only or "ours,feast,echo").split(","))
+    only = set((args.only or "ours,ours-asyncio,feast,echo").split(","))
     started = time.perf_counter()
     print("load average at start: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()), flush=True)
     with tempfile.TemporaryDirectory(prefix="mlbackend-bench-features-") as tmp:
@@ -972,6 +985,12 @@ def main() -> None:
                         if "ours" in only:
                             ours, address = start_ours(stack, plan, work, data, store, redis_port)
                             servers.append(ours)
+                        if "ours-asyncio" in only:
+                            servers.append(
+                                start_ours(
+                                    stack, plan, work, data, store, redis_port, front="asyncio"
+                                )[0]
+                            )
                         if python:
                             servers += start_feast(stack, plan, work, data, store, python, setup)
                         if "echo" in only:

@@ -49,6 +49,7 @@ _SERVER_FLAGS: tuple[tuple[str, type | None, str], ...] = (
     ("model-dir", Path, "serving: serve models from DIR/<model>/<version>/ (no registry)"),
     ("serving-models", str, "serving: versions to follow, e.g. fraud@production,x@latest:2"),
     ("serving-front", str, "serving: gRPC front, threads (default) or asyncio"),
+    ("features-front", str, "features: gRPC front, threads (default) or asyncio"),
     ("http-port", int, "gateway: JSON/HTTP port (default 8080; 0 = ephemeral)"),
     ("timeouts", str, "gateway: per-dependency timeouts, e.g. features=0.5,serving=1 (seconds)"),
     ("max-in-flight", int, "gateway: predictions in progress before shedding (default 256)"),

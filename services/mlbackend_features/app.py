@@ -1,4 +1,9 @@
-"""Wiring of the feature store: settings → stores → core → servicer → server."""
+"""Wiring of the feature store: settings → stores → core → servicer → server.
+
+The gRPC front is a thread-pool server by default (``transport.threaded``: online reads
+on a small pool of their own, everything else on the event loop that owns the store);
+``--features-front asyncio`` keeps the all-``grpc.aio`` server.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ import asyncio
 import contextlib
 import gc
 import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
 
 from prometheus_client import CollectorRegistry
 
@@ -19,14 +26,27 @@ from mlbackend_features.stores.offline_sqlite import SqliteOfflineStore
 from mlbackend_features.stores.online import OnlineStore
 from mlbackend_features.stores.online_redis import RedisOnlineStore
 from mlbackend_features.stores.online_sqlite import SqliteOnlineStore
+from mlbackend_features.transport import threaded
 from mlbackend_features.transport.metrics import FreshnessCollector
 from mlbackend_features.transport.servicer import FeatureStoreServicer
 from mlbackend_runtime.errors import DomainError
-from mlbackend_runtime.server import RunningServer, ServiceSpec, start_server
+from mlbackend_runtime.server import (
+    RunningServer,
+    ServiceSpec,
+    start_server,
+    start_thread_server,
+)
 from mlbackend_runtime.settings import ServerSettings
 from mlbackend_runtime.sql import is_postgres_url
 
 logger = logging.getLogger("mlbackend.features")
+
+Front = Literal["threads", "asyncio"]
+# The thread-pool front: threads for every method but online reads (each holds one call,
+# a stream to its end; a push stream one reader thread more). Beyond MAX_CONCURRENT_RPCS
+# calls in progress gRPC answers RESOURCE_EXHAUSTED.
+FRONT_THREADS = 64
+MAX_CONCURRENT_RPCS = 1024
 
 SPEC = ServiceSpec(
     name="features",
@@ -98,8 +118,13 @@ async def _follow(store: FeatureStore, interval: float) -> None:
 
 
 async def create_server(
-    settings: ServerSettings, *, registry: CollectorRegistry | None = None
+    settings: ServerSettings,
+    *,
+    registry: CollectorRegistry | None = None,
+    front: Front | None = None,
 ) -> RunningServer:
+    """``front`` overrides ``settings.features_front`` (tests run both)."""
+    front = front or settings.features_front
     registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
     store = await build_store(settings)
     registry.register(FreshnessCollector(store))
@@ -108,19 +133,42 @@ async def create_server(
     # load stay short.
     gc.collect()
     gc.freeze()
-    servicer = FeatureStoreServicer(store)
+    pools: list[ThreadPoolExecutor] = []
     try:
-        running = await start_server(
-            SPEC,
-            settings,
-            lambda server: features_pb2_grpc.add_FeatureStoreServiceServicer_to_server(
-                servicer, server
-            ),
-            registry=registry,
-        )
+        if front == "threads":
+            loop = asyncio.get_running_loop()
+            online = ThreadPoolExecutor(threaded.ONLINE_READ_THREADS, "features-online")
+            readers = ThreadPoolExecutor(FRONT_THREADS, "features-push")
+            pools += (online, readers)
+            handlers = threaded.handlers(store, loop, online, readers)
+            running = await start_thread_server(
+                SPEC,
+                settings,
+                lambda server: server.add_generic_rpc_handlers(handlers),
+                registry=registry,
+                threads=FRONT_THREADS,
+                max_concurrent_rpcs=MAX_CONCURRENT_RPCS,
+            )
+        else:
+            servicer = FeatureStoreServicer(store)
+            running = await start_server(
+                SPEC,
+                settings,
+                lambda server: features_pb2_grpc.add_FeatureStoreServiceServicer_to_server(
+                    servicer, server
+                ),
+                registry=registry,
+            )
     except BaseException:
+        for pool in pools:
+            pool.shutdown(wait=False)
         await store.close()
         raise
+
+    async def stop_pools() -> None:
+        for pool in pools:
+            pool.shutdown(wait=False, cancel_futures=True)
+
     loops = [asyncio.create_task(_maintain(store, settings.maintenance_seconds))]
     if is_postgres_url(settings.database_url):
         loops.append(asyncio.create_task(_follow(store, FOLLOW_SECONDS)))
@@ -134,5 +182,6 @@ async def create_server(
 
     # Closers run last-registered first: the loop stops before the stores close.
     running.on_stop(store.close)
+    running.on_stop(stop_pools)
     running.on_stop(stop_maintenance)
     return running

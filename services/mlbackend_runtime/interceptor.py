@@ -189,6 +189,12 @@ class ThreadCallInterceptor(_Interception, grpc.ServerInterceptor):
             # The handler aborted itself (``context.abort`` raised) with its own status.
             call.code = aborted
             raise exc
+        if not context.is_active():
+            # The call already ended (the client left, or its deadline passed) and work
+            # awaited for it was cancelled: nobody reads a status, and aborting (rather
+            # than raising) keeps gRPC from logging the cancellation as a failure.
+            call.code = grpc.StatusCode.CANCELLED
+            context.abort(grpc.StatusCode.CANCELLED, "the call ended before its answer")
         wire = self._status(call, exc)
         context.set_trailing_metadata(self._trailer(call, wire))
         context.abort(wire.code, wire.message)
@@ -302,6 +308,9 @@ def _wrap(handler: Handler, begin: Begin, fail: Fail, end: End) -> Handler:
             elif result is not None:
                 for item in result:
                     yield item
+        except GeneratorExit:
+            call.code = grpc.StatusCode.CANCELLED  # the stream was closed before its end
+            raise
         except BaseException as exc:
             await fail(call, exc, context)
         finally:
@@ -338,6 +347,9 @@ def _wrap_blocking(handler: Handler, begin: Begin, fail: BlockingFail, end: End)
             if call.denied is not None:
                 raise call.denied
             yield from inner(_checked_blocking(request, request_streaming), context)
+        except GeneratorExit:
+            call.code = grpc.StatusCode.CANCELLED  # gRPC dropped the stream before its end
+            raise
         except BaseException as exc:
             fail(call, exc, context)
         finally:
@@ -349,6 +361,10 @@ def _wrap_blocking(handler: Handler, begin: Begin, fail: BlockingFail, end: End)
         def run(request: Any, context: BlockingContext) -> Any:
             return contextvars.Context().run(behaviour, request, context)
 
+        # A method may name its own pool (gRPC's ``experimental_thread_pool``).
+        pool = getattr(inner, "experimental_thread_pool", None)
+        if pool is not None:
+            setattr(run, "experimental_thread_pool", pool)  # noqa: B010
         return run
 
     response_streaming = bool(handler.response_streaming)

@@ -86,6 +86,10 @@ class ServerSettings(BaseSettings):
         "threads",
         description="Serving's gRPC front: a thread-pool server (default) or grpc.aio.",
     )
+    features_front: Literal["threads", "asyncio"] = Field(
+        "threads",
+        description="The feature store's gRPC front: a thread-pool server (default) or grpc.aio.",
+    )
     # Gateway: the JSON/HTTP front beside its gRPC port.
     http_port: Port | None = Field(
         8080, ge=0, le=65535, description="Gateway JSON/HTTP port; 0 = ephemeral, unset = off."

@@ -438,6 +438,34 @@ class FeatureStore:
         return frozenset(name for name, _, _ in plan.compiled.request_inputs)
 
     async def read_online(self, query: OnlineQuery) -> ReadResult:
+        plan, per_view = await self.fresh(lambda: self._online_plan(query))
+        now = self._clock()
+        found = [
+            await self._online_cells(read, keys, now)
+            for read, keys in zip(plan.views, per_view, strict=True)
+        ]
+        return self._online_result(plan, query, per_view, found)
+
+    def read_online_now(self, query: OnlineQuery) -> ReadResult | None:
+        """:meth:`read_online` without waiting on anything: the result when the online
+        store holds every value in memory (or answers without the event loop, as SQLite
+        does), else None and the caller takes the asynchronous path (which also reloads
+        definitions that name something unknown). Safe on any thread."""
+        try:
+            plan, per_view = self._online_plan(query)
+        except NotFound:
+            return None
+        now = self._clock()
+        found = []
+        for read, keys in zip(plan.views, per_view, strict=True):
+            stored = self._online.read_now(read.view.name, list(dict.fromkeys(keys)))
+            if stored is None:
+                return None
+            found.append(self._present_cells(read, stored, now))
+        return self._online_result(plan, query, per_view, found)
+
+    def _online_plan(self, query: OnlineQuery) -> tuple[ReadPlan, list[list[str]]]:
+        """The read plan of an online query and each view's entity keys, all checked."""
         count = len(query.entity_keys)
         if count > MAX_ENTITY_KEYS:
             raise InvalidInput.field(
@@ -445,10 +473,8 @@ class FeatureStore:
             )
         if count == 0:
             raise InvalidInput.field("entity_keys", "name at least one entity")
-        plan = await self.fresh(lambda: self.compile(query.feature_refs, query.feature_service))
-        compiled = plan.compiled
-        inputs = query.request_inputs
-        if len(inputs) not in (0, 1, count):
+        plan = self.compile(query.feature_refs, query.feature_service)
+        if len(query.request_inputs) not in (0, 1, count):
             raise InvalidInput.field(
                 "request_inputs", f"give one entry per entity key ({count}) or a single one"
             )
@@ -456,21 +482,32 @@ class FeatureStore:
         for read in plan.views:
             if not read.view.online:
                 raise FailedPrecondition(f"feature view {read.view.name!r} is not kept online")
+        return plan, per_view
+
+    def _online_result(
+        self,
+        plan: ReadPlan,
+        query: OnlineQuery,
+        per_view: Sequence[Sequence[str]],
+        found: Sequence[dict[str, Sequence[Cell]]],
+    ) -> ReadResult:
+        """Rows in request order from each view's cells by entity (and request inputs)."""
+        compiled = plan.compiled
         service = compiled.service.ref if compiled.service else ""
-        now = self._clock()
         if plan.direct:
             # The rows are the view's cells as they are; duplicate keys share one list.
-            read, keys = plan.views[0], per_view[0]
-            found = await self._online_cells(read, keys, now)
-            missing = pit.missing_cells(len(read.fields))
-            return ReadResult(compiled.schema, [found.get(k, missing) for k in keys], service)
+            missing = pit.missing_cells(len(plan.views[0].fields))
+            cells = found[0]
+            as_stored = [cells.get(k, missing) for k in per_view[0]]
+            return ReadResult(compiled.schema, as_stored, service)
+        count = len(query.entity_keys)
         rows: list[dict[str, Cell]] = [{} for _ in range(count)]
-        for read, keys in zip(plan.views, per_view, strict=True):
-            found = await self._online_cells(read, keys, now)
+        for read, keys, cells in zip(plan.views, per_view, found, strict=True):
             missing = pit.missing_cells(len(read.fields))
             names = read.refs
             for row, key in zip(rows, keys, strict=True):
-                row.update(zip(names, found.get(key, missing), strict=True))
+                row.update(zip(names, cells.get(key, missing), strict=True))
+        inputs = query.request_inputs
         if compiled.request_inputs:
             shared = (
                 self._request_inputs(compiled, inputs[0], "request_inputs[0]")
@@ -490,11 +527,17 @@ class FeatureStore:
         self, read: ViewRead, keys: Sequence[str], now: int
     ) -> dict[str, Sequence[Cell]]:
         """The cells of every requested entity the online store holds a value for."""
-        found = await self._online.read(read.view.name, list(dict.fromkeys(keys)))
+        stored = await self._online.read(read.view.name, list(dict.fromkeys(keys)))
+        return self._present_cells(read, stored, now)
+
+    @staticmethod
+    def _present_cells(
+        read: ViewRead, stored: dict[str, tuple[int, str]], now: int
+    ) -> dict[str, Sequence[Cell]]:
         decoder, ttl = read.decoder, read.ttl_us
         return {
             entity: pit.stored_cells(ts, payload, decoder, now, ttl)
-            for entity, (ts, payload) in found.items()
+            for entity, (ts, payload) in stored.items()
         }
 
     async def read_historical(

@@ -26,6 +26,12 @@ class OnlineStore(ABC):
     async def read(self, view: str, entities: Sequence[str]) -> dict[str, tuple[int, str]]:
         """``entity -> (event_us, payload)`` for the entities that have a value."""
 
+    def read_now(self, view: str, entities: Sequence[str]) -> dict[str, tuple[int, str]] | None:
+        """What :meth:`read` returns, if it can be had without the event loop (values kept
+        in memory, or an engine read synchronously); None otherwise. Any thread may call
+        it (the thread-pool front reads here first)."""
+        return None
+
     @abstractmethod
     async def applied_sequence(self) -> int:
         """The commit-log sequence up to which every batch has been applied (0 = none)."""

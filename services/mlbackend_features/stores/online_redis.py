@@ -93,13 +93,13 @@ class RedisOnlineStore(OnlineStore):
             raw = await (self._client.mget(keys) if self._reads is None else self._reads.mget(keys))
         except (RedisReadError, RedisError, OSError) as exc:
             raise DependencyUnavailable(_DEPENDENCY, f"redis: {exc}") from exc
-        out: dict[str, tuple[int, str]] = {}
-        for entity, value in zip(entities, raw, strict=True):
-            if value is not None:
-                text = value if isinstance(value, str) else value.decode()
-                ts, _, payload = text.partition("|")
-                out[entity] = (int(ts), payload)
-        return out
+        return _decoded(entities, raw)
+
+    def read_now(self, view: str, entities: Sequence[str]) -> dict[str, tuple[int, str]] | None:
+        if self._reads is None or not entities:
+            return None
+        raw = self._reads.cached([self._key(view, e) for e in entities])
+        return None if raw is None else _decoded(entities, raw)
 
     async def applied_sequence(self) -> int:
         try:
@@ -155,3 +155,16 @@ for i = 1, #KEYS do
 end
 return n
 """
+
+
+def _decoded(
+    entities: Sequence[str], raw: Sequence[str | bytes | None]
+) -> dict[str, tuple[int, str]]:
+    """``entity -> (event_us, payload)`` from MGET's ``event_us|payload`` strings."""
+    out: dict[str, tuple[int, str]] = {}
+    for entity, value in zip(entities, raw, strict=True):
+        if value is not None:
+            text = value if isinstance(value, str) else value.decode()
+            ts, _, payload = text.partition("|")
+            out[entity] = (int(ts), payload)
+    return out

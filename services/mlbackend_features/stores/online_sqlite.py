@@ -49,7 +49,8 @@ WHERE view = ? AND entity IN (SELECT value FROM json_each(?))
 # One key (the usual online read) without the JSON list: 2.2 vs 4.8 µs per read.
 _READ_ONE = "SELECT entity, event_us, vals FROM online WHERE view = ? AND entity = ?"
 
-# Reads of up to this many keys run on the event loop: a thread hop costs more than them.
+# Reads of up to this many keys run on the calling thread (the event loop included): a
+# thread hop costs more than them.
 _INLINE_READ_KEYS = 256
 
 
@@ -82,19 +83,27 @@ class SqliteOnlineStore(OnlineStore):
                 self._cache.drop([(view, r.entity) for r in records])
 
     async def read(self, view: str, entities: Sequence[str]) -> dict[str, tuple[int, str]]:
+        if len(entities) <= _INLINE_READ_KEYS:
+            return self._read_cached(view, entities)
+        return await asyncio.to_thread(self._read_cached, view, entities)
+
+    def read_now(self, view: str, entities: Sequence[str]) -> dict[str, tuple[int, str]] | None:
+        return self._read_cached(view, entities) if len(entities) <= _INLINE_READ_KEYS else None
+
+    def _read_cached(self, view: str, entities: Sequence[str]) -> dict[str, tuple[int, str]]:
         cache = self._cache
         if cache is None:
-            return await self._read(view, entities)
+            return self._read(view, entities)
         keys = [(view, e) for e in entities]
         cached = cache.get(keys)
         if cached is not None:
             return {e: hit for e, hit in zip(entities, cached, strict=True) if hit is not None}
         epoch = cache.epoch
-        found = await self._read(view, entities)
+        found = self._read(view, entities)
         cache.fill(keys, [found.get(e) for e in entities], epoch)
         return found
 
-    async def _read(self, view: str, entities: Sequence[str]) -> dict[str, tuple[int, str]]:
+    def _read(self, view: str, entities: Sequence[str]) -> dict[str, tuple[int, str]]:
         if len(entities) == 1:
             statement, parameters = _READ_ONE, (view, entities[0])
         else:
@@ -103,9 +112,7 @@ class SqliteOnlineStore(OnlineStore):
         def work(conn: sqlite3.Connection) -> dict[str, tuple[int, str]]:
             return {e: (ts, vals) for e, ts, vals in conn.execute(statement, parameters)}
 
-        if len(entities) <= _INLINE_READ_KEYS:
-            return self._reader.run(work)
-        return await asyncio.to_thread(self._reader.run, work)
+        return self._reader.run(work)
 
     async def applied_sequence(self) -> int:
         row = self._reader.run(lambda c: c.execute("SELECT seq FROM watermark").fetchone())

@@ -9,10 +9,14 @@ file), Redis when Redis pushes an invalidation (``redis_pipeline``).
 
 A reply to a read that started before a local drop is not stored (``epoch``): it may
 predate the write that caused the drop.
+
+Lookups come from any thread (the thread-pool front reads on its own threads); changes
+take a lock, so a fill and a drop never interleave.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from typing import Generic, TypeVar
@@ -31,6 +35,7 @@ class ReadCache(Generic[K, V]):
         self._max_age = max_age
         # Bumped by every local drop: a read started before it is not stored.
         self.epoch = 0
+        self._lock = threading.Lock()
 
     def get(self, keys: Sequence[K]) -> list[V] | None:
         """Every key's value, or None unless all of them are cached and fresh."""
@@ -46,29 +51,37 @@ class ReadCache(Generic[K, V]):
 
     def fill(self, keys: Sequence[K], found: Sequence[V], epoch: int) -> None:
         """Store what a read that started at ``epoch`` found, unless a drop came since."""
-        if epoch != self.epoch:
-            return
         values = self._values
         now = time.monotonic()
-        for key, value in zip(keys, found, strict=True):
-            values[key] = (value, now)
-        while len(values) > self._size:
-            del values[next(iter(values))]
+        with self._lock:
+            if epoch != self.epoch:
+                return
+            for key, value in zip(keys, found, strict=True):
+                values[key] = (value, now)
+            while len(values) > self._size:
+                del values[next(iter(values))]
 
     def drop(self, keys: Iterable[K]) -> None:
         """Forget ``keys`` after a write of this process (reads in flight are not kept)."""
-        self.epoch += 1
-        self.invalidate(keys)
+        with self._lock:
+            self.epoch += 1
+            self._forget(keys)
 
     def invalidate(self, keys: Iterable[K]) -> None:
         """Forget ``keys`` without touching reads in flight (for a notice that arrives in
         order with the replies, as Redis's do)."""
-        for key in keys:
-            self._values.pop(key, None)
+        with self._lock:
+            self._forget(keys)
 
     def clear(self) -> None:
-        self.epoch += 1
-        self._values.clear()
+        with self._lock:
+            self.epoch += 1
+            self._values.clear()
+
+    def _forget(self, keys: Iterable[K]) -> None:
+        pop = self._values.pop
+        for key in keys:
+            pop(key, None)
 
     def __len__(self) -> int:
         return len(self._values)

@@ -88,6 +88,10 @@ class PipelinedReads:
             raise RedisReadError(f"unexpected reply to MGET: {type(reply).__name__}")
         return reply
 
+    def cached(self, keys: Sequence[str]) -> list[str | None] | None:
+        """MGET's answer from the cache alone, None unless every key is cached (any thread)."""
+        return None if self.cache is None else self.cache.get(keys)
+
     def forget(self, keys: Iterable[str]) -> None:
         """Drop ``keys`` from the cache: this process has just changed them."""
         if self.cache is not None:

@@ -1,0 +1,158 @@
+"""An asyncio servicer behind a thread-pool ``grpc.server``.
+
+A service whose hot method runs best on gRPC's own threads (serving's predictions, the
+feature store's online reads) still has most of its methods written as coroutines on
+the event loop that owns its state. :func:`service_handlers` gives every method of a
+generated service a thread-pool behaviour: the hot ones as written for threads, the
+others run on the loop, the calling thread waiting.
+
+- unary responses: the coroutine runs on the loop; a cancelled call cancels it.
+- streamed responses: each message is awaited on the loop in turn; a stream the client
+  leaves closes the async generator there.
+- streamed requests: the servicer reads an async iterator whose messages another
+  thread takes from gRPC's blocking iterator (``readers``), so the loop never blocks.
+
+A streamed call holds its gRPC thread to the end, and a streamed request one reader
+thread more while it waits for the client: the pools bound how many run at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from types import ModuleType
+from typing import Any
+
+import grpc
+
+Blocking = Callable[[Any, grpc.ServicerContext], Any]
+
+_END = object()
+
+_FACTORIES = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def service_handlers(
+    module: ModuleType,
+    name: str,
+    servicer: object,
+    loop: asyncio.AbstractEventLoop,
+    blocking: dict[str, Blocking],
+    readers: ThreadPoolExecutor | None = None,
+) -> grpc.GenericRpcHandler:
+    """The generic handler of service ``name`` (generated into ``module``): methods in
+    ``blocking`` as given, every other one ``servicer``'s coroutine run on ``loop``.
+    ``readers`` takes client-streamed messages (needed when the service has any)."""
+    service = module.DESCRIPTOR.services_by_name[name]
+    methods: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in service.methods:
+        request_type = getattr(module, method.input_type.name)
+        response_type = getattr(module, method.output_type.name)
+        streams = (method.client_streaming, method.server_streaming)
+        behaviour = blocking.get(method.name)
+        if behaviour is None:
+            if method.client_streaming and readers is None:
+                raise ValueError(f"{name}.{method.name} streams requests: give readers")
+            behaviour = on_loop(getattr(servicer, method.name), loop, *streams, readers)
+        methods[method.name] = _FACTORIES[streams](
+            behaviour, request_type.FromString, response_type.SerializeToString
+        )
+    return grpc.method_handlers_generic_handler(service.full_name, methods)
+
+
+def on_loop(
+    method: Callable[[Any, Any], Any],
+    loop: asyncio.AbstractEventLoop,
+    request_streaming: bool = False,
+    response_streaming: bool = False,
+    readers: ThreadPoolExecutor | None = None,
+) -> Blocking:
+    """A thread-pool behaviour for the asyncio servicer method ``method``."""
+
+    def requests(request: Any) -> Any:
+        if not request_streaming:
+            return request
+        assert readers is not None
+        return _read_on(readers, request)
+
+    if response_streaming:
+
+        def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            return _iterate_on(loop, method(requests(request), context), context)
+
+        return stream
+
+    def call(request: Any, context: grpc.ServicerContext) -> Any:
+        return run_on(loop, method(requests(request), context), context)
+
+    return call
+
+
+def run_on(
+    loop: asyncio.AbstractEventLoop, awaitable: Awaitable[Any], context: grpc.ServicerContext
+) -> Any:
+    """Await ``awaitable`` on ``loop`` from a gRPC thread; cancelled with the call.
+
+    The calling thread's context (request id, caller) goes along with the task."""
+    future = asyncio.run_coroutine_threadsafe(_awaited(awaitable), loop)
+    context.add_callback(lambda: _cancel([future]))
+    return future.result()
+
+
+def _cancel(futures: list[Future[Any]]) -> None:
+    for future in futures:
+        future.cancel()
+
+
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+def _iterate_on(
+    loop: asyncio.AbstractEventLoop, stream: AsyncIterator[Any], context: grpc.ServicerContext
+) -> Iterator[Any]:
+    done = False
+    waiting: list[Future[Any]] = []
+    # A call that ends early (cancelled, deadline) stops the message being awaited.
+    context.add_callback(lambda: _cancel(waiting))
+    try:
+        while True:
+            future = asyncio.run_coroutine_threadsafe(_next(stream), loop)
+            waiting[:] = [future]
+            item = future.result()
+            if item is _END:
+                done = True
+                return
+            yield item
+    finally:
+        if not done:
+            # Not waited for: this may run wherever the generator is collected.
+            asyncio.run_coroutine_threadsafe(_close(stream), loop)
+
+
+async def _next(stream: AsyncIterator[Any]) -> Any:
+    try:
+        return await stream.__anext__()
+    except StopAsyncIteration:
+        return _END
+
+
+async def _close(stream: AsyncIterator[Any]) -> None:
+    close = getattr(stream, "aclose", None)
+    if close is not None:
+        await close()
+
+
+async def _read_on(readers: ThreadPoolExecutor, messages: Iterator[Any]) -> AsyncIterator[Any]:
+    loop = asyncio.get_running_loop()
+    while True:
+        item = await loop.run_in_executor(readers, next, messages, _END)
+        if item is _END:
+            return
+        yield item

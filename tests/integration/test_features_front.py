@@ -1,0 +1,142 @@
+"""The feature store's two gRPC fronts keep the same promises: the thread-pool server
+(default: online reads on their own threads, every other method bridged to the event
+loop, streams both ways) and the all-``grpc.aio`` one."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+import pytest
+from test_feature_store import (
+    T0,
+    _push,
+    batch,
+    definitions,
+    key,
+    online,
+    row,
+    ts,
+    values,
+    violations,
+)
+
+from mlbackend.features.v1 import features_pb2 as f
+from mlbackend_features.transport import threaded
+
+from conftest import Connect, StartService
+
+FRONTS = ["threads", "asyncio"]
+
+
+async def ready(start_service: StartService, connect: Connect, front: str) -> Any:
+    server = await start_service("features", features_front=front)
+    client = connect("features", server)
+    await client.stub.ApplyDefinitions(definitions(), timeout=10)
+    return server, client
+
+
+@pytest.mark.parametrize("front", FRONTS)
+async def test_push_stream_read_and_errors_on_either_front(
+    start_service: StartService, connect: Connect, front: str
+) -> None:
+    _, client = await ready(start_service, connect, front)
+    now = datetime.now(UTC)
+    batches = [
+        batch([row("u1", now, 1.0, 1, "DE")], "p1"),
+        batch([row("u2", now, -1.0, 1, "DE")], "p2"),
+        batch([row("u2", now, 2.0, 2, "FR")], "p3"),
+    ]
+    call = client.stub.PushFeatures(_push(batches), timeout=10)
+    acks = [ack async for ack in call]
+    assert [(a.batch_id, a.accepted) for a in acks] == [("p1", True), ("p2", False), ("p3", True)]
+    # The runtime's rules hold on both: request id trailer, mapped errors with details.
+    assert "x-request-id" in dict(await call.trailing_metadata())
+    answer = await online(client, ["u2", "u1", "u9"], feature_refs=["user_stats:amount"])
+    assert values(answer) == [
+        [("FEATURE_STATUS_PRESENT", 2.0)],
+        [("FEATURE_STATUS_PRESENT", 1.0)],
+        [("FEATURE_STATUS_NOT_FOUND", None)],
+    ]
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await online(client, ["u1"], feature_refs=["user_stats:nope"])
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "has no feature 'nope'" in (raised.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await client.stub.WriteFeatures(
+            f.WriteFeaturesRequest(batch=batch([row("u3", now, -5.0, 1, "DE")])), timeout=10
+        )
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [field for field, _ in violations(raised.value)] == ["batch.rows[0].values.amount"]
+
+
+@pytest.mark.parametrize("front", FRONTS)
+async def test_a_stream_left_early_and_a_slow_call_past_its_deadline(
+    start_service: StartService, connect: Connect, front: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, client = await ready(start_service, connect, front)
+    await client.stub.WriteFeatures(
+        f.WriteFeaturesRequest(batch=batch([row("u1", T0, 1.0, 1, "DE")])), timeout=10
+    )
+    rows = [
+        f.EntityRow(entity_key=key("u1"), event_time=ts(T0 + timedelta(minutes=i % 50)))
+        for i in range(5000)
+    ]
+    request = f.GetHistoricalFeaturesRequest(
+        feature_refs=["user_stats:amount"], entity_rows=rows, chunk_size=100
+    )
+    for _ in range(3):
+        call = client.stub.GetHistoricalFeatures(request, timeout=10)
+        first = await call.read()
+        assert first.start_row_index == 0 and len(first.rows) == 100
+        call.cancel()
+    # The server's threads are free again: a full stream and a read still work.
+    chunks = [c async for c in client.stub.GetHistoricalFeatures(request, timeout=10)]
+    assert sum(len(c.rows) for c in chunks) == 5000
+    # A deadline the call cannot meet ends it with DEADLINE_EXCEEDED, not a stuck thread.
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await client.stub.GetHistoricalFeatures(request, timeout=0.001).read()
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    answer = await online(client, ["u1"], feature_refs=["user_stats:amount"])
+    assert values(answer)[0][0][0] in ("FEATURE_STATUS_PRESENT", "FEATURE_STATUS_EXPIRED")
+    # A client leaving is not a server failure: nothing is logged as an error.
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_online_reads_racing_writes_never_go_back_in_time(
+    start_service: StartService, connect: Connect
+) -> None:
+    """Reads on the front's own threads and writes on the loop, at once: every read sees
+    a value at least as new as the last write acknowledged before it started."""
+    _, client = await ready(start_service, connect, "threads")
+    start = datetime.now(UTC) - timedelta(minutes=5)
+    acknowledged = 0
+
+    async def writer() -> None:
+        nonlocal acknowledged
+        for i in range(1, 60):
+            when = start + timedelta(seconds=i)
+            b = batch([row(f"u{j}", when, float(i), i, "DE") for j in range(20)])
+            await client.stub.WriteFeatures(f.WriteFeaturesRequest(batch=b), timeout=10)
+            acknowledged = i
+
+    async def reader() -> list[tuple[int, float]]:
+        seen = []
+        while acknowledged < 59:
+            before = acknowledged
+            answer = await online(
+                client, [f"u{j}" for j in range(20)], feature_refs=["user_stats:txn_count"]
+            )
+            counts = [cells[0][1] for cells in values(answer)]
+            seen += [(before, count) for count in counts if count is not None]
+            assert all(count is None or count >= before for count in counts), (before, counts)
+        return seen
+
+    readers = threaded.ONLINE_READ_THREADS + 2
+    results = await asyncio.gather(writer(), *(reader() for _ in range(readers)))
+    assert all(len(seen) > 0 for seen in results[1:])
+    final = await online(client, ["u0", "u19"], feature_refs=["user_stats:txn_count"])
+    assert values(final) == [[("FEATURE_STATUS_PRESENT", 59)], [("FEATURE_STATUS_PRESENT", 59)]]
