@@ -803,6 +803,7 @@ def echo_main(kind: str, ready_file: Path) -> None:
 # --- report -----------------------------------------------------------------------------
 
 FEAST_SERVERS = ("feast-serve", "feast-serve-w2", "feast-listen")
+ECHOS = ("echo-aio", "echo-sync")
 
 
 def _pick(plan: Plan, store: str, shape: str, c_: int, servers: tuple[str, ...]) -> Result | None:
@@ -812,7 +813,7 @@ def _pick(plan: Plan, store: str, shape: str, c_: int, servers: tuple[str, ...])
         if r.store in (store, "-")
         and r.shape == shape
         and r.concurrency == c_
-        and r.server.startswith(servers)
+        and r.server in servers
         and r.rps > 0
         and not r.errors
     ]
@@ -841,7 +842,7 @@ def report(plan: Plan) -> None:
         for shape in (f"{s}x10" for s in SHAPES):
             for c_ in CONCURRENCY:
                 feast = _pick(plan, store, shape, c_, FEAST_SERVERS)
-                ceiling = _pick(plan, store, shape, c_, ("echo",))
+                ceiling = _pick(plan, store, shape, c_, ECHOS)
                 rows = [
                     r
                     for r in plan.results
@@ -905,7 +906,7 @@ def report(plan: Plan) -> None:
         for shape in (f"{s}x10" for s in SHAPES):
             ours = _pick(plan, store, shape, 8, ("mlbackend",))
             feast = _pick(plan, store, shape, 8, FEAST_SERVERS)
-            ceiling = _pick(plan, store, shape, 8, ("echo",))
+            ceiling = _pick(plan, store, shape, 8, ECHOS)
             if ours and feast:
                 print(
                     f"  {store} {shape} c=8: {ours.rps / feast.rps:.2f}x {feast.server}'s rps "
