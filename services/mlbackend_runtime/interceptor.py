@@ -217,7 +217,7 @@ End = Callable[[_Call, AnyContext], None]
 BlockingFail = Callable[[_Call, BaseException, BlockingContext], NoReturn]
 
 
-_FACTORIES = {
+HANDLER_FACTORIES = {  # by (request streaming, response streaming)
     (False, False): grpc.unary_unary_rpc_method_handler,
     (True, False): grpc.stream_unary_rpc_method_handler,
     (False, True): grpc.unary_stream_rpc_method_handler,
@@ -317,7 +317,7 @@ def _wrap(handler: Handler, begin: Begin, fail: Fail, end: End) -> Handler:
             end(call, context)
 
     response_streaming = bool(handler.response_streaming)
-    factory = _FACTORIES[(request_streaming, response_streaming)]
+    factory = HANDLER_FACTORIES[(request_streaming, response_streaming)]
     behaviour = streaming_response if response_streaming else unary_response
     return factory(behaviour, _tolerant(handler.request_deserializer), handler.response_serializer)
 
@@ -368,7 +368,7 @@ def _wrap_blocking(handler: Handler, begin: Begin, fail: BlockingFail, end: End)
         return run
 
     response_streaming = bool(handler.response_streaming)
-    factory = _FACTORIES[(request_streaming, response_streaming)]
+    factory = HANDLER_FACTORIES[(request_streaming, response_streaming)]
     behaviour = streaming_response if response_streaming else unary_response
     return factory(
         isolated(behaviour), _tolerant(handler.request_deserializer), handler.response_serializer

@@ -29,16 +29,11 @@ from typing import Any
 
 import grpc
 
+from mlbackend_runtime.interceptor import HANDLER_FACTORIES
+
 Blocking = Callable[[Any, grpc.ServicerContext], Any]
 
 _END = object()
-
-_FACTORIES = {
-    (False, False): grpc.unary_unary_rpc_method_handler,
-    (True, False): grpc.stream_unary_rpc_method_handler,
-    (False, True): grpc.unary_stream_rpc_method_handler,
-    (True, True): grpc.stream_stream_rpc_method_handler,
-}
 
 
 def service_handlers(
@@ -63,7 +58,7 @@ def service_handlers(
             if method.client_streaming and readers is None:
                 raise ValueError(f"{name}.{method.name} streams requests: give readers")
             behaviour = on_loop(getattr(servicer, method.name), loop, *streams, readers)
-        methods[method.name] = _FACTORIES[streams](
+        methods[method.name] = HANDLER_FACTORIES[streams](
             behaviour, request_type.FromString, response_type.SerializeToString
         )
     return grpc.method_handlers_generic_handler(service.full_name, methods)
