@@ -12,7 +12,6 @@ import contextlib
 import gc
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Literal
 
 from prometheus_client import CollectorRegistry
 
@@ -36,12 +35,11 @@ from mlbackend_runtime.server import (
     start_server,
     start_thread_server,
 )
-from mlbackend_runtime.settings import ServerSettings
+from mlbackend_runtime.settings import Front, ServerSettings
 from mlbackend_runtime.sql import is_postgres_url
 
 logger = logging.getLogger("mlbackend.features")
 
-Front = Literal["threads", "asyncio"]
 # The thread-pool front: threads for every method but online reads (each holds one call,
 # a stream to its end; a push stream one reader thread more). Beyond MAX_CONCURRENT_RPCS
 # calls in progress gRPC answers RESOURCE_EXHAUSTED.

@@ -7,13 +7,17 @@ environment.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeAlias
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Port = int
 TIMEOUT_DEPENDENCIES = ("registry", "features", "serving", "monitoring")
+
+
+# A service's gRPC front: a thread-pool grpc.server or grpc.aio.
+Front: TypeAlias = Literal["threads", "asyncio"]
 
 
 class ServerSettings(BaseSettings):
@@ -82,11 +86,11 @@ class ServerSettings(BaseSettings):
         description="Versions to serve, e.g. 'fraud@production,other@latest:2,x@3'; "
         "unset: every version an alias points at, of every model.",
     )
-    serving_front: Literal["threads", "asyncio"] = Field(
+    serving_front: Front = Field(
         "threads",
         description="Serving's gRPC front: a thread-pool server (default) or grpc.aio.",
     )
-    features_front: Literal["threads", "asyncio"] = Field(
+    features_front: Front = Field(
         "threads",
         description="The feature store's gRPC front: a thread-pool server (default) or grpc.aio.",
     )

@@ -19,6 +19,7 @@ thread more while it waits for the client: the pools bound how many run at once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import queue
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -99,13 +100,12 @@ def run_on(
 
     The calling thread's context (request id, caller) goes along with the task."""
     future = asyncio.run_coroutine_threadsafe(_awaited(awaitable), loop)
-    context.add_callback(lambda: _cancel([future]))
+    context.add_callback(functools.partial(_cancel, future))
     return future.result()
 
 
-def _cancel(futures: list[Future[Any]]) -> None:
-    for future in futures:
-        future.cancel()
+def _cancel(future: Future[Any]) -> None:
+    future.cancel()
 
 
 async def _awaited(awaitable: Awaitable[Any]) -> Any:
@@ -123,7 +123,7 @@ def _iterate_on(
     room = threading.Semaphore(_AHEAD)
     producer = asyncio.run_coroutine_threadsafe(_produce(stream, messages, room), loop)
     # A call that ends early (cancelled, deadline) stops the stream on the loop.
-    context.add_callback(lambda: _cancel([producer]))
+    context.add_callback(functools.partial(_cancel, producer))
     try:
         while True:
             item = messages.get()

@@ -18,7 +18,6 @@ import asyncio
 import gc
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Literal
 
 import grpc
 from prometheus_client import CollectorRegistry
@@ -34,7 +33,7 @@ from mlbackend_runtime.server import (
     start_server,
     start_thread_server,
 )
-from mlbackend_runtime.settings import ServerSettings
+from mlbackend_runtime.settings import Front, ServerSettings
 from mlbackend_serving.core.model_dir import ModelDirectory
 from mlbackend_serving.core.service import ServingCore
 from mlbackend_serving.metrics import ModelMetrics
@@ -42,7 +41,6 @@ from mlbackend_serving.registry_source import follow_registry
 from mlbackend_serving.transport import threaded
 from mlbackend_serving.transport.servicers import InferenceServicer, ModelServingServicer
 
-Front = Literal["threads", "asyncio"]
 # Threads of the thread-pool front: each holds one call in progress (waiting for its
 # batch included). Beyond MAX_CONCURRENT_RPCS calls gRPC answers RESOURCE_EXHAUSTED.
 FRONT_THREADS = 64

@@ -75,11 +75,9 @@ class PipelinedReads:
         return connection_class in (None, UnixDomainSocketConnection)
 
     async def mget(self, keys: Sequence[str]) -> list[str | None]:
-        cache = self.cache
-        if cache is not None:
-            cached = cache.get(keys)
-            if cached is not None:
-                return cached
+        cached = self.cached(keys)
+        if cached is not None:
+            return cached
         connection = self._connection
         if connection is None or connection.closed:
             connection = await self._connect()
