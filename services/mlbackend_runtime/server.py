@@ -226,7 +226,6 @@ async def start_thread_server(
     registry: CollectorRegistry | None = None,
     threads: int,
     max_concurrent_rpcs: int,
-    thread_initializer: Callable[[], object] | None = None,
 ) -> RunningServer:
     """:func:`start_server` for a thread-pool ``grpc.server``: handlers are plain
     functions run on ``threads`` threads; past ``max_concurrent_rpcs`` calls in progress
@@ -236,7 +235,6 @@ async def start_thread_server(
         ThreadPoolExecutor(
             max_workers=threads,
             thread_name_prefix=f"{spec.name}-rpc",
-            initializer=thread_initializer,
         ),
         interceptors=[ThreadCallInterceptor(parts.authenticator, parts.metrics)],
         options=_server_options(parts.max_bytes),

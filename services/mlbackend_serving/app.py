@@ -119,24 +119,38 @@ async def create_server(
             InferenceServicer(core), server
         )
 
+    predictions: threaded.PredictionPool | None = None
     if threads:
         loop = asyncio.get_running_loop()
+        # Batches run on these threads.
+        predictions = threaded.PredictionPool(core, FRONT_THREADS, _single_threaded_native_code)
 
         def register_threaded(server: grpc.Server) -> None:
-            server.add_generic_rpc_handlers(threaded.handlers(core, loop))
+            assert predictions is not None
+            server.add_generic_rpc_handlers(threaded.handlers(core, loop, predictions))
 
-        running = await start_thread_server(
-            SPEC,
-            settings,
-            register_threaded,
-            registry=registry,
-            threads=FRONT_THREADS,
-            max_concurrent_rpcs=MAX_CONCURRENT_RPCS,
-            # Batches run on these threads.
-            thread_initializer=_single_threaded_native_code,
-        )
+        try:
+            running = await start_thread_server(
+                SPEC,
+                settings,
+                register_threaded,
+                registry=registry,
+                threads=FRONT_THREADS,
+                max_concurrent_rpcs=MAX_CONCURRENT_RPCS,
+            )
+        except BaseException:
+            predictions.shutdown(wait=False)
+            raise
     else:
         running = await start_server(SPEC, settings, register, registry=registry)
+    if predictions is not None:
+        pool = predictions
+
+        async def stop_predictions() -> None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+        running.on_stop(stop_predictions)
+    # Closers run last-registered first: the core drains its batches before the pool stops.
     running.on_stop(core.close)
     if following is not None:
         await following.attach(running)

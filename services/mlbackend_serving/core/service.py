@@ -133,6 +133,9 @@ class ServingCore:
         self._expected: set[ModelKey] = set()
         """Versions that should be READY for the server to be ready."""
         self._manager: ModelManager | None = None
+        self.fills_batches = False
+        """Some version waits for its batches to fill (``max_wait`` > 0): on a thread
+        front, each request waiting in such a batch holds a thread of its own."""
 
     def managed_by(self, manager: ModelManager) -> None:
         """Route LoadModel / UnloadModel / the repository index to ``manager``."""
@@ -322,6 +325,7 @@ class ServingCore:
                                             batching or self._batching, served.observer,
                                             str(key))  # fmt: skip
         served.state, served.ready_time = ModelState.READY, time.time()
+        self._batching_changed()
         logger.info("%s ready (batch ≤ %d rows)", key, served.policy.max_batch_size)
         return served
 
@@ -355,7 +359,11 @@ class ServingCore:
                 await served.batcher.close()
             self._versions.pop(served.key, None)
             self._reroute(served.key.name)
+        self._batching_changed()
         return chosen
+
+    def _batching_changed(self) -> None:
+        self.fills_batches = any(v.policy.max_wait > 0 for v in self._versions.values())
 
     async def close(self) -> None:
         for served in list(self._versions.values()):
