@@ -6,8 +6,10 @@ the server reports SERVING. Registry mode (``--registry`` without ``--model-dir`
 follows the registry's watch stream (see ``registry_source`` and ``core.follower``).
 
 The gRPC front is a thread-pool ``grpc.server`` by default (``transport.threaded``):
-measured here (bench/serving, same runs), 15 to 25 % less server CPU per single-row
-prediction than ``grpc.aio`` at concurrency 1, on a par at 8 and 32. Loading, unloading
+predictions run on two threads of their own (``threaded.PredictionPool``). Measured
+here (bench/serving --quick, same run), single-row ModelInfer at concurrency 8 and 32:
+3,065-3,368 rps and 317-351 µs of server CPU per request against 2,295-3,045 rps and
+358-489 µs on ``grpc.aio``; at concurrency 1, 483-509 against 697-726 µs. Loading, unloading
 and the registry follower stay on the event loop of the caller of
 :func:`create_server`. ``--serving-front asyncio`` keeps the all-asyncio server.
 """
