@@ -21,6 +21,7 @@ import pytest
 from mlbackend.common.v1 import common_pb2
 from mlbackend.features.v1 import features_pb2 as pb
 from mlbackend_features.core import codec, pit, validation
+from mlbackend_features.core import service as service_module
 from mlbackend_features.core.model import (
     MICROS,
     Actor,
@@ -158,10 +159,23 @@ def test_recently_decoded_rows_are_shared_bounded_and_encoded_once() -> None:
     assert row.wire is not None
     assert convert.online_result_pb(ReadResult((), [row, row], "")).rows == [*first, *first]
     assert same_rows(first, [reference_row(list(row))])
-    for i in range(codec._RECENT_ROWS):
+    for i in range(codec.RECENT_ROWS):
         decoder.present_recent(f'{{"x":{i}.5}}', T)
-    assert len(decoder._recent) == codec._RECENT_ROWS
+    assert len(decoder._recent) == codec.RECENT_ROWS
     assert decoder.present_recent(payload, T) is not row  # the oldest went first
+
+
+def test_the_decoders_of_a_store_share_one_bound_and_keep_their_rows_apart() -> None:
+    recent: codec.RecentRows = {}
+    doubles = codec.RowDecoder([("x", DType.DOUBLE)], recent)
+    strings = codec.RowDecoder([("x", DType.STRING)], recent)
+    payload = '{"x":"1.5"}'
+    assert doubles.present_recent(payload, T).values == [None]  # not a double: null
+    assert strings.present_recent(payload, T).values == ["1.5"]
+    assert len(recent) == 2
+    for i in range(codec.RECENT_ROWS):
+        strings.present_recent(f'{{"x":"{i}"}}', T)
+    assert len(recent) == codec.RECENT_ROWS
 
 
 def test_historical_rows_and_shared_row_lists() -> None:
@@ -344,3 +358,32 @@ async def test_definitions_applied_by_another_replica_reach_the_cached_plans(
     assert await read_x(b) == Cell(None, Status.EXPIRED, T)
     await a.close()
     await b.close()
+
+
+async def test_read_plans_are_kept_up_to_a_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service_module, "MAX_PLANS", 3)
+    store = store_at(tmp_path)
+    await store.start()
+    three = DefinitionSet(
+        entities=(Entity(name="user", join_keys=(JoinKey(name="id", dtype=DType.INT64),)),),
+        feature_views=(
+            FeatureView(
+                name="stats",
+                entities=("user",),
+                ttl=timedelta(days=1),
+                features=tuple(Feature(name=n, dtype=DType.INT64) for n in ("x", "y", "z")),
+            ),
+        ),
+    )
+    await store.apply(three, force=False, dry_run=False, actor=Actor("test", True))
+    await store.write(WriteBatch("b1", "stats", ["x"], [WriteRow({"id": 1}, T, [3])]))
+    lists = [["x"], ["y"], ["x", "y"], ["y", "x"], ["z"]]  # each list of refs: a plan
+    plans = [store.compile([f"stats:{n}" for n in names], "") for names in lists]
+    assert len({id(p) for p in plans}) == 5
+    assert len(store._compiled) == 3
+    assert store.compile(["stats:z"], "") is plans[-1]  # the newest are kept
+    assert store.compile(["stats:x"], "") is not plans[0]  # the oldest went first
+    assert await read_x(store) == Cell(3, Status.PRESENT, T)
+    await store.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import time
 import uuid
@@ -71,6 +72,8 @@ _MATERIALIZE_SLICE = 1_000
 _DEFAULT_PAGE = 100
 _MAX_PAGE = 1_000
 _MAX_BATCH_ID = 128
+MAX_PLANS = 256
+"""Read plans kept (the oldest compiled go first)."""
 
 # Stored rows (for the Arrow form) are joined and decoded in runs of about this many:
 # parsing 10,000 rows in runs of 4,000 takes ~4 ms, a thousand at a time ~9 ms.
@@ -150,8 +153,11 @@ class FeatureStore:
         self._online = online
         self._clock = clock
         self._defs = Definitions({}, {}, {})
-        # Read plans per (refs, service), dropped whenever the definitions change.
+        # Read plans per (refs, service), dropped whenever the definitions change, at most
+        # MAX_PLANS (callers choose the refs: any list of them makes a plan).
         self._compiled: dict[tuple[tuple[str, ...], str], ReadPlan] = {}
+        # Rows the plans' decoders decoded lately (codec.RECENT_ROWS for all of them).
+        self._recent_rows: codec.RecentRows = {}
         self._write_lock = asyncio.Lock()
         self._apply_lock = asyncio.Lock()
         self._online_behind = True
@@ -209,6 +215,7 @@ class FeatureStore:
             return False
         self._defs = loaded
         self._compiled.clear()
+        self._recent_rows.clear()
         return True
 
     async def fresh(self, lookup: Callable[[], T]) -> T:
@@ -372,6 +379,10 @@ class FeatureStore:
                 compiled = compile_refs(refs, self._defs.views, "feature_refs")
             plan = self._read_plan(compiled)
             self._compiled[key] = plan
+            if len(self._compiled) > MAX_PLANS:
+                # Reads on several threads may evict at once: a lost race is harmless.
+                with contextlib.suppress(KeyError, RuntimeError, StopIteration):
+                    del self._compiled[next(iter(self._compiled))]
         return plan
 
     def _read_plan(self, compiled: CompiledService) -> ReadPlan:
@@ -388,7 +399,7 @@ class FeatureStore:
                     view,
                     tuple(r.ref for r in refs),
                     fields,
-                    codec.RowDecoder(fields),
+                    codec.RowDecoder(fields, self._recent_rows),
                     tuple(self._join_keys(view)),
                     view.ttl_us,
                 )
