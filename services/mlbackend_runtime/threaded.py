@@ -46,7 +46,8 @@ def service_handlers(
     readers: ThreadPoolExecutor | None = None,
 ) -> grpc.GenericRpcHandler:
     """The generic handler of service ``name`` (generated into ``module``): methods in
-    ``blocking`` as given, every other one ``servicer``'s coroutine run on ``loop``.
+    ``blocking`` as given (a response may be its wire bytes), every other one
+    ``servicer``'s coroutine run on ``loop``.
     ``readers`` takes client-streamed messages (needed when the service has any)."""
     service = module.DESCRIPTOR.services_by_name[name]
     methods: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
@@ -60,9 +61,19 @@ def service_handlers(
                 raise ValueError(f"{name}.{method.name} streams requests: give readers")
             behaviour = on_loop(getattr(servicer, method.name), loop, *streams, readers)
         methods[method.name] = HANDLER_FACTORIES[streams](
-            behaviour, request_type.FromString, response_type.SerializeToString
+            behaviour, request_type.FromString, _serializer(response_type)
         )
     return grpc.method_handlers_generic_handler(service.full_name, methods)
+
+
+def _serializer(message_type: Any) -> Callable[[Any], bytes]:
+    """A response's wire bytes; a method in ``blocking`` may answer them already made."""
+    serialize = message_type.SerializeToString
+
+    def wire(response: Any) -> bytes:
+        return response if type(response) is bytes else serialize(response)
+
+    return wire
 
 
 def on_loop(

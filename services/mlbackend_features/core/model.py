@@ -406,8 +406,9 @@ class PresentRow(Sequence[Cell]):
     def __init__(self, values: list[Scalar], event_us: int) -> None:
         self.values = values
         self.event_us = event_us
-        # Its cells as protobuf wire bytes, kept by the transport once encoded: an online
-        # read of a hot entity gets the same row again (``RowDecoder.present_recent``).
+        # Its cells as a length-delimited protobuf field's body (length, then the bytes),
+        # kept by the transport once encoded: an online read of a hot entity gets the
+        # same row again (``RowDecoder.present_recent``).
         self.wire: bytes | None = None
 
     def _cell(self, value: Scalar) -> Cell:

@@ -478,6 +478,7 @@ def online_query(request: pb.GetOnlineFeaturesRequest) -> m.OnlineQuery:
 # Timestamp: seconds = 1, nanos = 2), checked against the generated messages in tests.
 _ONLINE_ROWS = b"\x12"  # GetOnlineFeaturesResponse.rows = 2, length-delimited
 _HISTORICAL_ROWS = b"\x1a"  # GetHistoricalFeaturesResponse.rows = 3, length-delimited
+_FEATURE_SERVICE = b"\x1a"  # GetOnlineFeaturesResponse.feature_service = 3, a string
 _BYTE = [bytes((i,)) for i in range(256)]
 _STATUS_TAG = {s: b"\x10" + _BYTE[code] for s, code in _STATUS_PB.items()}
 _PACK_DOUBLE = struct.Struct("<d").pack
@@ -531,19 +532,23 @@ def _value_bytes(value: m.Scalar) -> bytes:
 def _rows_bytes(tag: bytes, rows: Sequence[Sequence[m.Cell]]) -> bytes:
     """``rows`` as the wire bytes of a repeated FeatureValueRow field with ``tag``."""
     out: list[bytes] = []
-    done: dict[int, bytes] = {}  # rows shared by several entities are encoded once
+    append = out.append
+    done: dict[int, bytes] = {}  # other rows shared by several entities: encoded once
     present_row = m.PresentRow
     for cells in rows:
+        if type(cells) is present_row:
+            # Kept with the row, length first: a hot entity's row is read again and again.
+            body = cells.wire
+            if body is None:
+                row = _present_bytes(cells.values, cells.event_us)
+                body = cells.wire = _varint(len(row)) + row
+            append(tag + body)
+            continue
         encoded = done.get(id(cells))
         if encoded is None:
-            if type(cells) is present_row:
-                row = cells.wire
-                if row is None:
-                    row = cells.wire = _present_bytes(cells.values, cells.event_us)
-            else:
-                row = _cells_bytes(cells)
+            row = _cells_bytes(cells)
             encoded = done[id(cells)] = tag + _varint(len(row)) + row
-        out.append(encoded)
+        append(encoded)
     return b"".join(out)
 
 
@@ -649,12 +654,19 @@ def _schema_bytes(schema: tuple[m.OutputColumn, ...]) -> bytes:
     return encoded
 
 
-def online_result_pb(result: m.ReadResult) -> pb.GetOnlineFeaturesResponse:
-    response = pb.GetOnlineFeaturesResponse.FromString(
-        _schema_bytes(result.schema) + _rows_bytes(_ONLINE_ROWS, result.rows)
+def online_result_wire(result: m.ReadResult) -> bytes:
+    """The GetOnlineFeaturesResponse of ``result`` as wire bytes, never parsed in Python
+    (a thread-front handler answers them as they are)."""
+    service = result.feature_service.encode()
+    return (
+        _schema_bytes(result.schema)
+        + _rows_bytes(_ONLINE_ROWS, result.rows)
+        + (_FEATURE_SERVICE + _varint(len(service)) + service if service else b"")
     )
-    response.feature_service = result.feature_service
-    return response
+
+
+def online_result_pb(result: m.ReadResult) -> pb.GetOnlineFeaturesResponse:
+    return pb.GetOnlineFeaturesResponse.FromString(online_result_wire(result))
 
 
 def historical_query(request: pb.GetHistoricalFeaturesRequest) -> m.HistoricalQuery:

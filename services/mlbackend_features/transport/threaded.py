@@ -39,14 +39,12 @@ def handlers(
 ) -> list[grpc.GenericRpcHandler]:
     """``online`` runs online reads; ``readers`` take pushed batches off the stream."""
 
-    def read_online(
-        request: pb.GetOnlineFeaturesRequest, context: grpc.ServicerContext
-    ) -> pb.GetOnlineFeaturesResponse:
+    def read_online(request: pb.GetOnlineFeaturesRequest, context: grpc.ServicerContext) -> bytes:
         query = convert.online_query(request)
         result = store.read_online_now(query)
         if result is None:
             result = run_on(loop, store.read_online(query), context)
-        return convert.online_result_pb(result)
+        return convert.online_result_wire(result)  # sent as they are
 
     read_online.experimental_thread_pool = online  # type: ignore[attr-defined]
     return [
