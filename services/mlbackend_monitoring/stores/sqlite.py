@@ -17,6 +17,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
+
 from mlbackend_monitoring.core.model import (
     Cursor,
     Feedback,
@@ -101,8 +103,13 @@ def _decode(data: Any) -> Scalar:
     return str(raw)
 
 
+# Keys sorted: one text per map whatever the order it came in. Values are tagged by
+# ``_encode`` (a float as its repr), so orjson's null for NaN never applies.
+_SORTED = orjson.OPT_SORT_KEYS
+
+
 def _encode_map(values: dict[str, Scalar]) -> str:
-    return json.dumps({k: _encode(v) for k, v in values.items()}, sort_keys=True)
+    return orjson.dumps({k: _encode(v) for k, v in values.items()}, option=_SORTED).decode()
 
 
 def _decode_map(text: str) -> dict[str, Scalar]:
@@ -110,6 +117,7 @@ def _decode_map(text: str) -> dict[str, Scalar]:
 
 
 def _encode_output(output: PredictionOutput) -> str:
+    # json, not orjson: a NaN or infinite output must read back as itself, not as null.
     return json.dumps(
         {
             "label": _encode(output.label),
