@@ -9,7 +9,7 @@ The gRPC front is a thread-pool ``grpc.server`` by default (``transport.threaded
 predictions run on two threads of their own (``threaded.PredictionPool``). Measured
 here (bench/serving --quick, same run), single-row ModelInfer at concurrency 8 and 32:
 3,065-3,368 rps and 317-351 µs of server CPU per request against 2,295-3,045 rps and
-358-489 µs on ``grpc.aio``; at concurrency 1, 483-509 against 697-726 µs. Loading, unloading
+358-489 µs on ``grpc.aio``; at concurrency 1, 483-509 µs against 697-726. Loading, unloading
 and the registry follower stay on the event loop of the caller of
 :func:`create_server`. ``--serving-front asyncio`` keeps the all-asyncio server.
 """
@@ -121,21 +121,17 @@ async def create_server(
             InferenceServicer(core), server
         )
 
-    predictions: threaded.PredictionPool | None = None
     if threads:
         loop = asyncio.get_running_loop()
         # Batches run on these threads.
         predictions = threaded.PredictionPool(core, FRONT_THREADS, _single_threaded_native_code)
-
-        def register_threaded(server: grpc.Server) -> None:
-            assert predictions is not None
-            server.add_generic_rpc_handlers(threaded.handlers(core, loop, predictions))
-
         try:
             running = await start_thread_server(
                 SPEC,
                 settings,
-                register_threaded,
+                lambda server: server.add_generic_rpc_handlers(
+                    threaded.handlers(core, loop, predictions)
+                ),
                 registry=registry,
                 threads=FRONT_THREADS,
                 max_concurrent_rpcs=MAX_CONCURRENT_RPCS,
@@ -143,15 +139,13 @@ async def create_server(
         except BaseException:
             predictions.shutdown(wait=False)
             raise
-    else:
-        running = await start_server(SPEC, settings, register, registry=registry)
-    if predictions is not None:
-        pool = predictions
 
         async def stop_predictions() -> None:
-            pool.shutdown(wait=False, cancel_futures=True)
+            predictions.shutdown(wait=False, cancel_futures=True)
 
         running.on_stop(stop_predictions)
+    else:
+        running = await start_server(SPEC, settings, register, registry=registry)
     # Closers run last-registered first: the core drains its batches before the pool stops.
     running.on_stop(core.close)
     if following is not None:
