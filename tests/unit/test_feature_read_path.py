@@ -274,7 +274,7 @@ def test_entity_strings_single_int_key_matches_the_general_path() -> None:
 # --- read plans follow the definitions ----------------------------------------------------
 
 
-def definitions(ttl: timedelta, dtype: DType) -> DefinitionSet:
+def definitions(ttl: timedelta, dtype: DType, names: tuple[str, ...] = ("x",)) -> DefinitionSet:
     return DefinitionSet(
         entities=(Entity(name="user", join_keys=(JoinKey(name="id", dtype=DType.INT64),)),),
         feature_views=(
@@ -282,7 +282,7 @@ def definitions(ttl: timedelta, dtype: DType) -> DefinitionSet:
                 name="stats",
                 entities=("user",),
                 ttl=ttl,
-                features=(Feature(name="x", dtype=dtype),),
+                features=tuple(Feature(name=n, dtype=dtype) for n in names),
             ),
         ),
     )
@@ -366,17 +366,7 @@ async def test_read_plans_are_kept_up_to_a_bound(
     monkeypatch.setattr(service_module, "MAX_PLANS", 3)
     store = store_at(tmp_path)
     await store.start()
-    three = DefinitionSet(
-        entities=(Entity(name="user", join_keys=(JoinKey(name="id", dtype=DType.INT64),)),),
-        feature_views=(
-            FeatureView(
-                name="stats",
-                entities=("user",),
-                ttl=timedelta(days=1),
-                features=tuple(Feature(name=n, dtype=DType.INT64) for n in ("x", "y", "z")),
-            ),
-        ),
-    )
+    three = definitions(timedelta(days=1), DType.INT64, ("x", "y", "z"))
     await store.apply(three, force=False, dry_run=False, actor=Actor("test", True))
     await store.write(WriteBatch("b1", "stats", ["x"], [WriteRow({"id": 1}, T, [3])]))
     lists = [["x"], ["y"], ["x", "y"], ["y", "x"], ["z"]]  # each list of refs: a plan
