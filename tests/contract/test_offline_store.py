@@ -122,6 +122,22 @@ async def test_as_of_matches_the_reference_join(offline_store: OfflineStore, see
     assert got == expected
     assert any(e is None for e in expected) and any(e is not None for e in expected)
     assert await offline_store.as_of("v", []) == []
+    # The form Arrow's JSON reader takes: the same rows, as event times and JSON lines.
+    joined = await offline_store.as_of_lines("v", queries)
+    assert joined.rows() == found
+    assert joined.event_us == [None if hit is None else hit[0] for hit in found]
+    lines = joined.lines.decode().split("\n")
+    assert lines == ["{}" if hit is None else hit[1] for hit in found]
+    assert (await offline_store.as_of_lines("v", [])).rows() == []
+
+
+async def test_as_of_lines_with_a_line_break_in_a_payload(offline_store: OfflineStore) -> None:
+    """Hand-written JSON may hold a line break between tokens: the rows stay right."""
+    await offline_store.append("b1", "v", [Record("a", 1, '{"x":\n1}'), Record("b", 1, '{"x":2}')])
+    queries = [("a", 5), ("b", 5), ("c", 5)]
+    joined = await offline_store.as_of_lines("v", queries)
+    assert joined.rows() == await offline_store.as_of("v", queries)
+    assert joined.rows() == [(1, '{"x":\n1}'), (1, '{"x":2}'), None]
 
 
 async def test_latest_in_range_pages_by_entity(offline_store: OfflineStore) -> None:

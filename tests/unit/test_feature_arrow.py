@@ -18,6 +18,7 @@ from mlbackend_features.core.model import (
     Cell,
     DType,
     HistoricalChunk,
+    JoinedRows,
     OutputColumn,
     PresentRow,
     Status,
@@ -145,13 +146,13 @@ COERCED = [
 
 def _stored(found: list[tuple[int, str] | None], ttl_us: int) -> StoredRows:
     as_of = [T + 100] * len(found)
-    return StoredRows(found, as_of, codec.RowDecoder(FIELDS), ttl_us, len(found))
+    return StoredRows(JoinedRows.of(found), as_of, codec.RowDecoder(FIELDS), ttl_us, len(found))
 
 
 @pytest.mark.parametrize("ttl_us", [0, 100, 109])
 def test_stored_rows_decode_by_column_as_the_row_decoder_does(ttl_us: int) -> None:
     stored = _stored(CLEAN, ttl_us)
-    assert arrow._parse_payloads(stored.found, FIELDS) is not None  # the columnar path
+    assert arrow._parse_payloads(stored.joined, FIELDS) is not None  # the columnar path
     by_column = arrow.stored_record_batch(SCHEMA, stored)
     by_row = arrow.record_batch(SCHEMA, pit.cells_of(stored))
     assert by_column.equals(by_row)
@@ -165,7 +166,7 @@ def test_stored_rows_decode_by_column_as_the_row_decoder_does(ttl_us: int) -> No
 @pytest.mark.parametrize("payload", COERCED)
 def test_stored_rows_arrow_cannot_read_as_is_go_through_the_row_decoder(payload: str) -> None:
     found = [*CLEAN, (T + 5, payload)]
-    assert arrow._parse_payloads(found, FIELDS) is None
+    assert arrow._parse_payloads(JoinedRows.of(found), FIELDS) is None
     stored = _stored(found, 0)
     by_column = arrow.stored_record_batch(SCHEMA, stored)
     _same(_cells(pit.cells_of(stored)), _from_batch(by_column))

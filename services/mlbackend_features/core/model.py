@@ -472,14 +472,46 @@ class HistoricalQuery(NamedTuple):
     """The request field the rows came from, as errors name it."""
 
 
+class JoinedRows(NamedTuple):
+    """What an as-of join found, for a reader that parses the payloads as JSON lines:
+    per query row the stored row's event time (None: nothing found) and its payload, one
+    per line (``{}`` where nothing was found)."""
+
+    event_us: Sequence[int | None]
+    lines: bytes
+    found: Sequence[tuple[int, str] | None] | None = None
+    """The rows one by one, when the store had them so; otherwise ``rows`` splits
+    ``lines`` (a store sends lines alone only when no payload holds a line break)."""
+
+    @classmethod
+    def of(cls, found: Sequence[tuple[int, str] | None]) -> JoinedRows:
+        return cls(
+            [None if hit is None else hit[0] for hit in found],
+            "\n".join(["{}" if hit is None else hit[1] for hit in found]).encode(),
+            found,
+        )
+
+    def rows(self) -> Sequence[tuple[int, str] | None]:
+        """Per query row ``(event_us, payload)`` or None, as ``OfflineStore.as_of``."""
+        if self.found is not None:
+            return self.found
+        if not self.event_us:
+            return []
+        payloads = self.lines.decode().split("\n")
+        return [
+            None if ts is None else (ts, payload)
+            for ts, payload in zip(self.event_us, payloads, strict=True)
+        ]
+
+
 class StoredRows(NamedTuple):
     """What the as-of join found for a chunk of a direct read, not decoded yet: per
-    entity row the stored ``(event_us, payload)`` or None, and its as-of time. A reader
-    that wants columns decodes them in one pass (``transport/arrow.py``); ``pit.cells_of``
-    gives the same rows as cells. Such a chunk holds several response messages' rows
+    entity row the stored row (``joined``) and its as-of time. A reader that wants
+    columns decodes them in one pass (``transport/arrow.py``); ``pit.cells_of`` gives the
+    same rows as cells. Such a chunk holds several response messages' rows
     (``message_rows`` each), as decoding in larger runs costs less per row."""
 
-    found: Sequence[tuple[int, str] | None]
+    joined: JoinedRows
     as_of: Sequence[int]
     decoder: RowDecoder
     ttl_us: int

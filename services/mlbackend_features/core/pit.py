@@ -94,7 +94,7 @@ def as_of_cells(
 
 def cells_of(stored: StoredRows) -> list[Sequence[Cell]]:
     """The rows of a chunk that carries stored rows."""
-    return as_of_cells(stored.found, stored.as_of, stored.decoder, stored.ttl_us)
+    return as_of_cells(stored.joined.rows(), stored.as_of, stored.decoder, stored.ttl_us)
 
 
 class HistoryRow(NamedTuple):

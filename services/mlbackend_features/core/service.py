@@ -585,16 +585,26 @@ class FeatureStore:
         service = compiled.service.ref if compiled.service else ""
         # Stored rows are read and decoded in runs of several messages (a multiple of
         # the message size); everything else a message at a time.
-        step = max(size, _STORED_RUN_ROWS // size * size) if stored and plan.direct else size
+        as_stored = stored and plan.direct
+        step = max(size, _STORED_RUN_ROWS // size * size) if as_stored else size
         for start in range(0, count, step):
             end = min(start + step, count)
             as_of = times[start:end]
-            found = [
-                await self._as_of(read, keys[start:end], as_of)
-                for read, keys in zip(plan.views, per_view, strict=True)
-            ]
-            chunk_inputs = inputs[start:end] if inputs else None
-            rows, stored_rows = self._chunk_rows(plan, found, as_of, chunk_inputs, stored, size)
+            rows: list[Sequence[Cell]] = []
+            stored_rows: StoredRows | None = None
+            if as_stored:
+                direct = plan.views[0]
+                joined = await self._offline.as_of_lines(
+                    direct.view.name, list(zip(per_view[0][start:end], as_of, strict=True))
+                )
+                stored_rows = StoredRows(joined, as_of, direct.decoder, direct.ttl_us, size)
+            else:
+                found = [
+                    await self._as_of(read, keys[start:end], as_of)
+                    for read, keys in zip(plan.views, per_view, strict=True)
+                ]
+                chunk_inputs = inputs[start:end] if inputs else None
+                rows = self._chunk_rows(plan, found, as_of, chunk_inputs)
             yield HistoricalChunk(
                 compiled.schema if start == 0 else (),
                 start,
@@ -609,16 +619,11 @@ class FeatureStore:
         found: Sequence[Found],
         as_of: Sequence[int],
         inputs: Sequence[dict[str, Cell]] | None,
-        stored: bool,
-        message_rows: int,
-    ) -> tuple[list[Sequence[Cell]], StoredRows | None]:
-        """One chunk's rows from its as-of joins (one per view of the plan), or its
-        stored rows as they are (``stored``, direct reads)."""
+    ) -> list[Sequence[Cell]]:
+        """One chunk's rows from its as-of joins (one per view of the plan)."""
         if plan.direct:
             read = plan.views[0]
-            if stored:
-                return [], StoredRows(found[0], as_of, read.decoder, read.ttl_us, message_rows)
-            return pit.as_of_cells(found[0], as_of, read.decoder, read.ttl_us), None
+            return pit.as_of_cells(found[0], as_of, read.decoder, read.ttl_us)
         cells: list[dict[str, Cell]] = (
             [dict(row_inputs) for row_inputs in inputs] if inputs else [{} for _ in as_of]
         )
@@ -627,7 +632,7 @@ class FeatureStore:
             names = read.refs
             for row, view_cells in zip(cells, view_rows, strict=True):
                 row.update(zip(names, view_cells, strict=True))
-        return [plan.compiled.evaluate(row) for row in cells], None
+        return [plan.compiled.evaluate(row) for row in cells]
 
     async def _as_of(self, read: ViewRead, keys: Sequence[str], times: Sequence[int]) -> Found:
         return await self._offline.as_of(read.view.name, list(zip(keys, times, strict=True)))

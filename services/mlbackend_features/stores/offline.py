@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from mlbackend_features.core.model import Commit, CommittedBatch, Record
+from mlbackend_features.core.model import Commit, CommittedBatch, JoinedRows, Record
 
 
 class NumericSummary(NamedTuple):
@@ -50,6 +50,11 @@ class OfflineStore(ABC):
     ) -> list[tuple[int, str] | None]:
         """Per (entity, as-of µs), the latest row at or before it as (event_us, payload):
         ties in event time go to the later commit (see ``core/pit.py``)."""
+
+    async def as_of_lines(self, view: str, queries: Sequence[tuple[str, int]]) -> JoinedRows:
+        """:meth:`as_of` for a reader that parses the payloads as JSON lines (Arrow's):
+        a store may build the lines in the database."""
+        return JoinedRows.of(await self.as_of(view, queries))
 
     @abstractmethod
     async def latest_in_range(

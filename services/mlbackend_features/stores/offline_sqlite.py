@@ -8,11 +8,12 @@ entity row, in SQL, with the query rows bound as the parameters of a VALUES list
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
-from mlbackend_features.core.model import Commit, CommittedBatch, Record, now_us
+from mlbackend_features.core.model import Commit, CommittedBatch, JoinedRows, Record, now_us
 from mlbackend_features.stores.offline import NumericSummary, OfflineStore
 from mlbackend_features.stores.sqlite_db import Database
 
@@ -59,6 +60,27 @@ FROM q JOIN history h ON h.rowid = (
 
 _AS_OF_FULL = _as_of_sql(_AS_OF_BATCH)
 
+
+def _as_of_lines_sql(rows: int) -> str:
+    """The same join aggregated into one row: the query rows' positions, the found
+    rows' event times ('' where none) and their payloads one per line ('{}' where none).
+    One step of the statement does the whole join without the GIL, where a row at a
+    time hands it back for every row; 14.5 against 19.3 ms for 10,000 rows here."""
+    values = ",".join(["(?,?,?)"] * rows)
+    return f"""
+WITH q(idx, entity, ts) AS (VALUES {values})
+SELECT group_concat(q.idx), group_concat(coalesce(h.event_us, '')),
+       group_concat(coalesce(h.vals, '{{}}'), char(10))
+FROM q LEFT JOIN history h ON h.rowid = (
+    SELECT rowid FROM history
+    WHERE view = ? AND entity = q.entity AND event_us <= q.ts
+    ORDER BY event_us DESC, seq DESC, row_idx DESC LIMIT 1
+)
+"""
+
+
+_AS_OF_LINES_FULL = _as_of_lines_sql(_AS_OF_BATCH)
+
 _READER_CACHE_KIB = 64 * 1024
 
 _LATEST_IN_RANGE = """
@@ -71,6 +93,11 @@ SELECT entity, event_us, vals FROM (
 )
 WHERE rn = 1 ORDER BY entity LIMIT ?5
 """
+
+
+@functools.cache
+def _positions(count: int) -> str:
+    return ",".join(map(str, range(count)))
 
 
 class SqliteOfflineStore(OfflineStore):
@@ -140,6 +167,33 @@ class SqliteOfflineStore(OfflineStore):
             return out
 
         return await asyncio.to_thread(self._reader.run, work)
+
+    async def as_of_lines(self, view: str, queries: Sequence[tuple[str, int]]) -> JoinedRows:
+        def work(conn: sqlite3.Connection) -> JoinedRows | None:
+            event_us: list[int | None] = []
+            lines: list[bytes] = []
+            for start in range(0, len(queries), _AS_OF_BATCH):
+                batch = queries[start : start + _AS_OF_BATCH]
+                full = len(batch) == _AS_OF_BATCH
+                sql = _AS_OF_LINES_FULL if full else _as_of_lines_sql(len(batch))
+                params: list[object] = [
+                    x for i, (entity, ts) in enumerate(batch) for x in (i, entity, ts)
+                ]
+                params.append(view)
+                order, times, text = conn.execute(sql, params).fetchone()
+                # SQLite aggregates in the order it visits the query rows, which is theirs;
+                # a payload with a line break of its own would shift the lines. Either
+                # surprise sends the call to the row-at-a-time join.
+                if order != _positions(len(batch)) or text.count("\n") != len(batch) - 1:
+                    return None
+                event_us.extend(int(t) if t else None for t in times.split(","))
+                lines.append(text.encode())
+            return JoinedRows(event_us, b"\n".join(lines))
+
+        if not queries:
+            return JoinedRows([], b"", [])
+        joined = await asyncio.to_thread(self._reader.run, work)
+        return joined if joined is not None else await super().as_of_lines(view, queries)
 
     async def latest_in_range(
         self, view: str, start_us: int, end_us: int, after_entity: str, limit: int

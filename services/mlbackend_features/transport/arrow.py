@@ -195,10 +195,10 @@ def stored_record_batch(schema: Sequence[m.OutputColumn], stored: m.StoredRows) 
     ...); such a chunk goes through the row decoder instead, so both give the same
     answer."""
     fields = stored.decoder.fields
-    parsed = _parse_payloads(stored.found, fields)
+    parsed = _parse_payloads(stored.joined, fields)
     if parsed is None:
         return record_batch(schema, pit.cells_of(stored))
-    event_us = pa.array([None if hit is None else hit[0] for hit in stored.found], pa.int64())
+    event_us = pa.array(stored.joined.event_us, pa.int64())
     code = pc.if_else(event_us.is_null(), _NOT_FOUND, _PRESENT).cast(pa.int8())
     if stored.ttl_us > 0:
         age = pc.subtract(pa.array(stored.as_of, pa.int64()), event_us)
@@ -216,15 +216,13 @@ def stored_record_batch(schema: Sequence[m.OutputColumn], stored: m.StoredRows) 
     return _assemble(schema, arrays, [code] * len(schema), [events] * len(schema))
 
 
-def _parse_payloads(
-    found: Sequence[tuple[int, str] | None], fields: Sequence[tuple[str, m.DType]]
-) -> pa.Table | None:
+def _parse_payloads(joined: m.JoinedRows, fields: Sequence[tuple[str, m.DType]]) -> pa.Table | None:
     """Every stored payload (an empty object where none) parsed as one JSON-lines text,
     typed by ``fields``; None when Arrow's reader will not take them as they are."""
     names = [name for name, _ in fields]
     if len(set(names)) != len(names):
         return None
-    text = "\n".join(["{}" if hit is None else hit[1] for hit in found]).encode()
+    text = joined.lines
     options = pa_json.ParseOptions(
         explicit_schema=pa.schema([(n, _PARSED_TYPES[dtype]) for n, dtype in fields]),
         unexpected_field_behavior="ignore",
@@ -238,7 +236,7 @@ def _parse_payloads(
     except pa.ArrowException:
         return None
     # A payload with a line break of its own (hand-written JSON) would shift the rows.
-    return table if table.num_rows == len(found) else None
+    return table if table.num_rows == len(joined.event_us) else None
 
 
 def _assemble(
