@@ -2,7 +2,8 @@
 
 ``batches`` is the commit log (one row per acknowledged batch, its sequence is the
 rowid); ``history`` holds every written row. The as-of join is one indexed seek per
-entity row, in SQL, with the query rows bound as the parameters of a VALUES list.
+entity row, in SQL, with the query rows bound as the parameters of a VALUES list; for
+Arrow reads (``as_of_lines``) SQLite also aggregates what it found into JSON lines.
 """
 
 from __future__ import annotations
