@@ -69,7 +69,7 @@ STORED = (
 SIGNATURE = [f"{VIEW}:{name}" for name in STORED]
 USERS = 1000
 SERVICES = ("registry", "features", "monitoring", "serving", "gateway")
-KINDS = ("direct-sum", "passthrough", "gateway-grpc", "gateway-http")
+KINDS = ("direct-sum", "passthrough", "passthrough-sync", "gateway-grpc", "gateway-http")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PROFILE_FLAGS = os.environ.get("BENCH_PYSPY_FLAGS", "--threads --gil --nonblocking").split()
 
@@ -271,6 +271,7 @@ class LoadConfig:
     feature_service: str
     version: int
     passthrough: str
+    passthrough_sync: str
 
 
 Call = Callable[[int, "_Http | None"], Awaitable[tuple[float, float, float]]]
@@ -318,6 +319,8 @@ async def loadgen(config: LoadConfig, started_marker: Path | None = None) -> dic
     gateway = gateway_pb2_grpc.InferenceGatewayServiceStub(gateway_channel)
     passthrough_channel = grpc.aio.insecure_channel(config.passthrough, options=options)
     passthrough = gateway_pb2_grpc.InferenceGatewayServiceStub(passthrough_channel)
+    sync_channel = grpc.aio.insecure_channel(config.passthrough_sync, options=options)
+    passthrough_sync = gateway_pb2_grpc.InferenceGatewayServiceStub(sync_channel)
     features = features_pb2_grpc.FeatureStoreServiceStub(features_channel)
     serving = serving_pb2_grpc.ModelServingServiceStub(serving_channel)
     version = c.VersionSelector(version=config.version)
@@ -372,7 +375,8 @@ async def loadgen(config: LoadConfig, started_marker: Path | None = None) -> dic
             raise RuntimeError(f"HTTP {code}: {payload[:200]!r}")
         return elapsed, 0.0, 0.0
 
-    call = {"direct-sum": direct, "passthrough": via(passthrough), "gateway-grpc": via(gateway),
+    call = {"direct-sum": direct, "passthrough": via(passthrough),
+            "passthrough-sync": via(passthrough_sync), "gateway-grpc": via(gateway),
             "gateway-http": via_http}[config.kind]  # fmt: skip
 
     async def run(
@@ -414,7 +418,13 @@ async def loadgen(config: LoadConfig, started_marker: Path | None = None) -> dic
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     samples, errors, wall = await run(config.seconds, config.max_requests)
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-    for channel in (gateway_channel, features_channel, serving_channel, passthrough_channel):
+    for channel in (
+        gateway_channel,
+        features_channel,
+        serving_channel,
+        passthrough_channel,
+        sync_channel,
+    ):
         await channel.close()
     lat = np.array(samples) * 1000 if samples else np.zeros((1, 3))
     client_cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
@@ -473,6 +483,53 @@ class Passthrough(gateway_pb2_grpc.InferenceGatewayServiceServicer):
         )
 
 
+class SyncPassthrough(gateway_pb2_grpc.InferenceGatewayServiceServicer):
+    """The same two calls behind one hop of the synchronous stack: a thread-pool server
+    whose handler threads make blocking calls on sync channels."""
+
+    def __init__(self, features: str, serving: str, feature_service: str, version: int):
+        self._features = features_pb2_grpc.FeatureStoreServiceStub(grpc.insecure_channel(features))
+        self._serving = serving_pb2_grpc.ModelServingServiceStub(grpc.insecure_channel(serving))
+        self._feature_service = feature_service
+        self._version = c.VersionSelector(version=version)
+
+    def Predict(self, request: g.PredictRequest, context: Any) -> g.PredictResponse:
+        read = self._features.GetOnlineFeatures(
+            f.GetOnlineFeaturesRequest(
+                feature_service=self._feature_service, entity_keys=[request.input.entity_key]
+            ),
+            timeout=5,
+        )
+        values = [v.value for v in read.rows[0].values]
+        answer = self._serving.Predict(
+            s.PredictRequest(
+                model=request.model, version=self._version,
+                vectors=[c.FeatureVector(values=values)],
+            ),
+            timeout=5,
+        )  # fmt: skip
+        return g.PredictResponse(
+            result=g.PredictionResult(
+                model=request.model, version=answer.version, prediction=answer.predictions[0]
+            )
+        )
+
+
+def serve_passthrough_sync(config: dict[str, Any], ready: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=int(config.get("threads", 16))))
+    gateway_pb2_grpc.add_InferenceGatewayServiceServicer_to_server(
+        SyncPassthrough(config["features"], config["serving"], config["feature_service"],
+                        config["version"]),
+        server,
+    )  # fmt: skip
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    ready.write_text(json.dumps({"address": f"127.0.0.1:{port}"}))
+    server.wait_for_termination()
+
+
 async def serve_passthrough(config: dict[str, Any], ready: Path) -> None:
     server = grpc.aio.server()
     gateway_pb2_grpc.add_InferenceGatewayServiceServicer_to_server(
@@ -486,9 +543,9 @@ async def serve_passthrough(config: dict[str, Any], ready: Path) -> None:
     await server.wait_for_termination()
 
 
-def start_passthrough(workdir: Path, config: dict[str, Any]) -> Service:
-    ready = workdir / "passthrough.ready.json"
-    command = [sys.executable, __file__, "--role", "passthrough", "--config", json.dumps(config),
+def start_passthrough(workdir: Path, config: dict[str, Any], role: str = "passthrough") -> Service:
+    ready = workdir / f"{role}.ready.json"
+    command = [sys.executable, __file__, "--role", role, "--config", json.dumps(config),
                "--out", str(ready)]  # fmt: skip
     process = subprocess.Popen(command)
     deadline = time.monotonic() + 30
@@ -497,7 +554,7 @@ def start_passthrough(workdir: Path, config: dict[str, Any]) -> Service:
             process.kill()
             raise RuntimeError("the passthrough server did not start")
         time.sleep(0.05)
-    return Service("passthrough", process, json.loads(ready.read_text()))
+    return Service(role, process, json.loads(ready.read_text()))
 
 
 # ---------------------------------------------------------------- orchestration
@@ -558,6 +615,7 @@ def table(results: list[dict[str, Any]]) -> str:
     lines = [head, "-" * len(head)]
     for res in results:
         cpu = res["server_us"]
+        hop = cpu.get(res["kind"], 0) if res["kind"].startswith("passthrough") else 0
         parts = (
             f"{res['fs_p50']:.2f} + {res['serving_p50']:.2f} ms"
             if res["kind"] == "direct-sum"
@@ -566,7 +624,7 @@ def table(results: list[dict[str, Any]]) -> str:
         lines.append(
             f"{res['kind']:<13} {res['concurrency']:>3} {res['rps']:>7.0f} {res['p50']:>7.2f} "
             f"{res['p99']:>7.2f} {res['errors']:>6} {res['client_us']:>7.0f} "
-            f"{cpu['gateway']:>8.0f} {cpu.get('passthrough', 0):>8.0f} {cpu['features']:>8.0f} "
+            f"{cpu['gateway']:>8.0f} {hop:>8.0f} {cpu['features']:>8.0f} "
             f"{cpu['serving']:>8.0f} "
             f"{cpu['monitoring']:>8.0f}  {parts}"
         )
@@ -578,12 +636,12 @@ def ratios(results: list[dict[str, Any]]) -> str:
     by = {(res["kind"], res["concurrency"]): res for res in results}
     lines = []
     base = by.get(("direct-sum", 1))
-    for kind in ("passthrough", "gateway-grpc", "gateway-http"):
+    for kind in ("passthrough", "passthrough-sync", "gateway-grpc", "gateway-http"):
         res = by.get((kind, 1))
         if base and res:
             ratio = res["p50"] / base["p50"]
             verdict = "meets" if ratio <= 1.3 else "misses"
-            if kind == "passthrough":
+            if kind.startswith("passthrough"):
                 verdict = "the floor of a Python gRPC hop, for reference"
             lines.append(
                 f"c=1  {kind} p50 / direct-sum p50 = {res['p50']:.2f} / {base['p50']:.2f} ms "
@@ -611,18 +669,24 @@ def main() -> int:
     parser.add_argument("--max-requests", type=int, default=200_000, help="cap per point")
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--kinds", default=",".join(KINDS), help="which kinds to measure")
     parser.add_argument(
         "--profile",
         metavar="SERVICE:DIR",
         help="record a py-spy profile (collapsed stacks) of one service per point into DIR",
     )
-    parser.add_argument("--role", default="main", choices=["main", "loadgen", "passthrough"])
+    parser.add_argument(
+        "--role", default="main", choices=["main", "loadgen", "passthrough", "passthrough-sync"]
+    )
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.role == "passthrough":
         asyncio.run(serve_passthrough(json.loads(args.config), args.out))
+        return 0
+    if args.role == "passthrough-sync":
+        serve_passthrough_sync(json.loads(args.config), args.out)
         return 0
     if args.role == "loadgen":
         config = LoadConfig(**json.loads(args.config))
@@ -660,16 +724,18 @@ def main() -> int:
             addresses = {n: svc.address for n, svc in services.items()}
             version, service_ref = asyncio.run(setup(addresses, np.random.default_rng(7)))
             asyncio.run(wait_served(addresses["serving"], version))
-            services["passthrough"] = start_passthrough(workdir, {
+            upstreams = {
                 "features": addresses["features"], "serving": addresses["serving"],
                 "feature_service": service_ref, "version": version,
-            })  # fmt: skip
+            }  # fmt: skip
+            services["passthrough"] = start_passthrough(workdir, upstreams)
+            services["passthrough-sync"] = start_passthrough(workdir, upstreams, "passthrough-sync")
             setup_s = time.monotonic() - started
             print(f"{MODEL}@{version} (HistGradientBoosting, 10 stored features via "
                   f"{service_ref}) READY; setup {setup_s:.0f} s", flush=True)  # fmt: skip
             results = []
             for level in levels:
-                for kind in KINDS:
+                for kind in args.kinds.split(","):
                     config = LoadConfig(
                         kind=kind, concurrency=level, seconds=seconds,
                         max_requests=args.max_requests, warmup_seconds=warmup,
@@ -678,6 +744,7 @@ def main() -> int:
                         features=addresses["features"], serving=addresses["serving"],
                         feature_service=service_ref, version=version,
                         passthrough=services["passthrough"].address,
+                        passthrough_sync=services["passthrough-sync"].address,
                     )  # fmt: skip
                     result = measure(services, config, workdir, profile)
                     results.append(result)

@@ -40,6 +40,7 @@ from mlbackend_gateway.http import JsonFront
 from mlbackend_gateway.metrics import GatewayMetrics
 from mlbackend_gateway.stores.sql import SqlExperimentStore, engine_url
 from mlbackend_gateway.transport.servicer import GatewayServicer
+from mlbackend_gateway.upstream.coalesce import CoalesceLimits
 from mlbackend_gateway.upstream.features import FeatureStoreReader
 from mlbackend_gateway.upstream.monitoring import MonitoringSink
 from mlbackend_gateway.upstream.registry import RegistryCatalog, RegistryWatcher
@@ -71,6 +72,7 @@ class GatewayOptions:
     experiment_cache_ttl: float = 1.0
     pipeline: PipelineLimits = field(default_factory=PipelineLimits)
     records: QueueLimits = field(default_factory=QueueLimits)
+    coalesce: CoalesceLimits = field(default_factory=CoalesceLimits)
 
     @classmethod
     def from_settings(cls, settings: ServerSettings) -> GatewayOptions:
@@ -79,6 +81,9 @@ class GatewayOptions:
         pipeline = defaults.pipeline
         if settings.max_in_flight is not None:
             pipeline = replace(pipeline, max_in_flight=settings.max_in_flight)
+        coalesce = defaults.coalesce
+        if settings.coalesce_rows is not None:
+            coalesce = replace(coalesce, max_rows=settings.coalesce_rows)
         return replace(
             defaults,
             registry_timeout=timeouts.get("registry", defaults.registry_timeout),
@@ -86,6 +91,7 @@ class GatewayOptions:
             serving_timeout=timeouts.get("serving", defaults.serving_timeout),
             monitoring_timeout=timeouts.get("monitoring", defaults.monitoring_timeout),
             pipeline=pipeline,
+            coalesce=coalesce,
         )
 
 
@@ -154,15 +160,24 @@ async def create_server(
         features_client = FeatureStoreClient.connect(
             settings.features, _options(settings), interceptors=False
         )
-        features = FeatureStoreReader(features_client, options.features_timeout)
-        closers.append(features_client.close)
+        reader = FeatureStoreReader(
+            features_client,
+            options.features_timeout,
+            options.coalesce,
+            metrics.upstream("feature-store"),
+        )
+        closers += [reader.close, features_client.close]
+        features = reader
     scorer: Scorer = _Missing("serving")
     if settings.serving:
         serving_client = ServingClient.connect(
             settings.serving, _options(settings), interceptors=False
         )
-        scorer = ServingScorer(serving_client, options.serving_timeout)
-        closers.append(serving_client.close)
+        serving_scorer = ServingScorer(
+            serving_client, options.serving_timeout, options.coalesce, metrics.upstream("serving")
+        )
+        closers += [serving_scorer.close, serving_client.close]
+        scorer = serving_scorer
     sink = None
     if settings.monitoring:
         monitoring_client = MonitoringClient.connect(settings.monitoring, _options(settings))

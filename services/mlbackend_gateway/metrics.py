@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 
@@ -28,6 +30,31 @@ class GatewayMetrics:
             "1 while the registry watch keeps the version cache exact, 0 while it uses a TTL.",
             registry=registry,
         )
+
+        self.upstream_calls = Counter(
+            "mlbackend_gateway_upstream_calls_total",
+            "Feature reads and predictions sent upstream, by dependency.",
+            ("dependency",),
+            registry=registry,
+        )
+        self.upstream_callers = Counter(
+            "mlbackend_gateway_upstream_callers_total",
+            "Requests those calls answered (callers_total / calls_total = callers per call; "
+            "above 1 while concurrent requests are coalesced).",
+            ("dependency",),
+            registry=registry,
+        )
+
+    def upstream(self, dependency: str) -> Callable[[int], None]:
+        """What a coalescer reports per upstream call: how many callers it answered."""
+        calls = self.upstream_calls.labels(dependency)
+        callers = self.upstream_callers.labels(dependency)
+
+        def counted(count: int) -> None:
+            calls.inc()
+            callers.inc(count)
+
+        return counted
 
     def drop(self, reason: str, count: int) -> None:
         self.records_dropped.labels(reason).inc(count)

@@ -107,6 +107,12 @@ class ServerSettings(BaseSettings):
     max_in_flight: int | None = Field(
         None, gt=0, description="Gateway: predictions in progress before RESOURCE_EXHAUSTED."
     )
+    coalesce_rows: int | None = Field(
+        None,
+        ge=1,
+        description="Gateway: most rows in one coalesced feature read or prediction "
+        "(concurrent requests for one model version share a call); 1 = off, default 64.",
+    )
 
     @model_validator(mode="after")
     def _tls_pairs(self) -> ServerSettings:

@@ -323,6 +323,49 @@ async def test_predict_returns_the_models_real_probabilities(suite: Suite) -> No
     assert len({x.prediction_id for x in batch.results}) == len(pairs)
 
 
+async def test_concurrent_predictions_share_upstream_calls_and_keep_their_own_answers(
+    suite: Suite,
+) -> None:
+    registry = suite.gateway_server.registry
+
+    def counts(dependency: str) -> tuple[float, float]:
+        labels = {"dependency": dependency}
+        calls = registry.get_sample_value("mlbackend_gateway_upstream_calls_total", labels)
+        callers = registry.get_sample_value("mlbackend_gateway_upstream_callers_total", labels)
+        return calls or 0.0, callers or 0.0
+
+    before = {d: counts(d) for d in ("feature-store", "serving")}
+    # Two model versions (two lanes), and unknown users whose missing features fail
+    # only their own requests while they share calls with the others.
+    asks = [(u, tx, 1 + i % 2) for i, (u, tx) in enumerate((u, tx) for u in USERS for tx in TX)]
+    asks += [("nobody", 5.0, 1), ("nobody-else", 20.0, 1)]
+    answers = await asyncio.gather(
+        *(
+            suite.gateway.stub.Predict(
+                predict_request(u, tx, version=c.VersionSelector(version=v)), timeout=30
+            )
+            for u, tx, v in asks
+        ),
+        return_exceptions=True,
+    )
+    for (user, tx, version), answer in zip(asks, answers, strict=True):
+        if user.startswith("nobody"):
+            assert isinstance(answer, grpc.aio.AioRpcError)
+            assert answer.code() == grpc.StatusCode.FAILED_PRECONDITION
+            continue
+        assert not isinstance(answer, BaseException), answer
+        assert answer.result.version == version
+        np.testing.assert_allclose(
+            answer.result.prediction.probabilities, expected(suite, version, user, tx), rtol=1e-9
+        )
+    for dependency, (calls0, callers0) in before.items():
+        calls, callers = counts(dependency)
+        served = len(asks) if dependency == "feature-store" else len(asks) - 2
+        assert callers - callers0 == served
+        # Fewer calls than requests: concurrent requests for a version went together.
+        assert calls - calls0 < served / 2, (dependency, calls - calls0)
+
+
 async def test_missing_features_fail_or_take_the_declared_defaults(suite: Suite) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await suite.gateway.stub.Predict(predict_request("nobody", 10.0), timeout=10)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import grpc
 
@@ -17,6 +18,7 @@ from mlbackend_gateway.core.model import (
     PredictionInput,
     StoredValue,
 )
+from mlbackend_gateway.upstream.coalesce import CoalesceLimits, Coalescer
 from mlbackend_gateway.upstream.failures import transport_failure
 from mlbackend_gateway.upstream.values import STATUSES, set_key, set_map, to_scalar
 from mlbackend_runtime.errors import FailedPrecondition, FieldViolation, InvalidInput
@@ -29,12 +31,33 @@ _ENTITY_KEY = re.compile(r"^entity_keys\[(\d+)\]\.?(.*)$")
 
 
 class FeatureStoreReader:
-    def __init__(self, client: FeatureStoreClient, timeout: float) -> None:
+    """Concurrent reads for one model version leave as one call (``coalesce``)."""
+
+    def __init__(
+        self,
+        client: FeatureStoreClient,
+        timeout: float,
+        coalesce: CoalesceLimits | None = None,
+        counted: Callable[[int], None] | None = None,
+    ) -> None:
         self._client = client
         self._timeout = timeout
         self._method = client.method("GetOnlineFeatures")
+        self.calls: Coalescer[PredictionInput, FeatureTable] = Coalescer(
+            DEPENDENCY, coalesce or CoalesceLimits(), _rows, counted
+        )
 
     async def read(
+        self, version: ModelVersionInfo, inputs: Sequence[PredictionInput]
+    ) -> FeatureTable:
+        return await self.calls.call(
+            (version.model, version.version), inputs, partial(self._read, version)
+        )
+
+    async def close(self) -> None:
+        await self.calls.close()
+
+    async def _read(
         self, version: ModelVersionInfo, inputs: Sequence[PredictionInput]
     ) -> FeatureTable:
         request = features_pb2.GetOnlineFeaturesRequest()
@@ -62,6 +85,10 @@ class FeatureStoreReader:
             for row in response.rows
         )
         return FeatureTable(columns, rows, response.feature_service or version.feature_service)
+
+
+def _rows(table: FeatureTable, start: int, stop: int) -> FeatureTable:
+    return FeatureTable(table.columns, table.rows[start:stop], table.feature_service)
 
 
 def _fail(error: grpc.aio.AioRpcError, version: ModelVersionInfo, batch: bool) -> Exception:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import grpc
 
@@ -10,6 +11,7 @@ from mlbackend.common.v1 import common_pb2
 from mlbackend.serving.v1 import serving_pb2
 from mlbackend_clients.serving import ServingClient
 from mlbackend_gateway.core.model import ModelOutput, OutputInfo, Scalar, Scored
+from mlbackend_gateway.upstream.coalesce import CoalesceLimits, Coalescer
 from mlbackend_gateway.upstream.failures import transport_failure
 from mlbackend_gateway.upstream.registry import output_info
 from mlbackend_gateway.upstream.values import set_value, to_scalar
@@ -31,15 +33,39 @@ def _output(prediction: common_pb2.Prediction) -> ModelOutput:
     )
 
 
+def _rows(scored: Scored, start: int, stop: int) -> Scored:
+    return Scored(scored.version, scored.output, scored.rows[start:stop])
+
+
 class ServingScorer:
-    def __init__(self, client: ServingClient, timeout: float) -> None:
+    """Concurrent predictions for one model version leave as one call (``coalesce``);
+    serving's own batching then only sees calls from different gateways."""
+
+    def __init__(
+        self,
+        client: ServingClient,
+        timeout: float,
+        coalesce: CoalesceLimits | None = None,
+        counted: Callable[[int], None] | None = None,
+    ) -> None:
         self._client = client
         self._timeout = timeout
         self._method = client.method("Predict")
         # The output spec is the same on every answer for one version: decode it once.
         self._outputs: dict[bytes, OutputInfo] = {}
+        self.calls: Coalescer[Sequence[Scalar], Scored] = Coalescer(
+            DEPENDENCY, coalesce or CoalesceLimits(), _rows, counted
+        )
 
     async def score(self, model: str, version: int, vectors: Sequence[Sequence[Scalar]]) -> Scored:
+        return await self.calls.call(
+            (model, version), vectors, partial(self._score, model, version)
+        )
+
+    async def close(self) -> None:
+        await self.calls.close()
+
+    async def _score(self, model: str, version: int, vectors: Sequence[Sequence[Scalar]]) -> Scored:
         request = serving_pb2.PredictRequest(model=model)
         request.version.version = version
         for vector in vectors:

@@ -1,0 +1,216 @@
+"""Concurrent upstream calls that share a key leave as one call; each caller gets its rows.
+
+A Python gRPC call costs about the same CPU with 1 row as with 10 on both ends (a
+feature read of 1 entity ~300 µs on the store, a Predict of 1 row ~400 µs on serving),
+so under load most of the chain's CPU is per call, not per row. The coalescer trades
+nothing at low load for fewer calls at high load:
+
+- A call leaves at once while fewer than ``in_flight`` calls for its key are out: a
+  lone caller never waits for company (no timer, no added latency at concurrency 1).
+- Otherwise it queues. When a call for the key comes back, everything queued (up to
+  ``max_rows`` rows) leaves as one call, its rows concatenated in arrival order, and
+  the answer is split back by row counts.
+- A caller keeps its own deadline: it stops waiting when its deadline passes or when
+  it is cancelled; the shared call runs to the latest deadline among its members.
+- Errors stay per caller. A shared failure (the dependency unreachable, overloaded,
+  past the deadline) is everyone's; any other failure of a call of several callers
+  (a refused input, say) is retried for each caller alone, so each gets the error its
+  own rows cause, with its own field paths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from mlbackend_clients import propagation
+from mlbackend_runtime.errors import DeadlineExceeded, DependencyUnavailable, ResourceExhausted
+
+Item = TypeVar("Item")
+Answer = TypeVar("Answer")
+
+# send(items) -> the answer for those items, in order; split(answer, start, stop) -> the
+# part of it for items[start:stop].
+# Failures that are the dependency's, not any caller's rows: every member gets them.
+_SHARED = (DependencyUnavailable, DeadlineExceeded, ResourceExhausted)
+
+Send = Callable[[Sequence[Item]], Awaitable[Answer]]
+Split = Callable[[Answer, int, int], Answer]
+
+
+@dataclass(frozen=True)
+class CoalesceLimits:
+    """``max_rows`` of 1 or less turns coalescing off (one call per caller)."""
+
+    max_rows: int = 64
+    in_flight: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_rows > 1
+
+
+@dataclass
+class _Waiter(Generic[Item, Answer]):
+    items: Sequence[Item]
+    send: Send[Item, Answer]
+    context: propagation.CallContext | None
+    future: asyncio.Future[Answer]
+
+
+@dataclass
+class _Lane(Generic[Item, Answer]):
+    queue: deque[_Waiter[Item, Answer]] = field(default_factory=deque)
+    in_flight: int = 0
+
+
+class Coalescer(Generic[Item, Answer]):
+    def __init__(
+        self,
+        dependency: str,
+        limits: CoalesceLimits,
+        split: Split[Answer],
+        counted: Callable[[int], None] | None = None,
+    ) -> None:
+        self._dependency = dependency
+        self._limits = limits
+        self._split = split
+        self._counted = counted or (lambda callers: None)  # per upstream call: its callers
+        self._lanes: dict[Hashable, _Lane[Item, Answer]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def call(self, key: Hashable, items: Sequence[Item], send: Send[Item, Answer]) -> Answer:
+        if not self._limits.enabled or len(items) >= self._limits.max_rows:
+            self._counted(1)
+            return await send(items)
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = _Lane()
+        if lane.in_flight < self._limits.in_flight and not lane.queue:
+            lane.in_flight += 1
+            self._counted(1)
+            try:
+                return await send(items)
+            finally:
+                lane.in_flight -= 1
+                self._next(key, lane)
+        context = propagation.current()
+        remaining = context.time_remaining() if context is not None else None
+        if remaining is not None and remaining <= 0:
+            raise DeadlineExceeded(f"deadline exceeded waiting for {self._dependency}")
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        lane.queue.append(_Waiter(items, send, context, future))
+        # The caller's cancellation or deadline ends its wait (its future is dropped
+        # from the queue, or ignored by a call already out), never the shared call.
+        if remaining is None:
+            return await future
+        try:
+            return await asyncio.wait_for(future, remaining)
+        except TimeoutError:
+            raise DeadlineExceeded(f"deadline exceeded waiting for {self._dependency}") from None
+
+    def _next(self, key: Hashable, lane: _Lane[Item, Answer]) -> None:
+        """Send what is queued for ``key`` as one call, if a slot is free."""
+        while lane.queue and lane.in_flight < self._limits.in_flight:
+            members: list[_Waiter[Item, Answer]] = []
+            rows = 0
+            while lane.queue and (
+                not members or rows + len(lane.queue[0].items) <= self._limits.max_rows
+            ):
+                waiter = lane.queue.popleft()
+                if waiter.future.done():  # its caller gave up while it queued
+                    continue
+                members.append(waiter)
+                rows += len(waiter.items)
+            if not members:
+                break
+            lane.in_flight += 1
+            self._counted(len(members))
+            task = asyncio.get_running_loop().create_task(self._run(key, lane, members))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if not lane.queue and lane.in_flight == 0 and self._lanes.get(key) is lane:
+            del self._lanes[key]
+
+    async def _run(
+        self, key: Hashable, lane: _Lane[Item, Answer], members: list[_Waiter[Item, Answer]]
+    ) -> None:
+        try:
+            await self._share(members)
+        except BaseException as exc:
+            # Whatever happened (cancelled at shutdown, a bug), nobody is left waiting.
+            for member in members:
+                _settle(member.future, error=exc)
+            raise
+        finally:
+            lane.in_flight -= 1
+            self._next(key, lane)
+
+    async def _share(self, members: list[_Waiter[Item, Answer]]) -> None:
+        if len(members) == 1:
+            await self._alone(members[0])
+            return
+        items = [item for member in members for item in member.items]
+        propagation.bind(_widest(members))
+        try:
+            answer = await members[0].send(items)
+        except _SHARED as exc:
+            for member in members:
+                _settle(member.future, error=exc)
+            return
+        except Exception:
+            # Someone's rows were refused: each caller on their own, for their own error.
+            await asyncio.gather(*(self._alone(member) for member in members))
+            return
+        start = 0
+        for member in members:
+            stop = start + len(member.items)
+            _settle(member.future, result=self._split(answer, start, stop))
+            start = stop
+
+    async def _alone(self, member: _Waiter[Item, Answer]) -> None:
+        if member.future.done():
+            return
+        if member.context is not None:
+            propagation.bind(member.context)
+        try:
+            answer = await member.send(member.items)
+        except Exception as exc:
+            _settle(member.future, error=exc)
+        else:
+            _settle(member.future, result=answer)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _widest(members: Sequence[_Waiter[Item, Answer]]) -> propagation.CallContext:
+    """The shared call's context: the first caller's request id, the latest deadline
+    (a caller whose deadline is nearer stops waiting on its own)."""
+    contexts = [m.context for m in members if m.context is not None]
+    first = contexts[0] if contexts else None
+    request_id = first.request_id if first else propagation.new_request_id()
+    deadlines = [c.deadline for c in contexts]
+    deadline = None if not deadlines or None in deadlines else max(d for d in deadlines if d)
+    return propagation.CallContext(request_id, deadline)
+
+
+def _settle(
+    future: asyncio.Future[Answer],
+    *,
+    result: Answer | None = None,
+    error: BaseException | None = None,
+) -> None:
+    if future.done():
+        return
+    if isinstance(error, asyncio.CancelledError):
+        future.cancel()
+    elif error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)  # type: ignore[arg-type]

@@ -1,0 +1,192 @@
+"""The gateway's upstream coalescer: shared calls under load, nothing shared alone."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+import pytest
+
+from mlbackend_clients import propagation
+from mlbackend_gateway.upstream.coalesce import CoalesceLimits, Coalescer
+from mlbackend_runtime.errors import DeadlineExceeded, DependencyUnavailable, InvalidInput
+
+
+def _slice(answer: list[str], start: int, stop: int) -> list[str]:
+    return answer[start:stop]
+
+
+class Upstream:
+    """Answers each item with its upper-case self; a gate holds calls until opened."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.contexts: list[propagation.CallContext | None] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.refuse: set[str] = set()
+        self.down = False
+
+    async def send(self, items: Sequence[str]) -> list[str]:
+        self.calls.append(list(items))
+        self.contexts.append(propagation.current())
+        await self.gate.wait()
+        if self.down:
+            raise DependencyUnavailable("upstream", "upstream is unavailable")
+        refused = [item for item in items if item in self.refuse]
+        if refused:
+            raise InvalidInput(f"refused {refused}")
+        return [item.upper() for item in items]
+
+
+def coalescer(max_rows: int = 64, counted: list[int] | None = None) -> Coalescer[str, list[str]]:
+    return Coalescer(
+        "upstream",
+        CoalesceLimits(max_rows=max_rows),
+        _slice,
+        counted.append if counted is not None else None,
+    )
+
+
+async def _queued(upstream: Upstream, batches: Coalescer[str, list[str]], *groups: list[str]):
+    """Hold the first group's call open, queue the rest behind it, return all the tasks."""
+    upstream.gate.clear()
+    tasks = [asyncio.create_task(batches.call("k", group, upstream.send)) for group in groups]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    return tasks
+
+
+async def test_a_lone_caller_leaves_at_once_with_its_own_call() -> None:
+    upstream, counted = Upstream(), []
+    batches = coalescer(counted=counted)
+    assert await batches.call("k", ["a"], upstream.send) == ["A"]
+    assert await batches.call("k", ["b", "c"], upstream.send) == ["B", "C"]
+    assert upstream.calls == [["a"], ["b", "c"]]
+    assert counted == [1, 1]
+
+
+async def test_callers_queued_behind_a_call_leave_together_and_get_their_own_rows() -> None:
+    upstream, counted = Upstream(), []
+    batches = coalescer(counted=counted)
+    tasks = await _queued(upstream, batches, ["a"], ["b"], ["c", "d"], ["e"])
+    # One call out; the other three wait for it instead of each making their own.
+    assert upstream.calls == [["a"]]
+    upstream.gate.set()
+    results = await asyncio.gather(*tasks)
+    assert results == [["A"], ["B"], ["C", "D"], ["E"]]
+    assert upstream.calls == [["a"], ["b", "c", "d", "e"]]
+    assert counted == [1, 3]
+
+
+async def test_keys_do_not_mix() -> None:
+    upstream = Upstream()
+    batches = coalescer()
+    upstream.gate.clear()
+    first = asyncio.create_task(batches.call("v1", ["a"], upstream.send))
+    other = asyncio.create_task(batches.call("v2", ["b"], upstream.send))
+    await asyncio.sleep(0)
+    # A different key has its own lane: it does not wait behind v1's call.
+    assert upstream.calls == [["a"], ["b"]]
+    upstream.gate.set()
+    assert await asyncio.gather(first, other) == [["A"], ["B"]]
+
+
+async def test_a_shared_call_holds_at_most_max_rows() -> None:
+    upstream, counted = Upstream(), []
+    batches = coalescer(max_rows=3, counted=counted)
+    tasks = await _queued(upstream, batches, ["a"], ["b", "c"], ["d"], ["e", "f"], ["g"])
+    upstream.gate.set()
+    assert await asyncio.gather(*tasks) == [["A"], ["B", "C"], ["D"], ["E", "F"], ["G"]]
+    assert upstream.calls == [["a"], ["b", "c", "d"], ["e", "f", "g"]]
+    assert counted == [1, 2, 2]
+    # A caller with max_rows rows or more never waits for company.
+    assert await batches.call("k", ["x", "y", "z"], upstream.send) == ["X", "Y", "Z"]
+
+
+async def test_off_means_one_call_per_caller() -> None:
+    upstream = Upstream()
+    batches = coalescer(max_rows=1)
+    tasks = await _queued(upstream, batches, ["a"], ["b"], ["c"])
+    assert upstream.calls == [["a"], ["b"], ["c"]]
+    upstream.gate.set()
+    assert await asyncio.gather(*tasks) == [["A"], ["B"], ["C"]]
+
+
+async def test_a_refused_row_fails_only_its_caller() -> None:
+    upstream = Upstream()
+    upstream.refuse = {"bad"}
+    batches = coalescer()
+    tasks = await _queued(upstream, batches, ["a"], ["b"], ["bad"], ["c"])
+    upstream.gate.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert results[:2] == [["A"], ["B"]] and results[3] == ["C"]
+    assert isinstance(results[2], InvalidInput) and "bad" in str(results[2])
+    # The shared call was refused, then each of its callers went alone.
+    assert upstream.calls == [["a"], ["b", "bad", "c"], ["b"], ["bad"], ["c"]]
+
+
+async def test_a_dependency_failure_is_everyones_and_not_retried() -> None:
+    upstream = Upstream()
+    batches = coalescer()
+    tasks = await _queued(upstream, batches, ["a"], ["b"], ["c"])
+    upstream.down = True
+    upstream.gate.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, DependencyUnavailable) for r in results)
+    assert upstream.calls == [["a"], ["b", "c"]]
+
+
+async def test_a_queued_caller_keeps_its_own_deadline() -> None:
+    upstream = Upstream()
+    batches = coalescer()
+    upstream.gate.clear()
+    first = asyncio.create_task(batches.call("k", ["a"], upstream.send))
+    await asyncio.sleep(0)
+
+    async def with_deadline(item: str, seconds: float) -> list[str]:
+        propagation.bind(propagation.CallContext(f"req-{item}", time.monotonic() + seconds))
+        return await batches.call("k", [item], upstream.send)
+
+    hasty = asyncio.create_task(with_deadline("b", 0.05))
+    patient = asyncio.create_task(with_deadline("c", 30))
+    with pytest.raises(DeadlineExceeded):
+        await hasty
+    upstream.gate.set()
+    assert await first == ["A"] and await patient == ["C"]
+    # The one who gave up is not sent; the shared call runs on the remaining deadline.
+    assert upstream.calls == [["a"], ["c"]]
+
+
+async def test_the_shared_call_runs_to_the_latest_deadline_under_the_first_request_id() -> None:
+    upstream = Upstream()
+    batches = coalescer()
+    upstream.gate.clear()
+    first = asyncio.create_task(batches.call("k", ["a"], upstream.send))
+    await asyncio.sleep(0)
+    now = time.monotonic()
+
+    async def as_request(item: str, seconds: float) -> list[str]:
+        propagation.bind(propagation.CallContext(f"req-{item}", now + seconds))
+        return await batches.call("k", [item], upstream.send)
+
+    tasks = [asyncio.create_task(as_request(i, s)) for i, s in (("b", 10), ("c", 20), ("d", 5))]
+    await asyncio.sleep(0)
+    upstream.gate.set()
+    assert await asyncio.gather(first, *tasks) == [["A"], ["B"], ["C"], ["D"]]
+    shared = upstream.contexts[1]
+    assert shared is not None
+    assert shared.request_id == "req-b" and shared.deadline == now + 20
+
+
+async def test_a_cancelled_caller_is_dropped_from_the_queue() -> None:
+    upstream = Upstream()
+    batches = coalescer()
+    tasks = await _queued(upstream, batches, ["a"], ["b"], ["c"])
+    tasks[1].cancel()
+    upstream.gate.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert results[0] == ["A"] and results[2] == ["C"]
+    assert isinstance(results[1], asyncio.CancelledError)
+    assert upstream.calls == [["a"], ["c"]]
