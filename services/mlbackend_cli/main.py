@@ -53,6 +53,7 @@ _SERVER_FLAGS: tuple[tuple[str, type | None, str], ...] = (
     ("http-port", int, "gateway: JSON/HTTP port (default 8080; 0 = ephemeral)"),
     ("timeouts", str, "gateway: per-dependency timeouts, e.g. features=0.5,serving=1 (seconds)"),
     ("max-in-flight", int, "gateway: predictions in progress before shedding (default 256)"),
+    ("monitoring-nice", int, "monitoring: nice steps of its ingest thread (default 10; 0 = off)"),
     ("coalesce-rows", int, "gateway: most rows per coalesced upstream call (1 = off; 64)"),
 )
 

@@ -9,6 +9,7 @@ from mlbackend.monitoring.v1 import monitoring_pb2, monitoring_pb2_grpc
 from mlbackend_monitoring.core.predictions import PredictionLogService
 from mlbackend_monitoring.stores.sqlite import SqlitePredictionLog
 from mlbackend_monitoring.transport.servicer import MonitoringServicer
+from mlbackend_runtime.background import background_executor
 from mlbackend_runtime.server import RunningServer, ServiceSpec, start_server
 from mlbackend_runtime.settings import ServerSettings
 
@@ -24,9 +25,12 @@ SPEC = ServiceSpec(
 async def create_server(
     settings: ServerSettings, *, registry: CollectorRegistry | None = None
 ) -> RunningServer:
-    log = SqlitePredictionLog(settings.data_dir / "monitoring" / "predictions.sqlite")
+    # Ingest is background work: records are decoded and written on one thread below the
+    # process's priority, which also owns the log's connection.
+    background = background_executor("monitoring-ingest", settings.monitoring_nice)
+    log = SqlitePredictionLog(settings.data_dir / "monitoring" / "predictions.sqlite", background)
     # Metrics, drift and verdicts come with a later issue: the generated base answers them.
-    servicer = MonitoringServicer(PredictionLogService(log))  # type: ignore[abstract]
+    servicer = MonitoringServicer(PredictionLogService(log), background)  # type: ignore[abstract]
 
     def register(server: grpc.aio.Server) -> None:
         monitoring_pb2_grpc.add_MonitoringServiceServicer_to_server(servicer, server)

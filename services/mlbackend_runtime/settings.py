@@ -107,6 +107,14 @@ class ServerSettings(BaseSettings):
     max_in_flight: int | None = Field(
         None, gt=0, description="Gateway: predictions in progress before RESOURCE_EXHAUSTED."
     )
+    monitoring_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="Monitoring: how much lower the CPU priority of its ingest thread is "
+        "(record decoding and writes; Linux), so on a host shared with the online path it "
+        "takes the CPU left over first; 0 = the process's own.",
+    )
     coalesce_rows: int | None = Field(
         None,
         ge=1,

@@ -49,13 +49,21 @@ def coalescer(max_rows: int = 64, counted: list[int] | None = None) -> Coalescer
     )
 
 
-async def _queued(upstream: Upstream, batches: Coalescer[str, list[str]], *groups: list[str]):
+async def _turns(count: int = 5) -> None:
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+async def _queued(
+    upstream: Upstream, batches: Coalescer[str, list[str]], *groups: list[str]
+) -> list[asyncio.Task[list[str]]]:
     """Hold the first group's call open, queue the rest behind it, return all the tasks."""
     upstream.gate.clear()
-    tasks = [asyncio.create_task(batches.call("k", group, upstream.send)) for group in groups]
-    for _ in range(5):
-        await asyncio.sleep(0)
-    return tasks
+    first = asyncio.create_task(batches.call("k", groups[0], upstream.send))
+    await _turns()
+    rest = [asyncio.create_task(batches.call("k", group, upstream.send)) for group in groups[1:]]
+    await _turns()
+    return [first, *rest]
 
 
 async def test_a_lone_caller_leaves_at_once_with_its_own_call() -> None:
@@ -80,13 +88,22 @@ async def test_callers_queued_behind_a_call_leave_together_and_get_their_own_row
     assert counted == [1, 3]
 
 
+async def test_callers_arriving_in_one_turn_of_the_loop_share_the_first_call() -> None:
+    upstream, counted = Upstream(), []
+    batches = coalescer(counted=counted)
+    results = await asyncio.gather(*(batches.call("k", [x], upstream.send) for x in "abc"))
+    assert results == [["A"], ["B"], ["C"]]
+    assert upstream.calls == [["a", "b", "c"]]
+    assert counted == [3]
+
+
 async def test_keys_do_not_mix() -> None:
     upstream = Upstream()
     batches = coalescer()
     upstream.gate.clear()
     first = asyncio.create_task(batches.call("v1", ["a"], upstream.send))
     other = asyncio.create_task(batches.call("v2", ["b"], upstream.send))
-    await asyncio.sleep(0)
+    await _turns()
     # A different key has its own lane: it does not wait behind v1's call.
     assert upstream.calls == [["a"], ["b"]]
     upstream.gate.set()
@@ -143,7 +160,7 @@ async def test_a_queued_caller_keeps_its_own_deadline() -> None:
     batches = coalescer()
     upstream.gate.clear()
     first = asyncio.create_task(batches.call("k", ["a"], upstream.send))
-    await asyncio.sleep(0)
+    await _turns()
 
     async def with_deadline(item: str, seconds: float) -> list[str]:
         propagation.bind(propagation.CallContext(f"req-{item}", time.monotonic() + seconds))
@@ -164,7 +181,7 @@ async def test_the_shared_call_runs_to_the_latest_deadline_under_the_first_reque
     batches = coalescer()
     upstream.gate.clear()
     first = asyncio.create_task(batches.call("k", ["a"], upstream.send))
-    await asyncio.sleep(0)
+    await _turns()
     now = time.monotonic()
 
     async def as_request(item: str, seconds: float) -> list[str]:
@@ -172,7 +189,7 @@ async def test_the_shared_call_runs_to_the_latest_deadline_under_the_first_reque
         return await batches.call("k", [item], upstream.send)
 
     tasks = [asyncio.create_task(as_request(i, s)) for i, s in (("b", 10), ("c", 20), ("d", 5))]
-    await asyncio.sleep(0)
+    await _turns()
     upstream.gate.set()
     assert await asyncio.gather(first, *tasks) == [["A"], ["B"], ["C"], ["D"]]
     shared = upstream.contexts[1]

@@ -5,8 +5,10 @@ feature read of 1 entity ~300 µs on the store, a Predict of 1 row ~400 µs on s
 so under load most of the chain's CPU is per call, not per row. The coalescer trades
 nothing at low load for fewer calls at high load:
 
-- A call leaves at once while fewer than ``in_flight`` calls for its key are out: a
-  lone caller never waits for company (no timer, no added latency at concurrency 1).
+- A call leaves at the end of the event loop's current turn while fewer than
+  ``in_flight`` calls for its key are out, together with the callers that arrived in
+  the same turn (those a shared call just answered reach the next step in one turn). A
+  lone caller never waits for company: no timer, no added latency at concurrency 1.
 - Otherwise it queues. When a call for the key comes back, everything queued (up to
   ``max_rows`` rows) leaves as one call, its rows concatenated in arrival order, and
   the answer is split back by row counts.
@@ -86,31 +88,32 @@ class Coalescer(Generic[Item, Answer]):
         if not self._limits.enabled or len(items) >= self._limits.max_rows:
             self._counted(1)
             return await send(items)
-        lane = self._lanes.get(key)
-        if lane is None:
-            lane = self._lanes[key] = _Lane()
-        if lane.in_flight < self._limits.in_flight and not lane.queue:
-            lane.in_flight += 1
-            self._counted(1)
-            try:
-                return await send(items)
-            finally:
-                lane.in_flight -= 1
-                self._next(key, lane)
         context = propagation.current()
         remaining = context.time_remaining() if context is not None else None
         if remaining is not None and remaining <= 0:
-            raise DeadlineExceeded(f"deadline exceeded waiting for {self._dependency}")
-        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+            raise self._late()
+        loop = asyncio.get_running_loop()
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = _Lane()
+        if not lane.queue and lane.in_flight < self._limits.in_flight:
+            # Leave at the end of this turn of the loop, with whoever else arrives in it:
+            # the callers a shared call just answered reach the next step together.
+            loop.call_soon(self._next, key, lane)
+        future: asyncio.Future[Answer] = loop.create_future()
         lane.queue.append(_Waiter(items, send, context, future))
         # The caller's cancellation or deadline ends its wait (its future is dropped
         # from the queue, or ignored by a call already out), never the shared call.
         if remaining is None:
             return await future
+        timer = loop.call_later(remaining, lambda: _settle(future, error=self._late()))
         try:
-            return await asyncio.wait_for(future, remaining)
-        except TimeoutError:
-            raise DeadlineExceeded(f"deadline exceeded waiting for {self._dependency}") from None
+            return await future
+        finally:
+            timer.cancel()
+
+    def _late(self) -> DeadlineExceeded:
+        return DeadlineExceeded(f"deadline exceeded waiting for {self._dependency}")
 
     def _next(self, key: Hashable, lane: _Lane[Item, Answer]) -> None:
         """Send what is queued for ``key`` as one call, if a slot is free."""

@@ -201,11 +201,15 @@ def _where(where: PredictionFilter) -> tuple[str, list[Any]]:
 
 
 class SqlitePredictionLog:
-    """``PredictionLog`` on a SQLite file."""
+    """``PredictionLog`` on a SQLite file.
 
-    def __init__(self, path: Path) -> None:
+    ``executor`` (one thread: it owns the connection) may be shared with other
+    background work of the service, such as decoding the records it writes.
+    """
+
+    def __init__(self, path: Path, executor: ThreadPoolExecutor | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prediction-log")
+        self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="prediction-log")
         self._connection = self._executor.submit(self._open, path).result()
 
     @staticmethod
@@ -222,9 +226,8 @@ class SqlitePredictionLog:
         return await loop.run_in_executor(self._executor, work, self._connection)
 
     async def ingest(self, records: Sequence[PredictionRecord]) -> IngestResult:
-        rows = [_row(r) for r in records]
-
         def write(db: sqlite3.Connection) -> int:
+            rows = [_row(r) for r in records]  # encoded on the log's thread, off the loop
             with _transaction(db):
                 before = db.total_changes
                 db.executemany(
@@ -234,7 +237,7 @@ class SqlitePredictionLog:
                 return db.total_changes - before
 
         accepted = await self._run(write)
-        return IngestResult(accepted=accepted, duplicates=len(rows) - accepted)
+        return IngestResult(accepted=accepted, duplicates=len(records) - accepted)
 
     async def page(self, where: PredictionFilter, limit: int, after: Cursor | None) -> Page:
         sql, params = _where(where)
