@@ -21,9 +21,11 @@ def test_the_background_thread_is_niced_and_the_caller_is_not() -> None:
     expected = min(19, before + 7)
     with background_executor("test-background", 7) as pool:
         assert pool.submit(_own_nice).result(timeout=10) == expected
-        assert pool.submit(lambda: threading.current_thread().name).result(
-            timeout=10
-        ).startswith("test-background")
+        assert (
+            pool.submit(lambda: threading.current_thread().name)
+            .result(timeout=10)
+            .startswith("test-background")
+        )
     assert _own_nice() == before
     with background_executor("test-background", 0) as pool:
         assert pool.submit(_own_nice).result(timeout=10) == before
