@@ -122,6 +122,19 @@ async def test_a_shared_call_holds_at_most_max_rows() -> None:
     assert await batches.call("k", ["x", "y", "z"], upstream.send) == ["X", "Y", "Z"]
 
 
+async def test_a_full_call_leaves_without_waiting_for_the_one_out() -> None:
+    upstream, counted = Upstream(), []
+    batches = coalescer(max_rows=2, counted=counted)
+    # a is out; b + c fill a call, which leaves at once; so do d + e and f + g (four
+    # calls out, the most); h waits for one of them to come back.
+    tasks = await _queued(upstream, batches, *[[x] for x in "abcdefgh"])
+    assert upstream.calls == [["a"], ["b", "c"], ["d", "e"], ["f", "g"]]
+    upstream.gate.set()
+    assert await asyncio.gather(*tasks) == [[x.upper()] for x in "abcdefgh"]
+    assert upstream.calls[4:] == [["h"]]
+    assert counted == [1, 2, 2, 2, 1]
+
+
 async def test_off_means_one_call_per_caller() -> None:
     upstream = Upstream()
     batches = coalescer(max_rows=1)

@@ -45,10 +45,15 @@ Split = Callable[[Answer, int, int], Answer]
 
 @dataclass(frozen=True)
 class CoalesceLimits:
-    """``max_rows`` of 1 or less turns coalescing off (one call per caller)."""
+    """``max_rows`` of 1 or less turns coalescing off (one call per caller).
+
+    ``in_flight`` calls per key may be out while callers wait for company; a full call
+    (``max_rows`` queued) leaves at once as long as fewer than ``most_in_flight`` are.
+    """
 
     max_rows: int = 64
     in_flight: int = 1
+    most_in_flight: int = 4
 
     @property
     def enabled(self) -> bool:
@@ -66,6 +71,7 @@ class _Waiter(Generic[Item, Answer]):
 @dataclass
 class _Lane(Generic[Item, Answer]):
     queue: deque[_Waiter[Item, Answer]] = field(default_factory=deque)
+    rows: int = 0  # queued
     in_flight: int = 0
 
 
@@ -102,6 +108,9 @@ class Coalescer(Generic[Item, Answer]):
             loop.call_soon(self._next, key, lane)
         future: asyncio.Future[Answer] = loop.create_future()
         lane.queue.append(_Waiter(items, send, context, future))
+        lane.rows += len(items)
+        if lane.rows >= self._limits.max_rows:
+            self._next(key, lane)  # a full call need not wait for one out to come back
         # The caller's cancellation or deadline ends its wait (its future is dropped
         # from the queue, or ignored by a call already out), never the shared call.
         if remaining is None:
@@ -116,14 +125,19 @@ class Coalescer(Generic[Item, Answer]):
         return DeadlineExceeded(f"deadline exceeded waiting for {self._dependency}")
 
     def _next(self, key: Hashable, lane: _Lane[Item, Answer]) -> None:
-        """Send what is queued for ``key`` as one call, if a slot is free."""
-        while lane.queue and lane.in_flight < self._limits.in_flight:
+        """Send what is queued for ``key`` as calls, while slots are free."""
+        limits = self._limits
+        while lane.queue and (
+            lane.in_flight < limits.in_flight
+            or (lane.rows >= limits.max_rows and lane.in_flight < limits.most_in_flight)
+        ):
             members: list[_Waiter[Item, Answer]] = []
             rows = 0
             while lane.queue and (
-                not members or rows + len(lane.queue[0].items) <= self._limits.max_rows
+                not members or rows + len(lane.queue[0].items) <= limits.max_rows
             ):
                 waiter = lane.queue.popleft()
+                lane.rows -= len(waiter.items)
                 if waiter.future.done():  # its caller gave up while it queued
                     continue
                 members.append(waiter)
