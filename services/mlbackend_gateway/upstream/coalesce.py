@@ -34,11 +34,11 @@ from mlbackend_runtime.errors import DeadlineExceeded, DependencyUnavailable, Re
 Item = TypeVar("Item")
 Answer = TypeVar("Answer")
 
-# send(items) -> the answer for those items, in order; split(answer, start, stop) -> the
-# part of it for items[start:stop].
 # Failures that are the dependency's, not any caller's rows: every member gets them.
 _SHARED = (DependencyUnavailable, DeadlineExceeded, ResourceExhausted)
 
+# send(items) -> the answer for those items, in order; split(answer, start, stop) -> the
+# part of it for items[start:stop].
 Send = Callable[[Sequence[Item]], Awaitable[Answer]]
 Split = Callable[[Answer, int, int], Answer]
 
@@ -212,9 +212,11 @@ def _widest(members: Sequence[_Waiter[Item, Answer]]) -> propagation.CallContext
     contexts = [m.context for m in members if m.context is not None]
     first = contexts[0] if contexts else None
     request_id = first.request_id if first else propagation.new_request_id()
-    deadlines = [c.deadline for c in contexts]
-    deadline = None if not deadlines or None in deadlines else max(d for d in deadlines if d)
-    return propagation.CallContext(request_id, deadline)
+    deadlines = [c.deadline for c in contexts if c.deadline is not None]
+    # One member without a deadline (or none with a context): the call has none of its
+    # own; the dependency's timeout still applies.
+    unbounded = not contexts or len(deadlines) < len(contexts)
+    return propagation.CallContext(request_id, None if unbounded else max(deadlines))
 
 
 def _settle(
