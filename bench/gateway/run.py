@@ -446,6 +446,35 @@ async def loadgen(config: LoadConfig, started_marker: Path | None = None) -> dic
 # ---------------------------------------------------------------- the floor
 
 
+class _Hop:
+    """The messages of the two calls behind a passthrough hop, for either stack."""
+
+    def __init__(self, feature_service: str, version: int):
+        self._feature_service = feature_service
+        self._version = c.VersionSelector(version=version)
+
+    def read(self, request: g.PredictRequest) -> f.GetOnlineFeaturesRequest:
+        return f.GetOnlineFeaturesRequest(
+            feature_service=self._feature_service, entity_keys=[request.input.entity_key]
+        )
+
+    def score(
+        self, request: g.PredictRequest, read: f.GetOnlineFeaturesResponse
+    ) -> s.PredictRequest:
+        values = [v.value for v in read.rows[0].values]
+        return s.PredictRequest(
+            model=request.model, version=self._version, vectors=[c.FeatureVector(values=values)]
+        )
+
+    @staticmethod
+    def answer(request: g.PredictRequest, scored: s.PredictResponse) -> g.PredictResponse:
+        return g.PredictResponse(
+            result=g.PredictionResult(
+                model=request.model, version=scored.version, prediction=scored.predictions[0]
+            )
+        )
+
+
 class Passthrough(gateway_pb2_grpc.InferenceGatewayServiceServicer):
     """The least a Python gRPC gateway can do: the direct-sum's two calls behind one hop.
 
@@ -458,29 +487,12 @@ class Passthrough(gateway_pb2_grpc.InferenceGatewayServiceServicer):
             grpc.aio.insecure_channel(features)
         )
         self._serving = serving_pb2_grpc.ModelServingServiceStub(grpc.aio.insecure_channel(serving))
-        self._feature_service = feature_service
-        self._version = c.VersionSelector(version=version)
+        self._hop = _Hop(feature_service, version)
 
     async def Predict(self, request: g.PredictRequest, context: Any) -> g.PredictResponse:
-        read = await self._features.GetOnlineFeatures(
-            f.GetOnlineFeaturesRequest(
-                feature_service=self._feature_service, entity_keys=[request.input.entity_key]
-            ),
-            timeout=5,
-        )
-        values = [v.value for v in read.rows[0].values]
-        answer = await self._serving.Predict(
-            s.PredictRequest(
-                model=request.model, version=self._version,
-                vectors=[c.FeatureVector(values=values)],
-            ),
-            timeout=5,
-        )  # fmt: skip
-        return g.PredictResponse(
-            result=g.PredictionResult(
-                model=request.model, version=answer.version, prediction=answer.predictions[0]
-            )
-        )
+        read = await self._features.GetOnlineFeatures(self._hop.read(request), timeout=5)
+        scored = await self._serving.Predict(self._hop.score(request, read), timeout=5)
+        return self._hop.answer(request, scored)
 
 
 class SyncPassthrough(gateway_pb2_grpc.InferenceGatewayServiceServicer):
@@ -490,29 +502,12 @@ class SyncPassthrough(gateway_pb2_grpc.InferenceGatewayServiceServicer):
     def __init__(self, features: str, serving: str, feature_service: str, version: int):
         self._features = features_pb2_grpc.FeatureStoreServiceStub(grpc.insecure_channel(features))
         self._serving = serving_pb2_grpc.ModelServingServiceStub(grpc.insecure_channel(serving))
-        self._feature_service = feature_service
-        self._version = c.VersionSelector(version=version)
+        self._hop = _Hop(feature_service, version)
 
     def Predict(self, request: g.PredictRequest, context: Any) -> g.PredictResponse:
-        read = self._features.GetOnlineFeatures(
-            f.GetOnlineFeaturesRequest(
-                feature_service=self._feature_service, entity_keys=[request.input.entity_key]
-            ),
-            timeout=5,
-        )
-        values = [v.value for v in read.rows[0].values]
-        answer = self._serving.Predict(
-            s.PredictRequest(
-                model=request.model, version=self._version,
-                vectors=[c.FeatureVector(values=values)],
-            ),
-            timeout=5,
-        )  # fmt: skip
-        return g.PredictResponse(
-            result=g.PredictionResult(
-                model=request.model, version=answer.version, prediction=answer.predictions[0]
-            )
-        )
+        read = self._features.GetOnlineFeatures(self._hop.read(request), timeout=5)
+        scored = self._serving.Predict(self._hop.score(request, read), timeout=5)
+        return self._hop.answer(request, scored)
 
 
 def serve_passthrough_sync(config: dict[str, Any], ready: Path) -> None:
@@ -608,7 +603,7 @@ def _profiler(
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    head = (f"{'kind':<13} {'c':>3} {'rps':>7} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "
+    head = (f"{'kind':<16} {'c':>3} {'rps':>7} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "
             f"{'client':>7} {'gateway':>8} {'passthru':>8} {'features':>8} {'serving':>8} "
             f"{'monitor':>8}  "
             f"parts p50 (fs + serving)")  # fmt: skip
@@ -622,7 +617,7 @@ def table(results: list[dict[str, Any]]) -> str:
             else ""
         )
         lines.append(
-            f"{res['kind']:<13} {res['concurrency']:>3} {res['rps']:>7.0f} {res['p50']:>7.2f} "
+            f"{res['kind']:<16} {res['concurrency']:>3} {res['rps']:>7.0f} {res['p50']:>7.2f} "
             f"{res['p99']:>7.2f} {res['errors']:>6} {res['client_us']:>7.0f} "
             f"{cpu['gateway']:>8.0f} {hop:>8.0f} {cpu['features']:>8.0f} "
             f"{cpu['serving']:>8.0f} "
@@ -748,7 +743,7 @@ def main() -> int:
                     )  # fmt: skip
                     result = measure(services, config, workdir, profile)
                     results.append(result)
-                    print(f"  {kind:<13} c={level:<3} p50 {result['p50']:.2f} ms  "
+                    print(f"  {kind:<16} c={level:<3} p50 {result['p50']:.2f} ms  "
                           f"p99 {result['p99']:.2f} ms  {result['rps']:.0f} rps  "
                           f"errors {result['errors']}", flush=True)  # fmt: skip
         finally:
