@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -75,6 +76,8 @@ def _from_ns(ns: int) -> datetime:
 
 def _encode(value: Scalar) -> Any:
     """JSON that keeps the scalar's type (a bool is not an int, a time not a string)."""
+    if type(value) is float:  # the usual feature: first, and by exact type
+        return {"d": value if math.isfinite(value) else repr(value)}  # JSON has no nan/inf
     if value is None:
         return None
     if isinstance(value, bool):
@@ -82,7 +85,7 @@ def _encode(value: Scalar) -> Any:
     if isinstance(value, int):
         return {"i": value}
     if isinstance(value, float):
-        return {"d": repr(value)}  # keeps nan/inf, which JSON cannot
+        return {"d": value if math.isfinite(value) else repr(value)}
     if isinstance(value, datetime):
         return {"t": _ns(value)}
     return {"s": value}
@@ -117,16 +120,19 @@ def _decode_map(text: str) -> dict[str, Scalar]:
 
 
 def _encode_output(output: PredictionOutput) -> str:
-    # json, not orjson: a NaN or infinite output must read back as itself, not as null.
-    return json.dumps(
-        {
-            "label": _encode(output.label),
-            "value": output.value,
-            "probabilities": list(output.probabilities),
-            "confidence": output.confidence,
-            "decision_threshold": output.decision_threshold,
-        }
-    )
+    data = {
+        "label": _encode(output.label),
+        "value": output.value,
+        "probabilities": output.probabilities,
+        "confidence": output.confidence,
+        "decision_threshold": output.decision_threshold,
+    }
+    numbers = [output.value, output.confidence, output.decision_threshold]
+    if all(math.isfinite(x) for x in (*output.probabilities, *numbers) if x is not None):
+        return orjson.dumps(data).decode()
+    # json, not orjson, for a NaN or infinite output: it must read back as itself, where
+    # orjson would write null.
+    return json.dumps({**data, "probabilities": list(output.probabilities)})
 
 
 def _decode_output(text: str) -> PredictionOutput:
