@@ -2,9 +2,9 @@
 
 :func:`background_executor` is one thread at a lower CPU priority (a higher nice
 value; Linux sets it per thread). On a host it shares with the online path, such a
-thread takes the CPU that is left over first: monitoring's ingest of a batch of 500
-prediction records is ~15 ms of CPU in one go, and at the same priority it competes
-with the predictions being served while it runs (`bench/gateway/README.md`).
+thread takes the CPU that is left over first: monitoring's ingest costs ~25 µs of CPU
+a prediction record, milliseconds per batch in one go, and at the same priority it
+competes with the predictions being served while it runs (`bench/gateway/README.md`).
 """
 
 from __future__ import annotations
