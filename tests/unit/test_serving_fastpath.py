@@ -39,9 +39,22 @@ def _data(missing: bool = False, classes: int = 2) -> tuple[np.ndarray, np.ndarr
 def test_identical_to_predict_proba(estimator: Any, missing: bool) -> None:
     x, y = _data(missing)
     estimator.fit(x, y)
-    assert fast_proba(estimator) is not None
+    fast = fast_proba(estimator)
+    assert fast is not None
+    # The checked path keeps the fast one (it agreed on the probe rows)…
     predict = checked_fast_proba(estimator, x.shape[1], x[:4])
-    for rows in (x[:1], x[:32], x[1000:2000]):
+    assert predict != estimator.predict_proba
+    # …and it agrees on one row, a few, many; rows with and without a missing value;
+    # values beyond every threshold (scikit-learn's forests refuse infinities).
+    complete = x[~np.isnan(x).any(axis=1)]
+    holed = x[np.isnan(x).any(axis=1)]
+    extreme = complete[:8].copy()
+    extreme[::2, 0], extreme[1::2, 1] = 1e30, -1e30
+    batches = [x[:1], x[:32], x[1000:2000], complete[:1], complete[:2], extreme, extreme[:1]]
+    if len(holed):
+        batches += [holed[:1], holed[:5]]
+    for rows in batches:
+        assert np.array_equal(fast(rows), estimator.predict_proba(rows))
         assert np.array_equal(predict(rows), estimator.predict_proba(rows))
 
 
