@@ -84,8 +84,8 @@ def _encode(value: Scalar) -> Any:
         return {"b": value}
     if isinstance(value, int):
         return {"i": value}
-    if isinstance(value, float):
-        return {"d": value if math.isfinite(value) else repr(value)}
+    if isinstance(value, float):  # a subclass (numpy's float64): written as a plain float
+        return _encode(float(value))
     if isinstance(value, datetime):
         return {"t": _ns(value)}
     return {"s": value}

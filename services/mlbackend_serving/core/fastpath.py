@@ -37,8 +37,8 @@ class _Forest:
 
     The ``pair_*`` arrays index nodes by *position*, ``2 * node + went_right``: a
     node's feature and threshold sit at both of its positions, and ``pair_child``
-    holds the position of the child each way. A level of the walk is then one
-    comparison and four gathers, about half the work of the general form, which also
+    holds the position of the child each way. A level of the walk is then four gathers,
+    a comparison and an addition, about half the work of the general form, which also
     takes each node's side for a missing value.
     """
 
