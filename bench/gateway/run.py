@@ -19,10 +19,13 @@ closed loop, N workers, bounded by count and time) measures, at concurrency 1, 8
 - ``passthrough``: the floor of any Python gRPC gateway: a bare grpc.aio server (started
   by this script) that makes the direct-sum's two calls behind one hop and does nothing
   else. gateway / passthrough is the cost of what our gateway does on top of a hop.
+- ``passthrough-sync``: the same floor on gRPC's synchronous stack (a thread-pool
+  server whose handlers make blocking calls).
 
-The four kinds run back to back for each concurrency (interleaved, so drift in the
-shared CPU hits all of them), after one warm-up each. Reported next to each: the load
-generator's CPU and the services' CPU per request (from /proc, over the measurement).
+The five kinds (``--kinds`` picks some) run back to back for each concurrency
+(interleaved, so drift in the shared CPU hits all of them), after one warm-up each.
+Reported next to each: the load generator's CPU and the services' CPU per request
+(from /proc, over the measurement).
 
     .venv/bin/python bench/gateway/run.py            # full: ~6 minutes
     .venv/bin/python bench/gateway/run.py --quick    # ~1.5 minutes
@@ -41,6 +44,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -511,8 +515,6 @@ class SyncPassthrough(gateway_pb2_grpc.InferenceGatewayServiceServicer):
 
 
 def serve_passthrough_sync(config: dict[str, Any], ready: Path) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
     server = grpc.server(ThreadPoolExecutor(max_workers=int(config.get("threads", 16))))
     gateway_pb2_grpc.add_InferenceGatewayServiceServicer_to_server(
         SyncPassthrough(config["features"], config["serving"], config["feature_service"],
