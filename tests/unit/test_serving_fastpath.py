@@ -1,7 +1,9 @@
-"""The vectorised tree-ensemble predict gives exactly scikit-learn's probabilities."""
+"""The tree-ensemble fast path gives exactly scikit-learn's probabilities, walking in C
+and with numpy alike."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -14,7 +16,18 @@ from sklearn.ensemble import (
 )
 from sklearn.linear_model import LogisticRegression
 
+from mlbackend_serving.core import fastpath
 from mlbackend_serving.core.fastpath import checked_fast_proba, fast_proba
+
+CI = os.environ.get("CI") == "true"
+
+
+def test_the_c_walk_is_built_in_ci() -> None:
+    """setup.py builds it optionally (an install without a compiler still works): CI
+    must not pass on the numpy fallback by accident."""
+    if not CI:
+        pytest.skip("only CI requires the C build")
+    assert fastpath.NATIVE
 
 
 def _data(missing: bool = False, classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
@@ -26,6 +39,7 @@ def _data(missing: bool = False, classes: int = 2) -> tuple[np.ndarray, np.ndarr
     return x, y
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["c", "numpy"])
 @pytest.mark.parametrize(
     ("estimator", "missing"),
     [
@@ -36,10 +50,12 @@ def _data(missing: bool = False, classes: int = 2) -> tuple[np.ndarray, np.ndarr
         (HistGradientBoostingClassifier(max_iter=30, random_state=0), True),
     ],
 )
-def test_identical_to_predict_proba(estimator: Any, missing: bool) -> None:
+def test_identical_to_predict_proba(estimator: Any, missing: bool, native: bool) -> None:
+    if native and not fastpath.NATIVE:
+        pytest.fail("the C walk is not built") if CI else pytest.skip("C walk not built")
     x, y = _data(missing)
     estimator.fit(x, y)
-    fast = fast_proba(estimator)
+    fast = fast_proba(estimator, native=native)
     assert fast is not None
     # The checked path keeps the fast one (it agreed on the probe rows)…
     predict = checked_fast_proba(estimator, x.shape[1], x[:4])
@@ -74,3 +90,62 @@ def test_a_fast_path_that_disagrees_is_not_used(monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setattr(fastpath, "fast_proba", lambda e: lambda rows: np.zeros((len(rows), 2)))
     assert checked_fast_proba(forest, x.shape[1], None) == forest.predict_proba
+
+
+def _stump() -> dict[str, np.ndarray]:
+    """One tree: node 0 splits on feature 0 at 0.5; leaves 1 (value 10) and 2 (20)."""
+    return {
+        "x": np.array([[0.0, 9.0], [1.0, 9.0], [np.nan, 9.0], [0.5, 9.0], [np.inf, 9.0]]),
+        "roots": np.array([0], dtype=np.intp),
+        "feature": np.array([0, 0, 0], dtype=np.intp),
+        "threshold": np.array([0.5, 0.0, 0.0]),
+        "left": np.array([1, 1, 2], dtype=np.intp),
+        "right": np.array([2, 1, 2], dtype=np.intp),
+        "missing_left": np.array([False, False, False]),
+        "values": np.array([[0.0], [10.0], [20.0]]),
+        "init": np.array([0.5]),
+        "out": np.zeros((5, 1)),
+    }
+
+
+def _walk(a: dict[str, np.ndarray]) -> None:
+    assert fastpath._treewalk is not None
+    fastpath._treewalk.sum_leaves(
+        a["x"], a["x"].shape[1], a["roots"], a["feature"], a["threshold"], a["left"],
+        a["right"], a["missing_left"], a["values"], a["init"], a["out"],
+    )  # fmt: skip
+
+
+@pytest.mark.skipif(not fastpath.NATIVE and not CI, reason="C walk not built")
+def test_the_c_walk_refuses_what_it_would_read_out_of_bounds() -> None:
+    a = _stump()
+    _walk(a)  # the well-formed tree: left where value <= threshold, NaN the missing way
+    assert a["out"][:, 0].tolist() == [10.5, 20.5, 20.5, 10.5, 20.5]
+    for name, bad in [
+        ("feature", np.array([2, 0, 0], dtype=np.intp)),  # beyond the row's width
+        ("left", np.array([3, 1, 2], dtype=np.intp)),  # no such node
+        ("roots", np.array([-1], dtype=np.intp)),
+        ("left", np.array([0, 1, 2], dtype=np.intp)),  # node 0 a leaf pointing at itself: fine
+        ("right", np.array([0, 1, 2], dtype=np.intp)),  # x > 0.5 loops back to node 0
+    ]:
+        a = _stump()
+        a[name] = bad
+        if name == "left" and bad[0] == 0:
+            _walk(a)
+            assert a["out"][:, 0].tolist() == [0.5] * 5
+            continue
+        with pytest.raises(ValueError, match="malformed forest"):
+            _walk(a)
+    for name, bad in [
+        ("x", np.zeros((5, 2), dtype=np.float32)),  # float32 values
+        ("feature", np.array([0, 0, 0], dtype=np.int32)),
+        ("out", np.zeros((5, 2))[:, :1]),  # not contiguous
+    ]:
+        a = _stump()
+        a[name] = bad
+        with pytest.raises((TypeError, ValueError, BufferError)):
+            _walk(a)
+    a = _stump()
+    a["out"] = np.zeros((4, 1))  # one row short
+    with pytest.raises(ValueError, match="sizes do not agree"):
+        _walk(a)

@@ -6,7 +6,11 @@ validation, joblib dispatch and a lock per tree: about 3 ms a call whether it ha
 row or 32; a HistGradientBoosting classifier about 0.45 ms). In a server the event
 loop wants that same GIL, so every hand-over stalls both. Serving has already
 validated the rows (float64, the signature's width, finite or allowed NaN), so it
-can walk every tree at once with a few numpy operations per tree level instead.
+can walk every tree itself: in C (``mlbackend_serving/_treewalk.c``, built with the
+package; one pass down each tree per row, the GIL released meanwhile), or, where the
+package was installed without a compiler, with a few numpy operations per tree level.
+Measured here, one row of the 100-tree HistGradientBoosting model: C 4 µs, numpy
+30-70 µs; 32 rows: 16 µs against 210-330 µs.
 
 The walk repeats scikit-learn's comparisons (same dtypes, same NaN rule) and sums the
 trees in the same order, so the result is bit-for-bit the same; a fast path is only
@@ -20,12 +24,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+_treewalk: ModuleType | None
+try:
+    from mlbackend_serving import _treewalk
+except ImportError:  # installed without a C compiler: the numpy walk
+    _treewalk = None
+
 logger = logging.getLogger("mlbackend.serving")
+
+NATIVE = _treewalk is not None
+"""Whether the C walk was built (CI requires it; see tests/unit/test_serving_fastpath.py)."""
 
 Proba = Callable[[NDArray[np.float64]], NDArray[np.float64]]
 PROBE_ROWS = 64
@@ -34,6 +48,8 @@ PROBE_ROWS = 64
 @dataclass(frozen=True)
 class _Forest:
     """Every node of every tree in flat arrays; a leaf points to itself both ways.
+    ``values`` holds each node's output (one column per output: a class's probability,
+    or a boosting tree's raw score), summed over the leaves a row reaches.
 
     The ``pair_*`` arrays index nodes by *position*, ``2 * node + went_right``: a
     node's feature and threshold sit at both of its positions, and ``pair_child``
@@ -52,6 +68,24 @@ class _Forest:
     pair_feature: NDArray[np.intp]
     pair_threshold: NDArray[np.float64]
     pair_child: NDArray[np.intp]
+    values: NDArray[np.float64]
+    native: bool
+
+    def sums(self, x: NDArray[np.float64], init: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Per row of ``x`` (C-contiguous float64), ``init`` plus the values of the leaves
+        it reaches, added tree after tree in order as scikit-learn does: (rows, outputs)."""
+        if self.native and _treewalk is not None:
+            out = np.empty((len(x), len(init)), dtype=np.float64)
+            _treewalk.sum_leaves(
+                x, x.shape[1], self.roots, self.feature, self.threshold, self.left,
+                self.right, self.missing_left, self.values, init, out,
+            )  # fmt: skip
+            return out
+        per_tree = self.values[self.leaves(x)]  # (rows, trees, outputs)
+        terms = np.empty((len(x), per_tree.shape[1] + 1, len(init)), dtype=np.float64)
+        terms[:, 0, :] = init
+        terms[:, 1:, :] = per_tree
+        return np.cumsum(terms, axis=1)[:, -1, :]
 
     def leaves(self, x: NDArray[Any]) -> NDArray[np.intp]:
         """The leaf each row reaches in each tree: shape (rows, trees)."""
@@ -86,7 +120,9 @@ class _Forest:
         return position >> 1
 
 
-def _flatten(trees: list[dict[str, NDArray[Any]]]) -> _Forest:
+def _flatten(
+    trees: list[dict[str, NDArray[Any]]], values: list[NDArray[Any]], native: bool
+) -> _Forest:
     roots, feature, threshold, left, right, missing, depth = [], [], [], [], [], [], 0
     offset = 0
     for t in trees:
@@ -117,6 +153,8 @@ def _flatten(trees: list[dict[str, NDArray[Any]]]) -> _Forest:
         np.repeat(all_feature, 2),
         np.repeat(all_threshold, 2),
         pair_child,
+        np.ascontiguousarray(np.concatenate(values), dtype=np.float64),
+        native,
     )
 
 
@@ -128,7 +166,7 @@ def _depth(left: NDArray[Any], right: NDArray[Any], leaf: NDArray[np.bool_]) -> 
     return deepest
 
 
-def _random_forest(estimator: Any) -> Proba | None:
+def _random_forest(estimator: Any, native: bool) -> Proba | None:
     from sklearn.ensemble._forest import ForestClassifier
 
     if not isinstance(estimator, ForestClassifier) or estimator.n_outputs_ != 1:
@@ -151,23 +189,23 @@ def _random_forest(estimator: Any) -> Proba | None:
         values.append(t.value[:, 0, :n_classes])
     if not trees:
         return None
-    forest = _flatten(trees)
-    leaf_values = np.concatenate(values).astype(np.float64)
+    forest = _flatten(trees, values, native)
+    zero = np.zeros(n_classes, dtype=np.float64)
     n_trees = len(trees)
 
     def predict_proba(rows: NDArray[np.float64]) -> NDArray[np.float64]:
-        # Forests compare float32 features (their DTYPE) with float64 thresholds.
-        x = np.ascontiguousarray(rows, dtype=np.float32)
-        per_tree = leaf_values[forest.leaves(x)]  # (rows, trees, classes)
-        # Summed tree after tree, as scikit-learn's sequential path does.
-        out = np.cumsum(per_tree, axis=1)[:, -1, :]
+        # Forests compare float32 features (their DTYPE) with float64 thresholds: the
+        # values rounded to float32, then compared as float64, are what they compare.
+        x = np.ascontiguousarray(rows, dtype=np.float32).astype(np.float64)
+        # Summed from zero tree after tree, as scikit-learn's sequential path does.
+        out = forest.sums(x, zero)
         out /= n_trees
         return out
 
     return predict_proba
 
 
-def _hist_gradient_boosting(estimator: Any) -> Proba | None:
+def _hist_gradient_boosting(estimator: Any, native: bool) -> Proba | None:
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     if not isinstance(estimator, HistGradientBoostingClassifier):
@@ -189,32 +227,27 @@ def _hist_gradient_boosting(estimator: Any) -> Proba | None:
                 "missing_left": nodes["missing_go_to_left"].astype(bool),
             }
         )
-        values.append(nodes["value"])
+        values.append(nodes["value"].reshape(-1, 1))
     if not trees:
         return None
-    forest = _flatten(trees)
-    leaf_values = np.concatenate(values).astype(np.float64)
+    forest = _flatten(trees, values, native)
     baseline = np.asarray(estimator._baseline_prediction, dtype=np.float64).reshape(-1)
     loss = estimator._loss
 
     def predict_proba(rows: NDArray[np.float64]) -> NDArray[np.float64]:
-        x = np.ascontiguousarray(rows, dtype=np.float64)
-        per_tree = leaf_values[forest.leaves(x)]  # (rows, trees)
-        terms = np.empty((len(x), per_tree.shape[1] + 1), dtype=np.float64)
-        terms[:, 0] = baseline[0]
-        terms[:, 1:] = per_tree
-        # baseline, then each tree in order: scikit-learn's own summation order.
-        raw = np.cumsum(terms, axis=1)[:, -1:]
+        # The baseline, then each tree in order: scikit-learn's own summation order.
+        raw = forest.sums(np.ascontiguousarray(rows, dtype=np.float64), baseline)
         return np.asarray(loss.predict_proba(raw), dtype=np.float64)
 
     return predict_proba
 
 
-def fast_proba(estimator: Any) -> Proba | None:
-    """The vectorised ``predict_proba`` of a supported tree ensemble, else None."""
+def fast_proba(estimator: Any, native: bool = NATIVE) -> Proba | None:
+    """The fast ``predict_proba`` of a supported tree ensemble, else None; ``native``
+    False walks with numpy even where the C walk was built (tests compare both)."""
     for build in (_random_forest, _hist_gradient_boosting):
         try:
-            fast = build(estimator)
+            fast = build(estimator, native and NATIVE)
         except (ImportError, AttributeError, KeyError, ValueError, TypeError):
             fast = None  # scikit-learn's internals moved: use its public API
         if fast is not None:

@@ -1,0 +1,17 @@
+# Types of the C extension built from _treewalk.c (see there and setup.py).
+from typing import Any
+
+def sum_leaves(
+    x: Any,
+    width: int,
+    roots: Any,
+    feature: Any,
+    threshold: Any,
+    left: Any,
+    right: Any,
+    missing_left: Any,
+    values: Any,
+    init: Any,
+    out: Any,
+    /,
+) -> None: ...
