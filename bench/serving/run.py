@@ -413,7 +413,7 @@ def report(plan: Plan, compute: dict[str, float]) -> None:
                 bound = echo1.p50 + compute[key]
                 print(
                     f"  {model} c=1: p50 {ours1.p50 * 1e3:.2f} ms = {ours1.p50 / bound:.2f}x "
-                    f"(echo p50 {echo1.p50 * 1e3:.2f} ms + {label} {compute[key] * 1e3:.2f} ms)"
+                    f"(echo p50 {echo1.p50 * 1e3:.2f} ms + {label} {compute[key] * 1e3:.3f} ms)"
                     " (target ≤ 1.3)"
                 )
 
