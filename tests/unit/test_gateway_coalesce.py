@@ -40,10 +40,13 @@ class Upstream:
         return [item.upper() for item in items]
 
 
-def coalescer(max_rows: int = 64, counted: list[int] | None = None) -> Coalescer[str, list[str]]:
+def coalescer(
+    max_rows: int = 64, counted: list[int] | None = None, stall: float = 60.0
+) -> Coalescer[str, list[str]]:
+    """A long ``stall`` by default: only the stall tests have calls leave past one out."""
     return Coalescer(
         "upstream",
-        CoalesceLimits(max_rows=max_rows),
+        CoalesceLimits(max_rows=max_rows, stall=stall),
         _slice,
         counted.append if counted is not None else None,
     )
@@ -220,3 +223,63 @@ async def test_a_cancelled_caller_is_dropped_from_the_queue() -> None:
     assert results[0] == ["A"] and results[2] == ["C"]
     assert isinstance(results[1], asyncio.CancelledError)
     assert upstream.calls == [["a"], ["c"]]
+
+
+class Stuck(Upstream):
+    """Calls hang until released, except those for items in ``answers``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.answers: set[str] = set()
+
+    async def send(self, items: Sequence[str]) -> list[str]:
+        if not self.answers.intersection(items):
+            self.calls.append(list(items))
+            await self.release.wait()
+            return [item.upper() for item in items]
+        return await super().send(items)
+
+
+async def test_a_stuck_call_does_not_hold_the_callers_queued_behind_it() -> None:
+    upstream, counted = Stuck(), []
+    batches = coalescer(counted=counted, stall=0.03)
+    stuck = asyncio.create_task(batches.call("k", ["a"], upstream.send))
+    await _turns()
+    upstream.answers = {"b", "c"}  # a replica that answers, say
+    started = time.monotonic()
+    queued = [asyncio.create_task(batches.call("k", [x], upstream.send)) for x in "bc"]
+    # b and c leave together as soon as a has been out 30 ms, not when a comes back.
+    assert await asyncio.gather(*queued) == [["B"], ["C"]]
+    assert 0.02 <= time.monotonic() - started < 1.0
+    assert upstream.calls == [["a"], ["b", "c"]] and not stuck.done()
+    upstream.release.set()
+    assert await stuck == ["A"]
+    assert counted == [1, 2]
+
+
+async def test_calls_leave_past_stuck_ones_one_stall_apart_up_to_the_most_in_flight() -> None:
+    upstream, counted = Stuck(), []
+    batches = coalescer(counted=counted, stall=0.02)
+    fired: list[object] = []
+    stalled = batches._stalled
+
+    def counting(key: object, lane: object) -> None:
+        fired.append(key)
+        stalled(key, lane)  # type: ignore[arg-type]
+
+    batches._stalled = counting  # type: ignore[method-assign]
+    tasks = [asyncio.create_task(batches.call("k", ["a"], upstream.send))]
+    await _turns()
+    for x in "bcdef":
+        tasks.append(asyncio.create_task(batches.call("k", [x], upstream.send)))
+        await asyncio.sleep(0.03)  # longer than the stall: each leaves alone, stuck too
+    await asyncio.sleep(0.1)
+    # Four calls out, every one of them stuck, is the most: e and f wait, and no timer
+    # spins meanwhile (the calls did not multiply).
+    assert upstream.calls == [["a"], ["b"], ["c"], ["d"]]
+    assert len(fired) <= 5
+    upstream.release.set()
+    assert await asyncio.gather(*tasks) == [[x.upper()] for x in "abcdef"]
+    assert upstream.calls[4:] == [["e", "f"]]
+    assert counted == [1, 1, 1, 1, 2]
