@@ -39,8 +39,9 @@ class GatewayMetrics:
         )
         self.upstream_callers = Counter(
             "mlbackend_gateway_upstream_callers_total",
-            "Requests those calls answered (callers_total / calls_total = callers per call; "
-            "above 1 while concurrent requests are coalesced).",
+            "Requests those calls carried (callers_total / calls_total = callers per call; "
+            "above 1 while concurrent requests are coalesced; a request sent again alone "
+            "after its shared call was refused counts again).",
             ("dependency",),
             registry=registry,
         )

@@ -148,9 +148,9 @@ async def test_off_means_one_call_per_caller() -> None:
 
 
 async def test_a_refused_row_fails_only_its_caller() -> None:
-    upstream = Upstream()
+    upstream, counted = Upstream(), []
     upstream.refuse = {"bad"}
-    batches = coalescer()
+    batches = coalescer(counted=counted)
     tasks = await _queued(upstream, batches, ["a"], ["b"], ["bad"], ["c"])
     upstream.gate.set()
     results = await asyncio.gather(*tasks, return_exceptions=True)
@@ -158,6 +158,7 @@ async def test_a_refused_row_fails_only_its_caller() -> None:
     assert isinstance(results[2], InvalidInput) and "bad" in str(results[2])
     # The shared call was refused, then each of its callers went alone.
     assert upstream.calls == [["a"], ["b", "bad", "c"], ["b"], ["bad"], ["c"]]
+    assert counted == [1, 3, 1, 1, 1]  # every call counted, with its callers
 
 
 async def test_a_dependency_failure_is_everyones_and_not_retried() -> None:

@@ -217,7 +217,10 @@ class Coalescer(Generic[Item, Answer]):
                 _settle(member.future, error=exc)
             return
         except Exception:
-            # Someone's rows were refused: each caller on their own, for their own error.
+            # Someone's rows were refused: each caller on their own, for their own error
+            # (calls of one caller each, counted as such).
+            for _ in members:
+                self._counted(1)
             await asyncio.gather(*(self._alone(member) for member in members))
             return
         start = 0
