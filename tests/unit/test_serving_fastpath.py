@@ -14,7 +14,10 @@ from sklearn.ensemble import (
     HistGradientBoostingClassifier,
     RandomForestClassifier,
 )
+from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
 
 from mlbackend_serving.core import fastpath
 from mlbackend_serving.core.fastpath import checked_fast_proba, fast_proba
@@ -48,6 +51,19 @@ def _data(missing: bool = False, classes: int = 2) -> tuple[np.ndarray, np.ndarr
         (ExtraTreesClassifier(n_estimators=10, random_state=0), False),
         (HistGradientBoostingClassifier(max_iter=30, random_state=0), False),
         (HistGradientBoostingClassifier(max_iter=30, random_state=0), True),
+        # What `mlbackend train` makes: a Pipeline, the ensemble last.
+        (Pipeline([("model", HistGradientBoostingClassifier(max_iter=30, random_state=0))]), True),
+        (
+            Pipeline(
+                [
+                    ("impute", SimpleImputer(strategy="median", add_indicator=True)),
+                    ("skip", "passthrough"),
+                    ("scale", StandardScaler()),
+                    ("model", RandomForestClassifier(n_estimators=10, random_state=0)),
+                ]
+            ),
+            True,
+        ),
     ],
 )
 def test_identical_to_predict_proba(estimator: Any, missing: bool, native: bool) -> None:
@@ -78,7 +94,8 @@ def test_unsupported_models_use_their_own_method() -> None:
     x, y = _data(classes=3)
     multiclass = HistGradientBoostingClassifier(max_iter=10, random_state=0).fit(x, y)
     linear = LogisticRegression().fit(x, y)
-    for estimator in (multiclass, linear):
+    piped = Pipeline([("scale", StandardScaler()), ("model", LogisticRegression())]).fit(x, y)
+    for estimator in (multiclass, linear, piped):
         assert fast_proba(estimator) is None
         assert checked_fast_proba(estimator, x.shape[1], None) == estimator.predict_proba
 

@@ -16,7 +16,9 @@ The walk repeats scikit-learn's comparisons (same dtypes, same NaN rule) and sum
 trees in the same order, so the result is bit-for-bit the same; a fast path is only
 used after it gave exactly the estimator's own ``predict_proba`` on probe rows when
 the model was loaded (otherwise, or for anything unsupported — categorical splits,
-multi-output, multiclass boosting — the estimator's own method is used).
+multi-output, multiclass boosting — the estimator's own method is used). A Pipeline
+ending in a supported ensemble, as ``mlbackend train`` makes them, runs its
+transformers, then the ensemble's fast path.
 """
 
 from __future__ import annotations
@@ -242,10 +244,37 @@ def _hist_gradient_boosting(estimator: Any, native: bool) -> Proba | None:
     return predict_proba
 
 
+def _pipeline(estimator: Any, native: bool) -> Proba | None:
+    """A scikit-learn Pipeline ending in a supported ensemble (what ``mlbackend train``
+    makes): its transformers as they are, then the ensemble's fast path, which is what
+    ``Pipeline.predict_proba`` computes."""
+    from sklearn.pipeline import Pipeline
+
+    if not isinstance(estimator, Pipeline) or not estimator.steps:
+        return None
+    final = fast_proba(estimator.steps[-1][1], native)
+    if final is None:
+        return None
+    transformers = [
+        step for _, step in estimator.steps[:-1] if step is not None and step != "passthrough"
+    ]
+    if not transformers:
+        return final
+
+    def predict_proba(rows: NDArray[np.float64]) -> NDArray[np.float64]:
+        x: Any = rows
+        for step in transformers:
+            x = step.transform(x)
+        return final(np.asarray(x, dtype=np.float64))
+
+    return predict_proba
+
+
 def fast_proba(estimator: Any, native: bool = NATIVE) -> Proba | None:
-    """The fast ``predict_proba`` of a supported tree ensemble, else None; ``native``
-    False walks with numpy even where the C walk was built (tests compare both)."""
-    for build in (_random_forest, _hist_gradient_boosting):
+    """The fast ``predict_proba`` of a supported tree ensemble (or a Pipeline ending in
+    one), else None; ``native`` False walks with numpy even where the C walk was built
+    (tests compare both)."""
+    for build in (_random_forest, _hist_gradient_boosting, _pipeline):
         try:
             fast = build(estimator, native and NATIVE)
         except (ImportError, AttributeError, KeyError, ValueError, TypeError):
