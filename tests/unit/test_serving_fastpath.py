@@ -18,6 +18,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.tree import DecisionTreeClassifier
 
 from mlbackend_serving.core import fastpath
 from mlbackend_serving.core.fastpath import checked_fast_proba, fast_proba
@@ -51,6 +52,8 @@ def _data(missing: bool = False, classes: int = 2) -> tuple[np.ndarray, np.ndarr
         (ExtraTreesClassifier(n_estimators=10, random_state=0), False),
         (HistGradientBoostingClassifier(max_iter=30, random_state=0), False),
         (HistGradientBoostingClassifier(max_iter=30, random_state=0), True),
+        (DecisionTreeClassifier(max_depth=6, random_state=0), False),
+        (DecisionTreeClassifier(random_state=0), True),
         # What `mlbackend train` makes: a Pipeline, the ensemble last.
         (Pipeline([("model", HistGradientBoostingClassifier(max_iter=30, random_state=0))]), True),
         (
@@ -69,7 +72,7 @@ def _data(missing: bool = False, classes: int = 2) -> tuple[np.ndarray, np.ndarr
 def test_identical_to_predict_proba(estimator: Any, missing: bool, native: bool) -> None:
     if native and not fastpath.NATIVE:
         pytest.fail("the C walk is not built") if CI else pytest.skip("C walk not built")
-    x, y = _data(missing)
+    x, y = _data(missing, classes=3 if isinstance(estimator, DecisionTreeClassifier) else 2)
     estimator.fit(x, y)
     fast = fast_proba(estimator, native=native)
     assert fast is not None
@@ -90,12 +93,27 @@ def test_identical_to_predict_proba(estimator: Any, missing: bool, native: bool)
         assert np.array_equal(predict(rows), estimator.predict_proba(rows))
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["c", "numpy"])
+@pytest.mark.parametrize("missing", [False, True], ids=["complete", "holes"])
+def test_multiclass_boosting_sums_each_class_in_order(native: bool, missing: bool) -> None:
+    if native and not fastpath.NATIVE:
+        pytest.fail("the C walk is not built") if CI else pytest.skip("C walk not built")
+    x, y = _data(missing, classes=3)
+    estimator = HistGradientBoostingClassifier(max_iter=20, random_state=0).fit(x, y)
+    fast = fast_proba(estimator, native=native)
+    assert fast is not None
+    for rows in (x[:1], x[:7], x[500:1500]):
+        assert np.array_equal(fast(rows), estimator.predict_proba(rows))
+
+
 def test_unsupported_models_use_their_own_method() -> None:
     x, y = _data(classes=3)
-    multiclass = HistGradientBoostingClassifier(max_iter=10, random_state=0).fit(x, y)
+    categorical = HistGradientBoostingClassifier(
+        max_iter=10, random_state=0, categorical_features=[0]
+    ).fit(np.round(np.abs(x)), y)  # small non-negative integer codes in column 0
     linear = LogisticRegression().fit(x, y)
     piped = Pipeline([("scale", StandardScaler()), ("model", LogisticRegression())]).fit(x, y)
-    for estimator in (multiclass, linear, piped):
+    for estimator in (categorical, linear, piped):
         assert fast_proba(estimator) is None
         assert checked_fast_proba(estimator, x.shape[1], None) == estimator.predict_proba
 

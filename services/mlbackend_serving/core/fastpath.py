@@ -16,7 +16,7 @@ The walk repeats scikit-learn's comparisons (same dtypes, same NaN rule) and sum
 trees in the same order, so the result is bit-for-bit the same; a fast path is only
 used after it gave exactly the estimator's own ``predict_proba`` on probe rows when
 the model was loaded (otherwise, or for anything unsupported — categorical splits,
-multi-output, multiclass boosting — the estimator's own method is used). A Pipeline
+multi-output — the estimator's own method is used). A Pipeline
 ending in a supported ensemble, as ``mlbackend train`` makes them, runs its
 transformers, then the ensemble's fast path.
 """
@@ -169,13 +169,21 @@ def _depth(left: NDArray[Any], right: NDArray[Any], leaf: NDArray[np.bool_]) -> 
 
 
 def _random_forest(estimator: Any, native: bool) -> Proba | None:
+    """Random forests and extra trees; a single decision tree as a forest of one."""
     from sklearn.ensemble._forest import ForestClassifier
+    from sklearn.tree import DecisionTreeClassifier
 
-    if not isinstance(estimator, ForestClassifier) or estimator.n_outputs_ != 1:
+    if isinstance(estimator, DecisionTreeClassifier):
+        members = [estimator]
+    elif isinstance(estimator, ForestClassifier):
+        members = list(estimator.estimators_)
+    else:
+        return None
+    if estimator.n_outputs_ != 1:
         return None
     n_classes = int(estimator.n_classes_)
     trees, values = [], []
-    for e in estimator.estimators_:
+    for e in members:
         t = e.tree_
         size = t.node_count
         trees.append(
@@ -212,24 +220,28 @@ def _hist_gradient_boosting(estimator: Any, native: bool) -> Proba | None:
 
     if not isinstance(estimator, HistGradientBoostingClassifier):
         return None
-    if estimator.n_trees_per_iteration_ != 1:
-        return None  # multiclass: trees interleave per class; not worth it here
+    per_iteration = int(estimator.n_trees_per_iteration_)  # one tree per class if multiclass
     trees, values = [], []
-    for (predictor,) in estimator._predictors:
-        nodes = predictor.nodes
-        if nodes["is_categorical"].any():
-            return None
-        trees.append(
-            {
-                "feature": nodes["feature_idx"],
-                "threshold": nodes["num_threshold"],
-                "left": nodes["left"],
-                "right": nodes["right"],
-                "is_leaf": nodes["is_leaf"].astype(bool),
-                "missing_left": nodes["missing_go_to_left"].astype(bool),
-            }
-        )
-        values.append(nodes["value"].reshape(-1, 1))
+    for predictors in estimator._predictors:
+        for k, predictor in enumerate(predictors):
+            nodes = predictor.nodes
+            if nodes["is_categorical"].any():
+                return None
+            trees.append(
+                {
+                    "feature": nodes["feature_idx"],
+                    "threshold": nodes["num_threshold"],
+                    "left": nodes["left"],
+                    "right": nodes["right"],
+                    "is_leaf": nodes["is_leaf"].astype(bool),
+                    "missing_left": nodes["missing_go_to_left"].astype(bool),
+                }
+            )
+            # A tree adds to its own class's raw score only (adding 0.0 to the others
+            # changes no value), so each class sums its trees in iteration order.
+            value = np.zeros((len(nodes), per_iteration), dtype=np.float64)
+            value[:, k] = nodes["value"]
+            values.append(value)
     if not trees:
         return None
     forest = _flatten(trees, values, native)
