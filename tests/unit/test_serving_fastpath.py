@@ -11,17 +11,25 @@ import pytest
 from sklearn.datasets import make_classification
 from sklearn.ensemble import (
     ExtraTreesClassifier,
+    ExtraTreesRegressor,
     HistGradientBoostingClassifier,
+    HistGradientBoostingRegressor,
     RandomForestClassifier,
+    RandomForestRegressor,
 )
 from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
-from sklearn.tree import DecisionTreeClassifier
+from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
 from mlbackend_serving.core import fastpath
-from mlbackend_serving.core.fastpath import checked_fast_proba, fast_proba
+from mlbackend_serving.core.fastpath import (
+    checked_fast_predict,
+    checked_fast_proba,
+    fast_predict,
+    fast_proba,
+)
 
 CI = os.environ.get("CI") == "true"
 
@@ -106,6 +114,46 @@ def test_multiclass_boosting_sums_each_class_in_order(native: bool, missing: boo
         assert np.array_equal(fast(rows), estimator.predict_proba(rows))
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["c", "numpy"])
+@pytest.mark.parametrize(
+    ("estimator", "missing"),
+    [
+        (RandomForestRegressor(n_estimators=10, max_depth=8, random_state=0), False),
+        (RandomForestRegressor(n_estimators=5, random_state=0), True),
+        (ExtraTreesRegressor(n_estimators=5, random_state=0), False),
+        (DecisionTreeRegressor(max_depth=8, random_state=0), True),
+        (HistGradientBoostingRegressor(max_iter=30, random_state=0), True),
+        # A link that is not the identity: the raw sum goes through exp.
+        (HistGradientBoostingRegressor(loss="poisson", max_iter=30, random_state=0), True),
+        (
+            Pipeline(
+                [
+                    ("impute", SimpleImputer()),
+                    ("model", RandomForestRegressor(n_estimators=5, random_state=0)),
+                ]
+            ),
+            True,
+        ),
+    ],
+)
+def test_regressors_predict_exactly_their_own_values(
+    estimator: Any, missing: bool, native: bool
+) -> None:
+    if native and not fastpath.NATIVE:
+        pytest.fail("the C walk is not built") if CI else pytest.skip("C walk not built")
+    x, _ = _data(missing)
+    rng = np.random.default_rng(2)
+    target = np.abs(np.nan_to_num(x[:, 0]) * 3 + rng.normal(size=len(x)))  # >= 0 for poisson
+    estimator.fit(x, target)
+    fast = fast_predict(estimator, native=native)
+    assert fast is not None and fast_proba(estimator) is None
+    predict = checked_fast_predict(estimator, x.shape[1], x[:4])
+    assert predict != estimator.predict
+    for rows in (x[:1], x[:32], x[1000:2000]):
+        assert np.array_equal(fast(rows), estimator.predict(rows))
+        assert np.array_equal(predict(rows), estimator.predict(rows))
+
+
 def test_unsupported_models_use_their_own_method() -> None:
     x, y = _data(classes=3)
     categorical = HistGradientBoostingClassifier(
@@ -116,6 +164,9 @@ def test_unsupported_models_use_their_own_method() -> None:
     for estimator in (categorical, linear, piped):
         assert fast_proba(estimator) is None
         assert checked_fast_proba(estimator, x.shape[1], None) == estimator.predict_proba
+    regression = LinearRegression().fit(x, y.astype(float))
+    assert fast_predict(regression) is None
+    assert checked_fast_predict(regression, x.shape[1], None) == regression.predict
 
 
 def test_a_fast_path_that_disagrees_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -184,3 +235,27 @@ def test_the_c_walk_refuses_what_it_would_read_out_of_bounds() -> None:
     a["out"] = np.zeros((4, 1))  # one row short
     with pytest.raises(ValueError, match="sizes do not agree"):
         _walk(a)
+
+
+def test_a_served_regressor_answers_its_own_predictions_through_the_fast_path() -> None:
+    from mlbackend_serving.core.model import (
+        FeatureSpec,
+        LoadedModel,
+        ModelKey,
+        OutputKind,
+        OutputSpec,
+        Signature,
+    )
+
+    x, _ = _data()
+    regressor = HistGradientBoostingRegressor(max_iter=20, random_state=0)
+    regressor.fit(x, x[:, 0] * 2 + x[:, 1])
+    signature = Signature(tuple(FeatureSpec(f"f{i}") for i in range(x.shape[1])))
+    model = LoadedModel(
+        ModelKey("r", 1), signature, OutputSpec(OutputKind.REGRESSOR), regressor, "0" * 64
+    )
+    assert model._predict_values != regressor.predict
+    predictions = model.predict(x[:5])
+    assert predictions.labels is None and predictions.probabilities is None
+    assert predictions.values is not None
+    assert np.array_equal(predictions.values, regressor.predict(x[:5]))

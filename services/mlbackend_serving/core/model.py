@@ -11,7 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mlbackend_runtime.errors import InvalidInput
-from mlbackend_serving.core.fastpath import checked_fast_proba
+from mlbackend_serving.core.fastpath import checked_fast_predict, checked_fast_proba
 
 Scalar = int | float | bool | str | None
 Matrix = NDArray[np.float64]
@@ -149,12 +149,18 @@ class LoadedModel:
             self._predict_proba = checked_fast_proba(
                 self.estimator, len(self.signature.features), self.input_example
             )
+        else:
+            if not hasattr(self.estimator, "predict"):
+                raise InvalidInput.field("output.kind", "regressor without predict")
+            self._predict_values = checked_fast_predict(
+                self.estimator, len(self.signature.features), self.input_example
+            )
         self._classes = np.asarray(self.output.classes, dtype=object)
 
     def predict(self, rows: Matrix) -> Predictions:
         """Run the model on validated rows (call off the event loop)."""
         if self.output.kind is OutputKind.REGRESSOR:
-            values = np.asarray(self.estimator.predict(rows), dtype=np.float64).reshape(len(rows))
+            values = np.asarray(self._predict_values(rows), dtype=np.float64).reshape(len(rows))
             return Predictions(values=values)
         proba = np.asarray(self._predict_proba(rows), dtype=np.float64)
         threshold = self.output.decision_threshold
