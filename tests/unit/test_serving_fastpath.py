@@ -259,3 +259,20 @@ def test_a_served_regressor_answers_its_own_predictions_through_the_fast_path() 
     assert predictions.labels is None and predictions.probabilities is None
     assert predictions.values is not None
     assert np.array_equal(predictions.values, regressor.predict(x[:5]))
+
+
+def test_an_install_without_the_c_walk_says_so_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(fastpath, "NATIVE", False)
+    fastpath._warn_numpy_walk.cache_clear()
+    x, y = _data()
+    forest = RandomForestClassifier(n_estimators=3, random_state=0).fit(x, y)
+    with caplog.at_level("WARNING", logger="mlbackend.serving"):
+        for _ in range(2):
+            predict = checked_fast_proba(forest, x.shape[1], None)
+            assert predict != forest.predict_proba  # the numpy walk, still exact
+            assert np.array_equal(predict(x[:9]), forest.predict_proba(x[:9]))
+    assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1
+    assert "not built" in caplog.records[0].message
+    fastpath._warn_numpy_walk.cache_clear()

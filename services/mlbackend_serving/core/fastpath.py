@@ -26,6 +26,7 @@ multi-output — the estimator's own method is used).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -364,6 +365,8 @@ def _checked(
         nan_agrees = _same(fast, own, with_nan)
     except Exception:  # the estimator refuses NaN: so must serving, through it
         nan_agrees = False
+    if not NATIVE:
+        _warn_numpy_walk()
     if nan_agrees:
         return fast
     checked = fast
@@ -372,6 +375,15 @@ def _checked(
         return own(rows) if np.isnan(rows).any() else checked(rows)
 
     return without_nan
+
+
+@functools.cache
+def _warn_numpy_walk() -> None:
+    """Once per process: an operator should know the install lacked the C walk."""
+    logger.warning(
+        "mlbackend_serving._treewalk is not built (no C compiler at install): tree "
+        "models walk with numpy, several times slower; reinstall with gcc to build it"
+    )
 
 
 def _same(fast: Proba, own: Proba, rows: NDArray[np.float64]) -> bool:
