@@ -48,6 +48,7 @@ NATIVE = _treewalk is not None
 """Whether the C walk was built (CI requires it; see tests/unit/test_serving_fastpath.py)."""
 
 Proba = Callable[[NDArray[np.float64]], NDArray[np.float64]]
+"""Rows → the model's output: a classifier's probabilities, a regressor's values."""
 PROBE_ROWS = 64
 
 
@@ -211,7 +212,7 @@ def _random_forest(estimator: Any, native: bool) -> Proba | None:
     zero = np.zeros(n_outputs, dtype=np.float64)
     n_trees = len(trees)
 
-    def predict_proba(rows: NDArray[np.float64]) -> NDArray[np.float64]:
+    def predict(rows: NDArray[np.float64]) -> NDArray[np.float64]:
         # Forests compare float32 features (their DTYPE) with float64 thresholds: the
         # values rounded to float32, then compared as float64, are what they compare.
         x = np.ascontiguousarray(rows, dtype=np.float32).astype(np.float64)
@@ -220,7 +221,7 @@ def _random_forest(estimator: Any, native: bool) -> Proba | None:
         out /= n_trees
         return out[:, 0] if regressor else out
 
-    return predict_proba
+    return predict
 
 
 def _hist_gradient_boosting(estimator: Any, native: bool) -> Proba | None:
@@ -258,14 +259,14 @@ def _hist_gradient_boosting(estimator: Any, native: bool) -> Proba | None:
     baseline = np.asarray(estimator._baseline_prediction, dtype=np.float64).reshape(-1)
     loss = estimator._loss
 
-    def predict_proba(rows: NDArray[np.float64]) -> NDArray[np.float64]:
+    def predict(rows: NDArray[np.float64]) -> NDArray[np.float64]:
         # The baseline, then each tree in order: scikit-learn's own summation order.
         raw = forest.sums(np.ascontiguousarray(rows, dtype=np.float64), baseline)
         if regressor:
             return np.asarray(loss.link.inverse(raw.ravel()), dtype=np.float64)
         return np.asarray(loss.predict_proba(raw), dtype=np.float64)
 
-    return predict_proba
+    return predict
 
 
 def _pipeline(estimator: Any, native: bool) -> Proba | None:
@@ -285,13 +286,13 @@ def _pipeline(estimator: Any, native: bool) -> Proba | None:
     if not transformers:
         return final
 
-    def predict_proba(rows: NDArray[np.float64]) -> NDArray[np.float64]:
+    def predict(rows: NDArray[np.float64]) -> NDArray[np.float64]:
         x: Any = rows
         for step in transformers:
             x = step.transform(x)
         return final(np.asarray(x, dtype=np.float64))
 
-    return predict_proba
+    return predict
 
 
 def _fast(estimator: Any, native: bool) -> Proba | None:
