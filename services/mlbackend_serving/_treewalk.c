@@ -9,10 +9,10 @@
  * The comparisons and the summation order are scikit-learn's: a row goes left where
  * `value <= threshold`, a NaN goes the node's missing-value way, and the sum starts
  * from `init` and adds each tree's leaf value in tree order. fastpath.py checks the
- * result against the estimator's own predict_proba when a model is loaded.
+ * result against the estimator's own predict_proba (or predict) when a model is loaded.
  *
  * Arrays arrive through the buffer protocol (no numpy headers needed to build): the
- * Python side hands C-contiguous float64 / intp / uint8 arrays, and every index is
+ * Python side hands C-contiguous float64 / intp / bool arrays, and every index is
  * bounds-checked here anyway, so a malformed forest raises instead of reading out of
  * bounds.
  */
@@ -37,7 +37,8 @@ take(PyObject *obj, Buf *buf, Py_ssize_t itemsize, const char *kinds, int writab
     }
     buf->held = 1;
     const char *format = buf->view.format ? buf->view.format : "B";
-    if (format[0] == '<' || format[0] == '=' || format[0] == '@') {
+    /* Native order, or little-endian on a little-endian machine. */
+    if (format[0] == '=' || format[0] == '@' || (PY_LITTLE_ENDIAN && format[0] == '<')) {
         format++;
     }
     if (buf->view.itemsize != itemsize || format[0] == '\0' || format[1] != '\0' ||
