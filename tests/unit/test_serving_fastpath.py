@@ -30,8 +30,22 @@ from mlbackend_serving.core.fastpath import (
     fast_predict,
     fast_proba,
 )
+from mlbackend_serving.core.model import (
+    FeatureSpec,
+    LoadedModel,
+    ModelKey,
+    OutputKind,
+    OutputSpec,
+    Signature,
+)
 
 CI = os.environ.get("CI") == "true"
+
+
+def _require(native: bool) -> None:
+    """A test of the C walk where it was not built: a failure in CI, else skipped."""
+    if native and not fastpath.NATIVE:
+        pytest.fail("the C walk is not built") if CI else pytest.skip("C walk not built")
 
 
 def test_the_c_walk_is_built_in_ci() -> None:
@@ -78,8 +92,7 @@ def _data(missing: bool = False, classes: int = 2) -> tuple[np.ndarray, np.ndarr
     ],
 )
 def test_identical_to_predict_proba(estimator: Any, missing: bool, native: bool) -> None:
-    if native and not fastpath.NATIVE:
-        pytest.fail("the C walk is not built") if CI else pytest.skip("C walk not built")
+    _require(native)
     x, y = _data(missing, classes=3 if isinstance(estimator, DecisionTreeClassifier) else 2)
     estimator.fit(x, y)
     fast = fast_proba(estimator, native=native)
@@ -104,8 +117,7 @@ def test_identical_to_predict_proba(estimator: Any, missing: bool, native: bool)
 @pytest.mark.parametrize("native", [True, False], ids=["c", "numpy"])
 @pytest.mark.parametrize("missing", [False, True], ids=["complete", "holes"])
 def test_multiclass_boosting_sums_each_class_in_order(native: bool, missing: bool) -> None:
-    if native and not fastpath.NATIVE:
-        pytest.fail("the C walk is not built") if CI else pytest.skip("C walk not built")
+    _require(native)
     x, y = _data(missing, classes=3)
     estimator = HistGradientBoostingClassifier(max_iter=20, random_state=0).fit(x, y)
     fast = fast_proba(estimator, native=native)
@@ -139,8 +151,7 @@ def test_multiclass_boosting_sums_each_class_in_order(native: bool, missing: boo
 def test_regressors_predict_exactly_their_own_values(
     estimator: Any, missing: bool, native: bool
 ) -> None:
-    if native and not fastpath.NATIVE:
-        pytest.fail("the C walk is not built") if CI else pytest.skip("C walk not built")
+    _require(native)
     x, _ = _data(missing)
     rng = np.random.default_rng(2)
     target = np.abs(np.nan_to_num(x[:, 0]) * 3 + rng.normal(size=len(x)))  # >= 0 for poisson
@@ -238,15 +249,6 @@ def test_the_c_walk_refuses_what_it_would_read_out_of_bounds() -> None:
 
 
 def test_a_served_regressor_answers_its_own_predictions_through_the_fast_path() -> None:
-    from mlbackend_serving.core.model import (
-        FeatureSpec,
-        LoadedModel,
-        ModelKey,
-        OutputKind,
-        OutputSpec,
-        Signature,
-    )
-
     x, _ = _data()
     regressor = HistGradientBoostingRegressor(max_iter=20, random_state=0)
     regressor.fit(x, x[:, 0] * 2 + x[:, 1])
