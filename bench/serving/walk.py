@@ -102,7 +102,7 @@ def main() -> None:
     binary = (y > 1).astype(int)
     complete = x[~np.isnan(x).any(axis=1)]
     print(f"{'model':22s} {'rows':>4s} {'sklearn µs':>11s} {'numpy µs':>9s} {'C µs':>7s}"
-          f" {'× sklearn':>9s} {'× numpy':>8s}")  # fmt: skip
+          f" {'x sklearn':>9s} {'x numpy':>8s}")  # fmt: skip
     with threadpool_limits(1):  # as serving runs models
         for name, model, regressor in _models(args.quick):
             forest_like = isinstance(model, RandomForestClassifier)
