@@ -175,7 +175,8 @@ sum_leaves(PyObject *module, PyObject *args)
 
     release(b, NBUF);
     if (bad) {
-        PyErr_SetString(PyExc_ValueError, "sum_leaves: malformed forest (an index out of range, or a cycle)");
+        PyErr_SetString(PyExc_ValueError,
+                        "sum_leaves: malformed forest (an index out of range, or a cycle)");
         return NULL;
     }
     Py_RETURN_NONE;
