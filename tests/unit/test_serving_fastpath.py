@@ -278,3 +278,29 @@ def test_an_install_without_the_c_walk_says_so_once(
     assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1
     assert "not built" in caplog.records[0].message
     fastpath._warn_numpy_walk.cache_clear()
+
+
+@pytest.mark.filterwarnings("ignore:Skipping features without any observed values")
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"strategy": "median", "add_indicator": True},
+        {"strategy": "mean"},
+        {"strategy": "most_frequent", "add_indicator": True},
+        {"strategy": "constant", "fill_value": -1.0, "add_indicator": True},
+        {"strategy": "median", "keep_empty_features": True, "add_indicator": True},
+    ],
+)
+def test_the_nan_imputer_transforms_exactly_as_scikit_learn(settings: dict[str, Any]) -> None:
+    x, _ = _data(missing=True)
+    x[:, 2] = np.nan  # no value at all in fit: dropped (or kept as 0 with keep_empty_features)
+    x[:, 3] = np.nan_to_num(x[:, 3])  # no hole in fit: no indicator column
+    imputer = SimpleImputer(**settings).fit(x)
+    fast = fastpath._nan_imputer(imputer)
+    assert fast is not None
+    rows = x[:300].copy()
+    rows[::7, 3] = np.nan  # holes where fit had none
+    for batch in (rows, rows[:1], rows[7:8]):
+        assert np.array_equal(fast(batch), imputer.transform(batch))
+    # Another missing-value marker is scikit-learn's to handle.
+    assert fastpath._nan_imputer(SimpleImputer(missing_values=-1.0).fit(np.nan_to_num(x))) is None
