@@ -304,3 +304,36 @@ def test_the_nan_imputer_transforms_exactly_as_scikit_learn(settings: dict[str, 
         assert np.array_equal(fast(batch), imputer.transform(batch))
     # Another missing-value marker is scikit-learn's to handle.
     assert fastpath._nan_imputer(SimpleImputer(missing_values=-1.0).fit(np.nan_to_num(x))) is None
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["c", "numpy"])
+@pytest.mark.parametrize("recipe", ["random_forest", "decision_tree", "hist_gradient_boosting"])
+@pytest.mark.parametrize("categorical", [False, True], ids=["numeric", "with-codes"])
+def test_every_tree_recipe_of_mlbackend_train_takes_the_fast_path(
+    recipe: str, categorical: bool, native: bool
+) -> None:
+    """What `mlbackend train` builds (imputers, one-hot codes routed by a
+    ColumnTransformer, then the model) predicts exactly as its own Pipeline, with every
+    transformer as numpy: the transforms match scikit-learn's, NaN for NaN."""
+    from mlbackend_training.pipeline import EstimatorSpec, build_estimator
+
+    _require(native)
+    rng = np.random.default_rng(3)
+    n = 3000
+    x = np.column_stack(
+        [rng.normal(size=(n, 4)), rng.integers(0, 3, n), rng.integers(0, 4, n)]
+    ).astype(float)
+    x[rng.random(x.shape) < 0.03] = np.nan  # the codes' columns get NaN categories too
+    y = (np.nan_to_num(x[:, 0]) + (x[:, 4] == 1) + rng.normal(size=n) > 0.5).astype(int)
+    flags = [False] * 4 + [categorical] * 2
+    model = build_estimator(EstimatorSpec(recipe, {}), 7, flags).fit(x, y)
+    fast = fast_proba(model, native=native)
+    assert fast is not None
+    rows = x[:400].copy()
+    rows[::9, 5] = 9.0  # a code fit never saw: all zeros, as scikit-learn ignores it
+    for _, step in model.steps[:-1]:
+        transformed = fastpath._transform_of(step)(rows)
+        assert fastpath._transform_of(step) != step.transform
+        assert np.array_equal(transformed, step.transform(rows), equal_nan=True)
+    for batch in (rows, rows[:1], rows[9:10]):
+        assert np.array_equal(fast(batch), model.predict_proba(batch))

@@ -272,8 +272,8 @@ def _hist_gradient_boosting(estimator: Any, native: bool) -> Proba | None:
 def _pipeline(estimator: Any, native: bool) -> Proba | None:
     """A scikit-learn Pipeline ending in a supported model (what ``mlbackend train``
     makes): its transformers, then the model's fast path, which is what the Pipeline's
-    own ``predict_proba`` (or ``predict``) computes. A NaN imputer runs as numpy
-    (:func:`_nan_imputer`); other transformers run their own ``transform``."""
+    own ``predict_proba`` (or ``predict``) computes. The transformers the recipes use
+    run as numpy (:func:`_transform_of`); others run their own ``transform``."""
     from sklearn.pipeline import Pipeline
 
     if not isinstance(estimator, Pipeline) or not estimator.steps:
@@ -281,11 +281,7 @@ def _pipeline(estimator: Any, native: bool) -> Proba | None:
     final = _fast(estimator.steps[-1][1], native)
     if final is None:
         return None
-    transforms = [
-        _nan_imputer(step) or step.transform
-        for _, step in estimator.steps[:-1]
-        if step is not None and step != "passthrough"
-    ]
+    transforms = [_transform_of(step) for _, step in estimator.steps[:-1] if not _is_identity(step)]
     if not transforms:
         return final
 
@@ -296,6 +292,108 @@ def _pipeline(estimator: Any, native: bool) -> Proba | None:
         return final(np.asarray(x, dtype=np.float64))
 
     return predict
+
+
+def _is_identity(step: Any) -> bool:
+    """``None``, ``"passthrough"``, or what a fitted ColumnTransformer makes of the
+    latter (a FunctionTransformer without a function)."""
+    from sklearn.preprocessing import FunctionTransformer
+
+    if step is None or (isinstance(step, str) and step == "passthrough"):
+        return True
+    return type(step) is FunctionTransformer and step.func is None
+
+
+def _transform_of(step: Any) -> Proba:
+    """A fitted transformer's ``transform``: as numpy for the kinds ``mlbackend train``
+    uses (a NaN imputer, one-hot codes, columns routed to those, pipelines of them),
+    scikit-learn's own for anything else. The whole model is checked at load anyway."""
+    for fast in (_nan_imputer, _one_hot, _columns, _transformer_pipeline):
+        try:
+            transform = fast(step)
+        except (AttributeError, KeyError, ValueError, TypeError):
+            transform = None  # scikit-learn's internals moved: its own transform
+        if transform is not None:
+            return transform
+    own: Proba = step.transform
+    return own
+
+
+def _transformer_pipeline(step: Any) -> Proba | None:
+    from sklearn.pipeline import Pipeline
+
+    if type(step) is not Pipeline:
+        return None
+    transforms = [_transform_of(s) for _, s in step.steps if not _is_identity(s)]
+
+    def transform(rows: NDArray[np.float64]) -> NDArray[np.float64]:
+        x: Any = rows
+        for each in transforms:
+            x = each(x)
+        return np.asarray(x, dtype=np.float64)
+
+    return transform
+
+
+def _columns(step: Any) -> Proba | None:
+    """A fitted ColumnTransformer with dense output and columns given by position."""
+    from sklearn.compose import ColumnTransformer
+
+    if type(step) is not ColumnTransformer or step.sparse_output_:
+        return None
+    parts: list[tuple[NDArray[np.intp], Proba | None]] = []
+    for _, transformer, columns in step.transformers_:
+        if isinstance(transformer, str) and transformer == "drop":
+            continue
+        positions = np.asarray(columns)
+        if positions.dtype.kind not in "iu" or positions.ndim != 1:
+            return None  # names, masks, slices: scikit-learn's own
+        parts.append((positions, None if _is_identity(transformer) else _transform_of(transformer)))
+
+    def transform(rows: NDArray[np.float64]) -> NDArray[np.float64]:
+        x = np.asarray(rows, dtype=np.float64)
+        blocks = [
+            x[:, positions] if each is None else each(x[:, positions]) for positions, each in parts
+        ]
+        return np.hstack([np.asarray(b, dtype=np.float64) for b in blocks])
+
+    return transform
+
+
+def _one_hot(step: Any) -> Proba | None:
+    """A fitted OneHotEncoder of numeric codes, dense, unknown codes ignored: per column,
+    one 0.0 / 1.0 column per category in ``categories_`` order (NaN, when fit saw one,
+    last), all zeros for a code fit never saw."""
+    from sklearn.preprocessing import OneHotEncoder
+
+    if (
+        type(step) is not OneHotEncoder
+        or step.sparse_output
+        or step.handle_unknown != "ignore"
+        or step.drop_idx_ is not None
+        or getattr(step, "_infrequent_enabled", False)
+        or step.dtype not in (np.float64, float)
+    ):
+        return None
+    categories = []
+    for cats in step.categories_:
+        cats = np.asarray(cats)
+        if cats.dtype.kind != "f":
+            return None  # strings or objects: scikit-learn's own
+        with_nan = bool(len(cats)) and bool(np.isnan(cats[-1]))
+        categories.append((cats[:-1] if with_nan else cats, with_nan))
+
+    def transform(rows: NDArray[np.float64]) -> NDArray[np.float64]:
+        x = np.asarray(rows, dtype=np.float64)
+        blocks: list[NDArray[Any]] = []
+        for j, (known, with_nan) in enumerate(categories):
+            column = x[:, j : j + 1]
+            blocks.append(column == known)
+            if with_nan:
+                blocks.append(np.isnan(column))
+        return np.hstack(blocks).astype(np.float64)
+
+    return transform
 
 
 def _nan_imputer(step: Any) -> Proba | None:
