@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -284,15 +284,12 @@ def _pipeline(estimator: Any, native: bool) -> Proba | None:
     final = _fast(estimator.steps[-1][1], native)
     if final is None:
         return None
-    transforms = [_transform_of(step) for _, step in estimator.steps[:-1] if not _is_identity(step)]
-    if not transforms:
+    transform = _chain(estimator.steps[:-1])
+    if transform is None:
         return final
 
     def predict(rows: NDArray[np.float64]) -> NDArray[np.float64]:
-        x: Any = rows
-        for transform in transforms:
-            x = transform(x)
-        return final(np.asarray(x, dtype=np.float64))
+        return final(transform(rows))
 
     return predict
 
@@ -311,15 +308,9 @@ def _transform_of(step: Any) -> Proba:
     """A fitted transformer's ``transform``: as numpy for the kinds ``mlbackend train``
     uses (a NaN imputer, one-hot codes, columns routed to those, pipelines of them),
     scikit-learn's own for anything else. The whole model is checked at load anyway."""
-    for fast in (_nan_imputer, _one_hot, _columns, _transformer_pipeline):
-        try:
-            transform = fast(step)
-        except (AttributeError, KeyError, ValueError, TypeError):
-            transform = None  # scikit-learn's internals moved: its own transform
-        if transform is not None:
-            return transform
+    builders = (_nan_imputer, _one_hot, _columns, _transformer_pipeline)
     own: Proba = step.transform
-    return own
+    return _first(functools.partial(build, step) for build in builders) or own
 
 
 def _transformer_pipeline(step: Any) -> Proba | None:
@@ -327,15 +318,27 @@ def _transformer_pipeline(step: Any) -> Proba | None:
 
     if type(step) is not Pipeline:
         return None
-    transforms = [_transform_of(s) for _, s in step.steps if not _is_identity(s)]
+    return _chain(step.steps) or _as_float
+
+
+def _chain(steps: Sequence[tuple[str, Any]]) -> Proba | None:
+    """The fitted transformers of ``steps`` one after the other (each as
+    :func:`_transform_of`), their output as float64; None when all pass rows through."""
+    transforms = [_transform_of(step) for _, step in steps if not _is_identity(step)]
+    if not transforms:
+        return None
 
     def transform(rows: NDArray[np.float64]) -> NDArray[np.float64]:
         x: Any = rows
         for each in transforms:
             x = each(x)
-        return np.asarray(x, dtype=np.float64)
+        return _as_float(x)
 
     return transform
+
+
+def _as_float(rows: Any) -> NDArray[np.float64]:
+    return np.asarray(rows, dtype=np.float64)
 
 
 def _columns(step: Any) -> Proba | None:
@@ -434,11 +437,18 @@ def _is_nan(value: Any) -> bool:
 
 
 def _fast(estimator: Any, native: bool) -> Proba | None:
-    for build in (_random_forest, _hist_gradient_boosting, _pipeline):
+    builders = (_random_forest, _hist_gradient_boosting, _pipeline)
+    return _first(functools.partial(build, estimator, native and NATIVE) for build in builders)
+
+
+def _first(builds: Iterable[Callable[[], Proba | None]]) -> Proba | None:
+    """What the first of ``builds`` to give something gives; one that fails gives
+    nothing (scikit-learn's internals moved: the caller keeps scikit-learn's method)."""
+    for build in builds:
         try:
-            fast = build(estimator, native and NATIVE)
+            fast = build()
         except (ImportError, AttributeError, KeyError, ValueError, TypeError):
-            fast = None  # scikit-learn's internals moved: use its public API
+            continue
         if fast is not None:
             return fast
     return None
