@@ -22,7 +22,7 @@ import asyncio
 import functools
 import queue
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import ModuleType
@@ -44,11 +44,13 @@ def service_handlers(
     loop: asyncio.AbstractEventLoop,
     blocking: dict[str, Blocking],
     readers: ThreadPoolExecutor | None = None,
+    raw: Collection[str] = (),
 ) -> grpc.GenericRpcHandler:
     """The generic handler of service ``name`` (generated into ``module``): methods in
     ``blocking`` as given (a response may be its wire bytes), every other one
     ``servicer``'s coroutine run on ``loop``.
-    ``readers`` takes client-streamed messages (needed when the service has any)."""
+    ``readers`` takes client-streamed messages (needed when the service has any).
+    Methods in ``raw`` get their request's wire bytes, unparsed."""
     service = module.DESCRIPTOR.services_by_name[name]
     methods: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
@@ -60,8 +62,9 @@ def service_handlers(
             if method.client_streaming and readers is None:
                 raise ValueError(f"{name}.{method.name} streams requests: give readers")
             behaviour = on_loop(getattr(servicer, method.name), loop, *streams, readers)
+        parse = None if method.name in raw else request_type.FromString
         methods[method.name] = HANDLER_FACTORIES[streams](
-            behaviour, request_type.FromString, _serializer(response_type)
+            behaviour, parse, _serializer(response_type)
         )
     return grpc.method_handlers_generic_handler(service.full_name, methods)
 

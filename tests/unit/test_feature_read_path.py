@@ -212,7 +212,7 @@ FIELDS = [
     ],
 )
 @pytest.mark.parametrize("as_of_offset", [0, 3_600 * MICROS, 3_600 * MICROS + 1])
-def test_stored_cells_equal_decoding_then_the_pit_rules(
+def test_online_cells_equal_decoding_then_the_pit_rules(
     stored: dict[str, object], as_of_offset: int
 ) -> None:
     payload = json.dumps(stored)
@@ -220,9 +220,10 @@ def test_stored_cells_equal_decoding_then_the_pit_rules(
     candidate = pit.Candidate(T, codec.decode_fields(payload, FIELDS))
     want = pit.cells(candidate, names, T + as_of_offset, 3_600 * MICROS)
     decoder = codec.RowDecoder(FIELDS)
-    got = pit.stored_cells(T, payload, decoder, T + as_of_offset, 3_600 * MICROS)
+    got, none = pit.online_cells([(T, payload), None], T + as_of_offset, decoder, 3_600 * MICROS)
     assert [repr(c) for c in got] == [repr(c) for c in want]  # repr: NaN-safe
     assert all(type(c) is Cell for c in got)
+    assert none == pit.missing_cells(len(FIELDS))
     # The loop of a historical retrieval gives the same, and NOT_FOUND for no candidate.
     hits: list[tuple[int, str] | None] = [(T, payload), None]
     rows = pit.as_of_cells(hits, [T + as_of_offset, T], decoder, 3_600 * MICROS)

@@ -450,6 +450,17 @@ class OnlineQuery(NamedTuple):
     request_inputs: list[dict[str, Scalar]]
 
 
+class ColumnQuery(NamedTuple):
+    """The usual online read: entities of one join key, given as a column of values (all
+    ints or all strings), no request inputs. What an :class:`OnlineQuery` of such keys
+    means, without a dict per entity (see ``FeatureStore.read_column_now``)."""
+
+    feature_refs: list[str]
+    feature_service: str
+    join_key: str
+    values: list[int] | list[str]
+
+
 class ReadResult(NamedTuple):
     schema: tuple[OutputColumn, ...]
     rows: list[Sequence[Cell]]

@@ -8,8 +8,8 @@ counts only within the view's TTL: ``as_of - event_time <= ttl`` (TTL 0 = foreve
 Otherwise the value is null with status EXPIRED; with no candidate, NOT_FOUND.
 
 A store finds candidates (in SQL, in Redis...); :func:`cells` turns a candidate into
-the values and statuses a read returns (:func:`stored_cells` straight from the stored
-row, as reads do), so the status rules live only here.
+the values and statuses a read returns (:func:`online_cells` and :func:`as_of_cells`
+straight from the stored rows, as reads do), so the status rules live only here.
 :func:`as_of_join` is the reference implementation the stores are tested against.
 """
 
@@ -60,14 +60,24 @@ def missing_cells(count: int) -> list[Cell]:
     return [Cell(None, Status.NOT_FOUND, None)] * count
 
 
-def stored_cells(
-    event_us: int, payload: str, decoder: codec.RowDecoder, as_of_us: int, ttl_us: int
-) -> Sequence[Cell]:
-    """``cells`` of the candidate stored as ``(event_us, payload)``, decoding only the
-    fields ``decoder`` reads, and nothing at all when it has expired."""
-    if is_expired(event_us, as_of_us, ttl_us):
-        return [Cell(None, Status.EXPIRED, event_us)] * len(decoder.fields)
-    return decoder.present_recent(payload, event_us)
+def online_cells(
+    found: Sequence[tuple[int, str] | None], now_us: int, decoder: codec.RowDecoder, ttl_us: int
+) -> list[Sequence[Cell]]:
+    """``cells`` of each candidate an online read found (stored as ``(event_us,
+    payload)``; None: no candidate), decoding only the fields ``decoder`` reads, nothing
+    at all for an expired one, and a hot entity's row not again (``present_recent``)."""
+    missing = missing_cells(len(decoder.fields))
+    present = decoder.present_recent
+    out: list[Sequence[Cell]] = []
+    append = out.append
+    for hit in found:
+        if hit is None:
+            append(missing)
+        elif ttl_us > 0 and now_us - hit[0] > ttl_us:  # is_expired, inlined
+            append([Cell(None, Status.EXPIRED, hit[0])] * len(missing))
+        else:
+            append(present(hit[1], hit[0]))
+    return out
 
 
 def as_of_cells(
@@ -76,8 +86,8 @@ def as_of_cells(
     decoder: codec.RowDecoder,
     ttl_us: int,
 ) -> list[Sequence[Cell]]:
-    """``stored_cells`` of every candidate an as-of join found (None: no candidate), in
-    one loop: a historical retrieval runs it for every entity row."""
+    """``online_cells`` of every candidate an as-of join found at its own time, in one
+    loop (a historical retrieval runs it for every entity row), without keeping rows."""
     missing = missing_cells(len(decoder.fields))
     present = decoder.present
     out: list[Sequence[Cell]] = []

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from mlbackend_features.core import codec, definitions, pit, validation
 from mlbackend_features.core.model import (
@@ -27,9 +27,11 @@ from mlbackend_features.core.model import (
     MAX_CHUNK_ROWS,
     MAX_ENTITY_KEYS,
     MAX_HISTORICAL_ROWS,
+    MAX_KEY_STRING_BYTES,
     MIN_TIME_US,
     Actor,
     Cell,
+    ColumnQuery,
     DefinitionChange,
     DefinitionSet,
     DType,
@@ -137,6 +139,10 @@ class ViewStatistics:
     start_us: int
     end_us: int
     compute_us: int
+
+
+# Which values a column query may give for a join key of each dtype.
+_COLUMN_KINDS = frozenset({(int, DType.INT64), (str, DType.STRING)})
 
 
 class FeatureStore:
@@ -451,11 +457,12 @@ class FeatureStore:
     async def read_online(self, query: OnlineQuery) -> ReadResult:
         plan, per_view = await self.fresh(lambda: self._online_plan(query))
         now = self._clock()
-        found = [
-            await self._online_cells(read, keys, now)
-            for read, keys in zip(plan.views, per_view, strict=True)
-        ]
-        return self._online_result(plan, query, per_view, found)
+        found = []
+        for read, keys in zip(plan.views, per_view, strict=True):
+            stored = await self._online.read(read.view.name, list(dict.fromkeys(keys)))
+            hits = list(map(stored.get, keys))
+            found.append(pit.online_cells(hits, now, read.decoder, read.ttl_us))
+        return self._online_result(plan, query.request_inputs, found)
 
     def read_online_now(self, query: OnlineQuery) -> ReadResult | None:
         """:meth:`read_online` without waiting on anything: the result when the online
@@ -466,14 +473,47 @@ class FeatureStore:
             plan, per_view = self._online_plan(query)
         except NotFound:
             return None
+        return self._read_now(plan, per_view, query.request_inputs)
+
+    def read_column_now(self, query: ColumnQuery) -> ReadResult | None:
+        """:meth:`read_online_now` of the usual read, its entity keys given as one column.
+        None also where the column is not simply the plan's one join key (or anything is
+        wrong with the query): the caller then reads it as an :class:`OnlineQuery`, whose
+        path checks everything and reports what is wrong. Safe on any thread."""
+        values = query.values
+        if not 0 < len(values) <= MAX_ENTITY_KEYS:
+            return None
+        try:
+            plan = self.compile(query.feature_refs, query.feature_service)
+        except NotFound:
+            return None
+        if plan.compiled.request_inputs or plan.known_keys != {query.join_key}:
+            return None
+        kind = type(values[0])  # the same for every value
+        for read in plan.views:
+            dtype = read.join_keys[0].dtype if len(read.join_keys) == 1 else None
+            if not read.view.online or (kind, dtype) not in _COLUMN_KINDS:
+                return None
+        if kind is int:
+            keys = list(map(codec.encode_int_key, cast(list[int], values)))
+        else:
+            texts = cast(list[str], values)
+            if max(map(len, texts)) * 4 > MAX_KEY_STRING_BYTES:
+                return None  # maybe too long in UTF-8: the general path measures it
+            keys = [codec.encode_key((v,)) for v in texts]
+        return self._read_now(plan, [keys] * len(plan.views), ())
+
+    def _read_now(
+        self, plan: ReadPlan, per_view: Sequence[Sequence[str]], inputs: Sequence[dict[str, Scalar]]
+    ) -> ReadResult | None:
         now = self._clock()
         found = []
         for read, keys in zip(plan.views, per_view, strict=True):
-            stored = self._online.read_now(read.view.name, list(dict.fromkeys(keys)))
+            stored = self._online.read_now(read.view.name, keys)
             if stored is None:
                 return None
-            found.append(self._present_cells(read, stored, now))
-        return self._online_result(plan, query, per_view, found)
+            found.append(pit.online_cells(stored, now, read.decoder, read.ttl_us))
+        return self._online_result(plan, inputs, found)
 
     def _online_plan(self, query: OnlineQuery) -> tuple[ReadPlan, list[list[str]]]:
         """The read plan of an online query and each view's entity keys, all checked."""
@@ -498,27 +538,20 @@ class FeatureStore:
     def _online_result(
         self,
         plan: ReadPlan,
-        query: OnlineQuery,
-        per_view: Sequence[Sequence[str]],
-        found: Sequence[dict[str, Sequence[Cell]]],
+        inputs: Sequence[dict[str, Scalar]],
+        found: Sequence[Sequence[Sequence[Cell]]],
     ) -> ReadResult:
-        """Rows in request order from each view's cells by entity (and request inputs)."""
+        """Rows in request order from each view's cells per request row (and request
+        inputs)."""
         compiled = plan.compiled
         service = compiled.service.ref if compiled.service else ""
         if plan.direct:
-            # The rows are the view's cells as they are; duplicate keys share one list.
-            missing = pit.missing_cells(len(plan.views[0].fields))
-            cells = found[0]
-            as_stored = [cells.get(k, missing) for k in per_view[0]]
-            return ReadResult(compiled.schema, as_stored, service)
-        count = len(query.entity_keys)
-        rows: list[dict[str, Cell]] = [{} for _ in range(count)]
-        for read, keys, cells in zip(plan.views, per_view, found, strict=True):
-            missing = pit.missing_cells(len(read.fields))
+            return ReadResult(compiled.schema, list(found[0]), service)  # cells as they are
+        rows: list[dict[str, Cell]] = [{} for _ in found[0]]
+        for read, cells in zip(plan.views, found, strict=True):
             names = read.refs
-            for row, key in zip(rows, keys, strict=True):
-                row.update(zip(names, cells.get(key, missing), strict=True))
-        inputs = query.request_inputs
+            for row, row_cells in zip(rows, cells, strict=True):
+                row.update(zip(names, row_cells, strict=True))
         if compiled.request_inputs:
             shared = (
                 self._request_inputs(compiled, inputs[0], "request_inputs[0]")
@@ -533,23 +566,6 @@ class FeatureStore:
                     )
                 )
         return ReadResult(compiled.schema, [compiled.evaluate(row) for row in rows], service)
-
-    async def _online_cells(
-        self, read: ViewRead, keys: Sequence[str], now: int
-    ) -> dict[str, Sequence[Cell]]:
-        """The cells of every requested entity the online store holds a value for."""
-        stored = await self._online.read(read.view.name, list(dict.fromkeys(keys)))
-        return self._present_cells(read, stored, now)
-
-    @staticmethod
-    def _present_cells(
-        read: ViewRead, stored: dict[str, tuple[int, str]], now: int
-    ) -> dict[str, Sequence[Cell]]:
-        decoder, ttl = read.decoder, read.ttl_us
-        return {
-            entity: pit.stored_cells(ts, payload, decoder, now, ttl)
-            for entity, (ts, payload) in stored.items()
-        }
 
     async def read_historical(
         self, query: HistoricalQuery, *, stored: bool = False

@@ -26,10 +26,11 @@ class OnlineStore(ABC):
     async def read(self, view: str, entities: Sequence[str]) -> dict[str, tuple[int, str]]:
         """``entity -> (event_us, payload)`` for the entities that have a value."""
 
-    def read_now(self, view: str, entities: Sequence[str]) -> dict[str, tuple[int, str]] | None:
-        """What :meth:`read` returns, if it can be had without the event loop (values kept
-        in memory, or an engine read synchronously); None otherwise. Any thread may call
-        it (the thread-pool front reads here first)."""
+    def read_now(self, view: str, entities: Sequence[str]) -> list[tuple[int, str] | None] | None:
+        """What :meth:`read` finds, per entity in the order given (None: no value), if it
+        can be had without the event loop (values kept in memory, or an engine read
+        synchronously); None otherwise. Any thread may call it (the thread-pool front
+        reads here first)."""
         return None
 
     @abstractmethod

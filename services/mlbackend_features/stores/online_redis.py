@@ -95,11 +95,11 @@ class RedisOnlineStore(OnlineStore):
             raise DependencyUnavailable(_DEPENDENCY, f"redis: {exc}") from exc
         return _decoded(entities, raw)
 
-    def read_now(self, view: str, entities: Sequence[str]) -> dict[str, tuple[int, str]] | None:
+    def read_now(self, view: str, entities: Sequence[str]) -> list[tuple[int, str] | None] | None:
         if self._reads is None or not entities:
             return None
         raw = self._reads.cached([self._key(view, e) for e in entities])
-        return None if raw is None else _decoded(entities, raw)
+        return None if raw is None else list(map(_stored, raw))
 
     async def applied_sequence(self) -> int:
         try:
@@ -163,8 +163,16 @@ def _decoded(
     """``entity -> (event_us, payload)`` from MGET's ``event_us|payload`` strings."""
     out: dict[str, tuple[int, str]] = {}
     for entity, value in zip(entities, raw, strict=True):
-        if value is not None:
-            text = value if isinstance(value, str) else value.decode()
-            ts, _, payload = text.partition("|")
-            out[entity] = (int(ts), payload)
+        stored = _stored(value)
+        if stored is not None:
+            out[entity] = stored
     return out
+
+
+def _stored(value: str | bytes | None) -> tuple[int, str] | None:
+    """``(event_us, payload)`` of one ``event_us|payload`` string (None: no value)."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else value.decode()
+    ts, _, payload = text.partition("|")
+    return int(ts), payload

@@ -87,8 +87,16 @@ class SqliteOnlineStore(OnlineStore):
             return self._read_cached(view, entities)
         return await asyncio.to_thread(self._read_cached, view, entities)
 
-    def read_now(self, view: str, entities: Sequence[str]) -> dict[str, tuple[int, str]] | None:
-        return self._read_cached(view, entities) if len(entities) <= _INLINE_READ_KEYS else None
+    def read_now(self, view: str, entities: Sequence[str]) -> list[tuple[int, str] | None] | None:
+        if len(entities) > _INLINE_READ_KEYS:
+            return None
+        if self._cache is not None:
+            # All cached (the usual case for hot entities): the list as the cache has it.
+            cached = self._cache.get([(view, e) for e in entities])
+            if cached is not None:
+                return cached
+        found = self._read_cached(view, entities)
+        return [found.get(e) for e in entities]
 
     def _read_cached(self, view: str, entities: Sequence[str]) -> dict[str, tuple[int, str]]:
         cache = self._cache

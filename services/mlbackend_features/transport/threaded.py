@@ -18,17 +18,29 @@ after another without sleeping. Two rather than three: p99 2.86-3.31 against
 from __future__ import annotations
 
 import asyncio
+import logging
 from concurrent.futures import ThreadPoolExecutor
+from types import ModuleType
 
 import grpc
 
 from mlbackend.features.v1 import features_pb2 as pb
+from mlbackend_features.core.model import ColumnQuery
 from mlbackend_features.core.service import FeatureStore
 from mlbackend_features.transport import convert
 from mlbackend_features.transport.servicer import FeatureStoreServicer
 from mlbackend_runtime.threaded import run_on, service_handlers
 
 ONLINE_READ_THREADS = 2
+
+logger = logging.getLogger("mlbackend.features")
+
+_wire: ModuleType | None
+try:
+    from mlbackend_features import _wire
+except ImportError:  # built without a C compiler (see setup.py)
+    _wire = None
+NATIVE = _wire is not None
 
 
 def handlers(
@@ -38,13 +50,24 @@ def handlers(
     readers: ThreadPoolExecutor,
 ) -> list[grpc.GenericRpcHandler]:
     """``online`` runs online reads; ``readers`` take pushed batches off the stream."""
+    parse_online_request = None if _wire is None else _wire.parse_online_request
+    if parse_online_request is None:
+        logger.warning(
+            "mlbackend_features._wire is not built: every online read is parsed by "
+            "protobuf (slower with many entity keys; install a C compiler, reinstall)"
+        )
 
-    def read_online(request: pb.GetOnlineFeaturesRequest, context: grpc.ServicerContext) -> bytes:
-        query = convert.online_query(request)
+    def read_online(data: bytes, context: grpc.ServicerContext) -> bytes:
+        usual = parse_online_request(data) if parse_online_request is not None else None
+        if usual is not None:
+            result = store.read_column_now(ColumnQuery(*usual))
+            if result is not None:
+                return convert.online_result_wire(result)  # sent as they are
+        query = convert.online_query(convert.parsed(pb.GetOnlineFeaturesRequest, data))
         result = store.read_online_now(query)
         if result is None:
             result = run_on(loop, store.read_online(query), context)
-        return convert.online_result_wire(result)  # sent as they are
+        return convert.online_result_wire(result)
 
     read_online.experimental_thread_pool = online  # type: ignore[attr-defined]
     return [
@@ -55,5 +78,6 @@ def handlers(
             loop,
             {"GetOnlineFeatures": read_online},
             readers,
+            raw={"GetOnlineFeatures"},
         )
     ]
