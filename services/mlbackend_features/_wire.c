@@ -201,8 +201,8 @@ parse_online_request(PyObject *self, PyObject *arg)
             }
         }
         else if (field == 3) {
-            Reader key_name, text;
-            int kind;
+            Reader key_name = {NULL, NULL}, text = {NULL, NULL};
+            int kind = 0;
             int64_t number = 0;
             if (!entity_key(body, &key_name, &kind, &number, &text)) {
                 goto other;

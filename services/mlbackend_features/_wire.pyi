@@ -1,6 +1,5 @@
 # Types of the C extension built from _wire.c (see there and setup.py).
-from collections.abc import Buffer
 
 def parse_online_request(
-    data: Buffer, /
+    data: bytes | bytearray | memoryview, /
 ) -> tuple[list[str], str, str, list[int] | list[str]] | None: ...

@@ -24,6 +24,7 @@ from test_feature_store import (
     violations,
 )
 
+from mlbackend.common.v1 import common_pb2 as c
 from mlbackend.features.v1 import features_pb2 as f
 from mlbackend_features.transport import threaded
 
@@ -140,3 +141,32 @@ async def test_online_reads_racing_writes_never_go_back_in_time(
     assert all(len(seen) > 0 for seen in results[1:])
     final = await online(client, ["u0", "u19"], feature_refs=["user_stats:txn_count"])
     assert values(final) == [[("FEATURE_STATUS_PRESENT", 59)], [("FEATURE_STATUS_PRESENT", 59)]]
+
+
+async def test_the_thread_front_answers_undecodable_online_reads_as_invalid(
+    start_service: StartService, connect: Connect
+) -> None:
+    """GetOnlineFeatures reaches the thread front as bytes (the usual request is parsed
+    in C, see ``transport/threaded.py``): bytes no parser takes are the caller's error."""
+    server, client = await ready(start_service, connect, "threads")
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        call = channel.unary_unary("/mlbackend.features.v1.FeatureStoreService/GetOnlineFeatures")
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call(b"\x1a\x05ab", timeout=10)  # a length past the end
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid GetOnlineFeaturesRequest" in (raised.value.details() or "")
+    # Well-formed and parsed in C, but ints for the string join key: the column read
+    # steps aside and the general path reports it, field by field.
+    wrong = c.EntityKey(join_keys={"user_id": c.Value(int64_value=7)})
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await client.stub.GetOnlineFeatures(
+            f.GetOnlineFeaturesRequest(
+                feature_refs=["user_stats:amount"], entity_keys=[wrong, wrong]
+            ),
+            timeout=10,
+        )
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [field for field, _ in violations(raised.value)] == [
+        "entity_keys[0].join_keys.user_id",
+        "entity_keys[1].join_keys.user_id",
+    ]

@@ -7,6 +7,15 @@ read cache), and awaited on the loop otherwise (a Redis round trip, a large read
 definitions reload). Every other method is the asyncio servicer's own, run on the
 loop (``mlbackend_runtime.threaded``).
 
+The usual request (entities of one join key, no request inputs) arrives as bytes and
+is parsed in C (``mlbackend_features/_wire.c``) into a column of key values, read by
+``FeatureStore.read_column_now``; anything else, or a column that does not fit the read
+plan, is parsed by protobuf and takes the general path, which reports what is wrong.
+Measured here (100 entities x 10 features at concurrency 8, bench/features' data and
+load generator, 4 s runs): 2,282-2,375 rps and ~440 µs of server CPU per request before,
+5,237-5,315 rps and ~205 µs with it, as fast as the bare sync echo server; in-process,
+145 µs per read before, 51 µs after (protobuf's map access was 63 µs of it).
+
 Why a small pool: measured here (1 entity x 10 features at concurrency 8, server
 CPU per request, same load generator, interleaved rounds), grpc.aio 238-256 µs; this
 front with 1 online thread 212; with 2 or 3, 175-190; with 4, 187; with 8, 242: more
