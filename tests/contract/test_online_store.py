@@ -88,6 +88,26 @@ async def test_views_are_separate_and_missing_keys_are_absent(online_store: Onli
     assert await online_store.read("v", []) == {}
 
 
+async def test_read_now_answers_what_read_does_in_request_order(
+    online_store: OnlineStore, request: pytest.FixtureRequest
+) -> None:
+    await online_store.apply(
+        "v", [Record('["a"]', T, '{"x":1}'), Record('["b"]', T + 1, '{"x":2}')], 1
+    )
+    keys = ['["b"]', '["none"]', '["a"]', '["b"]']
+    found = await online_store.read("v", keys)  # kept in memory where the store keeps reads
+    now = online_store.read_now("v", keys)
+    if request.node.callspec.params["online_store"] == "redis-uncached":
+        assert now is None  # Redis is a round trip on the event loop
+    else:
+        assert now == [found.get(k) for k in keys]
+        assert now == [(T + 1, '{"x":2}'), None, (T, '{"x":1}'), (T + 1, '{"x":2}')]
+    # Its own write is seen at once: a changed value is not answered from memory.
+    await online_store.apply("v", [Record('["a"]', T + 5, '{"x":3}')], 2)
+    again = online_store.read_now("v", ['["a"]'])
+    assert again is None or again == [(T + 5, '{"x":3}')]
+
+
 async def test_watermark_only_moves_forward(online_store: OnlineStore) -> None:
     assert await online_store.applied_sequence() == 0
     await online_store.apply("v", [], 5)

@@ -89,6 +89,29 @@ async def test_an_error_reply_fails_that_caller_only(url: str) -> None:
         await reads.mget(["k"])
 
 
+async def test_values_are_decoded_once_and_kept_decoded(url: str) -> None:
+    _fill(url, 2)
+    seen: list[str] = []
+
+    def decode(value: str) -> tuple[str, int]:
+        seen.append(value)
+        word, number = value.split()
+        return word, int(number)
+
+    reads = PipelinedReads(url, cache_keys=100, cache_seconds=60, decode=decode)
+    assert await reads.mget(["k0", "absent", "k1"]) == [("value", 0), None, ("value", 1)]
+    assert reads.cached(["k1", "k0"]) == [("value", 1), ("value", 0)]
+    assert await reads.mget(["k1"]) == [("value", 1)]
+    assert seen == ["value 0", "value 1"]  # the cached ones were not decoded again
+    # A value the decoder refuses fails that read only, and is not kept.
+    redis_sync.Redis.from_url(url).set("odd", "no number")
+    with pytest.raises(RedisReadError, match="unreadable value"):
+        await reads.mget(["k0", "odd"])
+    assert reads.cached(["odd"]) is None
+    assert await reads.mget(["k0"]) == [("value", 0)]
+    reads.close()
+
+
 async def test_a_server_gone_fails_fast_and_the_next_read_reconnects() -> None:
     with redis_server() as url:
         _fill(url, 1)

@@ -54,11 +54,17 @@ class RedisOnlineStore(OnlineStore):
         self._watermark = f"{prefix}:applied_seq"
         self._script = self._client.register_script(_APPLY)
         self._reads = (
-            PipelinedReads(url, cache_keys=read_cache) if PipelinedReads.supports(url) else None
+            PipelinedReads(url, cache_keys=read_cache, decode=_stored)
+            if PipelinedReads.supports(url)
+            else None
         )
 
     def _key(self, view: str, entity: str) -> str:
         return f"{self._prefix}:v:{view}:{entity}"
+
+    def _keys(self, view: str, entities: Sequence[str]) -> list[str]:
+        head = self._key(view, "")
+        return [head + e for e in entities]
 
     async def apply(self, view: str, records: Sequence[Record], sequence: int) -> int:
         changed = 0
@@ -88,18 +94,20 @@ class RedisOnlineStore(OnlineStore):
     async def read(self, view: str, entities: Sequence[str]) -> dict[str, tuple[int, str]]:
         if not entities:
             return {}
-        keys = [self._key(view, e) for e in entities]
+        keys = self._keys(view, entities)
         try:
-            raw = await (self._client.mget(keys) if self._reads is None else self._reads.mget(keys))
+            if self._reads is None:
+                found = list(map(_stored, await self._client.mget(keys)))
+            else:
+                found = await self._reads.mget(keys)  # decoded as they arrive
         except (RedisReadError, RedisError, OSError) as exc:
             raise DependencyUnavailable(_DEPENDENCY, f"redis: {exc}") from exc
-        return _decoded(entities, raw)
+        return {e: hit for e, hit in zip(entities, found, strict=True) if hit is not None}
 
     def read_now(self, view: str, entities: Sequence[str]) -> list[tuple[int, str] | None] | None:
         if self._reads is None or not entities:
             return None
-        raw = self._reads.cached([self._key(view, e) for e in entities])
-        return None if raw is None else list(map(_stored, raw))
+        return self._reads.cached(self._keys(view, entities))
 
     async def applied_sequence(self) -> int:
         try:
@@ -155,18 +163,6 @@ for i = 1, #KEYS do
 end
 return n
 """
-
-
-def _decoded(
-    entities: Sequence[str], raw: Sequence[str | bytes | None]
-) -> dict[str, tuple[int, str]]:
-    """``entity -> (event_us, payload)`` from MGET's ``event_us|payload`` strings."""
-    out: dict[str, tuple[int, str]] = {}
-    for entity, value in zip(entities, raw, strict=True):
-        stored = _stored(value)
-        if stored is not None:
-            out[entity] = stored
-    return out
 
 
 def _stored(value: str | bytes | None) -> tuple[int, str] | None:

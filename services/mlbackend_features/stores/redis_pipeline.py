@@ -29,7 +29,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple, TypeAlias
 
 import hiredis
@@ -39,8 +39,8 @@ from mlbackend_features.stores.read_cache import ReadCache
 
 logger = logging.getLogger("mlbackend.features")
 
-# Redis key -> its value as MGET returned it (None: no such key).
-KeyCache: TypeAlias = ReadCache[str, str | None]
+# Redis key -> its value as MGET returned it, decoded (None: no such key).
+KeyCache: TypeAlias = ReadCache[str, Any]
 
 
 class RedisReadError(Exception):
@@ -54,14 +54,23 @@ class PipelinedReads:
     longer than ``timeout`` seconds fails every waiting caller and drops the connection,
     as a dead server would otherwise hold them forever. ``cache_keys`` > 0 keeps up to
     that many values locally (see the module's notes); a server without RESP3 (Redis
-    before 6) is read without it.
+    before 6) is read without it. ``decode`` turns each value MGET found into what
+    :meth:`mget` returns and the cache keeps, once per value read from Redis rather
+    than once per read; a ValueError it raises fails that read.
     """
 
     def __init__(
-        self, url: str, *, timeout: float = 5.0, cache_keys: int = 0, cache_seconds: float = 1.0
+        self,
+        url: str,
+        *,
+        timeout: float = 5.0,
+        cache_keys: int = 0,
+        cache_seconds: float = 1.0,
+        decode: Callable[[str], Any] | None = None,
     ) -> None:
         self._options = _parse(url)
         self._timeout = timeout
+        self._decode = decode
         self.cache: KeyCache | None = (
             ReadCache(cache_keys, cache_seconds) if cache_keys > 0 else None
         )
@@ -74,7 +83,7 @@ class PipelinedReads:
         connection_class = _parse(url).get("connection_class")
         return connection_class in (None, UnixDomainSocketConnection)
 
-    async def mget(self, keys: Sequence[str]) -> list[str | None]:
+    async def mget(self, keys: Sequence[str]) -> list[Any]:
         cached = self.cached(keys)
         if cached is not None:
             return cached
@@ -86,7 +95,7 @@ class PipelinedReads:
             raise RedisReadError(f"unexpected reply to MGET: {type(reply).__name__}")
         return reply
 
-    def cached(self, keys: Sequence[str]) -> list[str | None] | None:
+    def cached(self, keys: Sequence[str]) -> list[Any] | None:
         """MGET's answer from the cache alone, None unless every key is cached (any thread)."""
         return None if self.cache is None else self.cache.get(keys)
 
@@ -111,7 +120,7 @@ class PipelinedReads:
         options = self._options
 
         def factory() -> _Connection:
-            return _Connection(self._timeout, self.cache)
+            return _Connection(self._timeout, self.cache, self._decode)
 
         try:
             if "path" in options:
@@ -173,9 +182,12 @@ class _Waiter(NamedTuple):
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self, timeout: float, cache: KeyCache | None) -> None:
+    def __init__(
+        self, timeout: float, cache: KeyCache | None, decode: Callable[[str], Any] | None
+    ) -> None:
         self._timeout = timeout
         self.cache = cache
+        self._decode = decode
         self._reader = hiredis.Reader(encoding="utf-8", errors="strict")
         self._waiting: deque[_Waiter] = deque()
         self._outgoing: list[bytes] = []
@@ -222,6 +234,14 @@ class _Connection(asyncio.Protocol):
                 if not waiter.future.done():
                     waiter.future.set_exception(RedisReadError(str(reply)))
                 continue
+            decode = self._decode
+            if decode is not None and waiter.keys is not None and isinstance(reply, list):
+                try:
+                    reply = [None if value is None else decode(value) for value in reply]
+                except ValueError as exc:
+                    if not waiter.future.done():
+                        waiter.future.set_exception(RedisReadError(f"unreadable value: {exc}"))
+                    continue
             cache = self.cache
             # Stored now, before any later push is read: a change announced after this
             # reply then removes it again.
