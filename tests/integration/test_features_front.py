@@ -147,7 +147,8 @@ async def test_the_thread_front_answers_undecodable_online_reads_as_invalid(
     start_service: StartService, connect: Connect
 ) -> None:
     """GetOnlineFeatures reaches the thread front as bytes (the usual request is parsed
-    in C, see ``transport/threaded.py``): bytes no parser takes are the caller's error."""
+    in C, see ``transport/threaded.py``): bytes no parser takes are the caller's error,
+    as for every method whose request gRPC parses."""
     server, client = await ready(start_service, connect, "threads")
     async with grpc.aio.insecure_channel(server.address) as channel:
         call = channel.unary_unary("/mlbackend.features.v1.FeatureStoreService/GetOnlineFeatures")
@@ -155,6 +156,7 @@ async def test_the_thread_front_answers_undecodable_online_reads_as_invalid(
             await call(b"\x1a\x05ab", timeout=10)  # a length past the end
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "not a valid GetOnlineFeaturesRequest" in (raised.value.details() or "")
+    assert [field for field, _ in violations(raised.value)] == ["request"]
     # Well-formed and parsed in C, but ints for the string join key: the column read
     # steps aside and the general path reports it, field by field.
     wrong = c.EntityKey(join_keys={"user_id": c.Value(int64_value=7)})

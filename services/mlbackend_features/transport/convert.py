@@ -466,13 +466,12 @@ def push_ack_pb(ack: m.PushAck) -> pb.PushFeaturesResponse:
 
 def parsed(message_type: type[M], data: bytes) -> M:
     """A request handed over as its wire bytes, parsed; malformed bytes are the caller's
-    error (gRPC's own parsing would answer INTERNAL)."""
+    error, as the runtime's interceptor answers them for parsed requests."""
     try:
         return message_type.FromString(data)
     except DecodeError as exc:
-        raise InvalidInput(
-            f"the request is not a valid {message_type.DESCRIPTOR.name}: {exc}"
-        ) from None
+        name = message_type.DESCRIPTOR.name
+        raise InvalidInput.field("request", f"not a valid {name}: {exc}") from None
 
 
 def online_query(request: pb.GetOnlineFeaturesRequest) -> m.OnlineQuery:
