@@ -147,7 +147,7 @@ text_of(Reader r)
     return PyUnicode_DecodeUTF8((const char *)r.p, r.end - r.p, NULL);
 }
 
-/* Both the same bytes. */
+/* Whether a and b hold the same bytes. */
 static int
 same(Reader a, Reader b)
 {
