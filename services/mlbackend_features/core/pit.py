@@ -16,8 +16,9 @@ straight from the stored rows, as reads do), so the status rules live only here.
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 from mlbackend_features.core import codec
@@ -66,18 +67,7 @@ def online_cells(
     """``cells`` of each candidate an online read found (stored as ``(event_us,
     payload)``; None: no candidate), decoding only the fields ``decoder`` reads, nothing
     at all for an expired one, and a hot entity's row not again (``present_recent``)."""
-    missing = missing_cells(len(decoder.fields))
-    present = decoder.present_recent
-    out: list[Sequence[Cell]] = []
-    append = out.append
-    for hit in found:
-        if hit is None:
-            append(missing)
-        elif ttl_us > 0 and now_us - hit[0] > ttl_us:  # is_expired, inlined
-            append([Cell(None, Status.EXPIRED, hit[0])] * len(missing))
-        else:
-            append(present(hit[1], hit[0]))
-    return out
+    return _stored_cells(found, itertools.repeat(now_us), decoder.present_recent, decoder, ttl_us)
 
 
 def as_of_cells(
@@ -86,13 +76,25 @@ def as_of_cells(
     decoder: codec.RowDecoder,
     ttl_us: int,
 ) -> list[Sequence[Cell]]:
-    """``online_cells`` of every candidate an as-of join found at its own time, in one
-    loop (a historical retrieval runs it for every entity row), without keeping rows."""
+    """``online_cells`` of every candidate an as-of join found at its own time (a
+    historical retrieval runs it for every entity row), without keeping rows."""
+    if len(found) != len(as_of):
+        raise ValueError(f"{len(found)} candidates for {len(as_of)} times")
+    return _stored_cells(found, as_of, decoder.present, decoder, ttl_us)
+
+
+def _stored_cells(
+    found: Iterable[tuple[int, str] | None],
+    as_of: Iterable[int],
+    present: Callable[[str, int], Sequence[Cell]],
+    decoder: codec.RowDecoder,
+    ttl_us: int,
+) -> list[Sequence[Cell]]:
+    """The one loop of both: a candidate's cells at its time, ``present`` decoding."""
     missing = missing_cells(len(decoder.fields))
-    present = decoder.present
     out: list[Sequence[Cell]] = []
     append = out.append
-    for hit, as_of_us in zip(found, as_of, strict=True):
+    for hit, as_of_us in zip(found, as_of, strict=False):  # online: one time, repeated
         if hit is None:
             append(missing)
         elif ttl_us > 0 and as_of_us - hit[0] > ttl_us:  # is_expired, inlined
