@@ -154,6 +154,19 @@ same(Reader a, Reader b)
     return (a.end - a.p) == (b.end - b.p) && memcmp(a.p, b.p, a.end - a.p) == 0;
 }
 
+/* Append ``item`` (a new reference, or NULL after a failed conversion) to ``list``:
+ * 1 when appended, 0 when there was no item, -1 when the append failed. */
+static int
+append(PyObject *list, PyObject *item)
+{
+    if (item == NULL) {
+        return 0;
+    }
+    int failed = PyList_Append(list, item);
+    Py_DECREF(item);
+    return failed ? -1 : 1;
+}
+
 PyDoc_STRVAR(parse_online_request_doc,
 "parse_online_request(data, /)\n--\n\n"
 "(feature_refs, feature_service, join_key, values) of a GetOnlineFeaturesRequest in\n"
@@ -184,14 +197,9 @@ parse_online_request(PyObject *self, PyObject *arg)
             goto other;
         }
         if (field == 1) {
-            PyObject *ref = text_of(body);
-            if (ref == NULL) {
-                goto other;
-            }
-            int failed = PyList_Append(refs, ref);
-            Py_DECREF(ref);
-            if (failed) {
-                goto done;
+            int appended = append(refs, text_of(body));
+            if (appended <= 0) {
+                goto other; /* invalid UTF-8 (a MemoryError stays raised) */
             }
         }
         else if (field == 2 && service == NULL) {
@@ -218,14 +226,8 @@ parse_online_request(PyObject *self, PyObject *arg)
             else if (kind != first_kind || !same(key_name, first_name)) {
                 goto other;
             }
-            PyObject *item = kind == 1 ? PyLong_FromLongLong(number) : text_of(text);
-            if (item == NULL) {
+            if (append(values, kind == 1 ? PyLong_FromLongLong(number) : text_of(text)) <= 0) {
                 goto other;
-            }
-            int failed = PyList_Append(values, item);
-            Py_DECREF(item);
-            if (failed) {
-                goto done;
             }
         }
         else {
