@@ -108,7 +108,11 @@ USUAL = [
 def test_the_usual_requests_parse_as_protobuf_parses_them(data: bytes) -> None:
     assert parse is not None
     want = by_protobuf(data)
-    assert want is not None and parse(data) == want
+    got = parse(data)
+    assert want is not None and got == want
+    # Where the column read steps aside, the general path gets the query protobuf gives.
+    general = convert.online_query(pb.GetOnlineFeaturesRequest.FromString(data))
+    assert ColumnQuery(*got).as_online_query() == general
 
 
 def tag(field: int, wire: int) -> bytes:

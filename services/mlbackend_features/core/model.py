@@ -460,6 +460,11 @@ class ColumnQuery(NamedTuple):
     join_key: str
     values: list[int] | list[str]
 
+    def as_online_query(self) -> OnlineQuery:
+        name = self.join_key
+        keys: list[EntityKey] = [{name: value} for value in self.values]
+        return OnlineQuery(self.feature_refs, self.feature_service, keys, [])
+
 
 class ReadResult(NamedTuple):
     schema: tuple[OutputColumn, ...]

@@ -69,10 +69,13 @@ def handlers(
     def read_online(data: bytes, context: grpc.ServicerContext) -> bytes:
         usual = parse_online_request(data) if parse_online_request is not None else None
         if usual is not None:
-            result = store.read_column_now(ColumnQuery(*usual))
+            column = ColumnQuery(*usual)
+            result = store.read_column_now(column)
             if result is not None:
                 return convert.online_result_wire(result)  # sent as they are
-        query = convert.online_query(convert.parsed(pb.GetOnlineFeaturesRequest, data))
+            query = column.as_online_query()  # what protobuf would give, without parsing
+        else:
+            query = convert.online_query(convert.parsed(pb.GetOnlineFeaturesRequest, data))
         result = store.read_online_now(query)
         if result is None:
             result = run_on(loop, store.read_online(query), context)
