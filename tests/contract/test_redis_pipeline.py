@@ -194,6 +194,33 @@ async def test_cached_reads_skip_redis_until_another_client_changes_the_key(url:
     reads.close()
 
 
+async def test_values_still_read_are_renewed_before_they_expire(url: str) -> None:
+    """Past half their life, cached values are answered and read again in the background
+    (once per key however many reads see them), so they never expire while read."""
+    _fill(url, 3)
+    loop = asyncio.get_running_loop()
+    reads = PipelinedReads(url, cache_keys=100, cache_seconds=1.0)
+    assert await reads.mget(["k0", "k1"]) == ["value 0", "value 1"]
+    first = loop.time()
+    await asyncio.sleep(0.6)  # past half of 1 s
+    before = _mget_calls(url)
+    for _ in range(50):  # all answered from the cache, one renewal scheduled
+        assert reads.cached(["k0", "k1"]) == ["value 0", "value 1"]
+    while _mget_calls(url) == before:
+        assert loop.time() < first + 3, "no renewal was sent"
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    assert _mget_calls(url) == before + 1
+    # 1.2 s after the first read: expired without the renewal, cached with it.
+    await asyncio.sleep(first + 1.2 - loop.time())
+    assert reads.cached(["k0", "k1"]) == ["value 0", "value 1"]
+    # A value nobody reads is not renewed: it expires.
+    await asyncio.sleep(1.5)
+    assert reads.cached(["k0"]) is None
+    reads.close()
+    assert reads.cached(["k2"]) is None  # closed: nothing cached, nothing scheduled
+
+
 async def test_own_writes_are_read_at_once_even_with_a_read_in_flight(url: str) -> None:
     _fill(url, 1)
     reads = PipelinedReads(url, cache_keys=100, cache_seconds=60)

@@ -27,25 +27,34 @@ V = TypeVar("V")
 
 class ReadCache(Generic[K, V]):
     """At most ``size`` entries (the oldest inserted go first), none older than
-    ``max_age`` seconds."""
+    ``max_age`` seconds; ``renew_age``: when an entry read is older than that, ``get``
+    names it so that the caller can read it again before it expires."""
 
-    def __init__(self, size: int, max_age: float = float("inf")) -> None:
+    def __init__(
+        self, size: int, max_age: float = float("inf"), renew_age: float = float("inf")
+    ) -> None:
         self._values: dict[K, tuple[V, float]] = {}
         self._size = size
         self._max_age = max_age
+        self._renew_age = renew_age
         # Bumped by every local drop: a read started before it is not stored.
         self.epoch = 0
         self._lock = threading.Lock()
 
-    def get(self, keys: Sequence[K]) -> list[V] | None:
-        """Every key's value, or None unless all of them are cached and fresh."""
+    def get(self, keys: Sequence[K], aging: list[K] | None = None) -> list[V] | None:
+        """Every key's value, or None unless all of them are cached and fresh. Keys whose
+        entries are older than ``renew_age`` are appended to ``aging`` (when given)."""
         values = self._values
-        oldest = time.monotonic() - self._max_age
+        now = time.monotonic()
+        oldest = now - self._max_age
+        renew = now - self._renew_age if aging is not None else float("-inf")
         out: list[V] = []
         for key in keys:
             entry = values.get(key)
             if entry is None or entry[1] < oldest:
                 return None
+            if entry[1] < renew and aging is not None:
+                aging.append(key)
             out.append(entry[0])
         return out
 
