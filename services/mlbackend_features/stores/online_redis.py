@@ -128,17 +128,22 @@ class RedisOnlineStore(OnlineStore):
                 )
                 seen += len(keys)
                 if keys:
-                    try:
-                        deleted += int(
-                            await self._client.eval(_DELETE_OLDER, len(keys), *keys, cutoff_us)
-                        )
-                    finally:
-                        self._forget([k if isinstance(k, str) else k.decode() for k in keys])
+                    deleted += await self._delete_older(list(map(_text, keys)), cutoff_us)
                 if cursor == 0:
                     break
         except (RedisError, OSError) as exc:
             raise DependencyUnavailable(_DEPENDENCY, f"redis: {exc}") from exc
         return deleted
+
+    async def _delete_older(self, keys: list[str], cutoff_us: int) -> int:
+        try:
+            removed = await self._client.eval(_DELETE_OLDER, len(keys), *keys, cutoff_us)
+        except BaseException:
+            self._forget(keys)  # which were deleted is unknown: all of them
+            raise
+        # Only what was deleted leaves the read cache: the hot values stay.
+        self._forget(list(map(_text, removed)))
+        return len(removed)
 
     async def ping(self) -> None:
         try:
@@ -153,22 +158,28 @@ class RedisOnlineStore(OnlineStore):
 
 
 _DELETE_OLDER = """
-local n = 0
+local deleted = {}
 for i = 1, #KEYS do
   local current = redis.call('GET', KEYS[i])
   if current then
     local stored = tonumber(string.match(current, '^(-?%d+)|'))
-    if stored and stored < tonumber(ARGV[1]) then redis.call('DEL', KEYS[i]); n = n + 1 end
+    if stored and stored < tonumber(ARGV[1]) then
+      redis.call('DEL', KEYS[i])
+      deleted[#deleted + 1] = KEYS[i]
+    end
   end
 end
-return n
+return deleted
 """
+
+
+def _text(value: str | bytes) -> str:
+    return value if isinstance(value, str) else value.decode()
 
 
 def _stored(value: str | bytes | None) -> tuple[int, str] | None:
     """``(event_us, payload)`` of one ``event_us|payload`` string (None: no value)."""
     if value is None:
         return None
-    text = value if isinstance(value, str) else value.decode()
-    ts, _, payload = text.partition("|")
+    ts, _, payload = _text(value).partition("|")
     return int(ts), payload

@@ -127,25 +127,32 @@ class SqliteOnlineStore(OnlineStore):
         return int(row[0])
 
     async def delete_expired(self, view: str, cutoff_us: int, limit: int) -> int:
-        def work(conn: sqlite3.Connection) -> int:
-            cursor = conn.execute(
-                "DELETE FROM online WHERE view = ?1 AND entity IN (SELECT entity FROM online "
-                "WHERE view = ?1 AND event_us < ?2 LIMIT ?3)",
+        def work(conn: sqlite3.Connection) -> list[str]:
+            # One transaction (the only writer): the entities found are the ones deleted.
+            found = conn.execute(
+                "SELECT entity FROM online WHERE view = ?1 AND event_us < ?2 LIMIT ?3",
                 (view, cutoff_us, limit),
-            )
-            return int(cursor.rowcount)
+            ).fetchall()
+            entities = [entity for (entity,) in found]
+            if entities:
+                conn.execute(
+                    "DELETE FROM online WHERE view = ?1 "
+                    "AND entity IN (SELECT value FROM json_each(?2))",
+                    (view, json.dumps(entities)),
+                )
+            return entities
 
         try:
             deleted = await asyncio.to_thread(self._db.transaction, work)
         except BaseException:
-            self._forget_all()
+            self._forget_all()  # which were deleted is unknown
             raise
-        if deleted:
-            self._forget_all()
-        return deleted
+        if deleted and self._cache is not None:
+            # Only what was deleted leaves the read cache: the hot values stay.
+            self._cache.drop([(view, entity) for entity in deleted])
+        return len(deleted)
 
     def _forget_all(self) -> None:
-        # Which entities a cleanup removed is not returned; cleanups are rare, so all.
         if self._cache is not None:
             self._cache.clear()
 
