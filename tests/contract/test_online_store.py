@@ -137,8 +137,6 @@ async def test_a_cleanup_leaves_the_values_it_kept_in_the_read_cache(
     online_store: OnlineStore, request: pytest.FixtureRequest
 ) -> None:
     backend = request.node.callspec.params["online_store"]
-    if backend.endswith("-uncached"):
-        pytest.skip("no read cache")
     await online_store.apply("v", [Record('["old"]', T, "{}"), Record('["new"]', T + 100, "{}")], 1)
     assert set(await online_store.read("v", ['["old"]', '["new"]'])) == {'["old"]', '["new"]'}
     assert await online_store.delete_expired("v", T + 50, 1_000) == 1
@@ -148,7 +146,8 @@ async def test_a_cleanup_leaves_the_values_it_kept_in_the_read_cache(
         cache = online_store._cache  # type: ignore[attr-defined]
         assert cache.get([("v", '["new"]')]) == [(T + 100, "{}")]
         assert cache.get([("v", '["old"]')]) is None
-    assert online_store.read_now("v", ['["new"]']) == [(T + 100, "{}")]
+    if backend != "redis-uncached":  # that one reads only through the event loop
+        assert online_store.read_now("v", ['["new"]']) == [(T + 100, "{}")]
     assert await online_store.read("v", ['["old"]', '["new"]']) == {'["new"]': (T + 100, "{}")}
 
 
