@@ -104,7 +104,9 @@ async def test_values_are_decoded_once_and_kept_decoded(url: str) -> None:
     assert await reads.mget(["k1"]) == [("value", 1)]
     assert seen == ["value 0", "value 1"]  # the cached ones were not decoded again
     # A value the decoder refuses fails that read only, and is not kept.
-    redis_sync.Redis.from_url(url).set("odd", "no number")
+    writer = redis_sync.Redis.from_url(url)
+    writer.set("odd", "no number")
+    writer.close()
     with pytest.raises(RedisReadError, match="unreadable value"):
         await reads.mget(["k0", "odd"])
     assert reads.cached(["odd"]) is None
@@ -196,7 +198,7 @@ async def test_cached_reads_skip_redis_until_another_client_changes_the_key(url:
 
 async def test_values_still_read_are_renewed_before_they_expire(url: str) -> None:
     """Past half their life, cached values are answered and read again in the background
-    (once per key however many reads see them), so they never expire while read."""
+    (once per key however many reads see them), so they do not expire while read."""
     _fill(url, 3)
     loop = asyncio.get_running_loop()
     reads = PipelinedReads(url, cache_keys=100, cache_seconds=1.0)
@@ -218,7 +220,6 @@ async def test_values_still_read_are_renewed_before_they_expire(url: str) -> Non
     await asyncio.sleep(1.5)
     assert reads.cached(["k0"]) is None
     reads.close()
-    assert reads.cached(["k2"]) is None  # closed: nothing cached, nothing scheduled
 
 
 async def test_own_writes_are_read_at_once_even_with_a_read_in_flight(url: str) -> None:
