@@ -84,32 +84,30 @@ class SqliteOnlineStore(OnlineStore):
 
     async def read(self, view: str, entities: Sequence[str]) -> dict[str, tuple[int, str]]:
         if len(entities) <= _INLINE_READ_KEYS:
-            return self._read_cached(view, entities)
-        return await asyncio.to_thread(self._read_cached, view, entities)
+            hits = self._read_cached(view, entities)
+        else:
+            hits = await asyncio.to_thread(self._read_cached, view, entities)
+        return {e: hit for e, hit in zip(entities, hits, strict=True) if hit is not None}
 
     def read_now(self, view: str, entities: Sequence[str]) -> list[tuple[int, str] | None] | None:
-        if len(entities) > _INLINE_READ_KEYS:
-            return None
-        if self._cache is not None:
-            # All cached (the usual case for hot entities): the list as the cache has it.
-            cached = self._cache.get([(view, e) for e in entities])
-            if cached is not None:
-                return cached
-        found = self._read_cached(view, entities)
-        return [found.get(e) for e in entities]
+        return self._read_cached(view, entities) if len(entities) <= _INLINE_READ_KEYS else None
 
-    def _read_cached(self, view: str, entities: Sequence[str]) -> dict[str, tuple[int, str]]:
+    def _read_cached(self, view: str, entities: Sequence[str]) -> list[tuple[int, str] | None]:
+        """Per entity in order, what it holds (None: nothing); all cached (the usual case
+        for hot entities) is the list as the cache has it."""
         cache = self._cache
         if cache is None:
-            return self._read(view, entities)
+            found = self._read(view, entities)
+            return [found.get(e) for e in entities]
         keys = [(view, e) for e in entities]
         cached = cache.get(keys)
         if cached is not None:
-            return {e: hit for e, hit in zip(entities, cached, strict=True) if hit is not None}
+            return cached
         epoch = cache.epoch
         found = self._read(view, entities)
-        cache.fill(keys, [found.get(e) for e in entities], epoch)
-        return found
+        hits = [found.get(e) for e in entities]
+        cache.fill(keys, hits, epoch)
+        return hits
 
     def _read(self, view: str, entities: Sequence[str]) -> dict[str, tuple[int, str]]:
         if len(entities) == 1:
