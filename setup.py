@@ -1,15 +1,19 @@
-"""The one thing pyproject.toml cannot declare stably: our two C extensions.
+"""The one thing pyproject.toml cannot declare stably: our three C extensions.
 
 ``mlbackend_serving._treewalk`` walks tree ensembles for serving's fast path
-(``mlbackend_serving/core/fastpath.py``); ``mlbackend_features._wire`` parses the usual
-online read request (``mlbackend_features/transport/threaded.py``). They need Python's
-headers and nothing else. Optional: without a C compiler the install still succeeds,
-serving walks the trees with numpy and the feature store parses every request with
-protobuf (CI requires both builds: tests/unit/test_serving_fastpath.py and
-tests/unit/test_feature_wire.py).
+(``mlbackend_serving/core/fastpath.py``); ``mlbackend_serving._oipwire`` parses the
+usual ModelInfer request (``mlbackend_serving/transport/wire.py``) and
+``mlbackend_features._wire`` the usual online read request
+(``mlbackend_features/transport/threaded.py``); the two parsers share
+``services/include/protowire.h``. They need Python's headers and nothing else.
+Optional: without a C compiler the install still succeeds, serving walks the trees with
+numpy and both services parse every request with protobuf (CI requires every build:
+tests/unit/test_serving_fastpath.py, test_oip_wire.py and test_feature_wire.py).
 """
 
 from setuptools import Extension, setup
+
+PROTOWIRE = ["services/include/protowire.h"]
 
 setup(
     ext_modules=[
@@ -19,8 +23,17 @@ setup(
             optional=True,
         ),
         Extension(
+            "mlbackend_serving._oipwire",
+            ["services/mlbackend_serving/_oipwire.c"],
+            include_dirs=["services/include"],
+            depends=PROTOWIRE,
+            optional=True,
+        ),
+        Extension(
             "mlbackend_features._wire",
             ["services/mlbackend_features/_wire.c"],
+            include_dirs=["services/include"],
+            depends=PROTOWIRE,
             optional=True,
         ),
     ]

@@ -19,61 +19,8 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <stdint.h>
-#include <string.h>
 
-enum { VARINT = 0, I64 = 1, LEN = 2, I32 = 5 };
-
-typedef struct {
-    const uint8_t *p;
-    const uint8_t *end;
-} Reader;
-
-/* One varint; 0 when it is truncated or longer than ten bytes. */
-static int
-varint(Reader *r, uint64_t *out)
-{
-    uint64_t value = 0;
-    for (int shift = 0; shift < 70 && r->p < r->end; shift += 7) {
-        uint8_t byte = *r->p++;
-        if (shift == 63 && byte > 1) {
-            return 0; /* the tenth byte may only hold the top bit */
-        }
-        value |= (uint64_t)(byte & 0x7F) << shift;
-        if (!(byte & 0x80)) {
-            *out = value;
-            return 1;
-        }
-    }
-    return 0;
-}
-
-/* A field's tag; 0 at a malformed one (field number 0 included). */
-static int
-tag(Reader *r, uint32_t *field, int *wire)
-{
-    uint64_t t;
-    if (!varint(r, &t) || (t >> 3) == 0 || (t >> 3) > 0x1FFFFFFF) {
-        return 0;
-    }
-    *field = (uint32_t)(t >> 3);
-    *wire = (int)(t & 7);
-    return 1;
-}
-
-/* A length-delimited field's contents as a reader of their own. */
-static int
-sub(Reader *r, Reader *out)
-{
-    uint64_t n;
-    if (!varint(r, &n) || n > (uint64_t)(r->end - r->p)) {
-        return 0;
-    }
-    out->p = r->p;
-    out->end = r->p + n;
-    r->p += n;
-    return 1;
-}
+#include "protowire.h"
 
 /* Value: exactly one of int64_value or string_value. kind 1 = int, 3 = string. */
 static int
@@ -139,19 +86,6 @@ entity_key(Reader r, Reader *name, int *kind, int64_t *number, Reader *text)
         }
     }
     return have_name && have_value && name->end > name->p;
-}
-
-static PyObject *
-text_of(Reader r)
-{
-    return PyUnicode_DecodeUTF8((const char *)r.p, r.end - r.p, NULL);
-}
-
-/* Whether a and b hold the same bytes. */
-static int
-same(Reader a, Reader b)
-{
-    return (a.end - a.p) == (b.end - b.p) && memcmp(a.p, b.p, a.end - a.p) == 0;
 }
 
 /* Append ``item`` (a new reference, or NULL after a failed conversion) to ``list``:

@@ -26,10 +26,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
+from mlbackend_runtime.errors import InvalidInput
 from mlbackend_runtime.interceptor import HANDLER_FACTORIES
 
 Blocking = Callable[[Any, grpc.ServicerContext], Any]
@@ -67,6 +69,19 @@ def service_handlers(
             behaviour, parse, _serializer(response_type)
         )
     return grpc.method_handlers_generic_handler(service.full_name, methods)
+
+
+M = TypeVar("M", bound=Message)
+
+
+def parsed(message_type: type[M], data: bytes) -> M:
+    """The request of a method in ``raw``, parsed; malformed bytes are the caller's
+    error, answered as the runtime's interceptor answers them for parsed requests."""
+    try:
+        return message_type.FromString(data)
+    except DecodeError as exc:
+        name = message_type.DESCRIPTOR.name
+        raise InvalidInput.field("request", f"not a valid {name}: {exc}") from None
 
 
 def _serializer(message_type: Any) -> Callable[[Any], bytes]:

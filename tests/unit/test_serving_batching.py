@@ -12,7 +12,12 @@ import numpy as np
 import pytest
 
 from mlbackend_runtime.errors import FailedPrecondition, ResourceExhausted
-from mlbackend_serving.core.batching import Batcher, BatchingPolicy, ThreadBatcher
+from mlbackend_serving.core.batching import (
+    Batcher,
+    BatchingPolicy,
+    BatchObserver,
+    ThreadBatcher,
+)
 from mlbackend_serving.core.model import Predictions
 
 
@@ -245,6 +250,37 @@ def test_thread_batcher_exception_fails_only_its_batch(executor: Any) -> None:
         assert isinstance(callers.results[i], ValueError)
     assert [callers.results[i].values.tolist() for i in (3, 4)] == [[3], [4]]
     assert batcher.run(_rows(5)).values.tolist() == [5]  # type: ignore[union-attr]
+
+
+class Recorder(BatchObserver):
+    def __init__(self) -> None:
+        self.batches: list[tuple[int, int]] = []
+        self.queued_for: list[float] = []
+
+    def batch(self, rows: int, requests: int, seconds: float) -> None:
+        self.batches.append((rows, requests))
+
+    def queued(self, seconds: float) -> None:
+        self.queued_for.append(seconds)
+
+
+def test_thread_batcher_alone_on_an_idle_model(executor: Any) -> None:
+    """An idle model with nothing to wait for is called by its caller alone: the
+    result is the caller's own, an error reaches only it, and both are recorded like
+    any batch."""
+    model, observer = SlowEcho(0), Recorder()
+    batcher = ThreadBatcher(model, executor, BatchingPolicy(max_batch_size=4), observer)
+    callers = Callers(batcher)  # bounded: a batcher left busy would hang a call
+    for i, rows in enumerate([_rows(3, 4), _rows(-1), _rows(5)]):
+        callers.start(i, rows)
+        callers.join()
+    assert callers.results[0].values.tolist() == [3, 4]
+    assert isinstance(callers.results[1], ValueError)
+    assert callers.results[2].values.tolist() == [5]  # the failure left it idle
+    assert model.batches == [2, 1]
+    assert observer.batches == [(2, 1), (1, 1), (1, 1)]
+    assert len(observer.queued_for) == 3 and all(0 <= s < WAIT for s in observer.queued_for)
+    assert batcher.calls == 3 and batcher.queued == 0
 
 
 async def test_thread_batcher_close_drains_then_refuses(executor: Any) -> None:

@@ -6,19 +6,16 @@ import functools
 import struct
 from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from google.protobuf import duration_pb2, timestamp_pb2
-from google.protobuf.message import DecodeError, Message
 
 from mlbackend.common.v1 import common_pb2
 from mlbackend.features.v1 import features_pb2 as pb
 from mlbackend_features.core import model as m
 from mlbackend_features.core.service import ViewStatistics
 from mlbackend_runtime import status as wire_status
-from mlbackend_runtime.errors import DomainError, InvalidInput
-
-M = TypeVar("M", bound=Message)
+from mlbackend_runtime.errors import DomainError
 
 _DTYPES = {
     common_pb2.DATA_TYPE_INT64: m.DType.INT64,
@@ -462,16 +459,6 @@ def push_ack_pb(ack: m.PushAck) -> pb.PushFeaturesResponse:
 
 
 # --- reads ------------------------------------------------------------------------------
-
-
-def parsed(message_type: type[M], data: bytes) -> M:
-    """A request handed over as its wire bytes, parsed; malformed bytes are the caller's
-    error, as the runtime's interceptor answers them for parsed requests."""
-    try:
-        return message_type.FromString(data)
-    except DecodeError as exc:
-        name = message_type.DESCRIPTOR.name
-        raise InvalidInput.field("request", f"not a valid {name}: {exc}") from None
 
 
 def online_query(request: pb.GetOnlineFeaturesRequest) -> m.OnlineQuery:

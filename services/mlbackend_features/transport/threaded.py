@@ -38,7 +38,7 @@ from mlbackend_features.core.model import ColumnQuery
 from mlbackend_features.core.service import FeatureStore
 from mlbackend_features.transport import convert
 from mlbackend_features.transport.servicer import FeatureStoreServicer
-from mlbackend_runtime.threaded import run_on, service_handlers
+from mlbackend_runtime.threaded import parsed, run_on, service_handlers
 
 ONLINE_READ_THREADS = 2
 
@@ -75,7 +75,7 @@ def handlers(
                 return convert.online_result_wire(result)  # sent as they are
             query = column.as_online_query()  # what protobuf would give, without parsing
         else:
-            query = convert.online_query(convert.parsed(pb.GetOnlineFeaturesRequest, data))
+            query = convert.online_query(parsed(pb.GetOnlineFeaturesRequest, data))
         result = store.read_online_now(query)
         if result is None:
             result = run_on(loop, store.read_online(query), context)

@@ -142,6 +142,8 @@ class _Batching(Generic[Item]):
     @staticmethod
     def _slices(result: Predictions, batch: Sequence[Item]) -> list[Predictions]:
         """Each caller's share of ``result``, in batch order."""
+        if len(batch) == 1:
+            return [result]
         slices, start = [], 0
         for item in batch:
             stop = start + len(item.rows)
@@ -228,12 +230,12 @@ class _Waiter:
 
     __slots__ = ("_signal", "enqueued", "error", "lead", "result", "rows")
 
-    def __init__(self, rows: Matrix) -> None:
+    def __init__(self, rows: Matrix, enqueued: float) -> None:
         self.rows = rows
         self.result: Predictions | None = None
         self.error: BaseException | None = None
         self.lead = False
-        self.enqueued = time.perf_counter()
+        self.enqueued = enqueued
         # A bare lock is the cheapest one-shot signal between threads.
         self._signal = threading.Lock()
         self._signal.acquire()
@@ -258,7 +260,9 @@ class ThreadBatcher(_Batching[_Waiter]):
     every request waiting (its own first, up to ``max_batch_size`` rows), optionally
     waits up to ``max_wait`` for more, makes the one predict call on its own thread,
     hands each caller its slice, passes the lead to the oldest request still queued, and
-    returns. The others sleep until their result (or their turn to lead) arrives.
+    returns. The others sleep until their result (or their turn to lead) arrives. A
+    caller that finds the model idle when no batch waits to fill (``max_wait`` 0) calls
+    it alone, without a queue entry.
     """
 
     def _prepare(self) -> None:
@@ -269,14 +273,25 @@ class ThreadBatcher(_Batching[_Waiter]):
 
     def run(self, rows: Matrix) -> Predictions:
         """Predict ``rows`` (blocking), in a batch with whatever else is waiting."""
-        me = _Waiter(rows)
+        entered = time.perf_counter()
         with self._mutex:
             self._check_admission()
-            self._queue.append(me)
-            if self._busy:
-                self._arrived.notify()
+            if not self._busy and (
+                self.policy.max_wait <= 0 or len(rows) >= self.policy.max_batch_size
+            ):
+                # Idle, and nothing to wait for: a batch of one, with no queue entry and
+                # no hand-over of the result (the usual case at low concurrency).
+                self._busy = True
+                me = None
             else:
-                self._busy = me.lead = True
+                me = _Waiter(rows, entered)
+                self._queue.append(me)
+                if self._busy:
+                    self._arrived.notify()
+                else:
+                    self._busy = me.lead = True
+        if me is None:
+            return self._alone(rows, entered)
         if not me.lead:
             me.wait()
             if not me.lead:
@@ -288,6 +303,16 @@ class ThreadBatcher(_Batching[_Waiter]):
         """For callers on an event loop (the asyncio front, tests)."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, self.run, rows)
 
+    def _alone(self, rows: Matrix, entered: float) -> Predictions:
+        started = time.perf_counter()
+        self._observer.queued(started - entered)
+        try:
+            return self._predict(rows)
+        finally:
+            self.calls += 1
+            self._observer.batch(len(rows), 1, time.perf_counter() - started)
+            self._pass_lead()
+
     def _lead(self) -> None:
         with self._mutex:
             batch = self._take()
@@ -296,16 +321,20 @@ class ThreadBatcher(_Batching[_Waiter]):
         try:
             self._compute(batch)
         finally:
-            with self._mutex:
-                if self._queue:
-                    successor = self._queue[0]
-                    successor.lead = True
-                    successor.wake()
-                else:
-                    self._busy = False
-                    self._idle.notify_all()
+            self._pass_lead()
             for waiter in batch[1:]:  # the first is the leader itself
                 waiter.wake()
+
+    def _pass_lead(self) -> None:
+        """The model is free: the oldest request still queued leads the next batch."""
+        with self._mutex:
+            if self._queue:
+                successor = self._queue[0]
+                successor.lead = True
+                successor.wake()
+            else:
+                self._busy = False
+                self._idle.notify_all()
 
     def _fill(self, batch: list[_Waiter], deadline: float) -> None:
         """Wait (mutex held, released while waiting) for the batch to fill or time out."""

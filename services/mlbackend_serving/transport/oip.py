@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from mlbackend.inference.v2 import grpc_predict_v2_pb2 as oip
 from mlbackend_runtime.errors import InvalidInput
 from mlbackend_serving.core.inputs import RowsInput, Tensors
-from mlbackend_serving.core.model import DType, OutputKind
+from mlbackend_serving.core.model import DType, OutputKind, Predictions
 from mlbackend_serving.core.service import ModelState, PredictionResult, Selector, ServedVersion
 from mlbackend_serving.transport.tensors import decode_inputs, metadata_tensor, output_tensor
 
@@ -39,24 +41,32 @@ def infer_call(request: oip.ModelInferRequest) -> tuple[str, Selector, RowsInput
     return request.model_name, selector(request.model_version), Tensors(decode_inputs(request))
 
 
-def infer_response(
-    request: oip.ModelInferRequest, result: PredictionResult
-) -> oip.ModelInferResponse:
-    p = result.predictions
-    outputs = {"label": p.labels, "probabilities": p.probabilities, "value": p.values}
+def wanted_outputs(names: Sequence[str], predictions: Predictions) -> list[tuple[str, object]]:
+    """The outputs a request names (all the model has when it names none), in order."""
+    outputs = {
+        "label": predictions.labels,
+        "probabilities": predictions.probabilities,
+        "value": predictions.values,
+    }
     available = {k: v for k, v in outputs.items() if v is not None}
-    wanted = [o.name for o in request.outputs] or list(available)
-    for i, name in enumerate(wanted):
+    for i, name in enumerate(names):
         if name not in available:
             raise InvalidInput.field(
                 f"outputs[{i}].name", f"{name!r}: the model outputs {', '.join(available)}"
             )
+    return [(name, available[name]) for name in names or available]
+
+
+def infer_response(
+    request: oip.ModelInferRequest, result: PredictionResult
+) -> oip.ModelInferResponse:
     response = oip.ModelInferResponse(
         model_name=result.key.name, model_version=str(result.key.version), id=request.id
     )
     raw = bool(request.raw_input_contents)
-    for name in wanted:
-        tensor, data = output_tensor(name, np.asarray(available[name]), raw=raw)
+    names = [o.name for o in request.outputs]
+    for name, values in wanted_outputs(names, result.predictions):
+        tensor, data = output_tensor(name, np.asarray(values), raw=raw)
         response.outputs.append(tensor)
         if data is not None:
             response.raw_output_contents.append(data)

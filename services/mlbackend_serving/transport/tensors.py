@@ -89,7 +89,7 @@ def output_tensor(
     name: str, values: NDArray[np.generic], *, raw: bool
 ) -> tuple[oip.ModelInferResponse.InferOutputTensor, bytes | None]:
     """One output as a typed tensor, plus its raw bytes when the caller sent raw inputs."""
-    datatype, array = _output_type(values)
+    datatype, array = output_type(values)
     tensor = oip.ModelInferResponse.InferOutputTensor(
         name=name, datatype=datatype, shape=list(array.shape)
     )
@@ -108,7 +108,8 @@ def output_tensor(
     return tensor, None
 
 
-def _output_type(values: NDArray[np.generic]) -> tuple[str, NDArray[np.generic]]:
+def output_type(values: NDArray[np.generic]) -> tuple[str, NDArray[np.generic]]:
+    """The datatype an output is answered in, and its values as that type."""
     if values.dtype == object:
         sample = values.ravel()[:1].tolist()
         if sample and isinstance(sample[0], bool):

@@ -18,10 +18,12 @@ import grpc
 
 from mlbackend.inference.v2 import grpc_predict_v2_pb2 as oip
 from mlbackend.serving.v1 import serving_pb2 as pb
-from mlbackend_runtime.threaded import service_handlers
+from mlbackend_runtime.threaded import parsed, service_handlers
+from mlbackend_serving.core.inputs import Tensors
 from mlbackend_serving.core.service import ServingCore
 from mlbackend_serving.transport import converters as c
 from mlbackend_serving.transport import oip as o
+from mlbackend_serving.transport import wire
 from mlbackend_serving.transport.servicers import InferenceServicer, ModelServingServicer
 
 PREDICT_THREADS = 2
@@ -69,10 +71,14 @@ def handlers(
     def predict(request: pb.PredictRequest, context: grpc.ServicerContext) -> pb.PredictResponse:
         return c.predict_response(core.predict_blocking(*c.predict_call(request)))
 
-    def infer(
-        request: oip.ModelInferRequest, context: grpc.ServicerContext
-    ) -> oip.ModelInferResponse:
-        return o.infer_response(request, core.predict_blocking(*o.infer_call(request)))
+    def infer(data: bytes, context: grpc.ServicerContext) -> bytes | oip.ModelInferResponse:
+        usual = wire.usual_request(data)
+        if usual is None:
+            request = parsed(oip.ModelInferRequest, data)
+            return o.infer_response(request, core.predict_blocking(*o.infer_call(request)))
+        tensors = Tensors([wire.input_tensor(usual)])
+        result = core.predict_blocking(usual.model_name, o.selector(usual.model_version), tensors)
+        return wire.infer_response(usual, result)
 
     predict.experimental_thread_pool = predictions  # type: ignore[attr-defined]
     infer.experimental_thread_pool = predictions  # type: ignore[attr-defined]
@@ -81,6 +87,11 @@ def handlers(
             pb, "ModelServingService", ModelServingServicer(core), loop, {"Predict": predict}
         ),
         service_handlers(
-            oip, "GRPCInferenceService", InferenceServicer(core), loop, {"ModelInfer": infer}
+            oip,
+            "GRPCInferenceService",
+            InferenceServicer(core),
+            loop,
+            {"ModelInfer": infer},
+            raw={"ModelInfer"},
         ),
     ]

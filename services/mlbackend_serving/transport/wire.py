@@ -1,0 +1,202 @@
+"""ModelInfer on wire bytes: the usual request parsed in C, every response encoded here.
+
+A single-row prediction of a 100-tree model takes the model ~4 µs; building the
+request and response messages with protobuf and reading them back took ~12 µs more,
+on a thread holding the GIL that gRPC's own threads wait for. So ModelInfer reaches
+the thread front as bytes (``service_handlers(raw=...)``):
+
+- the usual request (one FP32 or FP64 input; see ``_oipwire.c``) is read by the C
+  parser straight into the :class:`~mlbackend_serving.core.inputs.Tensor` the general
+  path would have decoded, and checked against the signature by the same code;
+- anything else is parsed by protobuf and decoded as before, which also reports what
+  is wrong with it;
+- the response is written as bytes, the same bytes protobuf writes for the message
+  ``oip.infer_response`` builds (the tests compare both on every output kind).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import NamedTuple
+
+import numpy as np
+from numpy.typing import NDArray
+
+from mlbackend_serving.core.inputs import Tensor
+from mlbackend_serving.core.service import PredictionResult
+from mlbackend_serving.transport.oip import wanted_outputs
+from mlbackend_serving.transport.tensors import DATATYPES, output_type
+
+_oipwire: ModuleType | None
+try:
+    from mlbackend_serving import _oipwire
+except ImportError:  # installed without a C compiler: protobuf parses every request
+    _oipwire = None
+    logging.getLogger("mlbackend.serving").warning(
+        "mlbackend_serving._oipwire was not built: ModelInfer requests are parsed by protobuf"
+    )
+
+NATIVE = _oipwire is not None
+"""Whether the C parser was built (CI requires it; see tests/unit/test_oip_wire.py)."""
+
+
+class UsualRequest(NamedTuple):
+    """A ModelInferRequest of the usual shape, as ``_oipwire.parse_infer_request`` reads it."""
+
+    model_name: str
+    model_version: str
+    id: str
+    input_name: str
+    datatype: str
+    shape: tuple[int, ...]
+    values: bytes
+    """The input's values, little-endian, as the request carried them."""
+    raw: bool
+    """Whether they came in ``raw_input_contents`` (the response then answers raw too)."""
+    outputs: tuple[str, ...]
+
+
+def usual_request(data: bytes) -> UsualRequest | None:
+    """``data`` read without protobuf, or None: parse it with protobuf instead."""
+    if _oipwire is None:
+        return None
+    parsed = _oipwire.parse_infer_request(data)
+    return None if parsed is None else UsualRequest(*parsed)
+
+
+def input_tensor(request: UsualRequest) -> Tensor:
+    """The tensor ``tensors.decode_inputs`` decodes from the same request."""
+    dtype = DATATYPES[request.datatype][0]
+    return Tensor(
+        request.input_name, request.datatype, request.shape, np.frombuffer(request.values, dtype)
+    )
+
+
+def infer_response(request: UsualRequest, result: PredictionResult) -> bytes:
+    """The ModelInferResponse ``oip.infer_response`` makes for ``request``, as bytes."""
+    outputs = wanted_outputs(request.outputs, result.predictions)
+    body = bytearray(_names(result.key.name, result.key.version))
+    _string(body, 3, request.id)
+    raw_contents = []
+    for name, values in outputs:
+        tensor, contents = _output(name, values, raw=request.raw)
+        _field(body, 5, tensor)
+        if request.raw:
+            raw_contents.append(contents)
+    for contents in raw_contents:
+        _field(body, 6, contents)
+    return bytes(body)
+
+
+@functools.lru_cache(maxsize=1024)
+def _names(model: str, version: int) -> bytes:
+    """A response's first two fields; the same for every response of a version."""
+    body = bytearray()
+    _string(body, 1, model)
+    _string(body, 2, str(version))
+    return bytes(body)
+
+
+@functools.lru_cache(maxsize=64)
+def _tensor_head(name: str, datatype: str) -> bytes:
+    body = bytearray()
+    _string(body, 1, name)
+    _string(body, 2, datatype)
+    return bytes(body)
+
+
+# --- protobuf's wire format, what a response needs of it ------------------------------
+
+
+def _varint(value: int) -> bytes:
+    if 0 <= value < 0x80:
+        return _ONE_BYTE[value]
+    value &= 0xFFFF_FFFF_FFFF_FFFF  # a negative int64 takes ten bytes, as protobuf writes it
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(body: bytearray, number: int, data: bytes) -> None:
+    """A length-delimited field (a message, one element of repeated bytes)."""
+    body += _TAGS[number]
+    body += _varint(len(data))
+    body += data
+
+
+def _string(body: bytearray, number: int, text: str) -> None:
+    """A string field; proto3 leaves an empty one out."""
+    if text:
+        _field(body, number, text.encode())
+
+
+def _packed(body: bytearray, number: int, data: bytes) -> None:
+    """A packed repeated field; an empty one is left out."""
+    if data:
+        _field(body, number, data)
+
+
+# Tags of the length-delimited fields 1-8 (every one a response uses).
+_TAGS = {n: bytes(((n << 3) | 2,)) for n in range(1, 9)}
+
+
+_ONE_BYTE = [bytes((n,)) for n in range(0x80)]
+
+
+def _packed_varints(values: Sequence[int]) -> bytes:
+    if all(0 <= v < 0x80 for v in values):
+        return bytes(values)  # each its own one-byte varint
+    return b"".join([_varint(v) for v in values])
+
+
+def _repeated_bytes(number: int, values: Sequence[bytes]) -> bytes:
+    body = bytearray()
+    for value in values:
+        body += _TAGS[number]
+        body += _varint(len(value))
+        body += value
+    return bytes(body)
+
+
+def _as_bytes(value: object) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+# InferTensorContents: datatype → (field number, typed encoding of the flat values).
+_TYPED: dict[str, tuple[int, Callable[[NDArray[np.generic]], bytes]]] = {
+    "BOOL": (1, lambda a: _packed_varints([int(v) for v in a.tolist()])),
+    "INT64": (3, lambda a: _packed_varints(a.tolist())),
+    "FP64": (7, lambda a: a.astype("<f8", copy=False).tobytes()),
+    "BYTES": (8, lambda a: b""),  # repeated bytes are not packed: see _output
+}
+
+
+def _output(name: str, values: object, *, raw: bool) -> tuple[bytes, bytes]:
+    """An InferOutputTensor's bytes and, when ``raw``, its raw contents (as
+    ``tensors.output_tensor`` makes them)."""
+    datatype, array = output_type(np.asarray(values))
+    flat = array.ravel()
+    tensor = bytearray(_tensor_head(name, datatype))
+    _packed(tensor, 3, _packed_varints(array.shape))
+    if raw:
+        if datatype == "BYTES":
+            contents = b"".join(
+                len(b).to_bytes(4, "little") + b for b in (_as_bytes(v) for v in flat.tolist())
+            )
+        else:
+            contents = flat.astype(DATATYPES[datatype][0], copy=False).tobytes()
+        return bytes(tensor), contents
+    number, typed = _TYPED[datatype]
+    encoded = bytearray()
+    if datatype == "BYTES":
+        encoded += _repeated_bytes(number, [_as_bytes(v) for v in flat.tolist()])
+    else:
+        _packed(encoded, number, typed(flat))
+    _field(tensor, 5, bytes(encoded))
+    return bytes(tensor), b""
