@@ -206,11 +206,11 @@ def _stump() -> dict[str, np.ndarray]:
 
 
 def _walk(a: dict[str, np.ndarray]) -> None:
-    assert fastpath._treewalk is not None
-    fastpath._treewalk.sum_leaves(
-        a["x"], a["x"].shape[1], a["roots"], a["feature"], a["threshold"], a["left"],
-        a["right"], a["missing_left"], a["values"], a["init"], a["out"],
-    )  # fmt: skip
+    """Pack the stump's nodes and walk them, as a served model does."""
+    walk = fastpath._treewalk
+    assert walk is not None
+    nodes = walk.pack_nodes(a["feature"], a["threshold"], a["left"], a["right"], a["missing_left"])
+    walk.sum_leaves(a["x"], a["x"].shape[1], a["roots"], nodes, a["values"], a["init"], a["out"])
 
 
 @pytest.mark.skipif(not fastpath.NATIVE and not CI, reason="C walk not built")
@@ -220,8 +220,11 @@ def test_the_c_walk_refuses_what_it_would_read_out_of_bounds() -> None:
     assert a["out"][:, 0].tolist() == [10.5, 20.5, 20.5, 10.5, 20.5]
     for name, bad in [
         ("feature", np.array([2, 0, 0], dtype=np.intp)),  # beyond the row's width
+        ("feature", np.array([-1, 0, 0], dtype=np.intp)),  # a split on no feature
         ("left", np.array([3, 1, 2], dtype=np.intp)),  # no such node
+        ("right", np.array([-2, 1, 2], dtype=np.intp)),
         ("roots", np.array([-1], dtype=np.intp)),
+        ("roots", np.array([3], dtype=np.intp)),
         ("left", np.array([0, 1, 2], dtype=np.intp)),  # node 0 a leaf pointing at itself: fine
         ("right", np.array([0, 1, 2], dtype=np.intp)),  # x > 0.5 loops back to node 0
     ]:
@@ -242,10 +245,11 @@ def test_the_c_walk_refuses_what_it_would_read_out_of_bounds() -> None:
         a[name] = bad
         with pytest.raises((TypeError, ValueError, BufferError)):
             _walk(a)
-    a = _stump()
-    a["out"] = np.zeros((4, 1))  # one row short
-    with pytest.raises(ValueError, match="sizes do not agree"):
-        _walk(a)
+    for name, short in [("out", np.zeros((4, 1))), ("values", np.zeros((2, 1)))]:
+        a = _stump()
+        a[name] = short  # a row short
+        with pytest.raises(ValueError, match="sizes do not agree"):
+            _walk(a)
 
 
 def test_a_served_regressor_answers_its_own_predictions_through_the_fast_path() -> None:

@@ -334,7 +334,8 @@ class ThreadBatcher(_Batching[_Waiter]):
                 successor.wake()
             else:
                 self._busy = False
-                self._idle.notify_all()
+                if self._closed:  # only ``drain`` waits for idle, after closing
+                    self._idle.notify_all()
 
     def _fill(self, batch: list[_Waiter], deadline: float) -> None:
         """Wait (mutex held, released while waiting) for the batch to fill or time out."""

@@ -79,17 +79,15 @@ class _Forest:
     pair_threshold: NDArray[np.float64]
     pair_child: NDArray[np.intp]
     values: NDArray[np.float64]
-    native: bool
+    nodes: bytes | None
+    """The nodes packed for the C walk (``_treewalk.pack_nodes``); None: the numpy walk."""
 
     def sums(self, x: NDArray[np.float64], init: NDArray[np.float64]) -> NDArray[np.float64]:
         """Per row of ``x`` (C-contiguous float64), ``init`` plus the values of the leaves
         it reaches, added tree after tree in order as scikit-learn does: (rows, outputs)."""
-        if self.native and _treewalk is not None:
+        if self.nodes is not None and _treewalk is not None:
             out = np.empty((len(x), len(init)), dtype=np.float64)
-            _treewalk.sum_leaves(
-                x, x.shape[1], self.roots, self.feature, self.threshold, self.left,
-                self.right, self.missing_left, self.values, init, out,
-            )  # fmt: skip
+            _treewalk.sum_leaves(x, x.shape[1], self.roots, self.nodes, self.values, init, out)
             return out
         per_tree = self.values[self.leaves(x)]  # (rows, trees, outputs)
         terms = np.empty((len(x), per_tree.shape[1] + 1, len(init)), dtype=np.float64)
@@ -149,6 +147,10 @@ def _flatten(
         offset += size
     all_feature, all_threshold = np.concatenate(feature), np.concatenate(threshold)
     all_left, all_right = np.concatenate(left), np.concatenate(right)
+    all_missing = np.concatenate(missing)
+    nodes = None
+    if native and _treewalk is not None:
+        nodes = _treewalk.pack_nodes(all_feature, all_threshold, all_left, all_right, all_missing)
     pair_child = np.empty(2 * len(all_left), dtype=np.intp)
     pair_child[0::2] = 2 * all_left
     pair_child[1::2] = 2 * all_right
@@ -158,13 +160,13 @@ def _flatten(
         all_threshold,
         all_left,
         all_right,
-        np.concatenate(missing),
+        all_missing,
         depth,
         np.repeat(all_feature, 2),
         np.repeat(all_threshold, 2),
         pair_child,
         np.ascontiguousarray(np.concatenate(values), dtype=np.float64),
-        native,
+        nodes,
     )
 
 

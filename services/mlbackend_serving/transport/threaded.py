@@ -5,6 +5,10 @@ conversion, validation and the batch (``ThreadBatcher``) happen on the thread th
 took the call, with no hop to an event loop (see ``app`` for what that measured).
 Every other method is the asyncio servicer's own, run on the loop that owns the core
 (loading, unloading and the registry follower live there).
+
+ModelInfer arrives as wire bytes: the usual single-tensor request is read in C and
+answered with bytes written directly (``wire``); any other request is parsed by
+protobuf and takes the general path, which also says what is wrong with it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""ModelInfer on wire bytes: the usual request parsed in C, every response encoded here.
+"""ModelInfer on wire bytes: the usual request parsed in C, its response encoded here.
 
 A single-row prediction of a 100-tree model takes the model ~4 µs; building the
 request and response messages with protobuf and reading them back took ~12 µs more,
@@ -10,8 +10,9 @@ the thread front as bytes (``service_handlers(raw=...)``):
   path would have decoded, and checked against the signature by the same code;
 - anything else is parsed by protobuf and decoded as before, which also reports what
   is wrong with it;
-- the response is written as bytes, the same bytes protobuf writes for the message
-  ``oip.infer_response`` builds (the tests compare both on every output kind).
+- the usual request's response is written as bytes, the same bytes protobuf writes
+  for the message ``oip.infer_response`` builds (the tests compare both on every
+  output kind).
 """
 
 from __future__ import annotations
