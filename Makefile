@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py services/include/protowire.h services/mlbackend_serving/_treewalk.c services/mlbackend_serving/_oipwire.c services/mlbackend_features/_wire.c
+$(STAMP): pyproject.toml setup.py native/protowire.h services/mlbackend_serving/_treewalk.c services/mlbackend_serving/_oipwire.c services/mlbackend_features/_wire.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'

@@ -5,7 +5,7 @@
 usual ModelInfer request (``mlbackend_serving/transport/wire.py``) and
 ``mlbackend_features._wire`` the usual online read request
 (``mlbackend_features/transport/threaded.py``); the two parsers share
-``services/include/protowire.h``. They need Python's headers and nothing else.
+``native/protowire.h``. They need Python's headers and nothing else.
 Optional: without a C compiler the install still succeeds, serving walks the trees with
 numpy and both services parse every request with protobuf (CI requires every build:
 tests/unit/test_serving_fastpath.py, test_oip_wire.py and test_feature_wire.py).
@@ -13,7 +13,7 @@ tests/unit/test_serving_fastpath.py, test_oip_wire.py and test_feature_wire.py).
 
 from setuptools import Extension, setup
 
-PROTOWIRE = ["services/include/protowire.h"]
+PROTOWIRE = ["native/protowire.h"]
 
 setup(
     ext_modules=[
@@ -25,14 +25,14 @@ setup(
         Extension(
             "mlbackend_serving._oipwire",
             ["services/mlbackend_serving/_oipwire.c"],
-            include_dirs=["services/include"],
+            include_dirs=["native"],
             depends=PROTOWIRE,
             optional=True,
         ),
         Extension(
             "mlbackend_features._wire",
             ["services/mlbackend_features/_wire.c"],
-            include_dirs=["services/include"],
+            include_dirs=["native"],
             depends=PROTOWIRE,
             optional=True,
         ),

@@ -225,23 +225,24 @@ sum_leaves(PyObject *module, PyObject *args)
         }
     }
     /* Tree after tree, every row through each: a tree's nodes stay in cache, and each
-     * row's sum still adds the trees in their order. Children were checked when the
-     * nodes were packed; roots and features are checked here. */
+     * row's sum still adds the trees in their order. pack_nodes checked the children,
+     * but any bytes of the right length arrive here, so every index is checked again
+     * (a comparison on the record already read). */
     for (Py_ssize_t t = 0; t < trees && !bad; t++) {
-        if (roots[t] < 0 || roots[t] >= nodes) {
-            bad = 1;
-            break;
-        }
         for (Py_ssize_t r = 0; r < rows && !bad; r++) {
             const double *row = x + r * width;
             int64_t at = roots[t];
             /* A tree cannot be deeper than it has nodes: more steps mean a cycle. */
             for (Py_ssize_t steps = 0;; steps++) {
+                if (at < 0 || at >= nodes || steps > nodes) {
+                    bad = 1;
+                    break;
+                }
                 const Node *node = node_at + at;
                 if (node->feature < 0) {
                     break; /* a leaf */
                 }
-                if (node->feature >= width || steps > nodes) {
+                if (node->feature >= width) {
                     bad = 1;
                     break;
                 }

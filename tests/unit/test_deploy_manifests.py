@@ -454,6 +454,38 @@ def test_dockerignore_keeps_local_state_out_of_the_build_context() -> None:
     assert not patterns & {"pyproject.toml", "README.md", "clients", "services", "*"}
 
 
+def test_the_image_build_copies_what_the_c_extensions_are_built_from() -> None:
+    """Every path setup.py names (sources, shared headers) is in a COPY of the build
+    stage and not ignored, or `pip install .` in the image would build them without it."""
+    import ast
+
+    tree = ast.parse((REPO / "setup.py").read_text(encoding="utf-8"))
+    named = {
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and " " not in node.value
+        and (REPO / node.value).exists()
+    }
+    assert any(path.endswith(".c") for path in named), named
+    copied = {
+        source.rstrip("/")
+        for keyword, rest in _dockerfile_instructions()
+        if keyword == "COPY" and not rest.startswith("--from")
+        for source in rest.split()[:-1]
+    }
+    ignored = {
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    for path in named:
+        top = path.split("/")[0]
+        assert top in copied, f"{path}: the Dockerfile does not COPY {top}"
+        assert top not in ignored, f"{path}: .dockerignore drops {top}"
+
+
 # --------------------------------------------------------------------------- the code
 
 

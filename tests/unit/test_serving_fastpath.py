@@ -245,6 +245,15 @@ def test_the_c_walk_refuses_what_it_would_read_out_of_bounds() -> None:
         a[name] = bad
         with pytest.raises((TypeError, ValueError, BufferError)):
             _walk(a)
+    # Records not made by pack_nodes: node 0's left child (bytes 12-16) beyond the end.
+    walk, a = fastpath._treewalk, _stump()
+    assert walk is not None
+    packed = bytearray(
+        walk.pack_nodes(a["feature"], a["threshold"], a["left"], a["right"], a["missing_left"])
+    )
+    packed[12:16] = (7).to_bytes(4, "little")
+    with pytest.raises(ValueError, match="malformed forest"):
+        walk.sum_leaves(a["x"], 2, a["roots"], bytes(packed), a["values"], a["init"], a["out"])
     for name, short in [("out", np.zeros((4, 1))), ("values", np.zeros((2, 1)))]:
         a = _stump()
         a[name] = short  # a row short
