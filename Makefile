@@ -7,7 +7,7 @@ BUF := .tools/node_modules/.bin/buf
 BUF_VERSION := 1.75.0
 STAMP := $(VENV)/.installed
 
-.PHONY: venv proto proto-check lint buf-lint buf-breaking buf-baseline fmt typecheck test demo up clean
+.PHONY: venv proto proto-check lint buf-lint buf-breaking buf-baseline fmt typecheck test sanitize demo up clean
 
 venv: $(STAMP)
 
@@ -49,6 +49,10 @@ lint: venv buf-lint buf-breaking
 
 test: venv
 	$(BIN)/python -m pytest
+
+## The C extensions under ASan/UBSan: their tests and a bounded mutation fuzz.
+sanitize: venv
+	$(BIN)/python scripts/sanitize_native.py
 
 ## The main job on the embedded defaults.
 demo: venv
