@@ -145,6 +145,11 @@ def channel_arguments(
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.max_receive_message_length", options.max_message_bytes),
         ("grpc.max_send_message_length", options.max_message_bytes),
+        # Connections of this channel only. By default gRPC shares them among a
+        # process's channels to the same address, so a new channel to a restarted
+        # server inherited an old channel's failed connection and failed at once
+        # (UNAVAILABLE, "Connection refused") until that one's backoff ran out.
+        ("grpc.use_local_subchannel_pool", 1),
     ]
     if options.tls is not None and options.tls.server_name:
         args.append(("grpc.ssl_target_name_override", options.tls.server_name))

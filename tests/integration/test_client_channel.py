@@ -135,6 +135,41 @@ async def test_round_robin_spreads_calls_over_an_address_list() -> None:
             await server.stop(0)
 
 
+async def test_a_new_client_reaches_a_server_restarted_where_an_old_one_failed() -> None:
+    """An old client left in reconnect backoff to an address does not make a new
+    client to a server started again on that address fail."""
+
+    async def serve(port: int) -> tuple[grpc.aio.Server, int]:
+        async def behaviour(request: bytes, context: Any) -> Any:
+            return registry_pb2.CreateRegisteredModelResponse()
+
+        server = grpc.aio.server()
+        handler: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(
+            behaviour, lambda b: b, lambda m: m.SerializeToString()
+        )
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE, {"CreateRegisteredModel": handler}),)
+        )
+        bound = server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        return server, bound
+
+    create = registry_pb2.CreateRegisteredModelRequest()
+    first, port = await serve(0)
+    async with RegistryClient.connect(f"127.0.0.1:{port}") as old:
+        await old.stub.CreateRegisteredModel(create)
+        await first.stop(0)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:  # not retried: a write
+            await old.stub.CreateRegisteredModel(create)
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        second, _ = await serve(port)
+        try:
+            async with RegistryClient.connect(f"127.0.0.1:{port}") as new:
+                await new.stub.CreateRegisteredModel(create)
+        finally:
+            await second.stop(0)
+
+
 @pytest.mark.parametrize("interceptors", [True, False])
 async def test_token_request_id_and_caller_deadline_with_or_without_interceptors(
     flaky_server: tuple[Flaky, str], interceptors: bool
