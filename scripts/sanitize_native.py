@@ -36,33 +36,16 @@ FLAGS = "-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-
 FUZZ = r"""
 import random, sys, time
 import numpy as np
-sys.path.insert(0, "tests/unit")
+sys.path[:0] = ["tests", "tests/unit"]
 import test_feature_wire, test_oip_wire
 from mlbackend_features import _wire
 from mlbackend_serving import _oipwire, _treewalk
+from mutations import mangled
 
 for module in (_wire, _oipwire, _treewalk):  # the sanitized builds, not the venv's
     assert "mlbackend-sanitize-" in module.__file__, module.__file__
 seconds, most = float(sys.argv[1]), 2_000_000
 rng = random.Random(20261207)
-TAG_BYTES = [0x00, 0x08, 0x0A, 0x12, 0x1A, 0x22, 0x2A, 0x32, 0x3A, 0x7F, 0x80, 0xFF]
-
-def mangled(seeds):
-    data = bytearray(rng.choice(seeds))
-    for _ in range(rng.randint(1, 6)):
-        where = rng.randrange(len(data) + 1)
-        kind = rng.randrange(5)
-        if kind == 0:
-            del data[where:]
-        elif kind == 1 and where < len(data):
-            data[where] ^= 1 << rng.randrange(8)
-        elif kind == 2:
-            data[where:where] = bytes([rng.randrange(256)])
-        elif kind == 3 and where < len(data):
-            data[where] = rng.choice(TAG_BYTES)
-        else:
-            data += rng.choice(seeds)
-    return bytes(data)
 
 for name, parse, seeds in [
     ("ModelInfer parser", _oipwire.parse_infer_request,
@@ -73,7 +56,7 @@ for name, parse, seeds in [
     until = time.monotonic() + seconds
     while count < most and time.monotonic() < until:
         count += 1
-        accepted += parse(mangled(seeds)) is not None
+        accepted += parse(mangled(rng, seeds, most_edits=6)) is not None
     print(f"{name}: {count} mangled requests, {accepted} parsed, no sanitizer report")
 
 nodes_rng = np.random.default_rng(20261207)
