@@ -72,6 +72,18 @@ text_of(Reader r)
     return PyUnicode_DecodeUTF8((const char *)r.p, r.end - r.p, NULL);
 }
 
+/* A parser's answer for a request not of the usual shape: None, so the caller takes
+ * the general path, with any error on the way (invalid UTF-8, say) cleared; NULL only
+ * when memory ran out. */
+static inline PyObject *
+not_usual(void)
+{
+    if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_MemoryError)) {
+        PyErr_Clear();
+    }
+    return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+}
+
 /* Whether a and b hold the same bytes. */
 static inline int
 same(Reader a, Reader b)

@@ -180,13 +180,7 @@ parse_online_request(PyObject *self, PyObject *arg)
     result = PyTuple_Pack(4, refs, service, name, values);
     goto done;
 other:
-    /* Not the usual shape (a UTF-8 error included): the caller takes the general path. */
-    if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_MemoryError)) {
-        PyErr_Clear();
-    }
-    if (!PyErr_Occurred()) {
-        result = Py_NewRef(Py_None);
-    }
+    result = not_usual();
 done:
     PyBuffer_Release(&view);
     Py_XDECREF(refs);

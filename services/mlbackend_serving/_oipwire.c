@@ -269,13 +269,7 @@ parse_infer_request(PyObject *self, PyObject *arg)
     }
     goto done;
 other:
-    /* Not the usual shape (a UTF-8 error included): the caller takes the general path. */
-    if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_MemoryError)) {
-        PyErr_Clear();
-    }
-    if (!PyErr_Occurred()) {
-        result = Py_NewRef(Py_None);
-    }
+    result = not_usual();
 done:
     PyBuffer_Release(&view);
     Py_XDECREF(outputs);

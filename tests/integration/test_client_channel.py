@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -105,6 +105,22 @@ async def test_unary_calls_get_the_default_deadline(flaky_server: tuple[Flaky, s
     assert 0.4 < elapsed < 3
 
 
+async def _one_method_server(
+    method: str, behaviour: Callable[[bytes, Any], Awaitable[Any]], port: int = 0
+) -> tuple[grpc.aio.Server, int]:
+    """A started server answering ``method`` of the registry service on ``port``."""
+    server = grpc.aio.server()
+    handler: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(
+        behaviour, lambda b: b, lambda m: m.SerializeToString()
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE, {method: handler}),)
+    )
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    return server, bound
+
+
 async def test_round_robin_spreads_calls_over_an_address_list() -> None:
     counts = [0, 0]
     servers, ports = [], []
@@ -114,16 +130,9 @@ async def test_round_robin_spreads_calls_over_an_address_list() -> None:
             counts[index] += 1
             return registry_pb2.GetRegisteredModelResponse()
 
-        server = grpc.aio.server()
-        handler: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(
-            behaviour, lambda b: b, lambda m: m.SerializeToString()
-        )
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(SERVICE, {"GetRegisteredModel": handler}),)
-        )
-        ports.append(server.add_insecure_port("127.0.0.1:0"))
-        await server.start()
+        server, port = await _one_method_server("GetRegisteredModel", behaviour)
         servers.append(server)
+        ports.append(port)
     try:
         target = ",".join(f"127.0.0.1:{port}" for port in ports)
         async with RegistryClient.connect(target) as client:
@@ -139,30 +148,18 @@ async def test_a_new_client_reaches_a_server_restarted_where_an_old_one_failed()
     """An old client left in reconnect backoff to an address does not make a new
     client to a server started again on that address fail."""
 
-    async def serve(port: int) -> tuple[grpc.aio.Server, int]:
-        async def behaviour(request: bytes, context: Any) -> Any:
-            return registry_pb2.CreateRegisteredModelResponse()
-
-        server = grpc.aio.server()
-        handler: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(
-            behaviour, lambda b: b, lambda m: m.SerializeToString()
-        )
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(SERVICE, {"CreateRegisteredModel": handler}),)
-        )
-        bound = server.add_insecure_port(f"127.0.0.1:{port}")
-        await server.start()
-        return server, bound
+    async def behaviour(request: bytes, context: Any) -> Any:
+        return registry_pb2.CreateRegisteredModelResponse()
 
     create = registry_pb2.CreateRegisteredModelRequest()
-    first, port = await serve(0)
+    first, port = await _one_method_server("CreateRegisteredModel", behaviour)
     async with RegistryClient.connect(f"127.0.0.1:{port}") as old:
         await old.stub.CreateRegisteredModel(create)
         await first.stop(0)
         with pytest.raises(grpc.aio.AioRpcError) as raised:  # not retried: a write
             await old.stub.CreateRegisteredModel(create)
         assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
-        second, _ = await serve(port)
+        second, _ = await _one_method_server("CreateRegisteredModel", behaviour, port)
         try:
             async with RegistryClient.connect(f"127.0.0.1:{port}") as new:
                 await new.stub.CreateRegisteredModel(create)
