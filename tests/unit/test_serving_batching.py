@@ -302,3 +302,48 @@ async def test_thread_batcher_close_drains_then_refuses(executor: Any) -> None:
     # And from an event loop, as the asyncio front calls it.
     with pytest.raises(FailedPrecondition):
         await batcher.predict(_rows(9))
+
+
+def test_thread_batcher_runs_beside_a_busy_model_and_counts_it(executor: Any) -> None:
+    """``run_beside`` calls its own function at once, even while a batch is in the
+    model and others wait; it is counted and recorded as a batch of one."""
+    observer = Recorder()
+    model, batcher, callers = _first_in_the_model(
+        executor, BatchingPolicy(max_batch_size=1), _rows(0)
+    )
+    batcher._observer = observer  # the first caller's batch ends after the assertions
+    callers.start(1, _rows(1))
+    _until(lambda: batcher.queued == 1)
+    beside = SlowEcho(0)
+    result = batcher.run_beside(_rows(7, 8), beside)
+    assert result.values.tolist() == [7, 8] and beside.batches == [2]
+    assert batcher.queued == 1 and model.batches == []  # the batch is still in the model
+    assert observer.batches == [(2, 1)] and observer.queued_for == [0.0]
+    model.release.set()
+    callers.join()
+    assert batcher.calls == 3
+
+
+async def test_thread_batcher_close_drains_calls_beside(executor: Any) -> None:
+    """An unload waits for a call running beside the batches, then refuses new ones;
+    an error in one reaches its caller only."""
+    batcher = ThreadBatcher(SlowEcho(0), executor, BatchingPolicy())
+    with pytest.raises(ValueError, match="negative"):
+        batcher.run_beside(_rows(-1), SlowEcho(0))
+    inside = Entered()
+    inside.release.clear()
+    done: list[Any] = []
+    thread = threading.Thread(
+        target=lambda: done.append(batcher.run_beside(_rows(4), inside)), daemon=True
+    )
+    thread.start()
+    _until(lambda: inside.calls == 1)
+    closing = asyncio.ensure_future(batcher.close())
+    await asyncio.sleep(0.05)
+    assert not closing.done()
+    inside.release.set()
+    await asyncio.wait_for(closing, WAIT)
+    thread.join(WAIT)
+    assert done[0].values.tolist() == [4]
+    with pytest.raises(FailedPrecondition, match="being unloaded"):
+        batcher.run_beside(_rows(9), inside)

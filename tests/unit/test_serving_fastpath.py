@@ -350,3 +350,27 @@ def test_every_tree_recipe_of_mlbackend_train_takes_the_fast_path(
         assert np.array_equal(transformed, step.transform(rows), equal_nan=True)
     for batch in (rows, rows[:1], rows[9:10]):
         assert np.array_equal(fast(batch), model.predict_proba(batch))
+    assert fastpath.is_light(fast) is native  # numpy transforms and the C walk only
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["c", "numpy"])
+def test_only_the_c_walk_with_numpy_transforms_is_light(native: bool) -> None:
+    """Light (served without queueing for a batch) means no scikit-learn method runs
+    and the trees are walked in C: a scikit-learn transformer in front, the numpy
+    walk, or a model without a fast path is not light."""
+    _require(native)
+    x, y = _data()
+    forest = RandomForestClassifier(n_estimators=5, random_state=0).fit(x, y)
+    imputed = Pipeline([("impute", SimpleImputer()), ("model", forest)]).fit(x, y)
+    scaled = Pipeline([("scale", StandardScaler()), ("model", forest)]).fit(x, y)
+    boosted = HistGradientBoostingRegressor(max_iter=5).fit(x, y.astype(float))
+    for estimator, light in ((forest, native), (imputed, native), (scaled, False)):
+        fast = fast_proba(estimator, native=native)
+        assert fast is not None and fastpath.is_light(fast) is light
+    fast = fast_predict(boosted, native=native)
+    assert fast is not None and fastpath.is_light(fast) is native
+    signature = Signature(tuple(FeatureSpec(f"f{i}") for i in range(x.shape[1])))
+    classifier = OutputSpec(OutputKind.CLASSIFIER)
+    for estimator, light in ((forest, fastpath.NATIVE), (LogisticRegression().fit(x, y), False)):
+        model = LoadedModel(ModelKey("m", 1), signature, classifier, estimator, "0" * 64)
+        assert model.light is light

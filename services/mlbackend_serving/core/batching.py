@@ -270,6 +270,8 @@ class ThreadBatcher(_Batching[_Waiter]):
         self._arrived = threading.Condition(self._mutex)
         self._idle = threading.Condition(self._mutex)
         self._busy = False
+        self._beside = 0
+        """Calls running next to the batches (``run_beside``)."""
 
     def run(self, rows: Matrix) -> Predictions:
         """Predict ``rows`` (blocking), in a batch with whatever else is waiting."""
@@ -302,6 +304,28 @@ class ThreadBatcher(_Batching[_Waiter]):
     async def predict(self, rows: Matrix) -> Predictions:
         """For callers on an event loop (the asyncio front, tests)."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, self.run, rows)
+
+    def run_beside(self, rows: Matrix, predict: PredictFn) -> Predictions:
+        """``predict(rows)`` on the calling thread now, next to any batch running or
+        waiting: for a model whose call costs so little that queueing for a shared one
+        would cost more (``ServingCore.predict_light``). Counted as a batch of one; an
+        unload drains it too."""
+        with self._mutex:
+            if self._closed:
+                raise FailedPrecondition(f"{self._name} is being unloaded")
+            self._beside += 1
+        started = time.perf_counter()
+        try:
+            return predict(rows)
+        finally:
+            seconds = time.perf_counter() - started
+            with self._mutex:
+                self._beside -= 1
+                self.calls += 1
+                if self._closed and not self._beside:
+                    self._idle.notify_all()
+            self._observer.queued(0.0)
+            self._observer.batch(len(rows), 1, seconds)
 
     def _alone(self, rows: Matrix, entered: float) -> Predictions:
         started = time.perf_counter()
@@ -362,7 +386,7 @@ class ThreadBatcher(_Batching[_Waiter]):
         """Refuse new requests, wait for the queued ones to finish (blocking)."""
         with self._mutex:
             self._closed = True
-            while self._busy or self._queue:
+            while self._busy or self._queue or self._beside:
                 self._idle.wait()
 
     async def close(self) -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
@@ -53,6 +54,21 @@ NATIVE = _treewalk is not None
 Proba = Callable[[NDArray[np.float64]], NDArray[np.float64]]
 """Rows → the model's output: a classifier's probabilities, a regressor's values."""
 PROBE_ROWS = 64
+
+_LIGHT: weakref.WeakSet[Proba] = weakref.WeakSet()
+
+
+def _light(fn: Proba) -> Proba:
+    """``fn`` marked light: the C walk, or a transformer's numpy ``transform``."""
+    _LIGHT.add(fn)
+    return fn
+
+
+def is_light(fn: Proba) -> bool:
+    """Whether ``fn`` is a fast path that walks its trees in C, with numpy transformers
+    at most: a call costs microseconds, no scikit-learn method runs, nothing to gain by
+    making callers queue for one call together (see ``ServingCore.predict_light``)."""
+    return fn in _LIGHT
 
 
 @dataclass(frozen=True)
@@ -226,7 +242,7 @@ def _random_forest(estimator: Any, native: bool) -> Proba | None:
         out /= n_trees
         return out[:, 0] if regressor else out
 
-    return predict
+    return _light(predict) if forest.nodes is not None else predict
 
 
 def _hist_gradient_boosting(estimator: Any, native: bool) -> Proba | None:
@@ -274,7 +290,7 @@ def _hist_gradient_boosting(estimator: Any, native: bool) -> Proba | None:
             return binary(raw[:, 0])
         return np.asarray(loss.predict_proba(raw), dtype=np.float64)
 
-    return predict
+    return _light(predict) if forest.nodes is not None else predict
 
 
 def _binary_logit(loss: Any) -> Proba | None:
@@ -318,7 +334,7 @@ def _pipeline(estimator: Any, native: bool) -> Proba | None:
     def predict(rows: NDArray[np.float64]) -> NDArray[np.float64]:
         return final(transform(rows))
 
-    return predict
+    return _light(predict) if is_light(final) and is_light(transform) else predict
 
 
 def _is_identity(step: Any) -> bool:
@@ -345,7 +361,7 @@ def _transformer_pipeline(step: Any) -> Proba | None:
 
     if type(step) is not Pipeline:
         return None
-    return _chain(step.steps) or _as_float
+    return _chain(step.steps) or _light(_as_float)
 
 
 def _chain(steps: Sequence[tuple[str, Any]]) -> Proba | None:
@@ -361,7 +377,7 @@ def _chain(steps: Sequence[tuple[str, Any]]) -> Proba | None:
             x = each(x)
         return _as_float(x)
 
-    return transform
+    return _light(transform) if all(is_light(each) for each in transforms) else transform
 
 
 def _as_float(rows: Any) -> NDArray[np.float64]:
@@ -390,7 +406,8 @@ def _columns(step: Any) -> Proba | None:
         ]
         return np.hstack([np.asarray(b, dtype=np.float64) for b in blocks])
 
-    return transform
+    own = any(each is not None and not is_light(each) for _, each in parts)
+    return transform if own else _light(transform)
 
 
 def _one_hot(step: Any) -> Proba | None:
@@ -426,7 +443,7 @@ def _one_hot(step: Any) -> Proba | None:
                 blocks.append(np.isnan(column))
         return np.hstack(blocks).astype(np.float64)
 
-    return transform
+    return _light(transform)
 
 
 def _nan_imputer(step: Any) -> Proba | None:
@@ -456,7 +473,7 @@ def _nan_imputer(step: Any) -> Proba | None:
             return out
         return np.hstack([out, missing[:, indicated]])
 
-    return transform
+    return _light(transform)
 
 
 def _is_nan(value: Any) -> bool:

@@ -131,6 +131,28 @@ def from_tensors(tensors: Sequence[Tensor], signature: Signature) -> Matrix:
     return _from_feature_tensors(tensors, signature)
 
 
+def plain_matrix(tensor: Tensor, signature: Signature) -> Matrix | None:
+    """What :func:`from_tensors` makes of ``[tensor]`` when that is nothing but a
+    reshape: one ``[N, F]`` FP32 or FP64 tensor (N ≥ 1) in signature order, every value
+    finite, every feature a double. None: anything else (``from_tensors`` checks it)."""
+    shape = tensor.shape
+    if (
+        len(shape) != 2
+        or shape[0] < 1
+        or shape[1] != len(signature.features)
+        or tensor.datatype not in _FLOATS
+        or tensor.values.size != shape[0] * shape[1]
+        or not signature.all_double
+        or tensor.name in signature.index()
+    ):
+        return None
+    matrix = tensor.values.astype(np.float64, copy=False).reshape(shape)
+    return matrix if np.isfinite(matrix).all() else None
+
+
+_FLOATS = frozenset({"FP32", "FP64"})
+
+
 def _check_datatype(tensor: Tensor, index: int, problems: _Violations) -> bool:
     if tensor.datatype not in NUMERIC_TENSOR_TYPES and tensor.datatype != "BOOL":
         problems.add(

@@ -11,7 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mlbackend_runtime.errors import InvalidInput
-from mlbackend_serving.core.fastpath import checked_fast_predict, checked_fast_proba
+from mlbackend_serving.core.fastpath import checked_fast_predict, checked_fast_proba, is_light
 
 Scalar = int | float | bool | str | None
 Matrix = NDArray[np.float64]
@@ -93,7 +93,7 @@ class Predictions:
     values: NDArray[np.float64] | None = None
 
     def __len__(self) -> int:
-        for part in (self.labels, self.values):
+        for part in (self.labels, self.values, self.probabilities):
             if part is not None:
                 return len(part)
         return 0
@@ -156,6 +156,18 @@ class LoadedModel:
                 self.estimator, len(self.signature.features), self.input_example
             )
         self._classes = np.asarray(self.output.classes, dtype=object)
+        self.light = is_light(
+            self._predict_values if self.output.kind is OutputKind.REGRESSOR
+            else self._predict_proba
+        )  # fmt: skip
+        """The model predicts through a light fast path (``fastpath.is_light``)."""
+
+    def scores(self, rows: Matrix) -> Predictions:
+        """``predict`` without labels and confidence: a classifier's probabilities, a
+        regressor's values (what a request that asks for those alone needs)."""
+        if self.output.kind is OutputKind.REGRESSOR:
+            return self.predict(rows)
+        return Predictions(probabilities=np.asarray(self._predict_proba(rows), dtype=np.float64))
 
     def predict(self, rows: Matrix) -> Predictions:
         """Run the model on validated rows (call off the event loop)."""

@@ -24,7 +24,7 @@ from mlbackend_serving.core.batching import (
     ThreadBatcher,
 )
 from mlbackend_serving.core.health import HealthReport, RequestStats
-from mlbackend_serving.core.inputs import RowsInput
+from mlbackend_serving.core.inputs import RowsInput, Tensor, plain_matrix
 from mlbackend_serving.core.model import LoadedModel, Matrix, ModelKey, OutputSpec, Predictions
 from mlbackend_serving.core.model_dir import ModelDirectory
 
@@ -157,6 +157,28 @@ class ServingCore:
         assert isinstance(served.batcher, ThreadBatcher)
         with _Recorded(served, started):
             return self._result(served, served.batcher.run(rows))
+
+    def predict_light(
+        self, name: str, selector: Selector, tensor: Tensor, *, labels: bool
+    ) -> PredictionResult | None:
+        """``predict_blocking`` of the usual OIP request on the calling thread, with no
+        queue, when that is what it comes to: the version's model is light (its trees
+        walked in C: a call costs microseconds, see ``fastpath.is_light``), its batches
+        do not wait to fill, and the request is one ``[N, F]`` tensor of finite numbers
+        (``inputs.plain_matrix``). Queueing such a call behind another to share it costs
+        more than the call. ``labels`` False: probabilities (or values) only.
+        None: anything else; ``predict_blocking`` takes it, and says what is wrong."""
+        served = self.resolve(name, selector)
+        model, batcher = served.model, served.batcher
+        assert model is not None and isinstance(batcher, ThreadBatcher)
+        if not model.light or batcher.policy.max_wait > 0:
+            return None
+        rows = plain_matrix(tensor, model.signature)
+        if rows is None or len(rows) > MAX_ROWS_PER_REQUEST:
+            return None
+        with _Recorded(served, time.perf_counter()):
+            predictions = batcher.run_beside(rows, model.predict if labels else model.scores)
+        return PredictionResult(served.key, model.output, predictions)
 
     def _admit(
         self, name: str, selector: Selector, inputs: RowsInput

@@ -7,8 +7,10 @@ Every other method is the asyncio servicer's own, run on the loop that owns the 
 (loading, unloading and the registry follower live there).
 
 ModelInfer arrives as wire bytes: the usual single-tensor request is read in C and
-answered with bytes written directly (``wire``); any other request is parsed by
-protobuf and takes the general path, which also says what is wrong with it.
+answered with bytes written directly (``wire``); to a model whose trees are walked in C
+it is predicted on the calling thread with no queue (``ServingCore.predict_light``).
+Any other request is parsed by protobuf and takes the general path, which also says
+what is wrong with it.
 """
 
 from __future__ import annotations
@@ -80,8 +82,11 @@ def handlers(
         if usual is None:
             request = parsed(oip.ModelInferRequest, data)
             return o.infer_response(request, core.predict_blocking(*o.infer_call(request)))
-        tensors = Tensors([wire.input_tensor(usual)])
-        result = core.predict_blocking(usual.model_name, o.selector(usual.model_version), tensors)
+        tensor = wire.input_tensor(usual)
+        name, version = usual.model_name, o.selector(usual.model_version)
+        result = core.predict_light(name, version, tensor, labels=wire.wants_labels(usual))
+        if result is None:
+            result = core.predict_blocking(name, version, Tensors([tensor]))
         return wire.infer_response(usual, result)
 
     predict.experimental_thread_pool = predictions  # type: ignore[attr-defined]

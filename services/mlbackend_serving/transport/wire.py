@@ -76,6 +76,11 @@ def input_tensor(request: UsualRequest) -> Tensor:
     )
 
 
+def wants_labels(request: UsualRequest) -> bool:
+    """Whether the response has a label output (it names none, or names ``label``)."""
+    return not request.outputs or "label" in request.outputs
+
+
 def infer_response(request: UsualRequest, result: PredictionResult) -> bytes:
     """The ModelInferResponse ``oip.infer_response`` makes for ``request``, as bytes."""
     outputs = wanted_outputs(request.outputs, result.predictions)
@@ -107,6 +112,17 @@ def _tensor_head(name: str, datatype: str) -> bytes:
     _string(body, 1, name)
     _string(body, 2, datatype)
     return bytes(body)
+
+
+_FP64 = np.dtype(np.float64)
+
+
+@functools.lru_cache(maxsize=256)
+def _fp64_head(name: str, shape: tuple[int, ...]) -> bytes:
+    """An FP64 output tensor's name, datatype and shape."""
+    tensor = bytearray(_tensor_head(name, "FP64"))
+    _packed(tensor, 3, _packed_varints(shape))
+    return bytes(tensor)
 
 
 # --- protobuf's wire format, what a response needs of it ------------------------------
@@ -181,6 +197,14 @@ _TYPED: dict[str, tuple[int, Callable[[NDArray[np.generic]], bytes]]] = {
 def _output(name: str, values: object, *, raw: bool) -> tuple[bytes, bytes]:
     """An InferOutputTensor's bytes and, when ``raw``, its raw contents (as
     ``tensors.output_tensor`` makes them)."""
+    if type(values) is np.ndarray and values.dtype == _FP64 and values.size:
+        # Probabilities and values, the usual outputs: the head made once per shape.
+        data = values.tobytes()
+        if raw:
+            return _fp64_head(name, values.shape), data
+        fp64_contents = _TAGS[7] + _varint(len(data)) + data  # InferTensorContents
+        head = _fp64_head(name, values.shape)
+        return head + _TAGS[5] + _varint(len(fp64_contents)) + fp64_contents, b""
     datatype, array = output_type(np.asarray(values))
     flat = array.ravel()
     tensor = bytearray(_tensor_head(name, datatype))
