@@ -152,22 +152,31 @@ class ServingCore:
     def predict_blocking(
         self, name: str, selector: Selector, inputs: RowsInput
     ) -> PredictionResult:
-        """``predict`` for a thread-pool front: blocks the calling thread, never the loop."""
+        """``predict`` for a thread-pool front: blocks the calling thread, never the loop.
+
+        A light model (its trees walked in C, numpy transformers at most: a call costs
+        microseconds, see ``fastpath.is_light``) whose batches do not wait to fill is
+        called on this thread at once, beside the queue: queueing behind another call
+        to share it costs more than the call (measured: ``predict_light``)."""
         served, rows, started = self._admit(name, selector, inputs)
-        assert isinstance(served.batcher, ThreadBatcher)
+        model, batcher = served.model, served.batcher
+        assert model is not None and isinstance(batcher, ThreadBatcher)
         with _Recorded(served, started):
-            return self._result(served, served.batcher.run(rows))
+            if model.light and batcher.policy.max_wait <= 0:  # see predict_light
+                return self._result(served, batcher.run_beside(rows, model.predict))
+            return self._result(served, batcher.run(rows))
 
     def predict_light(
         self, name: str, selector: Selector, tensor: Tensor, *, labels: bool
     ) -> PredictionResult | None:
-        """``predict_blocking`` of the usual OIP request on the calling thread, with no
-        queue, when that is what it comes to: the version's model is light (its trees
-        walked in C: a call costs microseconds, see ``fastpath.is_light``), its batches
-        do not wait to fill, and the request is one ``[N, F]`` tensor of finite numbers
-        (``inputs.plain_matrix``). Queueing such a call behind another to share it costs
-        more than the call. ``labels`` False: probabilities (or values) only.
-        None: anything else; ``predict_blocking`` takes it, and says what is wrong."""
+        """``predict_blocking`` of the usual OIP request, one ``[N, F]`` tensor of finite
+        numbers (``inputs.plain_matrix``), to a light model whose batches do not wait:
+        its values are the rows as they are, so they are not checked one by one, and
+        labels and confidence are computed only when ``labels`` (else probabilities or
+        values only). Alternated runs at concurrency 32, single-row ModelInfer:
+        RandomForest 2,928 / 2,919 rps through the queue, 3,490 / 3,291 this way;
+        HistGradientBoosting 3,281 / 3,348 and 3,605 / 3,429.
+        None: anything else; ``predict_blocking`` takes it and says what is wrong."""
         served = self.resolve(name, selector)
         model, batcher = served.model, served.batcher
         assert model is not None and isinstance(batcher, ThreadBatcher)
