@@ -21,6 +21,7 @@ from mlbackend_serving.core import fastpath
 from mlbackend_serving.core.inputs import Tensor, Tensors
 from mlbackend_serving.core.model_dir import ModelDirectory, write_model_version
 from mlbackend_serving.core.service import ServingCore
+from mlbackend_serving.transport import wire
 
 FEATURES = ["a", "b", "c", "d"]
 X, Y = make_classification(n_samples=400, n_features=4, random_state=1)
@@ -98,3 +99,13 @@ async def test_anything_unusual_goes_the_general_way(core: ServingCore) -> None:
     assert "inputs[0].shape" in str(raised.value.violations)
     with pytest.raises(NotFound):
         core.predict_light("nothing", None, _tensor(ROWS), labels=True)
+
+
+def test_labels_are_left_out_only_for_a_request_naming_probabilities_alone() -> None:
+    def usual(*outputs: str) -> wire.UsualRequest:
+        return wire.UsualRequest("m", "", "", "input", "FP64", (1, 4), bytes(32), False, outputs)
+
+    assert not wire.wants_labels(usual("probabilities"))
+    assert not wire.wants_labels(usual("probabilities", "probabilities"))
+    for outputs in ((), ("label",), ("probabilities", "label"), ("probabilities", "value")):
+        assert wire.wants_labels(usual(*outputs)), outputs

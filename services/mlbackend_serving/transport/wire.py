@@ -77,8 +77,9 @@ def input_tensor(request: UsualRequest) -> Tensor:
 
 
 def wants_labels(request: UsualRequest) -> bool:
-    """Whether the response has a label output (it names none, or names ``label``)."""
-    return not request.outputs or "label" in request.outputs
+    """Whether the prediction needs labels: unless the request names probabilities
+    alone (naming none means all outputs; a wrong name's error lists them all)."""
+    return set(request.outputs) != {"probabilities"}
 
 
 def infer_response(request: UsualRequest, result: PredictionResult) -> bytes:
