@@ -87,7 +87,8 @@ async def test_anything_unusual_goes_the_general_way(core: ServingCore) -> None:
         "3 features of 4": _tensor(ROWS[:, :3]),
         "no rows": _tensor(ROWS[:0]),
         "one row's worth of values": Tensor("input", "FP64", (5, 4), ROWS[0].copy()),
-        "a tensor named as a feature": _tensor(ROWS[:, :1], name="a"),
+        # [N, F] but named as a feature: the one-tensor-per-feature layout's
+        "a tensor named as a feature": _tensor(ROWS, name="a"),
     }
     for what, tensor in unusual.items():
         assert core.predict_light("forest", None, tensor, labels=True) is None, what
