@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 # Bytes that read as tags or length prefixes: a field number of 1-7 with wire type 0
 # or 2, and the varint edge cases.
@@ -28,3 +29,24 @@ def mangled(rng: random.Random, seeds: Sequence[bytes], most_edits: int = 3) -> 
         else:
             data += rng.choice(seeds)
     return bytes(data)
+
+
+def accepted_as_the_oracle_reads(
+    parse: Callable[[bytes], Any],
+    oracle: Callable[[bytes], Any],
+    seeds: Sequence[bytes],
+    *,
+    same: Callable[[Any, Any], bool] = lambda got, want: bool(got == want),
+    variants: int = 6_000,
+) -> int:
+    """How many of ``variants`` mangled seeds ``parse`` accepted (not None); each of
+    them must read the same as ``oracle`` reads it (asserted, the bytes shown)."""
+    rng = random.Random(20261127)
+    accepted = 0
+    for _ in range(variants):
+        data = mangled(rng, seeds)
+        got = parse(data)
+        if got is not None:
+            accepted += 1
+            assert same(got, oracle(data)), data.hex()
+    return accepted

@@ -162,7 +162,7 @@ class ServingCore:
         model, batcher = served.model, served.batcher
         assert model is not None and isinstance(batcher, ThreadBatcher)
         with _Recorded(served, started):
-            if model.light and batcher.policy.max_wait <= 0:  # see predict_light
+            if _called_beside(model, batcher):
                 return self._result(served, batcher.run_beside(rows, model.predict))
             return self._result(served, batcher.run(rows))
 
@@ -180,7 +180,7 @@ class ServingCore:
         served = self.resolve(name, selector)
         model, batcher = served.model, served.batcher
         assert model is not None and isinstance(batcher, ThreadBatcher)
-        if not model.light or batcher.policy.max_wait > 0:
+        if not _called_beside(model, batcher):
             return None
         rows = plain_matrix(tensor, model.signature)
         if rows is None or len(rows) > MAX_ROWS_PER_REQUEST:
@@ -432,6 +432,11 @@ class _Recorded:
         elapsed = time.perf_counter() - self._started
         self._served.stats.record(elapsed, ok)
         self._served.observer.request(elapsed, ok)
+
+
+def _called_beside(model: LoadedModel, batcher: ThreadBatcher) -> bool:
+    """A light model whose batches do not wait to fill: called at once, beside the queue."""
+    return model.light and batcher.policy.max_wait <= 0
 
 
 def _version_of(served: ServedVersion) -> int:

@@ -200,11 +200,10 @@ def _output(name: str, values: object, *, raw: bool) -> tuple[bytes, bytes]:
     ``tensors.output_tensor`` makes them)."""
     if type(values) is np.ndarray and values.dtype == _FP64 and values.size:
         # Probabilities and values, the usual outputs: the head made once per shape.
-        data = values.tobytes()
+        head, data = _fp64_head(name, values.shape), values.tobytes()
         if raw:
-            return _fp64_head(name, values.shape), data
+            return head, data
         fp64_contents = _TAGS[7] + _varint(len(data)) + data  # InferTensorContents
-        head = _fp64_head(name, values.shape)
         return head + _TAGS[5] + _varint(len(fp64_contents)) + fp64_contents, b""
     datatype, array = output_type(np.asarray(values))
     flat = array.ravel()
