@@ -149,6 +149,15 @@ def ensure_venv(path: Path, packages: Sequence[str], probe: str) -> Path:
     return python
 
 
+def py_spy() -> Path:
+    """The py-spy executable: the one installed beside this python (`.[dev]`), else one in a
+    venv of its own under the bench cache (installed on first use)."""
+    beside = Path(sys.executable).with_name("py-spy")
+    if beside.exists():
+        return beside
+    return ensure_venv(BENCH_CACHE / "py-spy", ["py-spy"], "import sys").parent / "py-spy"
+
+
 # --- load generator (its own process; reads one JSON command a line) ----------------------
 
 Check = Callable[[str, bytes], None]

@@ -67,7 +67,6 @@ HERE = Path(__file__).resolve().parent
 MLBACKEND = HERE.parents[1] / ".venv" / "bin" / "mlbackend"
 FEAST_VENV = benchkit.BENCH_CACHE / "feast"
 FEAST_PACKAGES = ["feast[grpcio,redis,duckdb]==0.67.0"]
-PYSPY_VENV = benchkit.BENCH_CACHE / "py-spy"
 PROFILE_FLAGS = os.environ.get("BENCH_PYSPY_FLAGS", "--gil --nonblocking").split()
 FEAST_PROBE = "import feast, duckdb, redis, grpc_health; assert feast.__version__ == '0.67.0'"
 VIEW, WRITE_VIEW = "user_stats", "user_writes"
@@ -526,7 +525,7 @@ def py_spy(pid: int, out: Path | None, seconds: float) -> Iterator[None]:
     if out is None:
         yield
         return
-    spy = benchkit.ensure_venv(PYSPY_VENV, ["py-spy"], "import sys").parent / "py-spy"
+    spy = benchkit.py_spy()
     command = [str(spy), "record", "--pid", str(pid), *PROFILE_FLAGS, "--rate", "250",
                "--format", "raw", "--duration", str(int(seconds) + 1), "-o", str(out)]  # fmt: skip
     recorder = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

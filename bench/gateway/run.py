@@ -63,6 +63,9 @@ from mlbackend.registry.v1 import registry_pb2 as r
 from mlbackend.serving.v1 import serving_pb2 as s
 from mlbackend.serving.v1 import serving_pb2_grpc
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import benchkit  # bench/benchkit.py: the py-spy locator
+
 MODEL = "fraud_bench"
 VIEW = "user_stats"
 FEATURE_SERVICE = "fraud_bench_fs"
@@ -597,7 +600,7 @@ def _profiler(
     name, directory = profile
     directory.mkdir(parents=True, exist_ok=True)
     output = directory / f"{name}-{config.kind}-c{config.concurrency}.txt"
-    py_spy = str(Path(sys.executable).with_name("py-spy"))
+    py_spy = str(benchkit.py_spy())
     command = [py_spy, "record", "--pid", str(services[name].process.pid), "--format", "raw",
                "--rate", "500", *PROFILE_FLAGS, "--duration", str(max(1, int(config.seconds))),
                "--output", str(output)]  # fmt: skip

@@ -30,7 +30,7 @@ from mlbackend.gateway.v1 import gateway_pb2 as pb
 from mlbackend_clients import propagation
 from mlbackend_gateway.core.service import GatewayCore
 from mlbackend_gateway.transport import handlers
-from mlbackend_runtime import errors, status
+from mlbackend_runtime import errors, protojson, status
 from mlbackend_runtime.auth import Authenticator
 
 logger = logging.getLogger("mlbackend.gateway.http")
@@ -309,8 +309,7 @@ class JsonFront:
 
 
 def _json(message: Message) -> HttpResponse:
-    text = json_format.MessageToJson(message, indent=None)
-    return HttpResponse(200, text.encode())
+    return HttpResponse(200, protojson.to_json(message))
 
 
 def _parse(headers: dict[str, str], body: bytes, message: Any, model: str) -> Any:
