@@ -34,7 +34,7 @@ from typing import Any
 
 import orjson
 from google.protobuf import json_format
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 Convert = Callable[[Any], Any]
@@ -53,7 +53,7 @@ _WRAPPERS = {
 }
 
 _Plan = dict[FieldDescriptor, tuple[str, Convert | None]]  # None: the value is its JSON
-_PLANS: dict[Descriptor, _Plan] = {}
+_PLANS: dict[Any, _Plan] = {}  # by message Descriptor
 
 
 def to_json(message: Message) -> bytes:
@@ -66,7 +66,7 @@ def to_object(message: Message) -> Any:
     return _message_converter(message.DESCRIPTOR)(message)
 
 
-def _message_converter(descriptor: Descriptor) -> Convert:
+def _message_converter(descriptor: Any) -> Convert:
     name = descriptor.full_name
     if name in _STRING_FORM:
         return _string_form
@@ -98,7 +98,7 @@ def _regular(message: Message) -> dict[str, Any]:
     return out
 
 
-def _plan(descriptor: Descriptor) -> _Plan:
+def _plan(descriptor: Any) -> _Plan:
     plan: _Plan = {}
     for field in descriptor.fields:
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
@@ -150,7 +150,7 @@ def _field_converter(field: FieldDescriptor) -> Convert | None:
 
 
 def _enum(field: FieldDescriptor) -> Convert:
-    enum = field.enum_type
+    enum: Any = field.enum_type
     if enum.full_name == "google.protobuf.NullValue":
         return lambda _value: None
     return _EnumNames(field).__getitem__
@@ -160,17 +160,14 @@ class _EnumNames(dict[int, Any]):
     """Number → name of one enum field; a number without a name stays a number (open enum)."""
 
     def __init__(self, field: FieldDescriptor) -> None:
-        super().__init__(
-            (number, value.name) for number, value in field.enum_type.values_by_number.items()
-        )
-        self._field = field
+        enum: Any = field.enum_type
+        super().__init__((number, value.name) for number, value in enum.values_by_number.items())
+        self._closed: bool = enum.is_closed
+        self._where = f"{field.full_name}: {{}} is not a value of the closed enum {enum.full_name}"
 
     def __missing__(self, number: int) -> Any:
-        if self._field.enum_type.is_closed:
-            raise json_format.SerializeToJsonError(
-                f"{self._field.full_name}: {number} is not a value of the closed enum "
-                f"{self._field.enum_type.full_name}"
-            )
+        if self._closed:
+            raise json_format.SerializeToJsonError(self._where.format(number))
         return number
 
 
