@@ -43,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -577,9 +578,11 @@ def measure(
     while not marker.exists() and process.poll() is None and time.monotonic() < limit:
         time.sleep(0.01)
     begin = {name: svc.cpu_seconds() for name, svc in services.items()}
+    shared_before = upstream_counts(services["gateway"])
     profiler = _profiler(services, config, profile)
     process.wait(max(1.0, limit - time.monotonic()))
     end = {name: svc.cpu_seconds() for name, svc in services.items()}
+    shared_after = upstream_counts(services["gateway"])
     if profiler is not None:
         profiler.wait(30)
     if process.returncode != 0:
@@ -588,7 +591,28 @@ def measure(
     done = max(1, result["requests"])
     result["server_us"] = {n: (end[n] - begin[n]) / done * 1e6 for n in services}
     result["client_us"] = result["client_cpu"] / done * 1e6
+    result["callers_per_call"] = {
+        dependency: (callers - shared_before.get(dependency, (0, 0))[1])
+        / max(1, calls - shared_before.get(dependency, (0, 0))[0])
+        for dependency, (calls, callers) in shared_after.items()
+        if calls > shared_before.get(dependency, (0, 0))[0]
+    }
     return result
+
+
+def upstream_counts(gateway: Service) -> dict[str, tuple[float, float]]:
+    """The gateway's upstream calls and the requests they carried, per dependency, from
+    its /metrics (their ratio over a window is how many requests a call shared)."""
+    url = f"http://127.0.0.1:{gateway.info['metrics_port']}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    counts: dict[str, list[float]] = {}
+    for line in text.splitlines():
+        for slot, metric in enumerate(("upstream_calls_total{", "upstream_callers_total{")):
+            if line.startswith("mlbackend_gateway_" + metric):
+                dependency = line.split('dependency="', 1)[1].split('"', 1)[0]
+                counts.setdefault(dependency, [0.0, 0.0])[slot] = float(line.rsplit(" ", 1)[1])
+    return {dependency: (calls, callers) for dependency, (calls, callers) in counts.items()}
 
 
 def _profiler(
@@ -611,7 +635,7 @@ def table(results: list[dict[str, Any]]) -> str:
     head = (f"{'kind':<16} {'c':>3} {'rps':>7} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "
             f"{'client':>7} {'gateway':>8} {'passthru':>8} {'features':>8} {'serving':>8} "
             f"{'monitor':>8}  "
-            f"parts p50 (fs + serving)")  # fmt: skip
+            f"parts p50 (fs + serving) / requests per upstream call")  # fmt: skip
     lines = [head, "-" * len(head)]
     for res in results:
         cpu = res["server_us"]
@@ -619,7 +643,9 @@ def table(results: list[dict[str, Any]]) -> str:
         parts = (
             f"{res['fs_p50']:.2f} + {res['serving_p50']:.2f} ms"
             if res["kind"] == "direct-sum"
-            else ""
+            else " ".join(
+                f"{dep} {per:.2f}" for dep, per in sorted(res["callers_per_call"].items())
+            )
         )
         lines.append(
             f"{res['kind']:<16} {res['concurrency']:>3} {res['rps']:>7.0f} {res['p50']:>7.2f} "
