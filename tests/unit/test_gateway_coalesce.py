@@ -78,6 +78,51 @@ async def test_a_lone_caller_leaves_at_once_with_its_own_call() -> None:
     assert counted == [1, 1]
 
 
+async def test_a_lone_caller_makes_its_call_in_its_own_task_with_its_own_context() -> None:
+    upstream = Upstream()
+    batches = coalescer()
+    senders: list[asyncio.Task[object] | None] = []
+
+    async def send(items: Sequence[str]) -> list[str]:
+        senders.append(asyncio.current_task())
+        return await upstream.send(items)
+
+    async def as_request() -> list[str]:
+        propagation.bind(propagation.CallContext("req-alone", None))
+        return await batches.call("k", ["a"], send)
+
+    caller = asyncio.create_task(as_request())
+    assert await caller == ["A"]
+    assert senders == [caller]  # no task or future in between
+    assert upstream.contexts[0] is not None and upstream.contexts[0].request_id == "req-alone"
+
+
+async def test_a_lone_caller_cancelled_during_its_call_lets_the_queue_behind_it_leave() -> None:
+    upstream, counted = Upstream(), []
+    batches = coalescer(counted=counted)
+    tasks = await _queued(upstream, batches, ["a"], ["b"], ["c"])
+    tasks[0].cancel()  # its own call, nobody else's, is cancelled with it
+    with pytest.raises(asyncio.CancelledError):
+        await tasks[0]
+    upstream.gate.set()
+    assert await asyncio.gather(*tasks[1:]) == [["B"], ["C"]]
+    assert upstream.calls == [["a"], ["b", "c"]]
+    assert counted == [1, 2]
+
+
+async def test_a_first_caller_cancelled_in_its_turn_leaves_the_others_of_that_turn_a_call() -> None:
+    upstream = Upstream()
+    batches = coalescer()
+    first = asyncio.create_task(batches.call("k", ["a"], upstream.send))
+    others = [asyncio.create_task(batches.call("k", [x], upstream.send)) for x in "bc"]
+    await asyncio.sleep(0)  # all three have arrived; the first waits out its turn
+    first.cancel()
+    assert await asyncio.gather(*others) == [["B"], ["C"]]
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert upstream.calls == [["b", "c"]]
+
+
 async def test_callers_queued_behind_a_call_leave_together_and_get_their_own_rows() -> None:
     upstream, counted = Upstream(), []
     batches = coalescer(counted=counted)

