@@ -225,3 +225,113 @@ def test_bool_and_int_map_keys_and_a_closed_enum() -> None:
     expected = json.loads(json_format.MessageToJson(shapes))
     assert orjson.loads(protojson.to_json(shapes)) == expected
     assert expected["byBool"] == {"true": "yes", "false": "no"}
+
+
+# --- parse: the same message or the same error as json_format.Parse ------------------------
+
+ODD_VALUES = (None, "x", "", "12", "-7", " 5", "1.5", "NaN", "Infinity", 12, -3, 2**70, 1.5, 1e308,
+              math.inf, -math.inf, math.nan,
+              True, False, [], [1, "a"], {}, {"unknown": 1}, "\ud800", "2026-12-07T10:00:00Z",
+              "FEATURE_STATUS_PRESENT", "1s", "a,b")  # fmt: skip
+
+
+def _outcome(parse: Any, text: str, message_type: Any) -> tuple[str, bytes | str]:
+    try:
+        return "ok", parse(text, message_type()).SerializeToString(deterministic=True)
+    except json_format.ParseError as exc:
+        return "error", str(exc)
+
+
+def _mutations(document: Any, rng: random.Random) -> list[Any]:
+    """Copies of ``document`` with one value somewhere replaced by an odd one, a key
+    repeated under its other name or added, or a list in place of an object."""
+    paths: list[list[Any]] = []
+
+    def walk(node: Any, path: list[Any]) -> None:
+        if isinstance(node, dict):
+            for key, child in node.items():
+                paths.append([*path, key])
+                walk(child, [*path, key])
+        elif isinstance(node, list):
+            for index, child in enumerate(node):
+                paths.append([*path, index])
+                walk(child, [*path, index])
+
+    walk(document, [])
+    out = []
+    for path in rng.sample(paths, min(len(paths), 6)):
+        copy = json.loads(json.dumps(document))
+        parent = copy
+        for step in path[:-1]:
+            parent = parent[step]
+        parent[path[-1]] = rng.choice(ODD_VALUES)
+        out.append(copy)
+    if isinstance(document, dict) and document:
+        renamed = dict(document)
+        key = next(iter(document))
+        snake = "".join("_" + ch.lower() if ch.isupper() else ch for ch in key)
+        renamed[snake if snake != key else key + "X"] = document[key]
+        out.append(renamed)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_parse_matches_json_format_on_what_it_prints_and_on_odd_documents(seed: int) -> None:
+    rng = random.Random(seed)
+    compared = 0
+    for message in _random_messages(seed + 100, count=2):
+        kind = type(message)
+        printed = json_format.MessageToJson(message)
+        snake = json_format.MessageToJson(message, preserving_proto_field_name=True)
+        for text in (printed, snake):
+            expected = _outcome(json_format.Parse, text, kind)
+            assert expected[0] == "ok"
+            assert _outcome(protojson.parse, text, kind) == expected, (kind.__name__, text)
+            for document in _mutations(json.loads(text), rng):
+                odd = json.dumps(document)
+                assert _outcome(protojson.parse, odd, kind) == _outcome(
+                    json_format.Parse, odd, kind
+                ), (
+                    kind.__name__,
+                    odd,
+                )
+                compared += 1
+    assert compared > 1000
+
+
+def test_parse_refuses_what_json_format_refuses_with_its_words() -> None:
+    two_kinds = (
+        '{"input": {"entityKey": {"joinKeys": {"id": {"int64Value": "1", "stringValue": "a"}}}}}'
+    )
+    for text in ('{"model": "a", "model": "b"}', '{"model": 5}', "[1]", "{", '{"nope": 1}',
+                 two_kinds):  # fmt: skip
+        with pytest.raises(json_format.ParseError) as ours:
+            protojson.parse(text, gateway_pb2.PredictRequest())
+        with pytest.raises(json_format.ParseError) as theirs:
+            json_format.Parse(text, gateway_pb2.PredictRequest())
+        assert str(ours.value) == str(theirs.value)
+
+
+def test_the_usual_predict_request_is_parsed_without_json_format(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    text = json.dumps({
+        "model": "fraud",
+        "version": {"alias": "production"},
+        "input": {
+            "entityKey": {
+                "joinKeys": {"user_id": {"stringValue": "u17"}, "n": {"int64Value": "42"}}
+            },
+            "requestFeatures": {
+                "amount": {"doubleValue": 120.5},
+                "count": {"int64Value": 3},
+                "merchant_category": {"stringValue": "grocery"},
+                "at": {"timestampValue": "2026-12-07T10:00:00.250Z"},
+                "flag": {"boolValue": True},
+            },
+        },
+        "includeFeatureValues": True,
+    })  # fmt: skip
+    expected = json_format.Parse(text, gateway_pb2.PredictRequest())
+    monkeypatch.setattr(protojson.json_format, "Parse", None)  # any fallback would fail
+    assert protojson.parse(text, gateway_pb2.PredictRequest()) == expected
