@@ -221,7 +221,8 @@ class Outgoing:
         if context is not None:
             keys = outgoing.keys()
             if propagation.REQUEST_ID_KEY not in keys and propagation.TRACEPARENT_KEY not in keys:
-                for key, value in propagation.outgoing_metadata(context.request_id):
+                shared = context.shared_with
+                for key, value in propagation.outgoing_metadata(context.request_id, shared):
                     outgoing[key] = value
             remaining = context.time_remaining()
             if remaining is not None:

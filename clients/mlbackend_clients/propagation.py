@@ -4,6 +4,11 @@ A server binds a :class:`CallContext` for the duration of each RPC (the runtime 
 it); every outgoing call made by ``mlbackend_clients`` channels while it is bound
 carries the same request id (as W3C ``traceparent`` and ``x-request-id``) and a
 timeout no longer than what is left of the caller's deadline.
+
+One upstream call may serve several requests (the gateway coalesces concurrent ones):
+it carries the first request's id as its own and the others' in
+``x-shared-request-ids`` (comma-separated), so the upstream's log of that call names
+every request it served.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ from dataclasses import dataclass
 
 REQUEST_ID_KEY = "x-request-id"
 TRACEPARENT_KEY = "traceparent"
+SHARED_KEY = "x-shared-request-ids"
+MAX_SHARED = 64
+"""Ids past this many are not sent (the gateway's calls carry at most 64 rows anyway)."""
 
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -29,6 +37,8 @@ class CallContext:
 
     request_id: str
     deadline: float | None = None
+    shared_with: tuple[str, ...] = ()
+    """The other requests this call serves, when it serves several."""
 
     def time_remaining(self) -> float | None:
         if self.deadline is None:
@@ -74,10 +84,23 @@ def request_id_from(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
     return fallback or new_request_id()
 
 
-def outgoing_metadata(request_id: str) -> list[tuple[str, str]]:
-    """Metadata that carries ``request_id`` to the next hop."""
+def outgoing_metadata(request_id: str, shared_with: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """Metadata that carries ``request_id`` (and the ids it shares the call with) to the
+    next hop."""
     entries = [(REQUEST_ID_KEY, request_id)]
     if _TRACE_ID.fullmatch(request_id):
         # A new span id per hop; the trace id is the request id.
         entries.append((TRACEPARENT_KEY, f"00-{request_id}-{secrets.token_hex(8)}-01"))
+    if shared_with:
+        entries.append((SHARED_KEY, ",".join(shared_with[:MAX_SHARED])))
     return entries
+
+
+def shared_request_ids(metadata: Iterable[tuple[str, str | bytes]] | None) -> tuple[str, ...]:
+    """The other requests a call serves (``x-shared-request-ids``): well-formed ids only,
+    at most ``MAX_SHARED``."""
+    for key, value in metadata or ():
+        if key == SHARED_KEY and isinstance(value, str):
+            ids = value.split(",", MAX_SHARED)[:MAX_SHARED]
+            return tuple(i for i in (part.strip() for part in ids) if _REQUEST_ID.match(i))
+    return ()

@@ -50,6 +50,7 @@ class _Call:
     started: float
     code: grpc.StatusCode = grpc.StatusCode.OK
     denied: errors.DomainError | None = None
+    shared_with: tuple[str, ...] = ()  # the other requests a coalesced call serves
 
 
 # Wrapped handlers kept per method path; more methods than this are wrapped per call.
@@ -91,11 +92,12 @@ class _Interception:
     def _begin(self, path: str, service: str, method: str, context: AnyContext) -> _Call:
         metadata = context.invocation_metadata() or ()
         call = _Call(service, method, propagation.request_id_from(metadata), time.perf_counter())
+        call.shared_with = propagation.shared_request_ids(metadata)
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         # Each RPC runs in its own task (aio) or its own context (threads), so these
         # bindings end with the call.
-        propagation.bind(propagation.CallContext(call.request_id, deadline))
+        propagation.bind(propagation.CallContext(call.request_id, deadline, call.shared_with))
         self._metrics.in_flight.inc()
         authorization = next((v for k, v in metadata if k == "authorization"), None)
         try:
@@ -134,9 +136,10 @@ class _Interception:
         self._metrics.observe(call.service, call.method, code.name, elapsed)
         if code is not grpc.StatusCode.OK:
             level = logging.ERROR if code is grpc.StatusCode.INTERNAL else logging.INFO
-            logger.log(level, "%s -> %s in %.1f ms", _path(call), code.name, elapsed * 1e3)
+            logger.log(level, "%s -> %s in %.1f ms%s", _path(call), code.name, elapsed * 1e3,
+                       _shared(call))  # fmt: skip
         elif logger.isEnabledFor(logging.DEBUG):
-            logger.debug("%s -> OK in %.1f ms", _path(call), elapsed * 1e3)
+            logger.debug("%s -> OK in %.1f ms%s", _path(call), elapsed * 1e3, _shared(call))
 
 
 class CallInterceptor(_Interception, grpc.aio.ServerInterceptor):
@@ -209,6 +212,12 @@ def _code_of(context: AnyContext) -> grpc.StatusCode | None:
 
 def _path(call: _Call) -> str:
     return f"/{call.service}/{call.method}"
+
+
+def _shared(call: _Call) -> str:
+    if not call.shared_with:
+        return ""
+    return f" (shared with requests {', '.join(call.shared_with)})"
 
 
 Begin = Callable[[AnyContext], _Call]

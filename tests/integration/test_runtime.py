@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -64,7 +65,11 @@ class Probe:
     async def whoami(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         current = propagation.current()
         assert current is not None
-        info = {"request_id": current.request_id, "remaining": current.time_remaining()}
+        info = {
+            "request_id": current.request_id,
+            "remaining": current.time_remaining(),
+            "shared_with": list(current.shared_with),
+        }
         self.seen.append(info)
         return json.dumps(info).encode()
 
@@ -216,6 +221,27 @@ async def test_request_id_and_deadline_propagate_downstream(
     assert downstream["request_id"] == "req-42"
     assert downstream["remaining"] is not None
     assert 0 < downstream["remaining"] < 5.1
+
+
+async def test_a_shared_call_names_its_other_requests_downstream_and_in_the_log(
+    probe_server: tuple[Probe, RunningServer],
+    channel: grpc.aio.Channel,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = probe_server[1]
+    shared = (("x-request-id", "req-1"), ("x-shared-request-ids", "req-2, req-3,bad id"))
+    answer = await channel.unary_unary(f"/{PROBE}/Forward")(
+        server.address.encode(), metadata=shared, timeout=5
+    )
+    # The hop and the hop after it know every request the call serves (malformed ids dropped).
+    assert json.loads(answer)["shared_with"] == ["req-2", "req-3"]
+    with caplog.at_level(logging.INFO, logger="mlbackend.rpc"), pytest.raises(grpc.aio.AioRpcError):
+        await channel.unary_unary(f"/{PROBE}/Fail")(b"invalid", metadata=shared)
+    assert any(
+        "/Fail -> INVALID_ARGUMENT" in r.getMessage()
+        and "shared with requests req-2, req-3" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 async def test_deadline_exceeded_is_reported(channel: grpc.aio.Channel) -> None:

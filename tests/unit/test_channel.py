@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 
 import pytest
@@ -10,6 +11,7 @@ from mlbackend.registry.v1 import registry_pb2
 from mlbackend_clients import propagation
 from mlbackend_clients.channel import (
     ChannelOptions,
+    Outgoing,
     channel_arguments,
     normalize_target,
     service_config,
@@ -70,3 +72,30 @@ def test_request_id_from_metadata() -> None:
     headers = dict(propagation.outgoing_metadata(trace))
     assert headers["x-request-id"] == trace
     assert headers["traceparent"].startswith(f"00-{trace}-")
+    assert "x-shared-request-ids" not in headers
+
+
+def test_a_call_shared_by_several_requests_names_them() -> None:
+    headers = dict(propagation.outgoing_metadata("req-1", ("req-2", "req-3")))
+    assert headers["x-shared-request-ids"] == "req-2,req-3"
+    assert propagation.shared_request_ids(headers.items()) == ("req-2", "req-3")
+    # Only well-formed ids, at most MAX_SHARED of them, and only text values.
+    many = ",".join(f"r{i}" for i in range(200))
+    assert len(propagation.shared_request_ids([("x-shared-request-ids", many)])) == 64
+    assert propagation.shared_request_ids([("x-shared-request-ids", "ok, a b,,x")]) == ("ok", "x")
+    assert propagation.shared_request_ids([("x-shared-request-ids", b"r1")]) == ()
+    assert propagation.shared_request_ids(None) == ()
+
+
+def test_outgoing_calls_carry_the_ids_a_call_is_shared_with() -> None:
+    def prepared() -> dict[str, str | bytes]:
+        token = propagation.bind(propagation.CallContext("req-1", None, ("req-2",)))
+        try:
+            return dict(Outgoing().prepare("/mlbackend.serving.v1.ModelServingService/Predict")[1])
+        finally:
+            propagation.unbind(token)
+
+    # A fresh context, as each RPC (or coalesced call) has its own.
+    metadata = contextvars.Context().run(prepared)
+    assert metadata["x-request-id"] == "req-1"
+    assert metadata["x-shared-request-ids"] == "req-2"

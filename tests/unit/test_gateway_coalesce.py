@@ -257,6 +257,7 @@ async def test_the_shared_call_runs_to_the_latest_deadline_under_the_first_reque
     shared = upstream.contexts[1]
     assert shared is not None
     assert shared.request_id == "req-b" and shared.deadline == now + 20
+    assert shared.shared_with == ("req-c", "req-d")  # sent as x-shared-request-ids
 
 
 async def test_a_cancelled_caller_is_dropped_from_the_queue() -> None:

@@ -21,6 +21,8 @@ nothing at low load for fewer calls at high load:
   hold every request for its key until the dependency's timeout (1-2 s).
 - A caller keeps its own deadline: it stops waiting when its deadline passes or when
   it is cancelled; the shared call runs to the latest deadline among its members.
+- The shared call carries the first caller's request id, and the others' in
+  ``x-shared-request-ids``: the dependency's log of the call names every request.
 - Errors stay per caller. A shared failure (the dependency unreachable, overloaded,
   past the deadline) is everyone's; any other failure of a call of several callers
   (a refused input, say) is retried for each caller alone, so each gets the error its
@@ -285,16 +287,19 @@ class Coalescer(Generic[Item, Answer]):
 
 
 def _widest(members: Sequence[_Waiter[Item, Answer]]) -> propagation.CallContext:
-    """The shared call's context: the first caller's request id, the latest deadline
-    (a caller whose deadline is nearer stops waiting on its own)."""
+    """The shared call's context: the first caller's request id, the others' as the
+    ids it is shared with, the latest deadline (a caller whose deadline is nearer stops
+    waiting on its own)."""
     contexts = [m.context for m in members if m.context is not None]
     first = contexts[0] if contexts else None
     request_id = first.request_id if first else propagation.new_request_id()
+    others = dict.fromkeys(c.request_id for c in contexts[1:] if c.request_id != request_id)
     deadlines = [c.deadline for c in contexts if c.deadline is not None]
     # One member without a deadline (or none with a context): the call has none of its
     # own; the dependency's timeout still applies.
     unbounded = not contexts or len(deadlines) < len(contexts)
-    return propagation.CallContext(request_id, None if unbounded else max(deadlines))
+    deadline = None if unbounded else max(deadlines)
+    return propagation.CallContext(request_id, deadline, tuple(others))
 
 
 def _settle(
