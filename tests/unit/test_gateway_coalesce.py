@@ -41,12 +41,12 @@ class Upstream:
 
 
 def coalescer(
-    max_rows: int = 64, counted: list[int] | None = None, stall: float = 60.0
+    max_rows: int = 64, counted: list[int] | None = None, stall: float = 60.0, quiet_after: int = 8
 ) -> Coalescer[str, list[str]]:
     """A long ``stall`` by default: only the stall tests have calls leave past one out."""
     return Coalescer(
         "upstream",
-        CoalesceLimits(max_rows=max_rows, stall=stall),
+        CoalesceLimits(max_rows=max_rows, stall=stall, quiet_after=quiet_after),
         _slice,
         counted.append if counted is not None else None,
     )
@@ -121,6 +121,44 @@ async def test_a_first_caller_cancelled_in_its_turn_leaves_the_others_of_that_tu
     with pytest.raises(asyncio.CancelledError):
         await first
     assert upstream.calls == [["b", "c"]]
+
+
+async def _turn_waited(batches: Coalescer[str, list[str]], upstream: Upstream, item: str) -> bool:
+    """Whether a lone call for ``item`` waited out a turn of the loop before it was sent:
+    a callback queued just before it runs first if it did."""
+    order: list[str] = []
+
+    async def send(items: Sequence[str]) -> list[str]:
+        order.append("sent")
+        return await upstream.send(items)
+
+    asyncio.get_running_loop().call_soon(order.append, "turn")
+    assert await batches.call("k", [item], send) == [item.upper()]
+    return order[0] == "turn"
+
+
+async def test_after_a_run_of_lone_calls_a_lone_caller_does_not_wait_out_the_turn() -> None:
+    upstream, counted = Upstream(), []
+    batches = coalescer(counted=counted, quiet_after=3)
+    assert [await _turn_waited(batches, upstream, x) for x in "abcde"] == [
+        True, True, True, False, False,
+    ]  # fmt: skip
+    # Callers arriving while such a call is out queue and leave together...
+    tasks = await _queued(upstream, batches, ["f"], ["g"], ["h"])
+    upstream.gate.set()
+    assert await asyncio.gather(*tasks) == [["F"], ["G"], ["H"]]
+    assert upstream.calls[-2:] == [["f"], ["g", "h"]]
+    # ...and that shared call brings the wait back: one turn's callers share a call.
+    assert await _turn_waited(batches, upstream, "i")
+    results = await asyncio.gather(*(batches.call("k", [x], upstream.send) for x in "jk"))
+    assert results == [["J"], ["K"]] and upstream.calls[-1] == ["j", "k"]
+    assert counted == [1, 1, 1, 1, 1, 1, 2, 1, 2]
+
+
+async def test_quiet_after_zero_always_waits_out_the_turn() -> None:
+    upstream = Upstream()
+    batches = coalescer(quiet_after=0)
+    assert all([await _turn_waited(batches, upstream, x) for x in "abcdefghijkl"])
 
 
 async def test_callers_queued_behind_a_call_leave_together_and_get_their_own_rows() -> None:

@@ -11,7 +11,10 @@ nothing at low load for fewer calls at high load:
   lone caller never waits for company: no timer, no added latency at concurrency 1.
   Still alone at the end of the turn, it makes its call itself, in its own task: a
   warm loop measured 5 µs of coalescer per lone call this way, 11 through a task and
-  a future.
+  a future. After ``quiet_after`` lone calls in a row for its key, a caller does not
+  wait out the turn either (at concurrency 1 it never finds company); callers that
+  arrive while its call is out queue and leave together, and such a shared call
+  brings the wait back.
 - Otherwise it queues. When a call for the key comes back, everything queued (up to
   ``max_rows`` rows) leaves as one call, its rows concatenated in arrival order, and
   the answer is split back by row counts.
@@ -43,6 +46,8 @@ from mlbackend_runtime.errors import DeadlineExceeded, DependencyUnavailable, Re
 Item = TypeVar("Item")
 Answer = TypeVar("Answer")
 
+_MAX_KEYS = 4096  # keys whose run of lone calls is remembered
+
 # Failures that are the dependency's, not any caller's rows: every member gets them.
 _SHARED = (DependencyUnavailable, DeadlineExceeded, ResourceExhausted)
 
@@ -67,6 +72,10 @@ class CoalesceLimits:
     stall: float = 0.05
     """Seconds after the latest call left beyond which the queue stops waiting for it
     (calls take 1-10 ms here under load)."""
+    quiet_after: int = 8
+    """After this many calls in a row for a key that each carried one caller, a lone
+    caller no longer waits out the loop's turn for company; the first call that carries
+    several again brings the wait back. 0: always wait."""
 
     @property
     def enabled(self) -> bool:
@@ -104,6 +113,7 @@ class Coalescer(Generic[Item, Answer]):
         self._counted = counted or (lambda callers: None)  # per upstream call: its callers
         self._lanes: dict[Hashable, _Lane[Item, Answer]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._lone_calls: dict[Hashable, int] = {}  # per key: calls in a row of one caller
 
     async def call(self, key: Hashable, items: Sequence[Item], send: Send[Item, Answer]) -> Answer:
         if not self._limits.enabled or len(items) >= self._limits.max_rows:
@@ -118,6 +128,14 @@ class Coalescer(Generic[Item, Answer]):
         if lane is None:
             lane = self._lanes[key] = _Lane()
         leads = not lane.queue and lane.in_flight < self._limits.in_flight
+        if leads and self._quiet(key):
+            # Nobody has come along lately: no turn of the loop to wait out for company.
+            self._take_slot(key, lane, callers=1)
+            try:
+                return await send(items)
+            finally:
+                lane.in_flight -= 1
+                self._next(key, lane)
         future: asyncio.Future[Answer] = loop.create_future()
         waiter = _Waiter(items, send, context, future)
         lane.queue.append(waiter)
@@ -162,12 +180,26 @@ class Coalescer(Generic[Item, Answer]):
         if len(lane.queue) == 1 and lane.queue[0] is waiter and lane.in_flight < limits.in_flight:
             lane.queue.popleft()
             lane.rows -= len(waiter.items)
-            lane.in_flight += 1
-            lane.left_at = asyncio.get_running_loop().time()
-            self._counted(1)
+            self._take_slot(key, lane, callers=1)
             return True
         self._next(key, lane)
         return False
+
+    def _quiet(self, key: Hashable) -> bool:
+        quiet_after = self._limits.quiet_after
+        return 0 < quiet_after <= self._lone_calls.get(key, 0)
+
+    def _take_slot(self, key: Hashable, lane: _Lane[Item, Answer], callers: int) -> None:
+        """A call for ``key`` with ``callers`` callers leaves now."""
+        lane.in_flight += 1
+        lane.left_at = asyncio.get_running_loop().time()
+        self._counted(callers)
+        if callers > 1:
+            self._lone_calls.pop(key, None)
+            return
+        if len(self._lone_calls) >= _MAX_KEYS and key not in self._lone_calls:
+            self._lone_calls.clear()  # old versions' keys; a clean start costs a few turns
+        self._lone_calls[key] = self._lone_calls.get(key, 0) + 1
 
     def _late(self) -> DeadlineExceeded:
         return DeadlineExceeded(f"deadline exceeded waiting for {self._dependency}")
@@ -214,12 +246,9 @@ class Coalescer(Generic[Item, Answer]):
                 rows += len(waiter.items)
             if not members:
                 break
-            lane.in_flight += 1
+            self._take_slot(key, lane, callers=len(members))
             stalled = False  # one call leaves past a stalled one, not one per queued caller
-            loop = asyncio.get_running_loop()
-            lane.left_at = loop.time()
-            self._counted(len(members))
-            task = loop.create_task(self._run(key, lane, members))
+            task = asyncio.get_running_loop().create_task(self._run(key, lane, members))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         self._watch(key, lane)
