@@ -131,11 +131,7 @@ class Coalescer(Generic[Item, Answer]):
         if leads and self._quiet(key):
             # Nobody has come along lately: no turn of the loop to wait out for company.
             self._take_slot(key, lane, callers=1)
-            try:
-                return await send(items)
-            finally:
-                lane.in_flight -= 1
-                self._next(key, lane)
+            return await self._own_call(key, lane, items, send)
         future: asyncio.Future[Answer] = loop.create_future()
         waiter = _Waiter(items, send, context, future)
         lane.queue.append(waiter)
@@ -145,12 +141,7 @@ class Coalescer(Generic[Item, Answer]):
         elif not leads:
             self._watch(key, lane)
         if leads and await self._leads_alone(key, lane, waiter):
-            # Nobody came: the caller makes its own call, in its own task.
-            try:
-                return await send(items)
-            finally:
-                lane.in_flight -= 1
-                self._next(key, lane)
+            return await self._own_call(key, lane, items, send)  # nobody came
         # The caller's cancellation or deadline ends its wait (its future is dropped
         # from the queue, or ignored by a call already out), never the shared call.
         if remaining is None:
@@ -184,6 +175,21 @@ class Coalescer(Generic[Item, Answer]):
             return True
         self._next(key, lane)
         return False
+
+    async def _own_call(
+        self,
+        key: Hashable,
+        lane: _Lane[Item, Answer],
+        items: Sequence[Item],
+        send: Send[Item, Answer],
+    ) -> Answer:
+        """A lone caller's call, made in its own task once it holds the key's slot; the
+        callers queued behind it leave when it comes back."""
+        try:
+            return await send(items)
+        finally:
+            lane.in_flight -= 1
+            self._next(key, lane)
 
     def _quiet(self, key: Hashable) -> bool:
         quiet_after = self._limits.quiet_after
