@@ -303,8 +303,9 @@ def test_parse_refuses_what_json_format_refuses_with_its_words() -> None:
     two_kinds = (
         '{"input": {"entityKey": {"joinKeys": {"id": {"int64Value": "1", "stringValue": "a"}}}}}'
     )
+    lone_surrogate_key = '{"input": {"requestFeatures": {"\\ud800": {"doubleValue": 1}}}}'
     for text in ('{"model": "a", "model": "b"}', '{"model": 5}', "[1]", "{", '{"nope": 1}',
-                 two_kinds):  # fmt: skip
+                 two_kinds, lone_surrogate_key):  # fmt: skip
         with pytest.raises(json_format.ParseError) as ours:
             protojson.parse(text, gateway_pb2.PredictRequest())
         with pytest.raises(json_format.ParseError) as theirs:
