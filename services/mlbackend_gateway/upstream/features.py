@@ -65,8 +65,12 @@ class FeatureStoreReader:
             set_key(request.entity_keys.add(), item.entity_key)
         if version.feature_service:
             request.feature_service = version.feature_service
-            for item in inputs:
-                set_map(request.request_inputs.add(), item.request_features)
+            # None at all when no input has any: the store reads the same, and a request
+            # of entity keys alone is the one it parses in C (request inputs, even empty
+            # ones, send it to protobuf: ~70 µs more per read at concurrency 1).
+            if any(item.request_features for item in inputs):
+                for item in inputs:
+                    set_map(request.request_inputs.add(), item.request_features)
         else:
             request.feature_refs.extend(version.feature_refs)
         try:
