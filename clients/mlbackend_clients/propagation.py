@@ -2,8 +2,10 @@
 
 A server binds a :class:`CallContext` for the duration of each RPC (the runtime does
 it); every outgoing call made by ``mlbackend_clients`` channels while it is bound
-carries the same request id (as W3C ``traceparent`` and ``x-request-id``) and a
-timeout no longer than what is left of the caller's deadline.
+carries the same request id and a timeout no longer than what is left of the caller's
+deadline. The id travels in one header: W3C ``traceparent`` when it is a trace id (32
+hex digits, as the ids made here are), else ``x-request-id``. Each metadata entry costs
+a Python gRPC call ~15 µs at both ends, and the two headers said the same.
 
 One upstream call may serve several requests (the gateway coalesces concurrent ones):
 it carries the first request's id as its own and the others' in
@@ -87,10 +89,11 @@ def request_id_from(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
 def outgoing_metadata(request_id: str, shared_with: tuple[str, ...] = ()) -> list[tuple[str, str]]:
     """Metadata that carries ``request_id`` (and the ids it shares the call with) to the
     next hop."""
-    entries = [(REQUEST_ID_KEY, request_id)]
     if _TRACE_ID.fullmatch(request_id):
         # A new span id per hop; the trace id is the request id.
-        entries.append((TRACEPARENT_KEY, f"00-{request_id}-{secrets.token_hex(8)}-01"))
+        entries = [(TRACEPARENT_KEY, f"00-{request_id}-{secrets.token_hex(8)}-01")]
+    else:
+        entries = [(REQUEST_ID_KEY, request_id)]
     if shared_with:
         entries.append((SHARED_KEY, ",".join(shared_with[:MAX_SHARED])))
     return entries

@@ -69,10 +69,11 @@ def test_request_id_from_metadata() -> None:
     # Malformed values are not trusted: a fresh id instead.
     fresh = propagation.request_id_from([("traceparent", "garbage"), ("x-request-id", "a b")])
     assert len(fresh) == 32 and fresh != trace
+    # One header carries the id: traceparent for a trace id, else x-request-id.
     headers = dict(propagation.outgoing_metadata(trace))
-    assert headers["x-request-id"] == trace
-    assert headers["traceparent"].startswith(f"00-{trace}-")
-    assert "x-shared-request-ids" not in headers
+    assert headers.keys() == {"traceparent"} and headers["traceparent"].startswith(f"00-{trace}-")
+    assert propagation.outgoing_metadata("abc-1") == [("x-request-id", "abc-1")]
+    assert propagation.request_id_from(headers.items()) == trace  # what the next hop reads
 
 
 def test_a_call_shared_by_several_requests_names_them() -> None:
