@@ -67,7 +67,8 @@ class FeatureStoreReader:
             request.feature_service = version.feature_service
             # None at all when no input has any: the store reads the same, and a request
             # of entity keys alone is the one it parses in C (request inputs, even empty
-            # ones, send it to protobuf: ~70 µs more per read at concurrency 1).
+            # ones, send it to protobuf; its CPU per read at concurrency 1 was ~555 µs
+            # with them and ~530 without, alternated runs).
             if any(item.request_features for item in inputs):
                 for item in inputs:
                     set_map(request.request_inputs.add(), item.request_features)
