@@ -591,12 +591,12 @@ def measure(
     done = max(1, result["requests"])
     result["server_us"] = {n: (end[n] - begin[n]) / done * 1e6 for n in services}
     result["client_us"] = result["client_cpu"] / done * 1e6
-    result["callers_per_call"] = {
-        dependency: (callers - shared_before.get(dependency, (0, 0))[1])
-        / max(1, calls - shared_before.get(dependency, (0, 0))[0])
-        for dependency, (calls, callers) in shared_after.items()
-        if calls > shared_before.get(dependency, (0, 0))[0]
-    }
+    result["callers_per_call"] = {}
+    for dependency, (calls, callers) in shared_after.items():
+        calls_before, callers_before = shared_before.get(dependency, (0, 0))
+        if calls > calls_before:
+            per_call = (callers - callers_before) / (calls - calls_before)
+            result["callers_per_call"][dependency] = per_call
     return result
 
 

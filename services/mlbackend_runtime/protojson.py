@@ -322,17 +322,14 @@ def _fill_value(message: Message, value: Any, depth: int) -> None:
         _fill(message, value, depth)
 
 
-Convert1 = Callable[[Any], Any]
-
-
-def _scalar(convert: Convert1) -> Read:
+def _scalar(convert: Convert) -> Read:
     def read(message: Message, field: FieldDescriptor, value: Any, depth: int) -> None:
         setattr(message, field.name, convert(value))
 
     return read
 
 
-def _scalars(convert: Convert1) -> Read:
+def _scalars(convert: Convert) -> Read:
     def read(message: Message, field: FieldDescriptor, value: Any, depth: int) -> None:
         if type(value) is not list:
             raise _Unusual
@@ -341,7 +338,7 @@ def _scalars(convert: Convert1) -> Read:
     return read
 
 
-def _scalar_map(convert: Convert1) -> Read:
+def _scalar_map(convert: Convert) -> Read:
     def read(message: Message, field: FieldDescriptor, value: Any, depth: int) -> None:
         if type(value) is not dict:
             raise _Unusual
@@ -352,7 +349,7 @@ def _scalar_map(convert: Convert1) -> Read:
     return read
 
 
-def _scalar_reader(field: FieldDescriptor) -> Convert1:
+def _scalar_reader(field: FieldDescriptor) -> Convert:
     kind = field.cpp_type
     if kind in (FieldDescriptor.CPPTYPE_INT32, FieldDescriptor.CPPTYPE_INT64,
                 FieldDescriptor.CPPTYPE_UINT32, FieldDescriptor.CPPTYPE_UINT64):  # fmt: skip
@@ -397,7 +394,7 @@ def _read_unusual(value: Any) -> Any:
     raise _Unusual
 
 
-def _enum_reader(numbers: dict[str, int]) -> Convert1:
+def _enum_reader(numbers: dict[str, int]) -> Convert:
     def read(value: Any) -> int:
         number = numbers.get(value) if type(value) is str else None
         if number is None:
