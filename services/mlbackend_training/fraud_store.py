@@ -8,10 +8,9 @@ and the training set is read back with ``GetHistoricalFeatures`` at each
 transaction's own time, through the feature service the model will be served with —
 so training and serving read the same transforms from the same code.
 
-**How each model input is produced** (the store's transform set has no difference of
-two columns, so differences are written with the identity ``a - b = b * (a / b - 1)``
-from ``Ratio``, ``MinMaxScale`` (``x - 1`` as a min-max scale over ``[1, 2]``) and
-``Product``; in float64 the error is below a microsecond on unix times):
+**How each model input is produced** (the store's transform set has no sum of two
+columns, so ``1 + amount`` is a ``MinMaxScale`` over ``[-1, 0]`` and ``x - 1`` one over
+``[1, 2]``):
 
 ==================== =================================================================
 ``amount``           request input
@@ -20,19 +19,18 @@ from ``Ratio``, ``MinMaxScale`` (``x - 1`` as a min-max scale over ``[1, 2]``) a
                      stored floored std; both stored values are null below 3 earlier
                      transactions, so the z-score is null there, as in training
 counts, sums         stored (``user_transactions``), renamed by ``Clip(min=0)``
-``seconds_since_prev`` ``last_txn_ts * (event_time_s / last_txn_ts - 1)``
+``seconds_since_prev`` ``Difference(EpochSeconds(event_time), last_txn_ts)``
 ``hour_of_day``      ``HourOfDay(event_time)`` (UTC)
 ``far_from_home``    **request input**: the region-to-home distance table is not a
                      store transform (no lookup of a pair); the payment processor knows
                      the cardholder's home and sends the 0/1 flag
-``account_age_days`` ``signup_ts * (event_time_s / signup_ts - 1) / 86400``
+``account_age_days`` ``Difference(EpochSeconds(event_time), signup_ts) / 86400``
 ``user_age``         stored (``user_profile``)
 ``category_risk``    stored (``merchant_profile``, keyed by ``merchant_id``)
 ==================== =================================================================
 
-The time of the transaction is sent twice, as ``event_time`` (TIMESTAMP, for
-``HourOfDay``) and ``event_time_s`` (DOUBLE unix seconds, for the arithmetic): the
-store's numeric transforms do not take timestamps.
+So a caller sends the transaction's amount, its time (``event_time``, a TIMESTAMP)
+and the far-from-home flag; the store derives everything else.
 """
 
 from __future__ import annotations
@@ -93,7 +91,6 @@ _STRINGS = {"home_region", "category"}
 REQUEST_INPUTS: tuple[tuple[str, c.DataType.ValueType], ...] = (
     ("amount", c.DATA_TYPE_DOUBLE),
     ("event_time", c.DATA_TYPE_TIMESTAMP),
-    ("event_time_s", c.DATA_TYPE_DOUBLE),
     ("far_from_home", c.DATA_TYPE_DOUBLE),
 )
 
@@ -125,17 +122,11 @@ def _ratio(output: str, numerator: str, denominator: str) -> f.Transform:
     )
 
 
-def _product(output: str, left: str, right: str) -> f.Transform:
-    return f.Transform(output=output, product=f.Transform.Product(left=left, right=right))
-
-
-def _elapsed(output: str, since: str) -> list[f.Transform]:
-    """``event_time_s - since`` as ``since * (event_time_s / since - 1)``."""
-    return [
-        _ratio(f"{output}__ratio", "event_time_s", since),
-        _minus_one(f"{output}__excess", f"{output}__ratio"),
-        _product(output, since, f"{output}__excess"),
-    ]
+def _elapsed(output: str, since: str) -> f.Transform:
+    """Seconds from ``since`` (stored unix seconds) to the transaction's time."""
+    return f.Transform(
+        output=output, difference=f.Transform.Difference(left="event_time_s", right=since)
+    )
 
 
 def feature_service() -> f.FeatureService:
@@ -147,6 +138,9 @@ def feature_service() -> f.FeatureService:
     ]
     transforms = [
         f.Transform(output="hour_of_day", hour_of_day=f.Transform.HourOfDay(input="event_time")),
+        f.Transform(
+            output="event_time_s", epoch_seconds=f.Transform.EpochSeconds(input="event_time")
+        ),
         # 1 + amount as a min-max scale over [-1, 0]
         f.Transform(
             output="amount_plus_one",
@@ -158,8 +152,8 @@ def feature_service() -> f.FeatureService:
             output="amount_log_excess", log1p=f.Transform.Log1p(input="amount_to_typical_excess")
         ),
         _ratio("amount_log_zscore", "amount_log_excess", f"{HISTORY_VIEW}:amount_log_std_floor"),
-        *_elapsed("seconds_since_prev", f"{HISTORY_VIEW}:last_txn_ts"),
-        *_elapsed("account_age_s", f"{PROFILE_VIEW}:signup_ts"),
+        _elapsed("seconds_since_prev", f"{HISTORY_VIEW}:last_txn_ts"),
+        _elapsed("account_age_s", f"{PROFILE_VIEW}:signup_ts"),
         f.Transform(
             output="account_age_days",
             standard_scale=f.Transform.StandardScale(input="account_age_s", mean=0, std=DAY),
@@ -320,7 +314,6 @@ def request_features(amount: float, timestamp: float, far: float) -> dict[str, c
     return {
         "amount": c.Value(double_value=float(amount)),
         "event_time": c.Value(timestamp_value=_ts(timestamp)),
-        "event_time_s": c.Value(double_value=float(timestamp)),
         "far_from_home": c.Value(double_value=float(far)),
     }
 
