@@ -5,10 +5,14 @@
     mlbackend predict fraud --entity user_id=u1 --feature amount=120.5 --feature mcc=5411
     mlbackend predict fraud --entity user_id=u1 --feature amount=120.5 --version 3 --json
     mlbackend predict fraud --entity account:int=42 --feature country:str=044 --alias challenger
+    mlbackend predict fraud_detection --entity user_id=u000042 --entity merchant_id=m00007 \
+        --feature amount=120.5 --feature event_time=2026-12-07T10:00:00Z --feature far_from_home=0
 
 Values are typed by their text: numbers become doubles for features and integers for
-entity keys, ``true``/``false`` booleans, anything else a string; ``NAME:TYPE=VALUE``
-(TYPE one of str, int, double, bool) says it explicitly. Takes ``--gateway ADDR``
+entity keys, ``true``/``false`` booleans, an RFC 3339 date and time with its offset
+(``2026-12-07T10:00:00Z``, ``…+01:00``) a timestamp, anything else a string;
+``NAME:TYPE=VALUE`` (TYPE one of str, int, double, bool, timestamp) says it explicitly,
+and ``NAME:timestamp=now`` is the current time. Takes ``--gateway ADDR``
 (default 127.0.0.1:50050), ``--token`` (or ``MLBACKEND_TOKEN``), ``--timeout`` and ``--json``.
 """
 
@@ -17,12 +21,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
+from google.protobuf import json_format, timestamp_pb2
 
 from mlbackend.common.v1 import common_pb2
 from mlbackend.gateway.v1 import gateway_pb2 as pb
@@ -31,7 +36,9 @@ from mlbackend_clients.errors import RpcError, decode_error
 from mlbackend_clients.gateway import GatewayClient
 
 DEFAULT_GATEWAY = "127.0.0.1:50050"
-_TYPES = ("str", "int", "double", "bool")
+_TYPES = ("str", "int", "double", "bool", "timestamp")
+# What an untyped value must look like to be read as a timestamp: a date and a time.
+_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}")
 
 
 class UsageError(ValueError):
@@ -44,6 +51,8 @@ def parse_value(text: str, kind: str | None, numbers_as: str) -> common_pb2.Valu
         lowered = text.lower()
         if lowered in ("true", "false"):
             kind = "bool"
+        elif _DATE_TIME.match(text) and _timestamp(text) is not None:
+            kind = "timestamp"
         else:
             try:
                 float(text)
@@ -59,9 +68,30 @@ def parse_value(text: str, kind: str | None, numbers_as: str) -> common_pb2.Valu
             return common_pb2.Value(double_value=float(text))
         if kind == "bool" and text.lower() in ("true", "false", "1", "0"):
             return common_pb2.Value(bool_value=text.lower() in ("true", "1"))
+        if kind == "timestamp" and (when := _timestamp(text)) is not None:
+            return common_pb2.Value(timestamp_value=when)
     except ValueError:
         pass
+    if kind == "timestamp":
+        raise UsageError(
+            f"{text!r} is not a valid timestamp: give an RFC 3339 date and time with its "
+            "offset, e.g. 2026-12-07T10:00:00Z, or now"
+        )
     raise UsageError(f"{text!r} is not a valid {kind}")
+
+
+def _timestamp(text: str) -> timestamp_pb2.Timestamp | None:
+    """``text`` as a timestamp: RFC 3339 with an offset (what the JSON mapping takes), or
+    ``now``; None when it is neither."""
+    when = timestamp_pb2.Timestamp()
+    if text == "now":
+        when.GetCurrentTime()
+        return when
+    try:
+        when.FromJsonString(text)
+    except ValueError:
+        return None
+    return when
 
 
 def parse_pairs(items: Sequence[str] | None, flag: str, numbers_as: str) -> dict[str, Any]:
