@@ -426,6 +426,55 @@ async def test_transforms_apply_online_and_historically(
     assert violations(raised.value)[0][0] == "request_inputs[0].tx_amount"
 
 
+async def test_one_refusal_names_every_bad_key_and_input(
+    start_service: StartService, connect: Connect
+) -> None:
+    _, client = await ready(start_service, connect)
+    now = datetime.now(UTC)
+    typo = c.EntityKey(join_keys={"user_id": c.Value(string_value="u1"),
+                                  "usr": c.Value(string_value="u1")})  # fmt: skip
+    request = f.GetOnlineFeaturesRequest(
+        feature_service="fraud",
+        entity_keys=[key("u1"), c.EntityKey(), typo],
+        request_inputs=[
+            c.FeatureMap(values={"tx_amount": c.Value(string_value="7")}),
+            c.FeatureMap(),
+            c.FeatureMap(values={"tx_amount": c.Value(double_value=7.0),
+                                 "colour": c.Value(string_value="red")}),
+        ],
+    )  # fmt: skip
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await client.stub.GetOnlineFeatures(request, timeout=10)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [field for field, _ in violations(raised.value)] == [
+        "entity_keys[1].join_keys.user_id",
+        "entity_keys[2].join_keys.usr",
+        "request_inputs[0].tx_amount",
+        "request_inputs[1].tx_amount",
+        "request_inputs[2].colour",
+    ]
+    assert raised.value.details().startswith(
+        "5 invalid input(s); first: entity_keys[1].join_keys.user_id: join key is missing"
+    )
+    # Historical rows likewise: a key, a time and an input, all in one refusal.
+    rows = [
+        f.EntityRow(entity_key=c.EntityKey(), event_time=ts(now),
+                    request_inputs=c.FeatureMap(values={"tx_amount": c.Value(double_value=1)})),
+        f.EntityRow(entity_key=key("u2"), request_inputs=c.FeatureMap()),
+    ]  # fmt: skip
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        async for _ in client.stub.GetHistoricalFeatures(
+            f.GetHistoricalFeaturesRequest(feature_service="fraud", entity_rows=rows), timeout=10
+        ):
+            pass
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [field for field, _ in violations(raised.value)] == [
+        "entity_rows[0].entity_key.join_keys.user_id",
+        "entity_rows[1].event_time",
+        "entity_rows[1].request_inputs.tx_amount",
+    ]
+
+
 async def test_historical_is_point_in_time_and_streams_every_row(
     start_service: StartService, connect: Connect
 ) -> None:

@@ -63,6 +63,7 @@ from mlbackend_features.stores.online import OnlineStore
 from mlbackend_runtime.errors import (
     DependencyUnavailable,
     FailedPrecondition,
+    FieldViolation,
     InvalidInput,
     NotFound,
 )
@@ -426,26 +427,43 @@ class FeatureStore:
         return keys
 
     @staticmethod
-    def _entity_strings(plan: ReadPlan, keys: Sequence[EntityKey], field: str) -> list[list[str]]:
-        """Per view read: the encoded entity key of every request row."""
-        out = [validation.entity_strings(v.join_keys, keys, field) for v in plan.views]
-        validation.check_unknown_keys(keys, plan.known_keys, field)
+    def _entity_strings(
+        plan: ReadPlan,
+        keys: Sequence[EntityKey],
+        field: str,
+        violations: list[FieldViolation],
+        member: str = "",
+    ) -> list[list[str]]:
+        """Per view read: the encoded entity key of every request row; defects are
+        appended to ``violations`` (a join key two views share, once per view)."""
+        out = [
+            validation.entity_strings(v.join_keys, keys, field, violations, member)
+            for v in plan.views
+        ]
+        validation.check_unknown_keys(keys, plan.known_keys, field, violations, member)
         return out
 
+    @staticmethod
     def _request_inputs(
-        self, compiled: CompiledService, supplied: dict[str, Scalar], field: str
+        compiled: CompiledService,
+        supplied: dict[str, Scalar],
+        field: str,
+        violations: list[FieldViolation],
     ) -> dict[str, Cell]:
+        """The request-input cells of one row; defects are appended to ``violations``."""
         cells: dict[str, Cell] = {}
         declared = {name for name, _, _ in compiled.request_inputs}
         for name in supplied:
             if name not in declared:
-                raise InvalidInput.field(f"{field}.{name}", "not a request input of the service")
+                violations.append(
+                    FieldViolation(f"{field}.{name}", "not a request input of the service")
+                )
         for name, dtype, nullable in compiled.request_inputs:
             value, problem = validation.coerce(dtype, supplied.get(name))
+            if not problem and value is None and not nullable:
+                problem = "required request input is missing"
             if problem:
-                raise InvalidInput.field(f"{field}.{name}", problem)
-            if value is None and not nullable:
-                raise InvalidInput.field(f"{field}.{name}", "required request input is missing")
+                violations.append(FieldViolation(f"{field}.{name}", problem))
             cells[name] = Cell(value, Status.REQUEST_INPUT, None)
         return cells
 
@@ -455,14 +473,14 @@ class FeatureStore:
         return frozenset(name for name, _, _ in plan.compiled.request_inputs)
 
     async def read_online(self, query: OnlineQuery) -> ReadResult:
-        plan, per_view = await self.fresh(lambda: self._online_plan(query))
+        plan, per_view, inputs = await self.fresh(lambda: self._online_plan(query))
         now = self._clock()
         found = []
         for read, keys in zip(plan.views, per_view, strict=True):
             stored = await self._online.read(read.view.name, list(dict.fromkeys(keys)))
             hits = list(map(stored.get, keys))
             found.append(pit.online_cells(hits, now, read.decoder, read.ttl_us))
-        return self._online_result(plan, query.request_inputs, found)
+        return self._online_result(plan, inputs, found)
 
     def read_online_now(self, query: OnlineQuery) -> ReadResult | None:
         """:meth:`read_online` without waiting on anything: the result when the online
@@ -470,10 +488,10 @@ class FeatureStore:
         does), else None and the caller takes the asynchronous path (which also reloads
         definitions that name something unknown). Safe on any thread."""
         try:
-            plan, per_view = self._online_plan(query)
+            plan, per_view, inputs = self._online_plan(query)
         except NotFound:
             return None
-        return self._read_now(plan, per_view, query.request_inputs)
+        return self._read_now(plan, per_view, inputs)
 
     def read_column_now(self, query: ColumnQuery) -> ReadResult | None:
         """:meth:`read_online_now` of the usual read, its entity keys given as one column.
@@ -504,7 +522,7 @@ class FeatureStore:
         return self._read_now(plan, [keys] * len(plan.views), ())
 
     def _read_now(
-        self, plan: ReadPlan, per_view: Sequence[Sequence[str]], inputs: Sequence[dict[str, Scalar]]
+        self, plan: ReadPlan, per_view: Sequence[Sequence[str]], inputs: Sequence[dict[str, Cell]]
     ) -> ReadResult | None:
         now = self._clock()
         found = []
@@ -515,8 +533,12 @@ class FeatureStore:
             found.append(pit.online_cells(stored, now, read.decoder, read.ttl_us))
         return self._online_result(plan, inputs, found)
 
-    def _online_plan(self, query: OnlineQuery) -> tuple[ReadPlan, list[list[str]]]:
-        """The read plan of an online query and each view's entity keys, all checked."""
+    def _online_plan(
+        self, query: OnlineQuery
+    ) -> tuple[ReadPlan, list[list[str]], list[dict[str, Cell]]]:
+        """The read plan of an online query, each view's entity keys and the request-input
+        cells (none, one entry for every row, or one per row), all checked: one
+        InvalidInput names every defective key and input."""
         count = len(query.entity_keys)
         if count > MAX_ENTITY_KEYS:
             raise InvalidInput.field(
@@ -529,20 +551,28 @@ class FeatureStore:
             raise InvalidInput.field(
                 "request_inputs", f"give one entry per entity key ({count}) or a single one"
             )
-        per_view = self._entity_strings(plan, query.entity_keys, "entity_keys")
+        violations: list[FieldViolation] = []
+        per_view = self._entity_strings(plan, query.entity_keys, "entity_keys", violations)
+        compiled = plan.compiled
+        supplied = query.request_inputs or [{}]
+        inputs = [
+            self._request_inputs(compiled, values, f"request_inputs[{i}]", violations)
+            for i, values in enumerate(supplied)
+        ] if compiled.request_inputs else []  # fmt: skip
+        validation.raise_invalid(violations)
         for read in plan.views:
             if not read.view.online:
                 raise FailedPrecondition(f"feature view {read.view.name!r} is not kept online")
-        return plan, per_view
+        return plan, per_view, inputs
 
     def _online_result(
         self,
         plan: ReadPlan,
-        inputs: Sequence[dict[str, Scalar]],
+        inputs: Sequence[dict[str, Cell]],
         found: Sequence[Sequence[Sequence[Cell]]],
     ) -> ReadResult:
-        """Rows in request order from each view's cells per request row (and request
-        inputs)."""
+        """Rows in request order from each view's cells per request row, and the
+        request-input cells (one entry for every row, or one per row)."""
         compiled = plan.compiled
         service = compiled.service.ref if compiled.service else ""
         if plan.direct:
@@ -552,19 +582,10 @@ class FeatureStore:
             names = read.refs
             for row, row_cells in zip(rows, cells, strict=True):
                 row.update(zip(names, row_cells, strict=True))
-        if compiled.request_inputs:
-            shared = (
-                self._request_inputs(compiled, inputs[0], "request_inputs[0]")
-                if len(inputs) == 1
-                else None
-            )
+        if inputs:
+            shared = len(inputs) == 1
             for i, row in enumerate(rows):
-                row.update(
-                    shared
-                    or self._request_inputs(
-                        compiled, inputs[i] if inputs else {}, f"request_inputs[{i}]"
-                    )
-                )
+                row.update(inputs[0] if shared else inputs[i])
         return ReadResult(compiled.schema, [compiled.evaluate(row) for row in rows], service)
 
     async def read_historical(
@@ -584,18 +605,26 @@ class FeatureStore:
             raise InvalidInput.field(query.field, "name at least one entity row")
         plan = await self.fresh(lambda: self.compile(query.feature_refs, query.feature_service))
         compiled = plan.compiled
-        # Everything is checked before the first chunk goes out: a stream never fails halfway.
-        per_view = self._entity_strings(plan, [r.entity_key for r in query.rows], query.field)
+        # Everything is checked before the first chunk goes out: a stream never fails
+        # halfway, and one InvalidInput names every defective key, time and input.
+        violations: list[FieldViolation] = []
+        field = query.field
+        # An EntityRow holds its key in entity_key; an Arrow table's row is the key itself.
+        member = ".entity_key" if field == "entity_rows" else ""
+        keys = [r.entity_key for r in query.rows]
+        per_view = self._entity_strings(plan, keys, field, violations, member)
         times: list[int] = []
         for i, entity_row in enumerate(query.rows):
             problem = validation.check_time(entity_row.event_us)
             if problem:
-                raise InvalidInput.field(f"{query.field}[{i}].event_time", problem)
+                violations.append(FieldViolation(f"{field}[{i}].event_time", problem))
             times.append(entity_row.event_us or 0)
         inputs = [
-            self._request_inputs(compiled, r.request_inputs, f"{query.field}[{i}].request_inputs")
+            self._request_inputs(compiled, r.request_inputs, f"{field}[{i}].request_inputs",
+                                 violations)
             for i, r in enumerate(query.rows)
         ] if compiled.request_inputs else None  # fmt: skip
+        validation.raise_invalid(violations)
         size = query.chunk_size if query.chunk_size > 0 else DEFAULT_CHUNK_ROWS
         size = min(size, MAX_CHUNK_ROWS)
         service = compiled.service.ref if compiled.service else ""

@@ -218,28 +218,43 @@ def rejection(violations: Sequence[RowViolation], what: str = "batch") -> BatchR
 
 
 def entity_strings(
-    join_keys: Sequence[JoinKey], keys: Sequence[EntityKey], field: str
+    join_keys: Sequence[JoinKey],
+    keys: Sequence[EntityKey],
+    field: str,
+    violations: list[FieldViolation] | None = None,
+    member: str = "",
 ) -> list[str]:
-    """Encoded keys for a read, in request order; every defect raises one InvalidInput."""
+    """Encoded keys for a read, in request order. Every defect is appended to
+    ``violations``; without that list, they raise one InvalidInput. Key ``i`` is named
+    ``{field}[i]{member}`` (``member`` ".entity_key" for rows that hold a key)."""
     if len(join_keys) == 1 and join_keys[0].dtype is DType.INT64:
         simple = _int_key_strings(join_keys[0].name, keys)
         if simple is not None:
             return simple
     out: list[str] = []
-    violations: list[FieldViolation] = []
+    found: list[FieldViolation] = [] if violations is None else violations
     for i, key in enumerate(keys):
         values, problems = key_values(join_keys, key)
         for problem in problems:
             name, _, description = problem.partition(": ")
-            violations.append(FieldViolation(f"{field}[{i}].join_keys.{name}", description))
+            found.append(FieldViolation(f"{field}[{i}]{member}.join_keys.{name}", description))
         out.append(codec.encode_key(values))
-    if violations:
-        raise InvalidInput(
-            f"{len(violations)} invalid entity key(s); first: "
-            f"{violations[0].field}: {violations[0].description}",
-            violations[:MAX_REPORTED_VIOLATIONS],
-        )
+    if violations is None:
+        raise_invalid(found)
     return out
+
+
+def raise_invalid(violations: Sequence[FieldViolation]) -> None:
+    """One InvalidInput naming every violation (the first :data:`MAX_REPORTED_VIOLATIONS`
+    as details), each field once; nothing when there are none."""
+    if not violations:
+        return
+    unique = list(dict.fromkeys(violations))
+    first = unique[0]
+    raise InvalidInput(
+        f"{len(unique)} invalid input(s); first: {first.field}: {first.description}",
+        unique[:MAX_REPORTED_VIOLATIONS],
+    )
 
 
 def _int_key_strings(name: str, keys: Sequence[EntityKey]) -> list[str] | None:
@@ -251,11 +266,20 @@ def _int_key_strings(name: str, keys: Sequence[EntityKey]) -> list[str] | None:
     return list(map(codec.encode_int_key, values))  # type: ignore[arg-type]  # ints, checked
 
 
-def check_unknown_keys(keys: Sequence[Mapping[str, Scalar]], known: Set[str], field: str) -> None:
+def check_unknown_keys(
+    keys: Sequence[Mapping[str, Scalar]],
+    known: Set[str],
+    field: str,
+    violations: list[FieldViolation],
+    member: str = "",
+) -> None:
     """Refuse join keys no requested view uses (usually a typo)."""
     for i, key in enumerate(keys):
         for name in key:
             if name not in known:
-                raise InvalidInput.field(
-                    f"{field}[{i}].join_keys.{name}", "not a join key of any requested view"
+                violations.append(
+                    FieldViolation(
+                        f"{field}[{i}]{member}.join_keys.{name}",
+                        "not a join key of any requested view",
+                    )
                 )
