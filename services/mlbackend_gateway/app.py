@@ -25,6 +25,7 @@ from mlbackend_clients.serving import ServingClient
 from mlbackend_gateway.core.experiments import ExperimentRouter, ExperimentService
 from mlbackend_gateway.core.model import (
     FeatureTable,
+    FieldPath,
     ModelVersionInfo,
     PredictionInput,
     RegisteredModelInfo,
@@ -105,7 +106,7 @@ class _Missing:
         return DependencyUnavailable(self._dependency, f"no {self._dependency} configured")
 
     async def read(
-        self, version: ModelVersionInfo, inputs: Sequence[PredictionInput]
+        self, version: ModelVersionInfo, inputs: Sequence[PredictionInput], path: FieldPath
     ) -> FeatureTable:
         raise self._fail()
 

@@ -411,6 +411,32 @@ async def test_bad_input_gets_clear_errors(suite: Suite) -> None:
         )
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert violations(raised.value) == ["input.request_features.tx_amount"]
+    # Everything wrong with an input comes back in one answer, named as the caller wrote it.
+    typo = c.EntityKey(join_keys={"usr": c.Value(string_value="u1")})
+    wrong = {"tx_amount": c.Value(string_value="x"), "colour": c.Value(string_value="red")}
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.Predict(g.PredictRequest(model=MODEL, input=g.PredictionInput(
+            entity_key=typo, request_features=wrong)), timeout=10)  # fmt: skip
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(raised.value) == [
+        "input.entity_key.user_id",
+        "input.entity_key.usr",
+        "input.request_features.colour",
+        "input.request_features.tx_amount",
+    ]
+    # In a batch, by its position, even when it is the batch's only input.
+    for good in (0, 1):
+        inputs = [g.PredictionInput(entity_key=key("u1"), request_features=wrong)]
+        inputs[:0] = [
+            g.PredictionInput(entity_key=key("u2"), request_features=request_features(1))
+        ] * good
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub.PredictBatch(g.PredictBatchRequest(model=MODEL, inputs=inputs), timeout=10)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert violations(raised.value) == [
+            f"inputs[{good}].request_features.colour",
+            f"inputs[{good}].request_features.tx_amount",
+        ]
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await stub.Predict(predict_request("u1", 1.0, version=c.VersionSelector(alias="nope")))
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND

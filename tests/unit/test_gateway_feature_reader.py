@@ -57,6 +57,10 @@ class Store:
         return response
 
 
+def _path(i: int) -> str:
+    return f"inputs[{i}]"
+
+
 def _reader(store: Store) -> FeatureStoreReader:
     return FeatureStoreReader(store, timeout=1.0, coalesce=CoalesceLimits(max_rows=1))  # type: ignore[arg-type]
 
@@ -65,7 +69,7 @@ def _reader(store: Store) -> FeatureStoreReader:
 async def test_entity_keys_alone_when_no_input_has_request_features() -> None:
     store = Store()
     table = await _reader(store).read(
-        VERSION, [PredictionInput({"user_id": "u1"}), PredictionInput({"user_id": "u2"})]
+        VERSION, [PredictionInput({"user_id": "u1"}), PredictionInput({"user_id": "u2"})], _path
     )
     assert [cell.value for row in table.rows for cell in row] == [25.0, 25.0]
     (request,) = store.requests
@@ -80,6 +84,7 @@ async def test_one_entry_per_input_as_soon_as_one_has_request_features() -> None
     await _reader(store).read(
         VERSION,
         [PredictionInput({"user_id": "u1"}, {"amount": 80.0}), PredictionInput({"user_id": "u2"})],
+        _path,
     )
     (request,) = store.requests
     assert [dict(entry.values) for entry in request.request_inputs] == [

@@ -8,7 +8,7 @@ version's signature and decides what happens to inputs that are not present.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -18,6 +18,7 @@ from mlbackend_gateway.core.model import (
     FeatureOutcome,
     FeatureStatus,
     FeatureTable,
+    FieldPath,
     InputFeature,
     ModelVersionInfo,
     PredictionInput,
@@ -25,9 +26,6 @@ from mlbackend_gateway.core.model import (
     StoredValue,
 )
 from mlbackend_runtime.errors import FailedPrecondition, FieldViolation, InvalidInput
-
-FieldPath = Callable[[int], str]
-"""The request path of input ``i`` (``input`` for Predict, ``inputs[i]`` for a batch)."""
 
 
 @dataclass(frozen=True)
@@ -69,8 +67,12 @@ def _column_index(columns: tuple[str, ...]) -> Mapping[str, int]:
 def check_request_features(
     version: ModelVersionInfo, inputs: Sequence[PredictionInput], path: FieldPath
 ) -> None:
-    """Request-time values the model takes directly must have the signature's type."""
-    if not any(item.request_features for item in inputs):
+    """Request-time values the model takes directly must have the signature's type.
+
+    Not checked here for a version with a feature service: the store checks every
+    request input against the service's declared types, and its one error then names
+    each wrong, missing or unknown input and entity key together."""
+    if version.feature_service or not any(item.request_features for item in inputs):
         return
     by_name = {f.name: f for f in version.signature}
     violations: list[FieldViolation] = []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -11,6 +11,9 @@ Scalar = int | float | str | bool | datetime | None
 """One typed value; ``None`` is null."""
 
 EntityKey = Mapping[str, Scalar]
+
+FieldPath = Callable[[int], str]
+"""The request path of input ``i`` (``input`` for Predict, ``inputs[i]`` for a batch)."""
 
 
 class DType(enum.Enum):

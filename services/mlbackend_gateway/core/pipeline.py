@@ -19,10 +19,11 @@ from typing import Any
 
 from mlbackend_clients import propagation
 from mlbackend_gateway.core.experiments import Experiment, ExperimentRouter, Variant, assign
-from mlbackend_gateway.core.features import FieldPath, assemble, check_request_features
+from mlbackend_gateway.core.features import assemble, check_request_features
 from mlbackend_gateway.core.limits import InFlightLimit
 from mlbackend_gateway.core.model import (
     FeatureTable,
+    FieldPath,
     ModelOutput,
     ModelVersionInfo,
     PredictionInput,
@@ -193,7 +194,7 @@ class InferencePipeline:
         ]
         if missing:
             raise InvalidInput("entity key missing", missing)
-        return await self._features.read(version, inputs)
+        return await self._features.read(version, inputs, path)
 
     def _shadow(
         self,

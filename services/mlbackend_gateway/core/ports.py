@@ -11,6 +11,7 @@ from typing import Protocol
 
 from mlbackend_gateway.core.model import (
     FeatureTable,
+    FieldPath,
     ModelVersionInfo,
     PredictionInput,
     PredictionRecord,
@@ -32,9 +33,10 @@ class ModelCatalog(Protocol):
 
 class FeatureReader(Protocol):
     async def read(
-        self, version: ModelVersionInfo, inputs: Sequence[PredictionInput]
+        self, version: ModelVersionInfo, inputs: Sequence[PredictionInput], path: FieldPath
     ) -> FeatureTable:
-        """One read of the version's feature service (or refs) for every input."""
+        """One read of the version's feature service (or refs) for every input; the
+        store's field errors name input ``i`` as ``path(i)``."""
         ...
 
 

@@ -14,6 +14,7 @@ from mlbackend_clients.features import FeatureStoreClient
 from mlbackend_gateway.core.model import (
     FeatureStatus,
     FeatureTable,
+    FieldPath,
     ModelVersionInfo,
     PredictionInput,
     StoredValue,
@@ -48,17 +49,19 @@ class FeatureStoreReader:
         )
 
     async def read(
-        self, version: ModelVersionInfo, inputs: Sequence[PredictionInput]
+        self, version: ModelVersionInfo, inputs: Sequence[PredictionInput], path: FieldPath
     ) -> FeatureTable:
+        # A call shared with other callers that the store refuses is retried for each
+        # caller alone (the coalescer), so a refusal's row numbers are this caller's.
         return await self.calls.call(
-            (version.model, version.version), inputs, partial(self._read, version)
+            (version.model, version.version), inputs, partial(self._read, version, path)
         )
 
     async def close(self) -> None:
         await self.calls.close()
 
     async def _read(
-        self, version: ModelVersionInfo, inputs: Sequence[PredictionInput]
+        self, version: ModelVersionInfo, path: FieldPath, inputs: Sequence[PredictionInput]
     ) -> FeatureTable:
         request = features_pb2.GetOnlineFeaturesRequest()
         for item in inputs:
@@ -80,7 +83,7 @@ class FeatureStoreReader:
                 request, timeout=timeout, metadata=metadata
             )
         except grpc.aio.AioRpcError as exc:
-            raise _fail(exc, version, len(inputs) > 1) from None
+            raise _fail(exc, version, path) from None
         columns = tuple(s.name for s in response.schema)
         rows = tuple(
             tuple(
@@ -96,7 +99,7 @@ def _rows(table: FeatureTable, start: int, stop: int) -> FeatureTable:
     return FeatureTable(table.columns, table.rows[start:stop], table.feature_service)
 
 
-def _fail(error: grpc.aio.AioRpcError, version: ModelVersionInfo, batch: bool) -> Exception:
+def _fail(error: grpc.aio.AioRpcError, version: ModelVersionInfo, path: FieldPath) -> Exception:
     mapped = transport_failure(DEPENDENCY, error)
     if mapped is not None:
         return mapped
@@ -105,7 +108,7 @@ def _fail(error: grpc.aio.AioRpcError, version: ModelVersionInfo, batch: bool) -
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         decoded = decode_error(error)
         violations = [
-            FieldViolation(_rewrite(v.field, batch), v.description) for v in decoded.violations
+            FieldViolation(_rewrite(v.field, path), v.description) for v in decoded.violations
         ]
         return InvalidInput(f"feature store refused the inputs: {decoded.message}", violations)
     if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
@@ -116,13 +119,13 @@ def _fail(error: grpc.aio.AioRpcError, version: ModelVersionInfo, batch: bool) -
     return error
 
 
-def _rewrite(path: str, batch: bool) -> str:
+def _rewrite(field: str, path: FieldPath) -> str:
     for pattern, member in ((_REQUEST_INPUT, "request_features"), (_ENTITY_KEY, "entity_key")):
-        match = pattern.match(path)
+        match = pattern.match(field)
         if match:
-            where = f"inputs[{match.group(1)}]" if batch else "input"
+            where = path(int(match.group(1)))
             rest = match.group(2)
             if member == "entity_key" and rest.startswith("join_keys"):
                 rest = rest.removeprefix("join_keys").lstrip(".")
             return f"{where}.{member}" + (f".{rest}" if rest else "")
-    return path
+    return field
