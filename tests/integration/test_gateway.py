@@ -424,6 +424,10 @@ async def test_bad_input_gets_clear_errors(suite: Suite) -> None:
         "input.request_features.colour",
         "input.request_features.tx_amount",
     ]
+    assert raised.value.details() == (
+        "feature store refused the inputs: 4 listed; first: input.entity_key.user_id: "
+        "join key is missing"
+    )
     # In a batch, by its position, even when it is the batch's only input.
     for good in (0, 1):
         inputs = [g.PredictionInput(entity_key=key("u1"), request_features=wrong)]

@@ -110,7 +110,11 @@ def _fail(error: grpc.aio.AioRpcError, version: ModelVersionInfo, path: FieldPat
         violations = [
             FieldViolation(_rewrite(v.field, path), v.description) for v in decoded.violations
         ]
-        return InvalidInput(f"feature store refused the inputs: {decoded.message}", violations)
+        message = decoded.message
+        if violations:  # the store's message names its own fields: name the caller's
+            first = violations[0]
+            message = f"{len(violations)} listed; first: {first.field}: {first.description}"
+        return InvalidInput(f"feature store refused the inputs: {message}", violations)
     if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
         return FailedPrecondition(
             f"model {version.model!r} version {version.version} reads {what!r}, which the "
