@@ -707,6 +707,9 @@ def main() -> int:
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    unknown = sorted(set(args.kinds.split(",")) - set(KINDS))
+    if unknown:
+        parser.error(f"--kinds: unknown {', '.join(unknown)}; the kinds are {', '.join(KINDS)}")
 
     if args.role == "passthrough":
         asyncio.run(serve_passthrough(json.loads(args.config), args.out))
