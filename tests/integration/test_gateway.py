@@ -366,6 +366,38 @@ async def test_concurrent_predictions_share_upstream_calls_and_keep_their_own_an
         assert calls - calls0 < served / 2, (dependency, calls - calls0)
 
 
+async def test_values_serving_refuses_are_the_callers_error_when_the_caller_sent_them(
+    suite: Suite,
+) -> None:
+    # NaN and infinite amounts make tx_ratio non-finite, which serving refuses. Sent
+    # concurrently with good requests, they share calls with them; each fails alone,
+    # naming its own input, and the others are answered.
+    asks = [(u, tx) for u in USERS[:3] for tx in TX[:2]] + [("u1", float("nan")), ("u2", -np.inf)]
+    answers = await asyncio.gather(
+        *(suite.gateway.stub.Predict(predict_request(u, tx), timeout=30) for u, tx in asks),
+        return_exceptions=True,
+    )
+    for (user, tx), answer in zip(asks, answers, strict=True):
+        if np.isfinite(tx):
+            assert not isinstance(answer, BaseException), answer
+            np.testing.assert_allclose(
+                answer.result.prediction.probabilities, expected(suite, 1, user, tx), rtol=1e-9
+            )
+            continue
+        assert isinstance(answer, grpc.aio.AioRpcError)
+        assert answer.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert violations(answer) == ["input.request_features.tx_amount"]
+        assert "tx_ratio, computed from it, was refused" in answer.details()
+    batch = [g.PredictionInput(entity_key=key(u), request_features=request_features(tx))
+             for u, tx in (("u1", 10.0), ("u2", float("inf")))]  # fmt: skip
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await suite.gateway.stub.PredictBatch(
+            g.PredictBatchRequest(model=MODEL, inputs=batch), timeout=10
+        )
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(raised.value) == ["inputs[1].request_features.tx_amount"]
+
+
 async def test_missing_features_fail_or_take_the_declared_defaults(suite: Suite) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await suite.gateway.stub.Predict(predict_request("nobody", 10.0), timeout=10)

@@ -8,6 +8,7 @@ version's signature and decides what happens to inputs that are not present.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,6 +26,7 @@ from mlbackend_gateway.core.model import (
     Scalar,
     StoredValue,
 )
+from mlbackend_gateway.core.ports import ScoringRefused
 from mlbackend_runtime.errors import FailedPrecondition, FieldViolation, InvalidInput
 
 
@@ -152,3 +154,41 @@ def _apply_policy(
     if spec.nullable:
         return FeatureOutcome(spec.name, cell.status, FeatureAction.NULL_PASSED, None)
     return None
+
+
+def caller_error(
+    refusal: ScoringRefused,
+    inputs: Sequence[PredictionInput],
+    rows: Sequence[AssembledRow],
+    path: FieldPath,
+) -> Exception:
+    """Serving's refusal of some values, as the caller's error where the caller's values
+    caused it: INVALID_ARGUMENT naming the request features. A refused value the caller
+    sent as it is names that feature; one the store computed names the request's
+    non-finite numbers (NaN, infinities: what serving refuses), which fed it. A refusal
+    the request's values do not explain (a NaN stored in a view, say) is not the
+    caller's: it stays FAILED_PRECONDITION."""
+    violations: dict[str, str] = {}
+    for refused in refusal.refused:
+        if refused.row >= len(rows):
+            continue
+        where = f"{path(refused.row)}.request_features"
+        outcome = next((o for o in rows[refused.row].outcomes if o.name == refused.feature), None)
+        if outcome is not None and outcome.status is FeatureStatus.REQUEST_INPUT:
+            violations[f"{where}.{refused.feature}"] = refused.description
+            continue
+        for name, value in inputs[refused.row].request_features.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                violations.setdefault(
+                    f"{where}.{name}",
+                    f"{value} is not allowed: the model's input {refused.feature}, computed "
+                    f"from it, was refused ({refused.description})",
+                )
+    if not violations:
+        return refusal
+    field, description = next(iter(violations.items()))
+    return InvalidInput(
+        f"{len(violations)} request feature value(s) the model does not take; first: "
+        f"{field}: {description}",
+        [FieldViolation(f, d) for f, d in violations.items()],
+    )

@@ -19,7 +19,7 @@ from typing import Any
 
 from mlbackend_clients import propagation
 from mlbackend_gateway.core.experiments import Experiment, ExperimentRouter, Variant, assign
-from mlbackend_gateway.core.features import assemble, check_request_features
+from mlbackend_gateway.core.features import assemble, caller_error, check_request_features
 from mlbackend_gateway.core.limits import InFlightLimit
 from mlbackend_gateway.core.model import (
     FeatureTable,
@@ -32,7 +32,7 @@ from mlbackend_gateway.core.model import (
     Scalar,
     VersionSelector,
 )
-from mlbackend_gateway.core.ports import FeatureReader, Scorer
+from mlbackend_gateway.core.ports import FeatureReader, Scorer, ScoringRefused
 from mlbackend_gateway.core.records import RecordQueue
 from mlbackend_gateway.core.versions import VersionResolver
 from mlbackend_runtime.errors import DomainError, FieldViolation, InvalidInput
@@ -146,7 +146,10 @@ class InferencePipeline:
             check_request_features(version, inputs, group_path)
             table = await self._read(version, inputs, group_path)
             rows = assemble(version, table, inputs, group_path)
-            scored = await self._scorer.score(model, version.version, [r.vector for r in rows])
+            try:
+                scored = await self._scorer.score(model, version.version, [r.vector for r in rows])
+            except ScoringRefused as refusal:
+                raise caller_error(refusal, inputs, rows, group_path) from None
         except Exception as exc:
             # A failed attempt is monitored too: it counts against its version's error rate.
             for item in inputs:

@@ -7,6 +7,7 @@ Each adapter turns a dependency that does not answer into
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from mlbackend_gateway.core.model import (
@@ -19,6 +20,7 @@ from mlbackend_gateway.core.model import (
     Scalar,
     Scored,
 )
+from mlbackend_runtime.errors import FailedPrecondition
 
 
 class ModelCatalog(Protocol):
@@ -41,9 +43,27 @@ class FeatureReader(Protocol):
 
 
 class Scorer(Protocol):
-    async def score(
-        self, model: str, version: int, vectors: Sequence[Sequence[Scalar]]
-    ) -> Scored: ...
+    async def score(self, model: str, version: int, vectors: Sequence[Sequence[Scalar]]) -> Scored:
+        """Raises :class:`ScoringRefused` when serving refuses values of the vectors."""
+        ...
+
+
+@dataclass(frozen=True)
+class RefusedValue:
+    row: int
+    """The vector's position in the call."""
+    feature: str
+    description: str
+
+
+class ScoringRefused(FailedPrecondition):
+    """Serving refused some vectors' values (a NaN where the signature does not allow
+    one, an infinity). A deployment mismatch unless the caller sent those values: the
+    pipeline decides which, from where each value came."""
+
+    def __init__(self, message: str, refused: Sequence[RefusedValue]) -> None:
+        super().__init__(message)
+        self.refused = tuple(refused)
 
 
 class RecordSink(Protocol):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from functools import partial
 
@@ -9,8 +10,10 @@ import grpc
 
 from mlbackend.common.v1 import common_pb2
 from mlbackend.serving.v1 import serving_pb2
+from mlbackend_clients.errors import decode_error
 from mlbackend_clients.serving import ServingClient
 from mlbackend_gateway.core.model import ModelOutput, OutputInfo, Scalar, Scored
+from mlbackend_gateway.core.ports import RefusedValue, ScoringRefused
 from mlbackend_gateway.upstream.coalesce import CoalesceLimits, Coalescer
 from mlbackend_gateway.upstream.failures import transport_failure
 from mlbackend_gateway.upstream.registry import output_info
@@ -19,6 +22,8 @@ from mlbackend_runtime.errors import FailedPrecondition
 
 DEPENDENCY = "serving"
 _MAX_OUTPUTS = 256
+# Serving's field path of one value of a Predict request: vectors[i].<feature name>.
+_VALUE = re.compile(r"^vectors\[(\d+)\]\.(.+)$")
 
 
 def _output(prediction: common_pb2.Prediction) -> ModelOutput:
@@ -85,10 +90,9 @@ class ServingScorer:
                 grpc.StatusCode.INVALID_ARGUMENT,
             ):
                 # The version is registered but serving cannot run it with these inputs:
-                # a deployment mismatch, not the caller's fault.
-                raise FailedPrecondition(
-                    f"serving cannot score model {model!r} version {version}: {exc.details()}"
-                ) from None
+                # a deployment mismatch, unless the caller sent the refused values (the
+                # pipeline tells, from the refused values' origin).
+                raise _refused(exc, model, version) from None
             raise
         return Scored(
             version=response.version or version,
@@ -104,3 +108,19 @@ class ServingScorer:
                 self._outputs.clear()
             info = self._outputs[key] = output_info(spec)
         return info
+
+
+def _refused(error: grpc.aio.AioRpcError, model: str, version: int) -> FailedPrecondition:
+    refused = []
+    details = error.details()
+    if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+        for violation in decode_error(error).violations:
+            match = _VALUE.match(violation.field)
+            if match is not None:
+                refused.append(
+                    RefusedValue(int(match.group(1)), match.group(2), violation.description)
+                )
+        if refused:
+            details = "; ".join(f"{r.feature}: {r.description}" for r in refused[:5])
+    message = f"serving cannot score model {model!r} version {version}: {details}"
+    return ScoringRefused(message, refused) if refused else FailedPrecondition(message)
