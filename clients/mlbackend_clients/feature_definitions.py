@@ -212,9 +212,14 @@ class RequestInput:
     name: str
     dtype: DType
     nullable: bool = False
+    constraints: Constraints | None = None
+    """Checked on every supplied value (unset: NaN and infinities refused)."""
 
     def to_proto(self) -> pb.RequestInput:
-        return pb.RequestInput(name=self.name, dtype=_dtype(self.dtype), nullable=self.nullable)
+        out = pb.RequestInput(name=self.name, dtype=_dtype(self.dtype), nullable=self.nullable)
+        if self.constraints is not None:
+            out.constraints.CopyFrom(self.constraints.to_proto())
+        return out
 
 
 # --- on-demand transforms: ``output`` first, then the input(s) and fitted parameters ----

@@ -87,11 +87,21 @@ PROFILE_STORED: tuple[str, ...] = ("age", "signup_ts", "home_region")
 MERCHANT_STORED: tuple[str, ...] = ("category", "category_risk")
 _STRINGS = {"home_region", "category"}
 
-# Request-time inputs of the feature service: (name, dtype).
-REQUEST_INPUTS: tuple[tuple[str, c.DataType.ValueType], ...] = (
-    ("amount", c.DATA_TYPE_DOUBLE),
-    ("event_time", c.DATA_TYPE_TIMESTAMP),
-    ("far_from_home", c.DATA_TYPE_DOUBLE),
+# Request-time inputs of the feature service, with the values they may take (NaN and
+# infinities are refused by default): a read with a negative amount or a flag other
+# than 0/1 is refused, naming the input.
+REQUEST_INPUTS: tuple[f.RequestInput, ...] = (
+    f.RequestInput(
+        name="amount", dtype=c.DATA_TYPE_DOUBLE, constraints=f.FeatureConstraints(min=0)
+    ),
+    f.RequestInput(name="event_time", dtype=c.DATA_TYPE_TIMESTAMP),
+    f.RequestInput(
+        name="far_from_home",
+        dtype=c.DATA_TYPE_DOUBLE,
+        constraints=f.FeatureConstraints(
+            allowed_values=[c.Value(double_value=0), c.Value(double_value=1)]
+        ),
+    ),
 )
 
 # Model inputs that are the store's stored values under a plain name (Clip at 0).
@@ -166,7 +176,7 @@ def feature_service() -> f.FeatureService:
     return f.FeatureService(
         name=FEATURE_SERVICE,
         feature_refs=refs,
-        request_inputs=[f.RequestInput(name=n, dtype=d) for n, d in REQUEST_INPUTS],
+        request_inputs=REQUEST_INPUTS,
         transforms=transforms,
         outputs=list(FEATURE_NAMES),
         description="Inputs of the fraud_detection model (fraud case study).",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import signal
 import sys
@@ -472,6 +473,68 @@ async def test_one_refusal_names_every_bad_key_and_input(
         "entity_rows[0].entity_key.join_keys.user_id",
         "entity_rows[1].event_time",
         "entity_rows[1].request_inputs.tx_amount",
+    ]
+
+
+async def test_request_inputs_meet_their_constraints(
+    start_service: StartService, connect: Connect
+) -> None:
+    _, client = await ready(start_service, connect)
+    service = f.FeatureService(
+        name="checked",
+        feature_refs=["user_stats:amount"],
+        outputs=["user_stats:amount", "tx", "flag", "raw", "soft"],
+        request_inputs=[
+            f.RequestInput(name="tx", dtype=c.DATA_TYPE_DOUBLE,
+                           constraints=f.FeatureConstraints(min=0, max=1e6)),
+            f.RequestInput(name="flag", dtype=c.DATA_TYPE_DOUBLE, nullable=True,
+                           constraints=f.FeatureConstraints(allowed_values=[
+                               c.Value(double_value=0), c.Value(double_value=1)])),
+            f.RequestInput(name="raw", dtype=c.DATA_TYPE_DOUBLE, nullable=True,
+                           constraints=f.FeatureConstraints(nan_policy=f.NAN_POLICY_ALLOW)),
+            f.RequestInput(name="soft", dtype=c.DATA_TYPE_DOUBLE,
+                           constraints=f.FeatureConstraints(nan_policy=f.NAN_POLICY_AS_NULL)),
+        ],
+    )  # fmt: skip
+    await client.stub.ApplyDefinitions(
+        f.ApplyDefinitionsRequest(feature_services=[service]), timeout=10
+    )
+
+    def inputs(**values: float) -> c.FeatureMap:
+        return c.FeatureMap(values={k: c.Value(double_value=v) for k, v in values.items()})
+
+    # Values within the rules are taken as given (NaN where the input allows it).
+    answer = await online(client, ["u1"], feature_service="checked",
+                          request_inputs=[inputs(tx=5, flag=1, raw=math.nan, soft=2)])  # fmt: skip
+    got = [v for _, v in values(answer)[0]]
+    assert got[1:3] == [5.0, 1.0] and math.isnan(got[3]) and got[4] == 2.0
+    # Every broken rule of every row, in one refusal: by default NaN and infinities too.
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await online(client, ["u1", "u2", "u3"], feature_service="checked", request_inputs=[
+            inputs(tx=-1, flag=0.5, soft=1), inputs(tx=math.inf, soft=1),
+            inputs(tx=math.nan, soft=math.nan)])  # fmt: skip
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(raised.value) == [
+        ("request_inputs[0].tx", "-1.0 is below min 0.0"),
+        ("request_inputs[0].flag", "0.5 is not one of the allowed values"),
+        ("request_inputs[1].tx", "inf is not allowed (nan_policy REJECT)"),
+        ("request_inputs[2].tx", "nan is not allowed (nan_policy REJECT)"),
+        ("request_inputs[2].soft",
+         "nan counts as missing (nan_policy AS_NULL) and the input is required"),
+    ]  # fmt: skip
+    # Rules that cannot hold are refused when the service is applied.
+    bad = f.FeatureService(name="bad", feature_refs=["user_stats:amount"], request_inputs=[
+        f.RequestInput(name="x", dtype=c.DATA_TYPE_DOUBLE,
+                       constraints=f.FeatureConstraints(min=2, max=1,
+                                                        allowed_values=[c.Value(string_value="a")]))
+    ])  # fmt: skip
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await client.stub.ApplyDefinitions(
+            f.ApplyDefinitionsRequest(feature_services=[bad]), timeout=10
+        )
+    assert [field for field, _ in violations(raised.value)] == [
+        "feature_services[0].request_inputs[0].constraints.max",
+        "feature_services[0].request_inputs[0].constraints.allowed_values[0]",
     ]
 
 

@@ -83,7 +83,14 @@ def definitions() -> f.ApplyDefinitionsRequest:
             f.FeatureService(
                 name="fraud_fs",
                 feature_refs=["user_stats:amount", "user_stats:avg_amount"],
-                request_inputs=[f.RequestInput(name="tx_amount", dtype=c.DATA_TYPE_DOUBLE)],
+                # NaN and infinities pass the store: serving refuses what they become.
+                request_inputs=[
+                    f.RequestInput(
+                        name="tx_amount",
+                        dtype=c.DATA_TYPE_DOUBLE,
+                        constraints=f.FeatureConstraints(nan_policy=f.NAN_POLICY_ALLOW),
+                    )
+                ],
                 transforms=[
                     f.Transform(
                         output="amount_z",

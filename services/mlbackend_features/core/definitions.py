@@ -20,6 +20,7 @@ from mlbackend_features.core.model import (
     NAME_PATTERN,
     Actor,
     ChangeType,
+    Constraints,
     DefinitionChange,
     DefinitionSet,
     DType,
@@ -90,18 +91,19 @@ def _check_view(
         if feature.dtype is DType.UNSPECIFIED:
             out.append(FieldViolation(f"{fpath}.dtype", "is required"))
         seen.add(feature.name)
-        rules = feature.constraints
-        if rules.min is not None and rules.max is not None and rules.min > rules.max:
-            out.append(FieldViolation(f"{fpath}.constraints.max", "must be >= min"))
-        if rules.max_length < 0:
-            out.append(FieldViolation(f"{fpath}.constraints.max_length", "must not be negative"))
-        for j, allowed in enumerate(rules.allowed_values):
-            if allowed is None or coerce(feature.dtype, allowed)[1]:
-                out.append(
-                    FieldViolation(
-                        f"{fpath}.constraints.allowed_values[{j}]", f"must be a {feature.dtype}"
-                    )
-                )
+        _check_constraints(feature.constraints, feature.dtype, f"{fpath}.constraints", out)
+
+
+def _check_constraints(
+    rules: Constraints, dtype: DType, path: str, out: list[FieldViolation]
+) -> None:
+    if rules.min is not None and rules.max is not None and rules.min > rules.max:
+        out.append(FieldViolation(f"{path}.max", "must be >= min"))
+    if rules.max_length < 0:
+        out.append(FieldViolation(f"{path}.max_length", "must not be negative"))
+    for j, allowed in enumerate(rules.allowed_values):
+        if allowed is None or coerce(dtype, allowed)[1]:
+            out.append(FieldViolation(f"{path}.allowed_values[{j}]", f"must be a {dtype}"))
 
 
 def _view_breaks(old: FeatureView, new: FeatureView, used: dict[str, set[str]]) -> list[str]:
@@ -147,13 +149,13 @@ def plan(
     for i, service in enumerate(request.feature_services):
         _name(service.name, f"feature_services[{i}].name", violations)
         for j, request_input in enumerate(service.request_inputs):
-            _name(request_input.name, f"feature_services[{i}].request_inputs[{j}].name", violations)
+            rpath = f"feature_services[{i}].request_inputs[{j}]"
+            _name(request_input.name, f"{rpath}.name", violations)
             if request_input.dtype is DType.UNSPECIFIED:
-                violations.append(
-                    FieldViolation(
-                        f"feature_services[{i}].request_inputs[{j}].dtype", "is required"
-                    )
-                )
+                violations.append(FieldViolation(f"{rpath}.dtype", "is required"))
+            _check_constraints(
+                request_input.constraints, request_input.dtype, f"{rpath}.constraints", violations
+            )
         if not violations:
             try:
                 transforms.compile_service(service, views, f"feature_services[{i}]")

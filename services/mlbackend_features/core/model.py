@@ -133,6 +133,8 @@ class RequestInput(_Definition):
     name: str
     dtype: DType
     nullable: bool = False
+    constraints: Constraints = Constraints()
+    """Checked on every supplied value, as a stored feature's on every write."""
 
 
 class StandardScale(_Definition):

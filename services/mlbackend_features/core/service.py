@@ -452,16 +452,22 @@ class FeatureStore:
     ) -> dict[str, Cell]:
         """The request-input cells of one row; defects are appended to ``violations``."""
         cells: dict[str, Cell] = {}
-        declared = {name for name, _, _ in compiled.request_inputs}
+        declared = {r.name for r in compiled.request_inputs}
         for name in supplied:
             if name not in declared:
                 violations.append(
                     FieldViolation(f"{field}.{name}", "not a request input of the service")
                 )
-        for name, dtype, nullable in compiled.request_inputs:
-            value, problem = validation.coerce(dtype, supplied.get(name))
-            if not problem and value is None and not nullable:
-                problem = "required request input is missing"
+        for request_input in compiled.request_inputs:
+            name = request_input.name
+            given = supplied.get(name)
+            value, problem = validation.check_value(request_input, given)
+            if not problem and value is None and not request_input.nullable:
+                problem = (
+                    "required request input is missing"
+                    if given is None
+                    else f"{given} counts as missing (nan_policy AS_NULL) and the input is required"
+                )
             if problem:
                 violations.append(FieldViolation(f"{field}.{name}", problem))
             cells[name] = Cell(value, Status.REQUEST_INPUT, None)
@@ -470,7 +476,7 @@ class FeatureStore:
     async def request_input_names(self, refs: Sequence[str], service: str) -> frozenset[str]:
         """The request inputs a read of ``refs`` or ``service`` takes, by name."""
         plan = await self.fresh(lambda: self.compile(refs, service))
-        return frozenset(name for name, _, _ in plan.compiled.request_inputs)
+        return frozenset(r.name for r in plan.compiled.request_inputs)
 
     async def read_online(self, query: OnlineQuery) -> ReadResult:
         plan, per_view, inputs = await self.fresh(lambda: self._online_plan(query))

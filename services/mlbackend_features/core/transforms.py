@@ -41,6 +41,7 @@ from mlbackend_features.core.model import (
     OutputColumn,
     Product,
     Ratio,
+    RequestInput,
     Scalar,
     StandardScale,
     Status,
@@ -68,7 +69,7 @@ class CompiledService:
 
     service: FeatureService | None
     stored: tuple[StoredRef, ...]
-    request_inputs: tuple[tuple[str, DType, bool], ...]
+    request_inputs: tuple[RequestInput, ...]
     steps: tuple[Step, ...]
     outputs: tuple[str, ...]
     schema: tuple[OutputColumn, ...]
@@ -139,7 +140,7 @@ def compile_service(
     types: dict[str, DType] = {c.name: c.dtype for c in stored_schema}
     columns: dict[str, OutputColumn] = {c.name: c for c in stored_schema}
     violations: list[FieldViolation] = []
-    inputs: list[tuple[str, DType, bool]] = []
+    inputs: list[RequestInput] = []
     for i, request_input in enumerate(service.request_inputs):
         if request_input.name in types:
             violations.append(FieldViolation(f"{field}.request_inputs[{i}].name", "name in use"))
@@ -147,7 +148,7 @@ def compile_service(
         columns[request_input.name] = OutputColumn(
             name=request_input.name, dtype=request_input.dtype, nullable=request_input.nullable
         )
-        inputs.append((request_input.name, request_input.dtype, request_input.nullable))
+        inputs.append(request_input)
     steps: list[Step] = []
     transform_outputs: list[str] = []
     for i, transform in enumerate(service.transforms):

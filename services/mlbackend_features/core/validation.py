@@ -23,6 +23,7 @@ from mlbackend_features.core.model import (
     JoinKey,
     NanPolicy,
     Record,
+    RequestInput,
     RowViolation,
     Scalar,
     WriteBatch,
@@ -70,8 +71,9 @@ def coerce(dtype: DType, value: Scalar) -> tuple[Scalar, str | None]:
     return None, f"expected {dtype}, got {kind}"
 
 
-def check_value(feature: Feature, value: Scalar) -> tuple[Scalar, str | None]:
-    """The value to store for ``feature``, or the reason it is refused."""
+def check_value(feature: Feature | RequestInput, value: Scalar) -> tuple[Scalar, str | None]:
+    """The value to store for ``feature`` (or take for a request input), or the reason
+    it is refused."""
     rules = feature.constraints
     value, problem = coerce(feature.dtype, value)
     if problem:

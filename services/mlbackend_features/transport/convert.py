@@ -183,21 +183,23 @@ def feature_view(v: pb.FeatureView) -> m.FeatureView:
 
 
 def _feature(f: pb.Feature) -> m.Feature:
-    c = f.constraints
-    kind = dtype(f.dtype)
     return m.Feature(
         name=f.name,
-        dtype=kind,
+        dtype=dtype(f.dtype),
         description=f.description,
         tags=dict(f.tags),
-        constraints=m.Constraints(
-            not_null=c.not_null,
-            min=c.min if c.HasField("min") else None,
-            max=c.max if c.HasField("max") else None,
-            allowed_values=tuple(scalar(v) for v in c.allowed_values),
-            max_length=c.max_length,
-            nan_policy=_NAN.get(c.nan_policy, m.NanPolicy.REJECT),
-        ),
+        constraints=_constraints(f.constraints),
+    )
+
+
+def _constraints(c: pb.FeatureConstraints) -> m.Constraints:
+    return m.Constraints(
+        not_null=c.not_null,
+        min=c.min if c.HasField("min") else None,
+        max=c.max if c.HasField("max") else None,
+        allowed_values=tuple(scalar(v) for v in c.allowed_values),
+        max_length=c.max_length,
+        nan_policy=_NAN.get(c.nan_policy, m.NanPolicy.REJECT),
     )
 
 
@@ -220,24 +222,27 @@ def feature_view_pb(v: m.FeatureView) -> pb.FeatureView:
 
 
 def _feature_pb(f: m.Feature) -> pb.Feature:
-    c = f.constraints
-    constraints = pb.FeatureConstraints(
+    return pb.Feature(
+        name=f.name,
+        dtype=_DTYPES_PB[f.dtype],
+        description=f.description,
+        constraints=_constraints_pb(f.constraints),
+        tags=f.tags,
+    )
+
+
+def _constraints_pb(c: m.Constraints) -> pb.FeatureConstraints:
+    out = pb.FeatureConstraints(
         not_null=c.not_null,
         allowed_values=[value_pb(v) for v in c.allowed_values],
         max_length=c.max_length,
         nan_policy=_NAN_PB[c.nan_policy],
     )
     if c.min is not None:
-        constraints.min = c.min
+        out.min = c.min
     if c.max is not None:
-        constraints.max = c.max
-    return pb.Feature(
-        name=f.name,
-        dtype=_DTYPES_PB[f.dtype],
-        description=f.description,
-        constraints=constraints,
-        tags=f.tags,
-    )
+        out.max = c.max
+    return out
 
 
 def _transform(t: pb.Transform) -> m.Transform:
@@ -348,7 +353,12 @@ def feature_service(s: pb.FeatureService) -> m.FeatureService:
         name=s.name,
         feature_refs=tuple(s.feature_refs),
         request_inputs=tuple(
-            m.RequestInput(name=r.name, dtype=dtype(r.dtype), nullable=r.nullable)
+            m.RequestInput(
+                name=r.name,
+                dtype=dtype(r.dtype),
+                nullable=r.nullable,
+                constraints=_constraints(r.constraints),
+            )
             for r in s.request_inputs
         ),
         transforms=tuple(_transform(t) for t in s.transforms),
@@ -374,7 +384,12 @@ def feature_service_pb(s: m.FeatureService) -> pb.FeatureService:
         version=s.version,
         feature_refs=s.feature_refs,
         request_inputs=[
-            pb.RequestInput(name=r.name, dtype=_DTYPES_PB[r.dtype], nullable=r.nullable)
+            pb.RequestInput(
+                name=r.name,
+                dtype=_DTYPES_PB[r.dtype],
+                nullable=r.nullable,
+                constraints=_constraints_pb(r.constraints),
+            )
             for r in s.request_inputs
         ],
         transforms=[_transform_pb(t) for t in s.transforms],

@@ -438,22 +438,31 @@ class RequestInput(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     DTYPE_FIELD_NUMBER: _builtins.int
     NULLABLE_FIELD_NUMBER: _builtins.int
+    CONSTRAINTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Input name, referenced by transforms."""
     dtype: _common_pb2.DataType.ValueType
     """Input data type."""
     nullable: _builtins.bool
     """Whether the caller may omit it (it is then null)."""
+    @_builtins.property
+    def constraints(self) -> Global___FeatureConstraints:
+        """Rules every supplied value must meet, as for a stored feature's writes
+        (NaN and infinities refused unless nan_policy says otherwise); a read
+        with a value that breaks them is refused, naming the input.
+        """
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         dtype: _common_pb2.DataType.ValueType = ...,
         nullable: _builtins.bool = ...,
+        constraints: Global___FeatureConstraints | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["constraints", b"constraints"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dtype", b"dtype", "name", b"name", "nullable", b"nullable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["constraints", b"constraints", "dtype", b"dtype", "name", b"name", "nullable", b"nullable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
