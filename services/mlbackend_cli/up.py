@@ -120,19 +120,27 @@ class Suite:
         return next((c for c in self.children.values() if c.process.poll() is not None), None)
 
     def stop(self) -> dict[str, int]:
-        """SIGTERM to every child (reverse order), then wait; stragglers get SIGKILL."""
-        for child in reversed(list(self.children.values())):
-            if child.process.poll() is None:
-                child.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + self.grace + 5
+        """Stop the children callers first: SIGTERM to every service nothing still running
+        calls, wait for them (stragglers get SIGKILL after the grace period), then the
+        next. So the gateway's last prediction records reach monitoring, and serving
+        leaves the registry's watch before the registry goes."""
         codes: dict[str, int] = {}
-        for child in self.children.values():
-            try:
-                codes[child.name] = child.process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.process.kill()
-                codes[child.name] = child.process.wait()
-        return codes
+        running = list(self.children)
+        while running:
+            called = {d for name in running for d in catalog.DEPENDENCIES[name]}
+            wave = [self.children[n] for n in running if n not in called]
+            for child in wave:
+                if child.process.poll() is None:
+                    child.process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + self.grace + 5
+            for child in wave:
+                try:
+                    codes[child.name] = child.process.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    child.process.kill()
+                    codes[child.name] = child.process.wait()
+                running.remove(child.name)
+        return {name: codes[name] for name in self.children}
 
     def table(self) -> str:
         rows = [("service", "gRPC", "metrics", "pid")]

@@ -139,6 +139,13 @@ def test_up_runs_the_suite_and_stops_cleanly(tmp_path: Path) -> None:
         for _, pid in services.values():
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
+        # Callers stop first: the gateway's last records reach monitoring, serving leaves
+        # the registry's watch before the registry goes.
+        _, stderr = process.communicate(timeout=10)
+        order = re.findall(r"(\w+): shutting down", stderr)
+        assert sorted(order) == sorted(services)
+        assert order[0] == "gateway" and order[-1] == "registry"
+        assert order.index("serving") < order.index("monitoring")
     finally:
         if process.poll() is None:
             process.kill()
