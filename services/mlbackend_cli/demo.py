@@ -9,7 +9,8 @@ pushed to the feature store (as the stream scorer does) and the transaction is s
 through the gateway with its entity keys and request-time inputs. Prints rows with
 probability, decision, version and latency, the confusion counts and latency
 percentiles, checks the gateway's probabilities against the trained model offline,
-shows monitoring's count and stops every service cleanly.
+shows monitoring's count and the clear error a transaction with a negative amount
+gets, and stops every service cleanly.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 from google.protobuf import timestamp_pb2
 
@@ -30,6 +32,7 @@ from mlbackend.gateway.v1 import gateway_pb2
 from mlbackend.monitoring.v1 import monitoring_pb2
 from mlbackend.serving.v1 import serving_pb2
 from mlbackend_cli.up import Suite, SuiteError, report_stop
+from mlbackend_clients.errors import decode_error
 from mlbackend_clients.features import FeatureStoreClient
 from mlbackend_clients.gateway import GatewayClient
 from mlbackend_clients.monitoring import MonitoringClient
@@ -100,8 +103,9 @@ async def _demo(suite: Suite, data_dir: Path, seed: int) -> bool:
               f"gateway (sample seed {seed})", flush=True)  # fmt: skip
         scored = await _score(gateway, features, result, seed)
         count = await _wait_for_count(monitoring, version, SAMPLE_SIZE)
-    print(f"monitoring logged {count} predictions of {MODEL}@{version}")
-    return healthy and scored and count == SAMPLE_SIZE
+        print(f"monitoring logged {count} predictions of {MODEL}@{version}")
+        refused = await _refuse_a_negative_amount(gateway)
+    return healthy and scored and count == SAMPLE_SIZE and refused
 
 
 async def _wait_until_served(serving: ServingClient, version: int) -> float:
@@ -134,6 +138,29 @@ async def _wait_for_count(monitoring: MonitoringClient, version: int, expected: 
         if counts.total_count >= expected or time.monotonic() > deadline:
             return int(counts.total_count)
         await asyncio.sleep(0.2)
+
+
+async def _refuse_a_negative_amount(gateway: GatewayClient) -> bool:
+    """Bad input gets a clear error: the store refuses a negative amount (the feature
+    service's constraint on that request input), named as the caller wrote it."""
+    request = gateway_pb2.PredictRequest(
+        model=MODEL,
+        input=gateway_pb2.PredictionInput(
+            entity_key=fraud_store.user_key("u000001", "m00001"),
+            request_features=fraud_store.request_features(-5.0, time.time(), 0.0),
+        ),
+    )
+    try:
+        await gateway.stub.Predict(request, timeout=10)
+    except grpc.aio.AioRpcError as exc:
+        error = decode_error(exc)
+        named = ", ".join(f"{v.field}: {v.description}" for v in error.violations)
+        print(f"a transaction with amount -5.0 is refused: {error.code.name} {named}")
+        return error.code == grpc.StatusCode.INVALID_ARGUMENT and [
+            v.field for v in error.violations
+        ] == ["input.request_features.amount"]
+    print("a transaction with amount -5.0 was scored: the feature service did not refuse it")
+    return False
 
 
 def _now() -> timestamp_pb2.Timestamp:

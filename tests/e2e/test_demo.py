@@ -26,6 +26,10 @@ def test_demo_trains_serves_scores_and_stops_cleanly(tmp_path: Path) -> None:
     assert confusion and sum(int(n) for n in confusion.groups()) == 400
     assert "monitoring logged 400 predictions of fraud_detection@1" in out
     assert "all services stopped cleanly" in out
+    assert (
+        "a transaction with amount -5.0 is refused: INVALID_ARGUMENT "
+        "input.request_features.amount: -5.0 is below min 0.0"
+    ) in out
     assert "promoted fraud_detection@1 to production" in out
     assert "serving has fraud_detection@1 READY as production" in out
     # The artifact registered and served is the run's, kept under --data-dir/runs/<id>/.
