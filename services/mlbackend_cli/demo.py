@@ -55,14 +55,17 @@ def run_demo(settings: Mapping[str, Any], *, seed: int = 7) -> int:
     print("[1/4] starting the suite (serving follows the registry)", flush=True)
     with tempfile.TemporaryDirectory(prefix="mlbackend-demo-") as tmp:
         suite = Suite({**settings, "grace_seconds": 5.0}, ephemeral_ports=True, workdir=Path(tmp))
+        ok = False
         try:
             suite.start()
             print(suite.table(), flush=True)
             ok = asyncio.run(_demo(suite, data_dir, seed))
         except SuiteError as exc:
             print(f"mlbackend demo: {exc}", file=sys.stderr)
-            ok = False
-        code = report_stop(suite.stop())
+        except KeyboardInterrupt:  # Ctrl-C reaches only this process: stop the suite
+            print("mlbackend demo: interrupted; stopping the suite", file=sys.stderr)
+        finally:
+            code = report_stop(suite.stop())
     print("all services stopped cleanly" if code == 0 else "a service failed to stop")
     return 0 if ok and code == 0 else 1
 

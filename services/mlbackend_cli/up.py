@@ -2,8 +2,9 @@
 
 The supervisor starts the services in dependency order, learns each one's bound
 ports from its ready file, passes those addresses to the services that call it,
-and stops them all on Ctrl-C / SIGTERM. A child that dies is reported with its exit
-code and the rest of the suite is stopped: nothing keeps running half-broken.
+and stops them all, callers first, on Ctrl-C, SIGTERM or SIGHUP. A child that dies
+is reported with its exit code and the rest of the suite is stopped: nothing keeps
+running half-broken.
 """
 
 from __future__ import annotations
@@ -102,7 +103,9 @@ class Suite:
         env = dict(os.environ)
         if self._settings.get("token") is not None:
             env["MLBACKEND_TOKEN"] = str(self._settings["token"])  # not on the command line
-        return Child(name, subprocess.Popen(command, env=env), ready_file)
+        # Each child leads a process group of its own: a terminal's Ctrl-C reaches only
+        # the supervisor, which stops the children callers first (see stop()).
+        return Child(name, subprocess.Popen(command, env=env, process_group=0), ready_file)
 
     def _wait_ready(self, child: Child) -> None:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
@@ -167,7 +170,8 @@ def _stop_on_signals() -> Iterator[threading.Event]:
     def request_stop(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
-    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: the terminal closed
+    previous = {s: signal.signal(s, request_stop) for s in signals}
     try:
         yield stop
     finally:

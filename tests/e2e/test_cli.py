@@ -115,6 +115,7 @@ def _start_up(tmp_path: Path) -> tuple[subprocess.Popen[str], dict[str, tuple[st
          "--grace-seconds", "3"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,  # its own process group, as a shell gives a command
     )  # fmt: skip
     assert process.stdout is not None
     services: dict[str, tuple[str, int]] = {}
@@ -128,13 +129,17 @@ def _start_up(tmp_path: Path) -> tuple[subprocess.Popen[str], dict[str, tuple[st
     return process, services
 
 
-def test_up_runs_the_suite_and_stops_cleanly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
+def test_up_runs_the_suite_and_stops_cleanly(tmp_path: Path, how: str) -> None:
     process, services = _start_up(tmp_path)
     try:
         assert set(services) == {"registry", "features", "monitoring", "serving", "gateway"}
         for name, (address, _) in services.items():
             assert _health(address) == "SERVING", name
-        process.send_signal(signal.SIGTERM)
+        if how == "sigterm":
+            process.send_signal(signal.SIGTERM)
+        else:  # a terminal's Ctrl-C: SIGINT to the foreground process group
+            os.killpg(process.pid, signal.SIGINT)
         assert process.wait(timeout=20) == 0
         for _, pid in services.values():
             with pytest.raises(ProcessLookupError):
