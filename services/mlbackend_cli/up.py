@@ -9,6 +9,7 @@ running half-broken.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -27,6 +28,8 @@ from typing import Any
 from mlbackend_cli import catalog
 
 START_TIMEOUT_SECONDS = 60.0
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
 _FLAG_FOR = {
     "host": "--host",
     "data_dir": "--data-dir",
@@ -104,8 +107,12 @@ class Suite:
         if self._settings.get("token") is not None:
             env["MLBACKEND_TOKEN"] = str(self._settings["token"])  # not on the command line
         # Each child leads a process group of its own: a terminal's Ctrl-C reaches only
-        # the supervisor, which stops the children callers first (see stop()).
-        return Child(name, subprocess.Popen(command, env=env, process_group=0), ready_file)
+        # the supervisor, which stops the children callers first (see stop()). A child
+        # gets SIGTERM if the supervisor dies without stopping it (kill -9).
+        process = subprocess.Popen(
+            command, env=env, process_group=0, preexec_fn=_terminate_with_parent
+        )
+        return Child(name, process, ready_file)
 
     def _wait_ready(self, child: Child) -> None:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
@@ -161,6 +168,13 @@ class Suite:
                 f"  gateway JSON/HTTP: http://{host}:{gateway.info['http_port']}/v1/models"
             )
         return "\n".join(lines)
+
+
+def _terminate_with_parent() -> None:
+    """In the child before it runs: SIGTERM when the parent dies (Linux; a no-op
+    elsewhere). Only async-signal-safe work: one prctl call."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @contextmanager

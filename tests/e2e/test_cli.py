@@ -157,6 +157,33 @@ def test_up_runs_the_suite_and_stops_cleanly(tmp_path: Path, how: str) -> None:
         process.communicate(timeout=10)
 
 
+def test_services_do_not_outlive_a_killed_supervisor(tmp_path: Path) -> None:
+    process, services = _start_up(tmp_path)
+    try:
+        process.kill()  # kill -9: the supervisor stops nothing itself
+        process.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        alive = [pid for _, pid in services.values()]
+        while alive and time.monotonic() < deadline:
+            alive = [pid for pid in alive if _running(pid)]
+            time.sleep(0.1)
+        assert alive == []
+    finally:
+        for _, pid in services.values():
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+        process.communicate(timeout=10)
+
+
+def _running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie waiting for its parent."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def test_up_reports_a_child_that_dies_and_stops_the_rest(tmp_path: Path) -> None:
     process, services = _start_up(tmp_path)
     try:
