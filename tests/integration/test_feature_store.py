@@ -516,7 +516,7 @@ async def test_request_inputs_meet_their_constraints(
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert violations(raised.value) == [
         ("request_inputs[0].tx", "-1.0 is below min 0.0"),
-        ("request_inputs[0].flag", "0.5 is not one of the allowed values"),
+        ("request_inputs[0].flag", "0.5 is not one of the allowed values (0.0, 1.0)"),
         ("request_inputs[1].tx", "inf is not allowed (nan_policy REJECT)"),
         ("request_inputs[2].tx", "nan is not allowed (nan_policy REJECT)"),
         ("request_inputs[2].soft",

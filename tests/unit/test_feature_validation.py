@@ -74,7 +74,7 @@ def feature(name: str) -> Feature:
         ("count", None, None, "must not be null"),
         ("count", 1.5, None, "expected INT64, got DOUBLE"),
         ("country", "DE", "DE", None),
-        ("country", "XX", None, "'XX' is not one of the allowed values"),
+        ("country", "XX", None, "'XX' is not one of the allowed values ('DE', 'FR')"),
         ("country", "DEU", None, "longer than max_length 2"),
         ("ratio", math.nan, None, None),
         ("raw", -math.inf, -math.inf, None),
@@ -85,6 +85,18 @@ def feature(name: str) -> Feature:
 )  # fmt: skip
 def test_check_value(name: str, value: object, stored: object, problem: str | None) -> None:
     assert check_value(feature(name), value) == (stored, problem)  # type: ignore[arg-type]
+
+
+def test_a_long_list_of_allowed_values_is_named_in_part() -> None:
+    codes = tuple(range(100, 125))
+    status = Feature(
+        name="status", dtype=DType.INT64, constraints=Constraints(allowed_values=codes)
+    )
+    assert check_value(status, 7) == (
+        None,
+        "7 is not one of the allowed values "
+        "(100, 101, 102, 103, 104, 105, 106, 107, 108, 109, … 15 more)",
+    )
 
 
 def test_a_string_over_the_limit_is_refused() -> None:

@@ -102,8 +102,17 @@ def check_value(feature: Feature | RequestInput, value: Scalar) -> tuple[Scalar,
         if rules.max is not None and value > rules.max:
             return None, f"{value} is above max {rules.max}"
     if rules.allowed_values and value not in rules.allowed_values:
-        return None, f"{value!r} is not one of the allowed values"
+        return (
+            None,
+            f"{value!r} is not one of the allowed values ({_listing(rules.allowed_values)})",
+        )
     return value, None
+
+
+def _listing(values: Sequence[Scalar], shown: int = 10) -> str:
+    """The first ``shown`` values, and how many more there are."""
+    text = ", ".join(map(repr, values[:shown]))
+    return text + (f", … {len(values) - shown} more" if len(values) > shown else "")
 
 
 def key_values(join_keys: Sequence[JoinKey], key: EntityKey) -> tuple[list[Scalar], list[str]]:
