@@ -171,8 +171,8 @@ class Suite:
 
 
 def _terminate_with_parent() -> None:
-    """In the child before it runs: SIGTERM when the parent dies (Linux; a no-op
-    elsewhere). Only async-signal-safe work: one prctl call."""
+    """Between fork and exec in the child: SIGTERM when the parent dies (Linux; a no-op
+    elsewhere). One prctl call; children are started before any thread is (start())."""
     if _PRCTL is not None:
         _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
