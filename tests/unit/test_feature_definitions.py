@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mlbackend.common.v1 import common_pb2 as c
+from mlbackend.features.v1 import features_pb2 as f
 from mlbackend_cli.features_cmd import load_definitions
 from mlbackend_clients.feature_definitions import FeatureView, parse_duration
 
@@ -49,7 +50,9 @@ feature_services:
   - name: fraud
     feature_refs: ["user_stats:amount", "user_stats:country", "user_stats:last_login",
                    "user_stats:txn_count"]
-    request_inputs: [{name: tx_amount, dtype: DOUBLE}, {name: note, dtype: STRING, nullable: true}]
+    request_inputs:
+      - {name: tx_amount, dtype: DOUBLE, constraints: {min: 0, nan_policy: AS_NULL}}
+      - {name: note, dtype: STRING, nullable: true, constraints: {allowed_values: [a, b]}}
     description: fraud model inputs
     owner: risk
     tags: {model: fraud}
@@ -120,8 +123,12 @@ services = [
     FeatureService(
         "fraud",
         feature_refs=[amount, user_stats.ref("country"), login, user_stats.ref("txn_count")],
-        request_inputs=[RequestInput("tx_amount", "DOUBLE"),
-                        RequestInput("note", "STRING", nullable=True)],
+        request_inputs=[
+            RequestInput("tx_amount", "DOUBLE",
+                         constraints=Constraints(min=0, nan_policy="AS_NULL")),
+            RequestInput("note", "STRING", nullable=True,
+                         constraints=Constraints(allowed_values=["a", "b"])),
+        ],
         description="fraud model inputs",
         owner="risk",
         tags={"model": "fraud"},
@@ -175,6 +182,11 @@ def test_python_module_and_yaml_give_the_same_request(files: tuple[Path, Path]) 
         "int64_value", "int64_value", "int64_value", "double_value", "double_value", "bool_value"
     ]  # fmt: skip
     assert not view.features[5].HasField("constraints")
+    tx_amount, note = fraud.request_inputs
+    assert tx_amount.constraints.min == 0 and tx_amount.constraints.nan_policy == (
+        f.NAN_POLICY_AS_NULL
+    )
+    assert [v.string_value for v in note.constraints.allowed_values] == ["a", "b"]
 
 
 def test_one_attribute_or_a_module_on_the_path(
