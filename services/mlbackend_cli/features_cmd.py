@@ -24,6 +24,7 @@ plain scalars::
     feature_services:
       - name: fraud
         feature_refs: ["user_stats:amount"]
+        request_inputs: [{name: tx_amount, dtype: DOUBLE, constraints: {min: 0}}]
         transforms:
           - {output: amount_z, standard_scale: {input: "user_stats:amount", mean: 10, std: 2}}
 """
