@@ -1,4 +1,5 @@
-"""Decoding of failed calls: status code, message, field violations, dependency."""
+"""Decoding of failed calls: status code, message, field violations, unmet
+preconditions, dependency."""
 
 from __future__ import annotations
 
@@ -15,6 +16,13 @@ class FieldViolation:
     description: str
 
 
+@dataclass(frozen=True)
+class PreconditionViolation:
+    type: str
+    subject: str
+    description: str
+
+
 class RpcError(Exception):
     """A failed call, with the ``google.rpc`` details the server attached."""
 
@@ -25,6 +33,7 @@ class RpcError(Exception):
         violations: tuple[FieldViolation, ...] = (),
         dependency: str | None = None,
         request_id: str | None = None,
+        preconditions: tuple[PreconditionViolation, ...] = (),
     ) -> None:
         super().__init__(f"{code.name}: {message}")
         self.code = code
@@ -32,6 +41,8 @@ class RpcError(Exception):
         self.violations = violations
         self.dependency = dependency
         self.request_id = request_id
+        self.preconditions = preconditions
+        """Unmet preconditions of a FAILED_PRECONDITION (``google.rpc.PreconditionFailure``)."""
 
 
 def decode_error(error: grpc.aio.AioRpcError | grpc.RpcError) -> RpcError:
@@ -40,6 +51,7 @@ def decode_error(error: grpc.aio.AioRpcError | grpc.RpcError) -> RpcError:
     message: str = error.details() or code.name
     trailing = tuple(error.trailing_metadata() or ())
     violations: list[FieldViolation] = []
+    preconditions: list[PreconditionViolation] = []
     dependency: str | None = None
     status = rpc_status.from_call(error) if trailing else None
     for detail in status.details if status is not None else ():
@@ -49,9 +61,15 @@ def decode_error(error: grpc.aio.AioRpcError | grpc.RpcError) -> RpcError:
             violations.extend(
                 FieldViolation(v.field, v.description) for v in bad_request.field_violations
             )
+        elif detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
+            failure = error_details_pb2.PreconditionFailure()
+            detail.Unpack(failure)
+            preconditions.extend(
+                PreconditionViolation(v.type, v.subject, v.description) for v in failure.violations
+            )
         elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
             dependency = info.metadata.get("dependency", dependency)
     request_id = next((str(v) for k, v in trailing if k == "x-request-id"), None)
-    return RpcError(code, message, tuple(violations), dependency, request_id)
+    return RpcError(code, message, tuple(violations), dependency, request_id, tuple(preconditions))

@@ -197,6 +197,7 @@ def run(args: argparse.Namespace) -> int:
         response = asyncio.run(_predict(args, request))
     except RpcError as exc:
         details = "".join(f"\n  {v.field}: {v.description}" for v in exc.violations)
+        details += "".join(f"\n  {v.subject}: {v.description}" for v in exc.preconditions)
         dependency = f"\n  dependency: {exc.dependency}" if exc.dependency else ""
         print(f"mlbackend predict: {exc}{details}{dependency}", file=sys.stderr)
         return 1

@@ -113,6 +113,16 @@ def error_response(exc: BaseException, request_id: str) -> HttpResponse:
                     ],
                 }
             )
+        if isinstance(exc, errors.FailedPrecondition) and exc.violations:
+            details.append(
+                {
+                    "@type": "type.googleapis.com/google.rpc.PreconditionFailure",
+                    "violations": [
+                        {"type": v.type, "subject": v.subject, "description": v.description}
+                        for v in exc.violations
+                    ],
+                }
+            )
         if isinstance(exc, errors.DependencyUnavailable):
             details.append(
                 {

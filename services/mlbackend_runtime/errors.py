@@ -48,8 +48,23 @@ class AlreadyExists(DomainError):
     """A resource with that name exists already."""
 
 
+@dataclass(frozen=True)
+class PreconditionViolation:
+    """One unmet precondition (``google.rpc.PreconditionFailure.Violation``): ``type`` a
+    stable code such as ``FEATURE_NOT_FOUND``, ``subject`` what it is about."""
+
+    type: str
+    subject: str
+    description: str
+
+
 class FailedPrecondition(DomainError):
-    """The system is not in a state that allows the operation (e.g. an alias still points here)."""
+    """The system is not in a state that allows the operation (e.g. an alias still points
+    here); ``violations``, when given, name each unmet precondition."""
+
+    def __init__(self, message: str, violations: Iterable[PreconditionViolation] = ()) -> None:
+        super().__init__(message)
+        self.violations = tuple(violations)
 
 
 class Aborted(DomainError):

@@ -62,7 +62,9 @@ def code_for(error: errors.DomainError) -> grpc.StatusCode:
 
 
 def from_domain_error(error: errors.DomainError) -> WireStatus:
-    """Encode a domain error with its field violations as ``google.rpc.BadRequest``."""
+    """Encode a domain error with its details: field violations as
+    ``google.rpc.BadRequest``, unmet preconditions as ``PreconditionFailure``, the
+    unavailable dependency as ``ErrorInfo``, shed load as ``RetryInfo``."""
     code = code_for(error)
     details: list[any_pb2.Any] = []
     if isinstance(error, errors.InvalidInput) and error.violations:
@@ -75,6 +77,16 @@ def from_domain_error(error: errors.DomainError) -> WireStatus:
             ]
         )
         details.append(_pack(bad_request))
+    if isinstance(error, errors.FailedPrecondition) and error.violations:
+        failure = error_details_pb2.PreconditionFailure(
+            violations=[
+                error_details_pb2.PreconditionFailure.Violation(
+                    type=v.type, subject=v.subject, description=v.description
+                )
+                for v in error.violations
+            ]
+        )
+        details.append(_pack(failure))
     if isinstance(error, errors.DependencyUnavailable):
         details.append(
             _pack(

@@ -34,6 +34,7 @@ from mlbackend.features.v1 import features_pb2 as f
 from mlbackend.gateway.v1 import gateway_pb2 as g
 from mlbackend.monitoring.v1 import monitoring_pb2 as m
 from mlbackend.registry.v1 import registry_pb2 as r
+from mlbackend_clients.errors import decode_error
 from mlbackend_clients.features import FeatureStoreClient
 from mlbackend_clients.gateway import GatewayClient
 from mlbackend_clients.monitoring import MonitoringClient
@@ -411,6 +412,12 @@ async def test_missing_features_fail_or_take_the_declared_defaults(suite: Suite)
     assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     details = raised.value.details() or ""
     assert "amount_z (NOT_FOUND)" in details and "user_stats:avg_amount" in details
+    # Each missing feature, machine-readable: google.rpc.PreconditionFailure.
+    assert [(v.type, v.subject) for v in decode_error(raised.value).preconditions] == [
+        ("FEATURE_NOT_FOUND", "input/amount_z"),
+        ("FEATURE_NOT_FOUND", "input/tx_ratio"),
+        ("FEATURE_NOT_FOUND", "input/user_stats:avg_amount"),
+    ]
     # Version 2 declares defaults in its registry tags: filled, and said so.
     response = await suite.gateway.stub.Predict(
         predict_request("nobody", 10.0, version=c.VersionSelector(version=2),
@@ -679,6 +686,11 @@ async def test_json_front(suite: Suite) -> None:
         _http, f"{base}/v1/models/{MODEL}:predict", missing.encode()
     )
     assert (code, error["error"]["status"]) == (400, "FAILED_PRECONDITION")
+    (failure,) = error["error"]["details"]
+    assert failure["@type"] == "type.googleapis.com/google.rpc.PreconditionFailure"
+    assert [v["subject"] for v in failure["violations"]] == [
+        "input/amount_z", "input/tx_ratio", "input/user_stats:avg_amount"
+    ]  # fmt: skip
     await suite.features_server.stop(0)
     code, error, _ = await asyncio.to_thread(_http, f"{base}/v1/models/{MODEL}:predict", body)
     assert (code, error["error"]["status"]) == (503, "UNAVAILABLE")

@@ -27,7 +27,12 @@ from mlbackend_gateway.core.model import (
     StoredValue,
 )
 from mlbackend_gateway.core.ports import ScoringRefused
-from mlbackend_runtime.errors import FailedPrecondition, FieldViolation, InvalidInput
+from mlbackend_runtime.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidInput,
+    PreconditionViolation,
+)
 
 
 @dataclass(frozen=True)
@@ -102,7 +107,7 @@ def assemble(
     that is missing and has neither a declared default nor a nullable signature."""
     index = _column_index(table.columns)
     rows: list[AssembledRow] = []
-    missing: list[str] = []
+    missing: list[PreconditionViolation] = []
     for i, item in enumerate(inputs):
         stored = table.rows[i] if i < len(table.rows) else ()
         vector: list[Scalar] = []
@@ -111,18 +116,24 @@ def assemble(
             cell = _cell(spec, index, stored, item.request_features)
             outcome = _apply_policy(spec, cell, version.defaults)
             if outcome is None:
-                missing.append(f"{path(i)}: {spec.name} ({cell.status.name})")
+                missing.append(
+                    PreconditionViolation(
+                        f"FEATURE_{cell.status.name}",
+                        f"{path(i)}/{spec.name}",
+                        f"{spec.name} is {cell.status.name} and has no declared default",
+                    )
+                )
                 continue
             outcomes.append(outcome)
             vector.append(outcome.value)
         rows.append(AssembledRow(tuple(vector), tuple(outcomes)))
     if missing:
-        shown = "; ".join(missing[:20]) + (
-            f"; … {len(missing) - 20} more" if len(missing) > 20 else ""
-        )
+        shown = "; ".join(f"{v.subject} ({v.type.removeprefix('FEATURE_')})" for v in missing[:20])
+        more = f"; … {len(missing) - 20} more" if len(missing) > 20 else ""
         raise FailedPrecondition(
             f"model {version.model!r} version {version.version} has no value and no declared "
-            f"default for: {shown}"
+            f"default for: {shown}{more}",
+            missing,
         )
     return rows
 
