@@ -120,7 +120,7 @@ def assemble(
                     PreconditionViolation(
                         f"FEATURE_{cell.status.name}",
                         f"{path(i)}/{spec.name}",
-                        f"{spec.name} is {cell.status.name} and has no declared default",
+                        f"no value ({cell.status.name}) and no declared default",
                     )
                 )
                 continue
