@@ -109,7 +109,8 @@ def error_response(exc: BaseException, request_id: str) -> HttpResponse:
                 {
                     "@type": "type.googleapis.com/google.rpc.BadRequest",
                     "fieldViolations": [
-                        {"field": v.field, "description": v.description} for v in exc.violations
+                        {"field": v.field, "description": v.description}
+                        for v in status.reported(exc.violations)
                     ],
                 }
             )
@@ -119,7 +120,7 @@ def error_response(exc: BaseException, request_id: str) -> HttpResponse:
                     "@type": "type.googleapis.com/google.rpc.PreconditionFailure",
                     "violations": [
                         {"type": v.type, "subject": v.subject, "description": v.description}
-                        for v in exc.violations
+                        for v in status.reported(exc.violations)
                     ],
                 }
             )

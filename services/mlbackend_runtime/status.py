@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 from google.protobuf import any_pb2
@@ -43,6 +46,41 @@ _RELAYED_UPSTREAM_CODES = frozenset(
 )
 
 
+MAX_REPORTED = 50
+"""At most this many violations in one error's details."""
+DETAIL_BUDGET_BYTES = 4096
+"""At most about this much violation text in one error's details. They travel
+base64-encoded in a trailer, and a gRPC client refuses trailers over 8 KB (sometimes) or
+16 KB (always) by default: the call then fails with RESOURCE_EXHAUSTED ("received
+metadata size exceeds hard limit") instead of the error, and the caller learns nothing."""
+MAX_TEXT = 256
+"""A longer field path, subject or description (a caller's 10 KB key name) is cut."""
+MAX_MESSAGE_BYTES = 2048
+"""A longer status message (one naming a caller's 20 KB model name) is cut: it travels
+in a header too, under the same limits."""
+
+V = TypeVar("V", errors.FieldViolation, errors.PreconditionViolation)
+
+
+def reported(violations: Sequence[V]) -> list[V]:
+    """The violations an error's details carry: the first ones, within
+    :data:`MAX_REPORTED` and :data:`DETAIL_BUDGET_BYTES` (always the first), each text
+    cut at :data:`MAX_TEXT`."""
+    out: list[V] = []
+    used = 0
+    for violation in violations[:MAX_REPORTED]:
+        texts = {f.name: _cut(getattr(violation, f.name)) for f in dataclasses.fields(violation)}
+        used += sum(len(t.encode()) + 4 for t in texts.values())
+        if out and used > DETAIL_BUDGET_BYTES:
+            break
+        out.append(dataclasses.replace(violation, **texts))
+    return out
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
+
+
 @dataclass(frozen=True)
 class WireStatus:
     """A status ready to be sent: code, message and the ``grpc-status-details-bin`` trailer."""
@@ -73,7 +111,7 @@ def from_domain_error(error: errors.DomainError) -> WireStatus:
                 error_details_pb2.BadRequest.FieldViolation(
                     field=v.field, description=v.description
                 )
-                for v in error.violations
+                for v in reported(error.violations)
             ]
         )
         details.append(_pack(bad_request))
@@ -83,7 +121,7 @@ def from_domain_error(error: errors.DomainError) -> WireStatus:
                 error_details_pb2.PreconditionFailure.Violation(
                     type=v.type, subject=v.subject, description=v.description
                 )
-                for v in error.violations
+                for v in reported(error.violations)
             ]
         )
         details.append(_pack(failure))
@@ -124,6 +162,8 @@ def _pack(message: object) -> any_pb2.Any:
 
 
 def _encode(code: grpc.StatusCode, message: str, details: list[any_pb2.Any]) -> WireStatus:
+    if len(message) > MAX_MESSAGE_BYTES // 4 and len(data := message.encode()) > MAX_MESSAGE_BYTES:
+        message = data[: MAX_MESSAGE_BYTES - 3].decode(errors="ignore") + "…"
     if not details:
         return WireStatus(code, message, ())
     proto = status_pb2.Status(code=_proto_code(code), message=message, details=details)

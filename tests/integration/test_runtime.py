@@ -41,6 +41,18 @@ def _domain_error(kind: str) -> errors.DomainError:
         "precondition": errors.FailedPrecondition("alias 'production' points here"),
         "unavailable": errors.DependencyUnavailable("feature-store"),
         "exhausted": errors.ResourceExhausted("queue full"),
+        # Far more than fits in a trailer, with a caller's absurdly long key name.
+        "many": errors.InvalidInput(
+            "1000 rows are invalid; first: " + "k" * 20_000,
+            [errors.FieldViolation(f"rows[{i}].{'k' * 300}", "not a column") for i in range(1000)],
+        ),
+        "missing": errors.FailedPrecondition(
+            "features are missing",
+            [
+                errors.PreconditionViolation("FEATURE_NOT_FOUND", f"inputs[{i}]/amount", "no value")
+                for i in range(1000)
+            ],
+        ),
     }[kind]
 
 
@@ -162,6 +174,26 @@ async def test_invalid_input_carries_field_violations(channel: grpc.aio.Channel)
         ("rows[3].age", "must be >= 0"),
     ]
     assert error.request_id and len(error.request_id) == 32
+
+
+async def test_details_that_cannot_fit_a_trailer_are_cut_not_lost(
+    channel: grpc.aio.Channel,
+) -> None:
+    # Uncut, the client refuses the trailer and sees RESOURCE_EXHAUSTED ("received
+    # metadata size exceeds hard limit") instead of the error.
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await channel.unary_unary(f"/{PROBE}/Fail")(b"many")
+    error = decode_error(raised.value)
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.message.startswith("1000 rows are invalid; first: kkk")
+    assert error.message.endswith("…") and len(error.message.encode()) <= 2048
+    assert 1 <= len(error.violations) < 50
+    assert error.violations[0].field == "rows[0]." + "k" * 247 + "…"
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await channel.unary_unary(f"/{PROBE}/Fail")(b"missing")
+    error = decode_error(raised.value)
+    assert error.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert [v.subject for v in error.preconditions] == [f"inputs[{i}]/amount" for i in range(50)]
 
 
 async def test_unavailable_dependency_is_named(channel: grpc.aio.Channel) -> None:
