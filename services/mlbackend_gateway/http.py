@@ -104,35 +104,7 @@ def error_response(exc: BaseException, request_id: str) -> HttpResponse:
     elif isinstance(exc, errors.DomainError):
         code, message = status.code_for(exc), exc.message
         http_status = HTTP_STATUS.get(code, 500)
-        if isinstance(exc, errors.InvalidInput) and exc.violations:
-            details.append(
-                {
-                    "@type": "type.googleapis.com/google.rpc.BadRequest",
-                    "fieldViolations": [
-                        {"field": v.field, "description": v.description}
-                        for v in status.reported(exc.violations)
-                    ],
-                }
-            )
-        if isinstance(exc, errors.FailedPrecondition) and exc.violations:
-            details.append(
-                {
-                    "@type": "type.googleapis.com/google.rpc.PreconditionFailure",
-                    "violations": [
-                        {"type": v.type, "subject": v.subject, "description": v.description}
-                        for v in status.reported(exc.violations)
-                    ],
-                }
-            )
-        if isinstance(exc, errors.DependencyUnavailable):
-            details.append(
-                {
-                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                    "reason": "DEPENDENCY_UNAVAILABLE",
-                    "domain": "mlbackend",
-                    "metadata": {"dependency": exc.dependency},
-                }
-            )
+        details = [json_format.MessageToDict(d) for d in status.details(exc)]
     elif isinstance(exc, grpc.aio.AioRpcError):
         wire = status.from_upstream_error(exc, None)
         code, message = wire.code, wire.message

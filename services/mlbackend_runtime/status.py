@@ -100,10 +100,14 @@ def code_for(error: errors.DomainError) -> grpc.StatusCode:
 
 
 def from_domain_error(error: errors.DomainError) -> WireStatus:
-    """Encode a domain error with its details: field violations as
-    ``google.rpc.BadRequest``, unmet preconditions as ``PreconditionFailure``, the
-    unavailable dependency as ``ErrorInfo``, shed load as ``RetryInfo``."""
-    code = code_for(error)
+    """Encode a domain error with its :func:`details`."""
+    return _encode(code_for(error), error.message, details(error))
+
+
+def details(error: errors.DomainError) -> list[any_pb2.Any]:
+    """A domain error's ``google.rpc`` details (gRPC trailers and the JSON front alike):
+    field violations as ``BadRequest``, unmet preconditions as ``PreconditionFailure``,
+    the unavailable dependency as ``ErrorInfo``, shed load as ``RetryInfo``."""
     details: list[any_pb2.Any] = []
     if isinstance(error, errors.InvalidInput) and error.violations:
         bad_request = error_details_pb2.BadRequest(
@@ -137,7 +141,7 @@ def from_domain_error(error: errors.DomainError) -> WireStatus:
         )
     if isinstance(error, errors.ResourceExhausted):
         details.append(_pack(error_details_pb2.RetryInfo()))
-    return _encode(code, error.message, details)
+    return details
 
 
 def from_upstream_error(error: grpc.aio.AioRpcError, dependency: str | None) -> WireStatus:
