@@ -55,6 +55,7 @@ _SERVER_FLAGS: tuple[tuple[str, type | None, str], ...] = (
     ("max-in-flight", int, "gateway: predictions in progress before shedding (default 256)"),
     ("monitoring-nice", int, "monitoring: nice steps of its ingest thread (default 10; 0 = off)"),
     ("coalesce-rows", int, "gateway: most rows per coalesced upstream call (1 = off; 64)"),
+    ("upstream-streams", int, "gateway: streams open to features and serving each (0 = off; 4)"),
 )
 
 

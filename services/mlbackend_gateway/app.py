@@ -46,6 +46,7 @@ from mlbackend_gateway.upstream.features import FeatureStoreReader
 from mlbackend_gateway.upstream.monitoring import MonitoringSink
 from mlbackend_gateway.upstream.registry import RegistryCatalog, RegistryWatcher
 from mlbackend_gateway.upstream.serving import ServingScorer
+from mlbackend_gateway.upstream.streams import StreamLimits
 from mlbackend_runtime.auth import Authenticator, TokenStore, roles_from_descriptors
 from mlbackend_runtime.errors import DependencyUnavailable
 from mlbackend_runtime.server import ConfigError, RunningServer, ServiceSpec, start_server
@@ -74,6 +75,7 @@ class GatewayOptions:
     pipeline: PipelineLimits = field(default_factory=PipelineLimits)
     records: QueueLimits = field(default_factory=QueueLimits)
     coalesce: CoalesceLimits = field(default_factory=CoalesceLimits)
+    streams: StreamLimits = field(default_factory=StreamLimits)
 
     @classmethod
     def from_settings(cls, settings: ServerSettings) -> GatewayOptions:
@@ -85,6 +87,9 @@ class GatewayOptions:
         coalesce = defaults.coalesce
         if settings.coalesce_rows is not None:
             coalesce = replace(coalesce, max_rows=settings.coalesce_rows)
+        streams = defaults.streams
+        if settings.upstream_streams is not None:
+            streams = replace(streams, most=settings.upstream_streams)
         return replace(
             defaults,
             registry_timeout=timeouts.get("registry", defaults.registry_timeout),
@@ -93,6 +98,7 @@ class GatewayOptions:
             monitoring_timeout=timeouts.get("monitoring", defaults.monitoring_timeout),
             pipeline=pipeline,
             coalesce=coalesce,
+            streams=streams,
         )
 
 
@@ -166,6 +172,7 @@ async def create_server(
             options.features_timeout,
             options.coalesce,
             metrics.upstream("feature-store"),
+            options.streams,
         )
         closers += [reader.close, features_client.close]
         features = reader
@@ -175,7 +182,11 @@ async def create_server(
             settings.serving, _options(settings), interceptors=False
         )
         serving_scorer = ServingScorer(
-            serving_client, options.serving_timeout, options.coalesce, metrics.upstream("serving")
+            serving_client,
+            options.serving_timeout,
+            options.coalesce,
+            metrics.upstream("serving"),
+            options.streams,
         )
         closers += [serving_scorer.close, serving_client.close]
         scorer = serving_scorer

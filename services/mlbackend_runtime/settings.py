@@ -121,6 +121,14 @@ class ServerSettings(BaseSettings):
         description="Gateway: most rows in one coalesced feature read or prediction "
         "(concurrent requests for one model version share a call); 1 = off, default 64.",
     )
+    upstream_streams: int | None = Field(
+        None,
+        ge=0,
+        description="Gateway: long-lived streams kept open to the feature store and to "
+        "serving each (StreamOnlineFeatures, StreamPredict), which carry reads and "
+        "predictions at a fraction of a unary call's cost; 0 = unary calls only, "
+        "default 4.",
+    )
 
     @model_validator(mode="after")
     def _tls_pairs(self) -> ServerSettings:

@@ -172,3 +172,89 @@ async def test_the_thread_front_answers_undecodable_online_reads_as_invalid(
         "entity_keys[0].join_keys.user_id",
         "entity_keys[1].join_keys.user_id",
     ]
+
+
+@pytest.mark.parametrize("front", FRONTS)
+async def test_online_reads_over_one_stream_answer_as_calls_do(
+    start_service: StartService, connect: Connect, front: str
+) -> None:
+    """StreamOnlineFeatures: each message is a read, answered in order exactly as
+    GetOnlineFeatures answers it; the first refused read ends the stream with the
+    unary call's status and details; a read past its deadline is refused."""
+    _, client = await ready(start_service, connect, front)
+    now = datetime.now(UTC)
+    await client.stub.WriteFeatures(
+        f.WriteFeaturesRequest(batch=batch([row("u1", now, 1.0, 1, "DE")])), timeout=10
+    )
+    reads = [
+        f.GetOnlineFeaturesRequest(entity_keys=[key(u)], feature_refs=["user_stats:amount"])
+        for u in ("u1", "u9", "u1")
+    ]
+    reads.append(
+        f.GetOnlineFeaturesRequest(
+            entity_keys=[key("u9"), key("u1")],
+            feature_refs=["user_stats:amount", "user_stats:country"],
+        )
+    )
+    call = client.stub.StreamOnlineFeatures()
+    for i, read in enumerate(reads):
+        await call.write(f.StreamOnlineFeaturesRequest(read=read, request_id=f"read-{i}"))
+        answer = await call.read()
+        assert answer.read == await client.stub.GetOnlineFeatures(read, timeout=10)
+    # Refused as the unary read is, and the stream ends with it.
+    bad = f.GetOnlineFeaturesRequest(entity_keys=[key("u1")], feature_refs=["user_stats:nope"])
+    with pytest.raises(grpc.aio.AioRpcError) as unary:
+        await client.stub.GetOnlineFeatures(bad, timeout=10)
+    await call.write(f.StreamOnlineFeaturesRequest(read=bad))
+    with pytest.raises(grpc.aio.AioRpcError) as streamed:
+        await call.read()
+    assert streamed.value.code() == unary.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert streamed.value.details() == unary.value.details()
+    assert violations(streamed.value) == violations(unary.value) != []
+    # A deadline that passed before the read arrived.
+    late = client.stub.StreamOnlineFeatures()
+    message = f.StreamOnlineFeaturesRequest(read=reads[0])
+    message.timeout.FromMilliseconds(0)
+    await late.write(message)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await late.read()
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # A client closing its side ends the stream cleanly.
+    done = client.stub.StreamOnlineFeatures()
+    await done.write(f.StreamOnlineFeaturesRequest(read=reads[0]))
+    assert len((await done.read()).read.rows) == 1
+    await done.done_writing()
+    assert await done.read() is grpc.aio.EOF
+    assert await done.code() == grpc.StatusCode.OK
+
+
+async def test_the_thread_front_keeps_a_bounded_number_of_read_streams(
+    start_service: StartService, connect: Connect
+) -> None:
+    """Each open stream holds a front thread: past the limit a new one is refused with
+    RESOURCE_EXHAUSTED, unary reads still work, and a closed stream frees its slot."""
+    from mlbackend_runtime.streamed import STREAMS_PER_METHOD
+
+    _, client = await ready(start_service, connect, "threads")
+    read = f.GetOnlineFeaturesRequest(entity_keys=[key("u1")], feature_refs=["user_stats:amount"])
+    message = f.StreamOnlineFeaturesRequest(read=read)
+    streams = []
+    for _ in range(STREAMS_PER_METHOD):
+        call = client.stub.StreamOnlineFeatures()
+        await call.write(message)
+        assert len((await call.read()).read.rows) == 1
+        streams.append(call)
+    extra = client.stub.StreamOnlineFeatures()
+    await extra.write(message)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await extra.read()
+    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "make unary calls" in (raised.value.details() or "")
+    assert len((await client.stub.GetOnlineFeatures(read, timeout=10)).rows) == 1
+    await streams[0].done_writing()
+    assert await streams[0].read() is grpc.aio.EOF
+    again = client.stub.StreamOnlineFeatures()
+    await again.write(message)
+    assert len((await again.read()).read.rows) == 1
+    for call in [*streams[1:], again]:
+        call.cancel()

@@ -126,6 +126,35 @@ async def test_predict_returns_real_probabilities(serving: ServingClient) -> Non
         assert p.confidence == pytest.approx(proba.max())
 
 
+async def test_predictions_over_one_stream_answer_as_predict_does(serving: ServingClient) -> None:
+    """StreamPredict: each message is a Predict, answered in order exactly as Predict
+    answers it; the first refused one ends the stream with Predict's status and
+    details."""
+    requests = [
+        serving_pb2.PredictRequest(
+            model="fraud", version=common_pb2.VersionSelector(version=v), vectors=_vectors(rows)
+        )
+        for v, rows in ((1, X[:1]), (2, X[3:7]), (1, X[20:52]))
+    ]
+    call = serving.stub.StreamPredict()
+    for i, request in enumerate(requests):
+        await call.write(serving_pb2.StreamPredictRequest(request=request, request_id=f"p-{i}"))
+        answer = await call.read()
+        assert answer.response == await serving.stub.Predict(request)
+    bad = serving_pb2.PredictRequest(model="fraud", vectors=_vectors(X[:2, :3]))
+    unary = await _fails(serving.stub.Predict(bad))
+    await call.write(serving_pb2.StreamPredictRequest(request=bad))
+    streamed = await _fails(call.read())
+    assert streamed.code() == unary.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _violations(streamed) == _violations(unary) != {}
+    # The server stays up: a new stream answers.
+    again = serving.stub.StreamPredict()
+    await again.write(serving_pb2.StreamPredictRequest(request=requests[0]))
+    assert len((await again.read()).response.predictions) == 1
+    await again.done_writing()
+    assert await again.read() is grpc.aio.EOF
+
+
 async def test_default_version_is_latest_and_applies_its_threshold(
     serving: ServingClient,
 ) -> None:

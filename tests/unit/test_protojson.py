@@ -53,8 +53,13 @@ def _scalar(field: FieldDescriptor, rng: random.Random) -> Any:
         return rng.choice((True, False))
     if kind == FieldDescriptor.CPPTYPE_ENUM:
         numbers = [value.number for value in field.enum_type.values]
-        if not field.enum_type.is_closed:
-            numbers.append(99)  # an open enum keeps a number it has no name for
+        if (
+            not field.enum_type.is_closed
+            and field.enum_type.full_name != "google.protobuf.NullValue"
+        ):
+            # An open enum keeps a number it has no name for; NullValue is JSON's null,
+            # which has no room for one (json_format itself reads 99 back as 0).
+            numbers.append(99)
         return rng.choice(numbers)
     if field.type == FieldDescriptor.TYPE_BYTES:
         return bytes(rng.randrange(256) for _ in range(rng.randrange(6)))

@@ -14,6 +14,7 @@ from mlbackend_features.core.service import FeatureStore
 from mlbackend_features.transport import arrow, convert
 from mlbackend_runtime.auth import Role
 from mlbackend_runtime.interceptor import caller
+from mlbackend_runtime.streamed import duration_or_none, message_context
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -99,6 +100,14 @@ class FeatureStoreServicer(features_pb2_grpc.FeatureStoreServiceServicer):
     ) -> pb.GetOnlineFeaturesResponse:
         result = await self._store.read_online(convert.online_query(request))
         return convert.online_result_pb(result)
+
+    async def StreamOnlineFeatures(
+        self, requests: AsyncIterator[pb.StreamOnlineFeaturesRequest], context: Context
+    ) -> AsyncIterator[pb.StreamOnlineFeaturesResponse]:
+        async for request in requests:
+            with message_context(request.request_id, duration_or_none(request, "timeout")):
+                read = await self.GetOnlineFeatures(request.read, context)
+            yield pb.StreamOnlineFeaturesResponse(read=read)
 
     async def GetHistoricalFeatures(
         self, request: pb.GetHistoricalFeaturesRequest, context: Context

@@ -4,8 +4,10 @@ GetOnlineFeatures runs on a small pool of its own (``ONLINE_READ_THREADS``): the
 request is converted, checked and answered on the gRPC thread that took it whenever
 the online store can answer without the event loop (SQLite; Redis values in the
 read cache), and awaited on the loop otherwise (a Redis round trip, a large read, a
-definitions reload). Every other method is the asyncio servicer's own, run on the
-loop (``mlbackend_runtime.threaded``).
+definitions reload). StreamOnlineFeatures answers each message of its stream with the
+same function, on the front thread the stream holds (``mlbackend_runtime.streamed``).
+Every other method is the asyncio servicer's own, run on the loop
+(``mlbackend_runtime.threaded``).
 
 The usual request (entities of one join key, no request inputs) arrives as bytes and
 is parsed in C (``mlbackend_features/_wire.c``) into a column of key values, read by
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 
@@ -38,6 +41,7 @@ from mlbackend_features.core.model import ColumnQuery
 from mlbackend_features.core.service import FeatureStore
 from mlbackend_features.transport import convert
 from mlbackend_features.transport.servicer import FeatureStoreServicer
+from mlbackend_runtime.streamed import StreamSlots, answer_each
 from mlbackend_runtime.threaded import parsed, run_on, service_handlers
 
 ONLINE_READ_THREADS = 2
@@ -82,14 +86,21 @@ def handlers(
         return convert.online_result_wire(result)
 
     read_online.experimental_thread_pool = online  # type: ignore[attr-defined]
+    slots = StreamSlots("StreamOnlineFeatures")
+
+    def stream_online(messages: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        # On a front thread, which the stream holds while it is open (not ``online``'s
+        # two, which unary reads share).
+        return answer_each(messages, lambda data: read_online(data, context), slots)
+
     return [
         service_handlers(
             pb,
             "FeatureStoreService",
             FeatureStoreServicer(store),
             loop,
-            {"GetOnlineFeatures": read_online},
+            {"GetOnlineFeatures": read_online, "StreamOnlineFeatures": stream_online},
             readers,
-            raw={"GetOnlineFeatures"},
+            raw={"GetOnlineFeatures", "StreamOnlineFeatures"},
         )
     ]

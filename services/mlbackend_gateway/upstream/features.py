@@ -1,4 +1,5 @@
-"""The feature store as the gateway's feature reader: one GetOnlineFeatures per leg."""
+"""The feature store as the gateway's feature reader: one GetOnlineFeatures per leg,
+sent over StreamOnlineFeatures while a stream is to be had (``streams``)."""
 
 from __future__ import annotations
 
@@ -21,10 +22,14 @@ from mlbackend_gateway.core.model import (
 )
 from mlbackend_gateway.upstream.coalesce import CoalesceLimits, Coalescer
 from mlbackend_gateway.upstream.failures import transport_failure
+from mlbackend_gateway.upstream.streams import StreamLane, StreamLimits
 from mlbackend_gateway.upstream.values import STATUSES, set_key, set_map, to_scalar
 from mlbackend_runtime.errors import FailedPrecondition, FieldViolation, InvalidInput
 
 DEPENDENCY = "feature-store"
+
+Envelope = features_pb2.StreamOnlineFeaturesRequest
+StreamAnswer = features_pb2.StreamOnlineFeaturesResponse
 
 # The store's field paths, rewritten to the gateway request's.
 _REQUEST_INPUT = re.compile(r"^request_inputs\[(\d+)\]\.?(.*)$")
@@ -40,10 +45,16 @@ class FeatureStoreReader:
         timeout: float,
         coalesce: CoalesceLimits | None = None,
         counted: Callable[[int], None] | None = None,
+        streams: StreamLimits | None = None,
     ) -> None:
         self._client = client
         self._timeout = timeout
         self._method = client.method("GetOnlineFeatures")
+        self._streams: StreamLane[Envelope, StreamAnswer] | None = None
+        if streams is not None and streams.most > 0:
+            self._streams = StreamLane(
+                client, "StreamOnlineFeatures", Envelope, StreamAnswer, streams
+            )
         self.calls: Coalescer[PredictionInput, FeatureTable] = Coalescer(
             DEPENDENCY, coalesce or CoalesceLimits(), _rows, counted
         )
@@ -59,11 +70,14 @@ class FeatureStoreReader:
 
     async def close(self) -> None:
         await self.calls.close()
+        if self._streams is not None:
+            await self._streams.close()
 
     async def _read(
         self, version: ModelVersionInfo, path: FieldPath, inputs: Sequence[PredictionInput]
     ) -> FeatureTable:
-        request = features_pb2.GetOnlineFeaturesRequest()
+        envelope = Envelope()
+        request = envelope.read
         for item in inputs:
             set_key(request.entity_keys.add(), item.entity_key)
         if version.feature_service:
@@ -79,9 +93,15 @@ class FeatureStoreReader:
             request.feature_refs.extend(version.feature_refs)
         try:
             timeout, metadata = self._client.call_options(self._method, self._timeout)
-            response = await self._client.stub.GetOnlineFeatures(
-                request, timeout=timeout, metadata=metadata
-            )
+            answer = None
+            if self._streams is not None:
+                answer = await self._streams.exchange(envelope, timeout)
+            if answer is not None:
+                response = answer.read
+            else:
+                response = await self._client.stub.GetOnlineFeatures(
+                    request, timeout=timeout, metadata=metadata
+                )
         except grpc.aio.AioRpcError as exc:
             raise _fail(exc, version, path) from None
         columns = tuple(s.name for s in response.schema)

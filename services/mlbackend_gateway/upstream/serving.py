@@ -1,4 +1,5 @@
-"""Serving as the gateway's scorer: one Predict per leg, on an explicit version number."""
+"""Serving as the gateway's scorer: one Predict per leg, on an explicit version number,
+sent over StreamPredict while a stream is to be had (``streams``)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,13 @@ from mlbackend_gateway.core.ports import RefusedValue, ScoringRefused
 from mlbackend_gateway.upstream.coalesce import CoalesceLimits, Coalescer
 from mlbackend_gateway.upstream.failures import transport_failure
 from mlbackend_gateway.upstream.registry import output_info
+from mlbackend_gateway.upstream.streams import StreamLane, StreamLimits
 from mlbackend_gateway.upstream.values import set_value, to_scalar
 from mlbackend_runtime.errors import FailedPrecondition
 
 DEPENDENCY = "serving"
+Envelope = serving_pb2.StreamPredictRequest
+StreamAnswer = serving_pb2.StreamPredictResponse
 _MAX_OUTPUTS = 256
 # Serving's field path of one value of a Predict request: vectors[i].<feature name>.
 _VALUE = re.compile(r"^vectors\[(\d+)\]\.(.+)$")
@@ -52,10 +56,14 @@ class ServingScorer:
         timeout: float,
         coalesce: CoalesceLimits | None = None,
         counted: Callable[[int], None] | None = None,
+        streams: StreamLimits | None = None,
     ) -> None:
         self._client = client
         self._timeout = timeout
         self._method = client.method("Predict")
+        self._streams: StreamLane[Envelope, StreamAnswer] | None = None
+        if streams is not None and streams.most > 0:
+            self._streams = StreamLane(client, "StreamPredict", Envelope, StreamAnswer, streams)
         # The output spec is the same on every answer for one version: decode it once.
         self._outputs: dict[bytes, OutputInfo] = {}
         self.calls: Coalescer[Sequence[Scalar], Scored] = Coalescer(
@@ -69,9 +77,13 @@ class ServingScorer:
 
     async def close(self) -> None:
         await self.calls.close()
+        if self._streams is not None:
+            await self._streams.close()
 
     async def _score(self, model: str, version: int, vectors: Sequence[Sequence[Scalar]]) -> Scored:
-        request = serving_pb2.PredictRequest(model=model)
+        envelope = Envelope()
+        request = envelope.request
+        request.model = model
         request.version.version = version
         for vector in vectors:
             values = request.vectors.add().values
@@ -79,7 +91,15 @@ class ServingScorer:
                 set_value(values.add(), value)
         try:
             timeout, metadata = self._client.call_options(self._method, self._timeout)
-            response = await self._client.stub.Predict(request, timeout=timeout, metadata=metadata)
+            answer = None
+            if self._streams is not None:
+                answer = await self._streams.exchange(envelope, timeout)
+            if answer is not None:
+                response = answer.response
+            else:
+                response = await self._client.stub.Predict(
+                    request, timeout=timeout, metadata=metadata
+                )
         except grpc.aio.AioRpcError as exc:
             mapped = transport_failure(DEPENDENCY, exc)
             if mapped is not None:

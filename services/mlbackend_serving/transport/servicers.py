@@ -7,6 +7,7 @@ on a thread-pool server.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from importlib import metadata
 from typing import Any, TypeAlias
 
@@ -16,6 +17,7 @@ from mlbackend.inference.v2 import grpc_predict_v2_pb2 as oip
 from mlbackend.inference.v2 import grpc_predict_v2_pb2_grpc as oip_grpc
 from mlbackend.serving.v1 import serving_pb2 as pb
 from mlbackend.serving.v1 import serving_pb2_grpc
+from mlbackend_runtime.streamed import duration_or_none, message_context
 from mlbackend_serving.core.service import ServingCore
 from mlbackend_serving.transport import converters as c
 from mlbackend_serving.transport import oip as o
@@ -29,6 +31,14 @@ class ModelServingServicer(serving_pb2_grpc.ModelServingServiceServicer):
 
     async def Predict(self, request: pb.PredictRequest, context: Context) -> pb.PredictResponse:
         return c.predict_response(await self._core.predict(*c.predict_call(request)))
+
+    async def StreamPredict(
+        self, requests: AsyncIterator[pb.StreamPredictRequest], context: Context
+    ) -> AsyncIterator[pb.StreamPredictResponse]:
+        async for request in requests:
+            with message_context(request.request_id, duration_or_none(request, "timeout")):
+                response = await self.Predict(request.request, context)
+            yield pb.StreamPredictResponse(response=response)
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: Context

@@ -10,13 +10,14 @@ ModelInfer arrives as wire bytes: the usual single-tensor request is read in C a
 answered with bytes written directly (``wire``); to a model whose trees are walked in C
 it is predicted on the calling thread with no queue (``ServingCore.predict_light``).
 Any other request is parsed by protobuf and takes the general path, which also says
-what is wrong with it.
+what is wrong with it. StreamPredict answers each message of its stream with Predict's
+function, on the front thread the stream holds (``mlbackend_runtime.streamed``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -24,6 +25,7 @@ import grpc
 
 from mlbackend.inference.v2 import grpc_predict_v2_pb2 as oip
 from mlbackend.serving.v1 import serving_pb2 as pb
+from mlbackend_runtime.streamed import StreamSlots, answer_each
 from mlbackend_runtime.threaded import parsed, service_handlers
 from mlbackend_serving.core.inputs import Tensors
 from mlbackend_serving.core.service import ServingCore
@@ -89,11 +91,25 @@ def handlers(
             result = core.predict_blocking(name, version, Tensors([tensor]))
         return wire.infer_response(usual, result)
 
+    slots = StreamSlots("StreamPredict")
+
+    def stream_predict(messages: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        # On a front thread, which the stream holds while it is open (not one of the
+        # prediction pool's, which unary calls share).
+        return answer_each(
+            messages, lambda data: predict(parsed(pb.PredictRequest, data), context), slots
+        )
+
     predict.experimental_thread_pool = predictions  # type: ignore[attr-defined]
     infer.experimental_thread_pool = predictions  # type: ignore[attr-defined]
     return [
         service_handlers(
-            pb, "ModelServingService", ModelServingServicer(core), loop, {"Predict": predict}
+            pb,
+            "ModelServingService",
+            ModelServingServicer(core),
+            loop,
+            {"Predict": predict, "StreamPredict": stream_predict},
+            raw={"StreamPredict"},
         ),
         service_handlers(
             oip,

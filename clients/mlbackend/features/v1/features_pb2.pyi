@@ -1809,6 +1809,64 @@ class GetOnlineFeaturesResponse(_message.Message):
 Global___GetOnlineFeaturesResponse: _TypeAlias = GetOnlineFeaturesResponse  # noqa: Y015
 
 @_typing.final
+class StreamOnlineFeaturesRequest(_message.Message):
+    """One read of StreamOnlineFeatures."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    READ_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The read's request id, which a unary call sends as metadata (`x-request-id`)."""
+    @_builtins.property
+    def read(self) -> Global___GetOnlineFeaturesRequest:
+        """The read, as GetOnlineFeatures takes it."""
+
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """What is left of the caller's deadline when the read was sent; unset: none."""
+
+    def __init__(
+        self,
+        *,
+        read: Global___GetOnlineFeaturesRequest | None = ...,
+        request_id: _builtins.str = ...,
+        timeout: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["read", b"read", "timeout", b"timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["read", b"read", "request_id", b"request_id", "timeout", b"timeout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamOnlineFeaturesRequest: _TypeAlias = StreamOnlineFeaturesRequest  # noqa: Y015
+
+@_typing.final
+class StreamOnlineFeaturesResponse(_message.Message):
+    """The answer to one StreamOnlineFeaturesRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    READ_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def read(self) -> Global___GetOnlineFeaturesResponse:
+        """The values, as GetOnlineFeatures answers them."""
+
+    def __init__(
+        self,
+        *,
+        read: Global___GetOnlineFeaturesResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["read", b"read"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["read", b"read"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamOnlineFeaturesResponse: _TypeAlias = StreamOnlineFeaturesResponse  # noqa: Y015
+
+@_typing.final
 class EntityRow(_message.Message):
     """One timestamped row for point-in-time retrieval."""
 

@@ -91,6 +91,11 @@ class FeatureStoreServiceStub:
                 request_serializer=mlbackend_dot_features_dot_v1_dot_features__pb2.GetOnlineFeaturesRequest.SerializeToString,
                 response_deserializer=mlbackend_dot_features_dot_v1_dot_features__pb2.GetOnlineFeaturesResponse.FromString,
                 _registered_method=True)
+        self.StreamOnlineFeatures = channel.stream_stream(
+                '/mlbackend.features.v1.FeatureStoreService/StreamOnlineFeatures',
+                request_serializer=mlbackend_dot_features_dot_v1_dot_features__pb2.StreamOnlineFeaturesRequest.SerializeToString,
+                response_deserializer=mlbackend_dot_features_dot_v1_dot_features__pb2.StreamOnlineFeaturesResponse.FromString,
+                _registered_method=True)
         self.GetHistoricalFeatures = channel.unary_stream(
                 '/mlbackend.features.v1.FeatureStoreService/GetHistoricalFeatures',
                 request_serializer=mlbackend_dot_features_dot_v1_dot_features__pb2.GetHistoricalFeaturesRequest.SerializeToString,
@@ -194,6 +199,18 @@ class FeatureStoreServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamOnlineFeatures(self, request_iterator, context):
+        """GetOnlineFeatures over one long-lived stream, for callers that read all the
+        time (the gateway): each request message is one read, answered by one response
+        message, in order. A message on an open stream costs a fraction of a call. The
+        first read the store refuses ends the stream with the status GetOnlineFeatures
+        would have given it. A store holds a bounded number of these streams open at once
+        and refuses more with RESOURCE_EXHAUSTED: the caller then makes unary calls.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetHistoricalFeatures(self, request, context):
         """Point-in-time correct retrieval for timestamped entity rows, streamed in
         chunks; every row comes back, in request order.
@@ -269,6 +286,11 @@ def add_FeatureStoreServiceServicer_to_server(servicer, server):
                     servicer.GetOnlineFeatures,
                     request_deserializer=mlbackend_dot_features_dot_v1_dot_features__pb2.GetOnlineFeaturesRequest.FromString,
                     response_serializer=mlbackend_dot_features_dot_v1_dot_features__pb2.GetOnlineFeaturesResponse.SerializeToString,
+            ),
+            'StreamOnlineFeatures': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamOnlineFeatures,
+                    request_deserializer=mlbackend_dot_features_dot_v1_dot_features__pb2.StreamOnlineFeaturesRequest.FromString,
+                    response_serializer=mlbackend_dot_features_dot_v1_dot_features__pb2.StreamOnlineFeaturesResponse.SerializeToString,
             ),
             'GetHistoricalFeatures': grpc.unary_stream_rpc_method_handler(
                     servicer.GetHistoricalFeatures,
@@ -563,6 +585,33 @@ class FeatureStoreService:
             '/mlbackend.features.v1.FeatureStoreService/GetOnlineFeatures',
             mlbackend_dot_features_dot_v1_dot_features__pb2.GetOnlineFeaturesRequest.SerializeToString,
             mlbackend_dot_features_dot_v1_dot_features__pb2.GetOnlineFeaturesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamOnlineFeatures(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/mlbackend.features.v1.FeatureStoreService/StreamOnlineFeatures',
+            mlbackend_dot_features_dot_v1_dot_features__pb2.StreamOnlineFeaturesRequest.SerializeToString,
+            mlbackend_dot_features_dot_v1_dot_features__pb2.StreamOnlineFeaturesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -70,6 +70,14 @@ class FeatureStoreServiceStub:
     """Reads the latest values for up to 10,000 entities, in request order,
     with a status and event time per value.
     """
+    StreamOnlineFeatures: _grpc.StreamStreamMultiCallable[_features_pb2.StreamOnlineFeaturesRequest, _features_pb2.StreamOnlineFeaturesResponse]
+    """GetOnlineFeatures over one long-lived stream, for callers that read all the
+    time (the gateway): each request message is one read, answered by one response
+    message, in order. A message on an open stream costs a fraction of a call. The
+    first read the store refuses ends the stream with the status GetOnlineFeatures
+    would have given it. A store holds a bounded number of these streams open at once
+    and refuses more with RESOURCE_EXHAUSTED: the caller then makes unary calls.
+    """
     GetHistoricalFeatures: _grpc.UnaryStreamMultiCallable[_features_pb2.GetHistoricalFeaturesRequest, _features_pb2.GetHistoricalFeaturesResponse]
     """Point-in-time correct retrieval for timestamped entity rows, streamed in
     chunks; every row comes back, in request order.
@@ -122,6 +130,14 @@ class FeatureStoreServiceAsyncStub(FeatureStoreServiceStub):
     GetOnlineFeatures: _aio.UnaryUnaryMultiCallable[_features_pb2.GetOnlineFeaturesRequest, _features_pb2.GetOnlineFeaturesResponse]  # type: ignore[assignment]
     """Reads the latest values for up to 10,000 entities, in request order,
     with a status and event time per value.
+    """
+    StreamOnlineFeatures: _aio.StreamStreamMultiCallable[_features_pb2.StreamOnlineFeaturesRequest, _features_pb2.StreamOnlineFeaturesResponse]  # type: ignore[assignment]
+    """GetOnlineFeatures over one long-lived stream, for callers that read all the
+    time (the gateway): each request message is one read, answered by one response
+    message, in order. A message on an open stream costs a fraction of a call. The
+    first read the store refuses ends the stream with the status GetOnlineFeatures
+    would have given it. A store holds a bounded number of these streams open at once
+    and refuses more with RESOURCE_EXHAUSTED: the caller then makes unary calls.
     """
     GetHistoricalFeatures: _aio.UnaryStreamMultiCallable[_features_pb2.GetHistoricalFeaturesRequest, _features_pb2.GetHistoricalFeaturesResponse]  # type: ignore[assignment]
     """Point-in-time correct retrieval for timestamped entity rows, streamed in
@@ -232,6 +248,20 @@ class FeatureStoreServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_features_pb2.GetOnlineFeaturesResponse, _abc.Awaitable[_features_pb2.GetOnlineFeaturesResponse]]:
         """Reads the latest values for up to 10,000 entities, in request order,
         with a status and event time per value.
+        """
+
+    @_abc_1.abstractmethod
+    def StreamOnlineFeatures(
+        self,
+        request_iterator: _MaybeAsyncIterator[_features_pb2.StreamOnlineFeaturesRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_features_pb2.StreamOnlineFeaturesResponse], _abc.AsyncIterator[_features_pb2.StreamOnlineFeaturesResponse]]:
+        """GetOnlineFeatures over one long-lived stream, for callers that read all the
+        time (the gateway): each request message is one read, answered by one response
+        message, in order. A message on an open stream costs a fraction of a call. The
+        first read the store refuses ends the stream with the status GetOnlineFeatures
+        would have given it. A store holds a bounded number of these streams open at once
+        and refuses more with RESOURCE_EXHAUSTED: the caller then makes unary calls.
         """
 
     @_abc_1.abstractmethod

@@ -43,6 +43,11 @@ class ModelServingServiceStub:
                 request_serializer=mlbackend_dot_serving_dot_v1_dot_serving__pb2.PredictRequest.SerializeToString,
                 response_deserializer=mlbackend_dot_serving_dot_v1_dot_serving__pb2.PredictResponse.FromString,
                 _registered_method=True)
+        self.StreamPredict = channel.stream_stream(
+                '/mlbackend.serving.v1.ModelServingService/StreamPredict',
+                request_serializer=mlbackend_dot_serving_dot_v1_dot_serving__pb2.StreamPredictRequest.SerializeToString,
+                response_deserializer=mlbackend_dot_serving_dot_v1_dot_serving__pb2.StreamPredictResponse.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/mlbackend.serving.v1.ModelServingService/ListModels',
                 request_serializer=mlbackend_dot_serving_dot_v1_dot_serving__pb2.ListModelsRequest.SerializeToString,
@@ -79,6 +84,18 @@ class ModelServingServiceServicer:
 
     def Predict(self, request, context):
         """Predicts one or many rows with one model version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamPredict(self, request_iterator, context):
+        """Predict over one long-lived stream, for callers that predict all the time (the
+        gateway): each request message is one Predict, answered by one response message,
+        in order. A message on an open stream costs a fraction of a call. The first
+        prediction serving refuses ends the stream with the status Predict would have
+        given it. Serving holds a bounded number of these streams open at once and
+        refuses more with RESOURCE_EXHAUSTED: the caller then makes unary calls.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -130,6 +147,11 @@ def add_ModelServingServiceServicer_to_server(servicer, server):
                     servicer.Predict,
                     request_deserializer=mlbackend_dot_serving_dot_v1_dot_serving__pb2.PredictRequest.FromString,
                     response_serializer=mlbackend_dot_serving_dot_v1_dot_serving__pb2.PredictResponse.SerializeToString,
+            ),
+            'StreamPredict': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamPredict,
+                    request_deserializer=mlbackend_dot_serving_dot_v1_dot_serving__pb2.StreamPredictRequest.FromString,
+                    response_serializer=mlbackend_dot_serving_dot_v1_dot_serving__pb2.StreamPredictResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
@@ -188,6 +210,33 @@ class ModelServingService:
             '/mlbackend.serving.v1.ModelServingService/Predict',
             mlbackend_dot_serving_dot_v1_dot_serving__pb2.PredictRequest.SerializeToString,
             mlbackend_dot_serving_dot_v1_dot_serving__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamPredict(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/mlbackend.serving.v1.ModelServingService/StreamPredict',
+            mlbackend_dot_serving_dot_v1_dot_serving__pb2.StreamPredictRequest.SerializeToString,
+            mlbackend_dot_serving_dot_v1_dot_serving__pb2.StreamPredictResponse.FromString,
             options,
             channel_credentials,
             insecure,

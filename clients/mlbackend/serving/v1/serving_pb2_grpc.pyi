@@ -39,6 +39,14 @@ class ModelServingServiceStub:
     def __new__(cls, channel: _aio.Channel) -> ModelServingServiceAsyncStub: ...
     Predict: _grpc.UnaryUnaryMultiCallable[_serving_pb2.PredictRequest, _serving_pb2.PredictResponse]
     """Predicts one or many rows with one model version."""
+    StreamPredict: _grpc.StreamStreamMultiCallable[_serving_pb2.StreamPredictRequest, _serving_pb2.StreamPredictResponse]
+    """Predict over one long-lived stream, for callers that predict all the time (the
+    gateway): each request message is one Predict, answered by one response message,
+    in order. A message on an open stream costs a fraction of a call. The first
+    prediction serving refuses ends the stream with the status Predict would have
+    given it. Serving holds a bounded number of these streams open at once and
+    refuses more with RESOURCE_EXHAUSTED: the caller then makes unary calls.
+    """
     ListModels: _grpc.UnaryUnaryMultiCallable[_serving_pb2.ListModelsRequest, _serving_pb2.ListModelsResponse]
     """Lists the loaded model versions and their state."""
     GetModelMetadata: _grpc.UnaryUnaryMultiCallable[_serving_pb2.GetModelMetadataRequest, _serving_pb2.GetModelMetadataResponse]
@@ -67,6 +75,14 @@ class ModelServingServiceAsyncStub(ModelServingServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Predict: _aio.UnaryUnaryMultiCallable[_serving_pb2.PredictRequest, _serving_pb2.PredictResponse]  # type: ignore[assignment]
     """Predicts one or many rows with one model version."""
+    StreamPredict: _aio.StreamStreamMultiCallable[_serving_pb2.StreamPredictRequest, _serving_pb2.StreamPredictResponse]  # type: ignore[assignment]
+    """Predict over one long-lived stream, for callers that predict all the time (the
+    gateway): each request message is one Predict, answered by one response message,
+    in order. A message on an open stream costs a fraction of a call. The first
+    prediction serving refuses ends the stream with the status Predict would have
+    given it. Serving holds a bounded number of these streams open at once and
+    refuses more with RESOURCE_EXHAUSTED: the caller then makes unary calls.
+    """
     ListModels: _aio.UnaryUnaryMultiCallable[_serving_pb2.ListModelsRequest, _serving_pb2.ListModelsResponse]  # type: ignore[assignment]
     """Lists the loaded model versions and their state."""
     GetModelMetadata: _aio.UnaryUnaryMultiCallable[_serving_pb2.GetModelMetadataRequest, _serving_pb2.GetModelMetadataResponse]  # type: ignore[assignment]
@@ -98,6 +114,20 @@ class ModelServingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_serving_pb2.PredictResponse, _abc.Awaitable[_serving_pb2.PredictResponse]]:
         """Predicts one or many rows with one model version."""
+
+    @_abc_1.abstractmethod
+    def StreamPredict(
+        self,
+        request_iterator: _MaybeAsyncIterator[_serving_pb2.StreamPredictRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_serving_pb2.StreamPredictResponse], _abc.AsyncIterator[_serving_pb2.StreamPredictResponse]]:
+        """Predict over one long-lived stream, for callers that predict all the time (the
+        gateway): each request message is one Predict, answered by one response message,
+        in order. A message on an open stream costs a fraction of a call. The first
+        prediction serving refuses ends the stream with the status Predict would have
+        given it. Serving holds a bounded number of these streams open at once and
+        refuses more with RESOURCE_EXHAUSTED: the caller then makes unary calls.
+        """
 
     @_abc_1.abstractmethod
     def ListModels(

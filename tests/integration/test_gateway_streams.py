@@ -1,0 +1,187 @@
+"""The gateway's reads over StreamOnlineFeatures, against a real gRPC server whose stream
+misbehaves on purpose: every read is answered, by the stream while it works and by the
+unary call otherwise, and a stream that fails never fails the read with it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import pytest
+
+from mlbackend.common.v1 import common_pb2
+from mlbackend.features.v1 import features_pb2 as f
+from mlbackend_clients import propagation
+from mlbackend_clients.features import FeatureStoreClient
+from mlbackend_gateway.core.model import (
+    ModelVersionInfo,
+    OutputInfo,
+    OutputKind,
+    PredictionInput,
+)
+from mlbackend_gateway.upstream.coalesce import CoalesceLimits
+from mlbackend_gateway.upstream.features import FeatureStoreReader
+from mlbackend_gateway.upstream.streams import StreamLimits
+from mlbackend_runtime.errors import DeadlineExceeded, DependencyUnavailable, InvalidInput
+
+SERVICE = "mlbackend.features.v1.FeatureStoreService"
+VERSION = ModelVersionInfo(
+    model="fraud",
+    version=3,
+    signature=(),
+    output=OutputInfo(OutputKind.CLASSIFIER, (0, 1)),
+    feature_service="fraud_fs@2",
+)
+
+
+def _answer(request: f.GetOnlineFeaturesRequest) -> f.GetOnlineFeaturesResponse:
+    response = f.GetOnlineFeaturesResponse(feature_service=request.feature_service)
+    response.schema.add().name = "user_stats:n"
+    for key in request.entity_keys:
+        cell = response.rows.add().values.add()
+        cell.value.double_value = float(len(key.join_keys["user_id"].string_value))
+        cell.status = common_pb2.FEATURE_STATUS_PRESENT
+    return response
+
+
+@dataclass
+class Store:
+    """A feature store whose stream does what ``stream`` says: "ok", "hang" (never
+    answers), "unavailable" (ends every stream at its first message), "refuse" (ends
+    it with INVALID_ARGUMENT), or None (no stream method: UNIMPLEMENTED)."""
+
+    stream: str | None = "ok"
+    unary_calls: int = 0
+    streams_opened: int = 0
+    envelopes: list[f.StreamOnlineFeaturesRequest] = field(default_factory=list)
+
+    async def read(self, request: f.GetOnlineFeaturesRequest, context: Any) -> Any:
+        self.unary_calls += 1
+        return _answer(request)
+
+    async def read_stream(
+        self, requests: AsyncIterator[f.StreamOnlineFeaturesRequest], context: Any
+    ) -> AsyncIterator[f.StreamOnlineFeaturesResponse]:
+        self.streams_opened += 1
+        async for envelope in requests:
+            self.envelopes.append(envelope)
+            if self.stream == "hang":
+                await asyncio.sleep(60)
+            if self.stream == "unavailable":
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "going away")
+            if self.stream == "refuse":
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no such entity")
+            yield f.StreamOnlineFeaturesResponse(read=_answer(envelope.read))
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        methods = {
+            "GetOnlineFeatures": grpc.unary_unary_rpc_method_handler(
+                self.read,
+                f.GetOnlineFeaturesRequest.FromString,
+                f.GetOnlineFeaturesResponse.SerializeToString,
+            )
+        }
+        if self.stream is not None:
+            methods["StreamOnlineFeatures"] = grpc.stream_stream_rpc_method_handler(
+                self.read_stream,
+                f.StreamOnlineFeaturesRequest.FromString,
+                f.StreamOnlineFeaturesResponse.SerializeToString,
+            )
+        return grpc.method_handlers_generic_handler(SERVICE, methods)
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Any]:
+    servers: list[grpc.aio.Server] = []
+    clients: list[FeatureStoreClient] = []
+
+    async def start(store: Store) -> FeatureStoreClient:
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((store.handler(),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        servers.append(server)
+        client = FeatureStoreClient.connect(f"127.0.0.1:{port}", interceptors=False)
+        clients.append(client)
+        return client
+
+    yield start
+    for client in clients:
+        await client.close()
+    for server in servers:
+        await server.stop(None)
+
+
+def _reader(client: FeatureStoreClient, timeout: float = 2.0, **limits: Any) -> FeatureStoreReader:
+    return FeatureStoreReader(
+        client, timeout, CoalesceLimits(max_rows=1), streams=StreamLimits(**limits)
+    )
+
+
+async def _read(reader: FeatureStoreReader, user: str) -> float:
+    table = await reader.read(VERSION, [PredictionInput({"user_id": user})], lambda i: "input")
+    value = table.rows[0][0].value
+    assert isinstance(value, float)
+    return value
+
+
+async def test_reads_go_over_streams_that_are_renewed(serve: Any) -> None:
+    store = Store()
+    reader = _reader(await serve(store), uses=5)
+    propagation.bind(propagation.CallContext("req-7"))
+    assert [await _read(reader, "u" * n) for n in range(1, 13)] == list(map(float, range(1, 13)))
+    assert store.unary_calls == 0
+    assert store.streams_opened == 3  # 5 messages each, then a new stream
+    # Each message carries its request id and what is left of its deadline.
+    assert {e.request_id for e in store.envelopes} == {"req-7"}
+    assert all(0 < e.timeout.ToMilliseconds() <= 2000 for e in store.envelopes)
+    await reader.close()
+
+
+async def test_a_server_without_the_stream_is_called(serve: Any) -> None:
+    store = Store(stream=None)
+    reader = _reader(await serve(store))
+    assert [await _read(reader, "u" * n) for n in (1, 2, 3)] == [1.0, 2.0, 3.0]
+    assert store.unary_calls == 3
+    await reader.close()
+
+
+async def test_a_stream_ended_by_the_server_is_not_the_reads_failure(serve: Any) -> None:
+    store = Store(stream="unavailable")
+    reader = _reader(await serve(store))
+    assert [await _read(reader, "u" * n) for n in (1, 2, 3)] == [1.0, 2.0, 3.0]
+    # Each read tried a stream, which ended, then made the call.
+    assert store.unary_calls == 3 and store.streams_opened == 3
+    await reader.close()
+
+
+async def test_a_refusal_on_the_stream_is_the_reads_answer(serve: Any) -> None:
+    store = Store(stream="refuse")
+    reader = _reader(await serve(store))
+    with pytest.raises(InvalidInput, match="no such entity"):
+        await _read(reader, "u1")
+    assert store.unary_calls == 0
+    await reader.close()
+
+
+async def test_a_stream_that_does_not_answer_ends_at_the_timeout(serve: Any) -> None:
+    store = Store(stream="hang")
+    reader = _reader(await serve(store), timeout=0.3)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(DependencyUnavailable, match="did not answer in time"):
+        await _read(reader, "u1")
+    assert asyncio.get_running_loop().time() - started < 1.0
+    # The caller's own deadline, when it comes first, is the caller's.
+    propagation.bind(propagation.CallContext("req-8", time.monotonic() + 0.1))
+    with pytest.raises(DeadlineExceeded):
+        await _read(reader, "u1")
+    # Neither stream is used again: the next read opens a new one.
+    propagation.bind(propagation.CallContext("req-9"))
+    store.stream = "ok"
+    assert await _read(reader, "u12") == 3.0
+    assert store.streams_opened == 3
+    await reader.close()
