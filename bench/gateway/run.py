@@ -16,13 +16,17 @@ closed loop, N workers, bounded by count and time) measures, at concurrency 1, 8
   feature service, then serving ``Predict`` with those values, one after the other in
   the same loop; the request's latency is their sum (the baseline: the gateway's work
   minus its own overhead).
-- ``passthrough``: the floor of any Python gRPC gateway: a bare grpc.aio server (started
-  by this script) that makes the direct-sum's two calls behind one hop and does nothing
-  else. gateway / passthrough is the cost of what our gateway does on top of a hop.
+- ``direct-stream``: the same two calls as messages of ``StreamOnlineFeatures`` and
+  ``StreamPredict``, on two streams each worker keeps open: what the gateway itself
+  sends upstream, so gateway / direct-stream is its overhead over the cheapest way to
+  make its calls directly.
+- ``passthrough``: a bare grpc.aio server (started by this script) that makes the
+  direct-sum's two unary calls behind one hop and does nothing else: what one Python
+  gRPC hop costs when it calls its dependencies as unary calls.
 - ``passthrough-sync``: the same floor on gRPC's synchronous stack (a thread-pool
   server whose handlers make blocking calls).
 
-The five kinds (``--kinds`` picks some) run back to back for each concurrency
+The six kinds (``--kinds`` picks some) run back to back for each concurrency
 (interleaved, so drift in the shared CPU hits all of them), after one warm-up each.
 Reported next to each: the load generator's CPU and the services' CPU per request
 (from /proc, over the measurement).
@@ -77,7 +81,8 @@ STORED = (
 SIGNATURE = [f"{VIEW}:{name}" for name in STORED]
 USERS = 1000
 SERVICES = ("registry", "features", "monitoring", "serving", "gateway")
-KINDS = ("direct-sum", "passthrough", "passthrough-sync", "gateway-grpc", "gateway-http")
+KINDS = ("direct-sum", "direct-stream", "passthrough", "passthrough-sync", "gateway-grpc",
+         "gateway-http")  # fmt: skip
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PROFILE_FLAGS = os.environ.get("BENCH_PYSPY_FLAGS", "--threads --gil --nonblocking").split()
 
@@ -319,6 +324,32 @@ class _Http:
             self._writer.close()
 
 
+class _Streams:
+    """A worker's two open streams (direct-stream): one message at a time on each."""
+
+    def __init__(
+        self,
+        features: features_pb2_grpc.FeatureStoreServiceStub,
+        serving: serving_pb2_grpc.ModelServingServiceStub,
+    ) -> None:
+        self._reads = features.StreamOnlineFeatures()
+        self._predictions = serving.StreamPredict()
+
+    async def read(self, request: f.GetOnlineFeaturesRequest) -> f.GetOnlineFeaturesResponse:
+        await self._reads.write(f.StreamOnlineFeaturesRequest(read=request))
+        answer = await asyncio.wait_for(self._reads.read(), 5)
+        return answer.read
+
+    async def predict(self, request: s.PredictRequest) -> s.PredictResponse:
+        await self._predictions.write(s.StreamPredictRequest(request=request))
+        answer = await asyncio.wait_for(self._predictions.read(), 5)
+        return answer.response
+
+    def close(self) -> None:
+        self._reads.cancel()
+        self._predictions.cancel()
+
+
 async def loadgen(config: LoadConfig, started_marker: Path | None = None) -> dict[str, Any]:
     options = [("grpc.max_receive_message_length", 16 * 1024 * 1024)]
     gateway_channel = grpc.aio.insecure_channel(config.gateway, options=options)
@@ -354,6 +385,23 @@ async def loadgen(config: LoadConfig, started_marker: Path | None = None) -> dic
         assert len(answer.predictions[0].probabilities) == 2
         return t2 - t0, t1 - t0, t2 - t1
 
+    async def direct_stream(i: int, streams: Any) -> tuple[float, float, float]:
+        assert isinstance(streams, _Streams)
+        t0 = time.perf_counter()
+        read = await streams.read(
+            f.GetOnlineFeaturesRequest(
+                feature_service=config.feature_service, entity_keys=[entity_key(i)]
+            )
+        )
+        t1 = time.perf_counter()
+        values = [v.value for v in read.rows[0].values]
+        answer = await streams.predict(
+            s.PredictRequest(model=MODEL, version=version, vectors=[c.FeatureVector(values=values)])
+        )
+        t2 = time.perf_counter()
+        assert len(answer.predictions[0].probabilities) == 2
+        return t2 - t0, t1 - t0, t2 - t1
+
     def via(stub: gateway_pb2_grpc.InferenceGatewayServiceStub) -> Call:
         async def call(i: int, _conn: _Http | None) -> tuple[float, float, float]:
             t0 = time.perf_counter()
@@ -383,7 +431,7 @@ async def loadgen(config: LoadConfig, started_marker: Path | None = None) -> dic
             raise RuntimeError(f"HTTP {code}: {payload[:200]!r}")
         return elapsed, 0.0, 0.0
 
-    call = {"direct-sum": direct, "passthrough": via(passthrough),
+    call = {"direct-sum": direct, "direct-stream": direct_stream, "passthrough": via(passthrough),
             "passthrough-sync": via(passthrough_sync), "gateway-grpc": via(gateway),
             "gateway-http": via_http}[config.kind]  # fmt: skip
 
@@ -395,9 +443,16 @@ async def loadgen(config: LoadConfig, started_marker: Path | None = None) -> dic
         issued = 0
         deadline = time.perf_counter() + seconds
 
+        def connect() -> Any:
+            if config.kind == "gateway-http":
+                return _Http(config.http_port)
+            if config.kind == "direct-stream":
+                return _Streams(features, serving)
+            return None
+
         async def worker(w: int) -> None:
             nonlocal errors, issued
-            conn = _Http(config.http_port) if config.kind == "gateway-http" else None
+            conn = connect()
             i = w * 37
             try:
                 while issued < max_requests and time.perf_counter() < deadline:
@@ -409,7 +464,7 @@ async def loadgen(config: LoadConfig, started_marker: Path | None = None) -> dic
                         errors += 1
                         if conn is not None:
                             conn.close()
-                            conn = _Http(config.http_port)
+                            conn = connect()
             finally:
                 if conn is not None:
                     conn.close()
@@ -642,7 +697,7 @@ def table(results: list[dict[str, Any]]) -> str:
         hop = cpu.get(res["kind"], 0) if res["kind"].startswith("passthrough") else 0
         parts = (
             f"{res['fs_p50']:.2f} + {res['serving_p50']:.2f} ms"
-            if res["kind"] == "direct-sum"
+            if res["kind"].startswith("direct")
             else " ".join(
                 f"{dep} {per:.2f}" for dep, per in sorted(res["callers_per_call"].items())
             )
@@ -673,14 +728,16 @@ def ratios(results: list[dict[str, Any]]) -> str:
                 f"c=1  {kind} p50 / direct-sum p50 = {res['p50']:.2f} / {base['p50']:.2f} ms "
                 f"= {ratio:.2f}x  (target <= 1.3x: {verdict})"
             )
-    floor = by.get(("passthrough", 1))
-    ours = by.get(("gateway-grpc", 1))
-    if floor and ours:
-        lines.append(
-            f"c=1  gateway-grpc p50 / passthrough p50 = {ours['p50'] / floor['p50']:.2f}x  "
-            f"(what the gateway's own work costs above a bare hop)"
-        )
-    for kind in ("gateway-grpc", "gateway-http", "passthrough", "direct-sum"):
+    streamed = by.get(("direct-stream", 1))
+    for kind in ("gateway-grpc", "gateway-http"):
+        res = by.get((kind, 1))
+        if streamed and res:
+            lines.append(
+                f"c=1  {kind} p50 / direct-stream p50 = {res['p50']:.2f} / "
+                f"{streamed['p50']:.2f} ms = {res['p50'] / streamed['p50']:.2f}x  (the gateway's "
+                f"overhead over the same calls on streams the caller keeps open)"
+            )
+    for kind in ("gateway-grpc", "gateway-http", "passthrough", "direct-sum", "direct-stream"):
         res = by.get((kind, 8))
         if res:
             verdict = "meets" if res["p99"] < 10 else "misses"
