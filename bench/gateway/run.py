@@ -23,10 +23,14 @@ closed loop, N workers, bounded by count and time) measures, at concurrency 1, 8
 - ``passthrough``: a bare grpc.aio server (started by this script) that makes the
   direct-sum's two unary calls behind one hop and does nothing else: what one Python
   gRPC hop costs when it calls its dependencies as unary calls.
+- ``passthrough-stream``: the same bare grpc.aio server making the two calls as messages
+  of streams it keeps open (one pair per call in progress), as our gateway does: the
+  floor of a Python gRPC front whose calls go upstream on streams; gateway-grpc /
+  passthrough-stream is what our gateway's own work costs on top of it.
 - ``passthrough-sync``: the same floor on gRPC's synchronous stack (a thread-pool
   server whose handlers make blocking calls).
 
-The six kinds (``--kinds`` picks some) run back to back for each concurrency
+The seven kinds (``--kinds`` picks some) run back to back for each concurrency
 (interleaved, so drift in the shared CPU hits all of them), after one warm-up each.
 Reported next to each: the load generator's CPU and the services' CPU per request
 (from /proc, over the measurement).
@@ -81,8 +85,8 @@ STORED = (
 SIGNATURE = [f"{VIEW}:{name}" for name in STORED]
 USERS = 1000
 SERVICES = ("registry", "features", "monitoring", "serving", "gateway")
-KINDS = ("direct-sum", "direct-stream", "passthrough", "passthrough-sync", "gateway-grpc",
-         "gateway-http")  # fmt: skip
+KINDS = ("direct-sum", "direct-stream", "passthrough", "passthrough-stream", "passthrough-sync",
+         "gateway-grpc", "gateway-http")  # fmt: skip
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PROFILE_FLAGS = os.environ.get("BENCH_PYSPY_FLAGS", "--threads --gil --nonblocking").split()
 
@@ -284,6 +288,7 @@ class LoadConfig:
     feature_service: str
     version: int
     passthrough: str
+    passthrough_stream: str
     passthrough_sync: str
 
 
@@ -358,6 +363,8 @@ async def loadgen(config: LoadConfig, started_marker: Path | None = None) -> dic
     gateway = gateway_pb2_grpc.InferenceGatewayServiceStub(gateway_channel)
     passthrough_channel = grpc.aio.insecure_channel(config.passthrough, options=options)
     passthrough = gateway_pb2_grpc.InferenceGatewayServiceStub(passthrough_channel)
+    stream_hop_channel = grpc.aio.insecure_channel(config.passthrough_stream, options=options)
+    passthrough_stream = gateway_pb2_grpc.InferenceGatewayServiceStub(stream_hop_channel)
     sync_channel = grpc.aio.insecure_channel(config.passthrough_sync, options=options)
     passthrough_sync = gateway_pb2_grpc.InferenceGatewayServiceStub(sync_channel)
     features = features_pb2_grpc.FeatureStoreServiceStub(features_channel)
@@ -432,6 +439,7 @@ async def loadgen(config: LoadConfig, started_marker: Path | None = None) -> dic
         return elapsed, 0.0, 0.0
 
     call = {"direct-sum": direct, "direct-stream": direct_stream, "passthrough": via(passthrough),
+            "passthrough-stream": via(passthrough_stream),
             "passthrough-sync": via(passthrough_sync), "gateway-grpc": via(gateway),
             "gateway-http": via_http}[config.kind]  # fmt: skip
 
@@ -486,6 +494,7 @@ async def loadgen(config: LoadConfig, started_marker: Path | None = None) -> dic
         features_channel,
         serving_channel,
         passthrough_channel,
+        stream_hop_channel,
         sync_channel,
     ):
         await channel.close()
@@ -558,6 +567,26 @@ class Passthrough(gateway_pb2_grpc.InferenceGatewayServiceServicer):
         return self._hop.answer(request, scored)
 
 
+class StreamPassthrough(gateway_pb2_grpc.InferenceGatewayServiceServicer):
+    """The same two calls behind one grpc.aio hop, as messages of open streams: a call
+    takes an idle pair of streams (or opens one) and gives it back when answered."""
+
+    def __init__(self, features: str, serving: str, feature_service: str, version: int):
+        self._features = features_pb2_grpc.FeatureStoreServiceStub(
+            grpc.aio.insecure_channel(features)
+        )
+        self._serving = serving_pb2_grpc.ModelServingServiceStub(grpc.aio.insecure_channel(serving))
+        self._hop = _Hop(feature_service, version)
+        self._idle: list[_Streams] = []
+
+    async def Predict(self, request: g.PredictRequest, context: Any) -> g.PredictResponse:
+        streams = self._idle.pop() if self._idle else _Streams(self._features, self._serving)
+        read = await streams.read(self._hop.read(request))
+        scored = await streams.predict(self._hop.score(request, read))
+        self._idle.append(streams)
+        return self._hop.answer(request, scored)
+
+
 class SyncPassthrough(gateway_pb2_grpc.InferenceGatewayServiceServicer):
     """The same two calls behind one hop of the synchronous stack: a thread-pool server
     whose handler threads make blocking calls on sync channels."""
@@ -586,11 +615,12 @@ def serve_passthrough_sync(config: dict[str, Any], ready: Path) -> None:
     server.wait_for_termination()
 
 
-async def serve_passthrough(config: dict[str, Any], ready: Path) -> None:
+async def serve_passthrough(config: dict[str, Any], ready: Path, streams: bool = False) -> None:
     server = grpc.aio.server()
+    servicer = StreamPassthrough if streams else Passthrough
     gateway_pb2_grpc.add_InferenceGatewayServiceServicer_to_server(
-        Passthrough(config["features"], config["serving"], config["feature_service"],
-                    config["version"]),
+        servicer(config["features"], config["serving"], config["feature_service"],
+                 config["version"]),
         server,
     )  # fmt: skip
     port = server.add_insecure_port("127.0.0.1:0")
@@ -687,7 +717,7 @@ def _profiler(
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    head = (f"{'kind':<16} {'c':>3} {'rps':>7} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "
+    head = (f"{'kind':<18} {'c':>3} {'rps':>7} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "
             f"{'client':>7} {'gateway':>8} {'passthru':>8} {'features':>8} {'serving':>8} "
             f"{'monitor':>8}  "
             f"parts p50 (fs + serving) / requests per upstream call")  # fmt: skip
@@ -703,7 +733,7 @@ def table(results: list[dict[str, Any]]) -> str:
             )
         )
         lines.append(
-            f"{res['kind']:<16} {res['concurrency']:>3} {res['rps']:>7.0f} {res['p50']:>7.2f} "
+            f"{res['kind']:<18} {res['concurrency']:>3} {res['rps']:>7.0f} {res['p50']:>7.2f} "
             f"{res['p99']:>7.2f} {res['errors']:>6} {res['client_us']:>7.0f} "
             f"{cpu['gateway']:>8.0f} {hop:>8.0f} {cpu['features']:>8.0f} "
             f"{cpu['serving']:>8.0f} "
@@ -717,7 +747,8 @@ def ratios(results: list[dict[str, Any]]) -> str:
     by = {(res["kind"], res["concurrency"]): res for res in results}
     lines = []
     base = by.get(("direct-sum", 1))
-    for kind in ("passthrough", "passthrough-sync", "gateway-grpc", "gateway-http"):
+    for kind in ("passthrough", "passthrough-stream", "passthrough-sync", "gateway-grpc",
+                 "gateway-http"):  # fmt: skip
         res = by.get((kind, 1))
         if base and res:
             ratio = res["p50"] / base["p50"]
@@ -737,7 +768,15 @@ def ratios(results: list[dict[str, Any]]) -> str:
                 f"{streamed['p50']:.2f} ms = {res['p50'] / streamed['p50']:.2f}x  (the gateway's "
                 f"overhead over the same calls on streams the caller keeps open)"
             )
-    for kind in ("gateway-grpc", "gateway-http", "passthrough", "direct-sum", "direct-stream"):
+    floor = by.get(("passthrough-stream", 1))
+    ours = by.get(("gateway-grpc", 1))
+    if floor and ours:
+        lines.append(
+            f"c=1  gateway-grpc p50 / passthrough-stream p50 = {ours['p50'] / floor['p50']:.2f}x  "
+            f"(what the gateway's own work costs above a bare hop making the same stream calls)"
+        )
+    for kind in ("gateway-grpc", "gateway-http", "passthrough", "passthrough-stream",
+                 "direct-sum", "direct-stream"):  # fmt: skip
         res = by.get((kind, 8))
         if res:
             verdict = "meets" if res["p99"] < 10 else "misses"
@@ -759,7 +798,9 @@ def main() -> int:
         help="record a py-spy profile (collapsed stacks) of one service per point into DIR",
     )
     parser.add_argument(
-        "--role", default="main", choices=["main", "loadgen", "passthrough", "passthrough-sync"]
+        "--role",
+        default="main",
+        choices=["main", "loadgen", "passthrough", "passthrough-stream", "passthrough-sync"],
     )
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -768,8 +809,9 @@ def main() -> int:
     if unknown:
         parser.error(f"--kinds: unknown {', '.join(unknown)}; the kinds are {', '.join(KINDS)}")
 
-    if args.role == "passthrough":
-        asyncio.run(serve_passthrough(json.loads(args.config), args.out))
+    if args.role in ("passthrough", "passthrough-stream"):
+        streams = args.role == "passthrough-stream"
+        asyncio.run(serve_passthrough(json.loads(args.config), args.out, streams))
         return 0
     if args.role == "passthrough-sync":
         serve_passthrough_sync(json.loads(args.config), args.out)
@@ -815,6 +857,9 @@ def main() -> int:
                 "feature_service": service_ref, "version": version,
             }  # fmt: skip
             services["passthrough"] = start_passthrough(workdir, upstreams)
+            services["passthrough-stream"] = start_passthrough(
+                workdir, upstreams, "passthrough-stream"
+            )
             services["passthrough-sync"] = start_passthrough(workdir, upstreams, "passthrough-sync")
             setup_s = time.monotonic() - started
             print(f"{MODEL}@{version} (HistGradientBoosting, 10 stored features via "
@@ -830,11 +875,12 @@ def main() -> int:
                         features=addresses["features"], serving=addresses["serving"],
                         feature_service=service_ref, version=version,
                         passthrough=services["passthrough"].address,
+                        passthrough_stream=services["passthrough-stream"].address,
                         passthrough_sync=services["passthrough-sync"].address,
                     )  # fmt: skip
                     result = measure(services, config, workdir, profile)
                     results.append(result)
-                    print(f"  {kind:<16} c={level:<3} p50 {result['p50']:.2f} ms  "
+                    print(f"  {kind:<18} c={level:<3} p50 {result['p50']:.2f} ms  "
                           f"p99 {result['p99']:.2f} ms  {result['rps']:.0f} rps  "
                           f"errors {result['errors']}", flush=True)  # fmt: skip
         finally:

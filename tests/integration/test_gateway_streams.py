@@ -8,14 +8,18 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from test_feature_store import batch, definitions, row
 
 from mlbackend.common.v1 import common_pb2
 from mlbackend.features.v1 import features_pb2 as f
 from mlbackend_clients import propagation
+from mlbackend_clients.channel import ChannelOptions
 from mlbackend_clients.features import FeatureStoreClient
 from mlbackend_gateway.core.model import (
     ModelVersionInfo,
@@ -27,6 +31,8 @@ from mlbackend_gateway.upstream.coalesce import CoalesceLimits
 from mlbackend_gateway.upstream.features import FeatureStoreReader
 from mlbackend_gateway.upstream.streams import StreamLimits
 from mlbackend_runtime.errors import DeadlineExceeded, DependencyUnavailable, InvalidInput
+
+from conftest import StartService
 
 SERVICE = "mlbackend.features.v1.FeatureStoreService"
 VERSION = ModelVersionInfo(
@@ -185,3 +191,47 @@ async def test_a_stream_that_does_not_answer_ends_at_the_timeout(serve: Any) -> 
     assert await _read(reader, "u12") == 3.0
     assert store.streams_opened == 3
     await reader.close()
+
+
+async def test_streams_carry_the_token_to_a_store_with_auth(
+    start_service: StartService, tmp_path: Path
+) -> None:
+    """Against the real feature store with auth on: the stream is opened with the
+    gateway's token (a reader's) and reads go over it; with a wrong token the read is
+    refused as the unary call would be."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text("writer-token-0123456789 writer ops\nreader-token-0123456789 reader gw\n")
+    server = await start_service("features", token_file=tokens)
+    writer = FeatureStoreClient.connect(
+        server.address, ChannelOptions(token="writer-token-0123456789")
+    )
+    await writer.stub.ApplyDefinitions(definitions(), timeout=10)
+    await writer.stub.WriteFeatures(
+        f.WriteFeaturesRequest(batch=batch([row("u1", datetime.now(UTC), 4.0, 1, "DE")])),
+        timeout=10,
+    )
+    version = ModelVersionInfo(
+        model="fraud",
+        version=1,
+        signature=(),
+        output=OutputInfo(OutputKind.CLASSIFIER, (0, 1)),
+        feature_refs=("user_stats:amount",),
+    )
+    readers = []
+    for token in ("reader-token-0123456789", "not-a-token-0123456789"):
+        client = FeatureStoreClient.connect(
+            server.address, ChannelOptions(token=token), interceptors=False
+        )
+        readers.append((_reader(client), client))
+    (good, _), (bad, _) = readers
+    for _ in range(3):
+        table = await good.read(version, [PredictionInput({"user_id": "u1"})], lambda i: "input")
+        assert table.rows[0][0].value == 4.0
+    assert len(good._streams._idle) == 1  # type: ignore[union-attr]  # one stream, reused
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await bad.read(version, [PredictionInput({"user_id": "u1"})], lambda i: "input")
+    assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    for reader, client in readers:
+        await reader.close()
+        await client.close()
+    await writer.close()
