@@ -42,6 +42,22 @@ def caller() -> Principal:
     return _principal.get()
 
 
+# The metrics and service of the RPC being handled, for the messages of a stream that
+# carries a unary method's calls (``mlbackend_runtime.streamed``).
+_rpc_metrics: contextvars.ContextVar[tuple[RpcMetrics, str] | None] = contextvars.ContextVar(
+    "mlbackend_rpc_metrics", default=None
+)
+
+
+def observe_message(method: str, code: grpc.StatusCode, seconds: float) -> None:
+    """Count one message of such a stream as one call of ``method``, so the method's
+    request counts and latency cover its calls whichever way they came."""
+    bound = _rpc_metrics.get()
+    if bound is not None:
+        metrics, service = bound
+        metrics.observe(service, method, code.name, seconds)
+
+
 @dataclass
 class _Call:
     service: str
@@ -99,6 +115,7 @@ class _Interception:
         # bindings end with the call.
         propagation.bind(propagation.CallContext(call.request_id, deadline, call.shared_with))
         self._metrics.in_flight.inc()
+        _rpc_metrics.set((self._metrics, service))
         authorization = next((v for k, v in metadata if k == "authorization"), None)
         try:
             token = authorization if isinstance(authorization, str) else None

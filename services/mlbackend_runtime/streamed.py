@@ -24,16 +24,20 @@ RESOURCE_EXHAUSTED; the caller then makes unary calls.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import NamedTuple
 
+import grpc
 from google.protobuf.message import Message
 
 from mlbackend_clients import propagation
-from mlbackend_runtime.errors import DeadlineExceeded, InvalidInput, ResourceExhausted
+from mlbackend_runtime import status
+from mlbackend_runtime.errors import DeadlineExceeded, DomainError, InvalidInput, ResourceExhausted
+from mlbackend_runtime.interceptor import observe_message
 
 STREAMS_PER_METHOD = 32
 """Streams of one method a thread-pool front keeps open at once: half of its 64
@@ -69,14 +73,16 @@ def answer_each(
     messages: Iterator[bytes],
     answer: Callable[[bytes], bytes | Message],
     slots: StreamSlots,
+    method: str,
 ) -> Iterator[bytes]:
     """The sealed answer to each enveloped message, in order (a thread-front behaviour's
-    body: ``messages`` are the raw request messages)."""
+    body: ``messages`` are the raw request messages); each is counted as a call of the
+    unary ``method`` in the server's RPC metrics."""
     slots.take()
     try:
         for data in messages:
             envelope = open_envelope(data)
-            with message_context(envelope.request_id, envelope.timeout):
+            with message_context(method, envelope.request_id, envelope.timeout):
                 response = answer(envelope.body)
             yield seal(response if isinstance(response, bytes) else response.SerializeToString())
     finally:
@@ -84,19 +90,49 @@ def answer_each(
 
 
 @contextmanager
-def message_context(request_id: str, timeout: float | None) -> Iterator[None]:
-    """One stream message's request id and deadline, bound as a unary call's are."""
-    deadline = None
-    if timeout is not None:
-        if timeout <= 0:
-            raise DeadlineExceeded("the request's deadline passed before it arrived")
-        deadline = time.monotonic() + timeout
+def message_context(method: str, request_id: str, timeout: float | None) -> Iterator[None]:
+    """One stream message's request id and deadline, bound as a unary call's are; the
+    message is counted as a call of ``method``, with the code it ends with."""
+    started = time.perf_counter()
+    code = grpc.StatusCode.OK
     request_id = propagation.request_id_from(((propagation.REQUEST_ID_KEY, request_id),))
+    deadline = None if timeout is None else time.monotonic() + timeout
     token = propagation.bind(propagation.CallContext(request_id, deadline))
     try:
+        if timeout is not None and timeout <= 0:
+            raise DeadlineExceeded("the request's deadline passed before it arrived")
         yield
+    except DomainError as exc:
+        code = status.code_for(exc)
+        raise
+    except BaseException as exc:
+        code = (
+            grpc.StatusCode.CANCELLED
+            if isinstance(exc, asyncio.CancelledError)
+            else grpc.StatusCode.INTERNAL
+        )
+        raise
     finally:
         propagation.unbind(token)
+        observe_message(method, code, time.perf_counter() - started)
+
+
+class StreamContext:
+    """A stream's servicer context as one message's handler sees it: a callback added
+    for the message (``run_on``'s cancel hook) replaces the previous message's, so a
+    long stream does not pile them up on the call; the call's end fires the latest."""
+
+    def __init__(self, context: grpc.ServicerContext) -> None:
+        self._callback: Callable[[], None] | None = None
+        context.add_callback(self._fire)
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        self._callback = callback
+        return True
+
+    def _fire(self) -> None:
+        if self._callback is not None:
+            self._callback()
 
 
 def duration_or_none(message: Message, name: str) -> float | None:

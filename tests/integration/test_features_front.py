@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -181,7 +182,7 @@ async def test_online_reads_over_one_stream_answer_as_calls_do(
     """StreamOnlineFeatures: each message is a read, answered in order exactly as
     GetOnlineFeatures answers it; the first refused read ends the stream with the
     unary call's status and details; a read past its deadline is refused."""
-    _, client = await ready(start_service, connect, front)
+    server, client = await ready(start_service, connect, front)
     now = datetime.now(UTC)
     await client.stub.WriteFeatures(
         f.WriteFeaturesRequest(batch=batch([row("u1", now, 1.0, 1, "DE")])), timeout=10
@@ -226,6 +227,17 @@ async def test_online_reads_over_one_stream_answer_as_calls_do(
     await done.done_writing()
     assert await done.read() is grpc.aio.EOF
     assert await done.code() == grpc.StatusCode.OK
+    # Each read on a stream counts as a GetOnlineFeatures call in the RPC metrics: 4 + 1
+    # answered on streams and 4 unary (the comparisons), 1 refused each way, 1 late.
+    text = await asyncio.to_thread(
+        lambda: urllib.request.urlopen(server.metrics.url, timeout=5).read().decode()
+    )
+    counted = {
+        line.split("code=", 1)[1].split('"')[1]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("mlbackend_rpc_requests_total{") and 'method="GetOnlineFeatures"' in line
+    }
+    assert counted == {"OK": 9.0, "INVALID_ARGUMENT": 2.0, "DEADLINE_EXCEEDED": 1.0}
 
 
 async def test_the_thread_front_keeps_a_bounded_number_of_read_streams(

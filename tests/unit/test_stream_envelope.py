@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from mlbackend.common.v1 import common_pb2 as c
 from mlbackend.features.v1 import features_pb2 as f
 from mlbackend.serving.v1 import serving_pb2 as s
 from mlbackend_runtime.errors import InvalidInput
-from mlbackend_runtime.streamed import open_envelope, seal
+from mlbackend_runtime.streamed import StreamContext, open_envelope, seal
 
 
 def _read() -> f.GetOnlineFeaturesRequest:
@@ -59,3 +61,25 @@ def test_malformed_envelopes_are_the_callers_error(data: bytes) -> None:
     with pytest.raises(InvalidInput) as raised:
         open_envelope(data)
     assert raised.value.violations[0].field == "request"
+
+
+def test_a_streams_context_keeps_only_the_latest_messages_callback() -> None:
+    """``run_on`` adds a cancel hook per message; on a stream of millions of messages
+    they must not pile up on the call: the call's end fires only the latest."""
+
+    class Call:
+        def __init__(self) -> None:
+            self.callbacks: list[Callable[[], None]] = []
+
+        def add_callback(self, callback: Callable[[], None]) -> bool:
+            self.callbacks.append(callback)
+            return True
+
+    call = Call()
+    context = StreamContext(call)  # type: ignore[arg-type]
+    fired: list[int] = []
+    for i in range(1000):
+        assert context.add_callback(lambda i=i: fired.append(i))
+    assert len(call.callbacks) == 1
+    call.callbacks[0]()
+    assert fired == [999]

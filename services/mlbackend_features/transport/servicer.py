@@ -105,7 +105,9 @@ class FeatureStoreServicer(features_pb2_grpc.FeatureStoreServiceServicer):
         self, requests: AsyncIterator[pb.StreamOnlineFeaturesRequest], context: Context
     ) -> AsyncIterator[pb.StreamOnlineFeaturesResponse]:
         async for request in requests:
-            with message_context(request.request_id, duration_or_none(request, "timeout")):
+            with message_context(
+                "GetOnlineFeatures", request.request_id, duration_or_none(request, "timeout")
+            ):
                 read = await self.GetOnlineFeatures(request.read, context)
             yield pb.StreamOnlineFeaturesResponse(read=read)
 

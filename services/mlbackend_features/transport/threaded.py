@@ -41,7 +41,7 @@ from mlbackend_features.core.model import ColumnQuery
 from mlbackend_features.core.service import FeatureStore
 from mlbackend_features.transport import convert
 from mlbackend_features.transport.servicer import FeatureStoreServicer
-from mlbackend_runtime.streamed import StreamSlots, answer_each
+from mlbackend_runtime.streamed import StreamContext, StreamSlots, answer_each
 from mlbackend_runtime.threaded import parsed, run_on, service_handlers
 
 ONLINE_READ_THREADS = 2
@@ -91,7 +91,13 @@ def handlers(
     def stream_online(messages: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
         # On a front thread, which the stream holds while it is open (not ``online``'s
         # two, which unary reads share).
-        return answer_each(messages, lambda data: read_online(data, context), slots)
+        each = StreamContext(context)
+        return answer_each(
+            messages,
+            lambda data: read_online(data, each),  # type: ignore[arg-type]
+            slots,
+            "GetOnlineFeatures",
+        )
 
     return [
         service_handlers(

@@ -36,7 +36,9 @@ class ModelServingServicer(serving_pb2_grpc.ModelServingServiceServicer):
         self, requests: AsyncIterator[pb.StreamPredictRequest], context: Context
     ) -> AsyncIterator[pb.StreamPredictResponse]:
         async for request in requests:
-            with message_context(request.request_id, duration_or_none(request, "timeout")):
+            with message_context(
+                "Predict", request.request_id, duration_or_none(request, "timeout")
+            ):
                 response = await self.Predict(request.request, context)
             yield pb.StreamPredictResponse(response=response)
 

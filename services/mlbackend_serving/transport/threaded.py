@@ -97,7 +97,10 @@ def handlers(
         # On a front thread, which the stream holds while it is open (not one of the
         # prediction pool's, which unary calls share).
         return answer_each(
-            messages, lambda data: predict(parsed(pb.PredictRequest, data), context), slots
+            messages,
+            lambda data: predict(parsed(pb.PredictRequest, data), context),
+            slots,
+            "Predict",
         )
 
     predict.experimental_thread_pool = predictions  # type: ignore[attr-defined]
