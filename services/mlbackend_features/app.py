@@ -37,6 +37,7 @@ from mlbackend_runtime.server import (
 )
 from mlbackend_runtime.settings import Front, ServerSettings
 from mlbackend_runtime.sql import is_postgres_url
+from mlbackend_runtime.streamed import StreamSlots
 
 logger = logging.getLogger("mlbackend.features")
 
@@ -138,7 +139,8 @@ async def create_server(
             online = ThreadPoolExecutor(threaded.ONLINE_READ_THREADS, "features-online")
             readers = ThreadPoolExecutor(FRONT_THREADS, "features-push")
             pools += (online, readers)
-            handlers = threaded.handlers(store, loop, online, readers)
+            streams = StreamSlots("StreamOnlineFeatures")
+            handlers = threaded.handlers(store, loop, online, readers, streams)
             running = await start_thread_server(
                 SPEC,
                 settings,
@@ -147,6 +149,7 @@ async def create_server(
                 threads=FRONT_THREADS,
                 max_concurrent_rpcs=MAX_CONCURRENT_RPCS,
             )
+            running.on_drain(streams.drain)
         else:
             servicer = FeatureStoreServicer(store)
             running = await start_server(

@@ -75,6 +75,7 @@ class RunningServer:
     _health_server: grpc.aio.Server | grpc.Server | None
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    _drains: list[Callable[[], None]] = field(default_factory=list)
     extra_ports: dict[str, int] = field(default_factory=dict)
     """Other bound ports a service opens itself, by name (e.g. the gateway's "http")."""
 
@@ -92,6 +93,11 @@ class RunningServer:
         for name in ("", *self.spec.grpc_services):
             await _maybe_await(self.health.set(name, state))
 
+    def on_drain(self, drain: Callable[[], None]) -> None:
+        """Run ``drain`` when the server starts to stop, before it waits for in-flight
+        calls (to end calls that would otherwise hold it for its whole grace period)."""
+        self._drains.append(drain)
+
     def on_stop(self, close: Callable[[], Awaitable[None]]) -> None:
         """Run ``close`` (stores, executors) once in-flight calls have drained; the last
         registered runs first."""
@@ -105,6 +111,8 @@ class RunningServer:
         logger.info("%s: shutting down, draining for up to %.1f s", self.spec.name, grace)
         # Probes see NOT_SERVING first, so load balancers move traffic away.
         await _maybe_await(self.health.enter_graceful_shutdown())
+        for drain in self._drains:
+            drain()
         await _stop(self._server, grace)
         if self._health_server is not None:
             await _stop(self._health_server, 0)

@@ -19,7 +19,9 @@ sealed around bytes a handler may have written directly.
 
 A stream holds a server thread while it is open, so a server keeps at most
 ``limit`` of them per method (:class:`StreamSlots`) and refuses more with
-RESOURCE_EXHAUSTED; the caller then makes unary calls.
+RESOURCE_EXHAUSTED; the caller then makes unary calls. A server that starts to stop
+ends its streams (:meth:`StreamSlots.drain`) instead of waiting out its grace period
+for callers that keep them open.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import grpc
@@ -36,7 +39,12 @@ from google.protobuf.message import Message
 
 from mlbackend_clients import propagation
 from mlbackend_runtime import status
-from mlbackend_runtime.errors import DeadlineExceeded, DomainError, InvalidInput, ResourceExhausted
+from mlbackend_runtime.errors import (
+    DeadlineExceeded,
+    DomainError,
+    InvalidInput,
+    ResourceExhausted,
+)
 from mlbackend_runtime.interceptor import observe_message
 
 STREAMS_PER_METHOD = 32
@@ -50,27 +58,65 @@ class Envelope(NamedTuple):
     timeout: float | None
 
 
+@dataclass(eq=False)
+class _Open:
+    context: grpc.ServicerContext
+    busy: bool = False  # answering a message
+    ending: bool = False  # to end once that answer is sent
+
+
 class StreamSlots:
-    """At most ``limit`` streams of ``method`` open at once."""
+    """The open streams of ``method``, at most ``limit`` at once; a drain ends them."""
 
     def __init__(self, method: str, limit: int = STREAMS_PER_METHOD) -> None:
         self._method = method
         self._limit = limit
-        self._free = threading.BoundedSemaphore(limit)
+        self._lock = threading.Lock()
+        self._open: set[_Open] = set()
+        self._draining = False
 
-    def take(self) -> None:
-        if not self._free.acquire(blocking=False):
-            raise ResourceExhausted(
-                f"{self._limit} {self._method} streams are open, the most this server "
-                f"keeps; make unary calls instead"
-            )
+    def take(self, context: grpc.ServicerContext) -> _Open:
+        with self._lock:
+            if self._draining:
+                # Raises: the status of the call, not a failure of the server.
+                context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+            if len(self._open) >= self._limit:
+                raise ResourceExhausted(
+                    f"{self._limit} {self._method} streams are open, the most this server "
+                    f"keeps; make unary calls instead"
+                )
+            stream = _Open(context)
+            self._open.add(stream)
+            return stream
 
-    def give_back(self) -> None:
-        self._free.release()
+    def give_back(self, stream: _Open) -> None:
+        with self._lock:
+            self._open.discard(stream)
+
+    def busy(self, stream: _Open, busy: bool) -> bool:
+        """Mark ``stream`` answering (or not); False when it is to end now."""
+        with self._lock:
+            stream.busy = busy
+            return not stream.ending
+
+    def drain(self) -> None:
+        """A server that starts to stop ends its streams rather than wait out its grace
+        period for them (a caller keeps an idle stream open for as long as it likes): an
+        idle one is cancelled now, one answering a message ends once its answer is
+        sent. Their callers send what comes next as unary calls, which a stopping
+        server refuses, so they reach another replica."""
+        with self._lock:
+            self._draining = True
+            for stream in self._open:
+                if stream.busy:
+                    stream.ending = True
+                else:
+                    stream.context.cancel()
 
 
 def answer_each(
     messages: Iterator[bytes],
+    context: grpc.ServicerContext,
     answer: Callable[[bytes], bytes | Message],
     slots: StreamSlots,
     method: str,
@@ -78,15 +124,18 @@ def answer_each(
     """The sealed answer to each enveloped message, in order (a thread-front behaviour's
     body: ``messages`` are the raw request messages); each is counted as a call of the
     unary ``method`` in the server's RPC metrics."""
-    slots.take()
+    stream = slots.take(context)
     try:
         for data in messages:
+            slots.busy(stream, True)
             envelope = open_envelope(data)
             with message_context(method, envelope.request_id, envelope.timeout):
                 response = answer(envelope.body)
             yield seal(response if isinstance(response, bytes) else response.SerializeToString())
+            if not slots.busy(stream, False):
+                return  # the server is stopping
     finally:
-        slots.give_back()
+        slots.give_back(stream)
 
 
 @contextmanager

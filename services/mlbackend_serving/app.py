@@ -36,6 +36,7 @@ from mlbackend_runtime.server import (
     start_thread_server,
 )
 from mlbackend_runtime.settings import Front, ServerSettings
+from mlbackend_runtime.streamed import StreamSlots
 from mlbackend_serving.core.model_dir import ModelDirectory
 from mlbackend_serving.core.service import ServingCore
 from mlbackend_serving.metrics import ModelMetrics
@@ -125,12 +126,13 @@ async def create_server(
         loop = asyncio.get_running_loop()
         # Batches run on these threads.
         predictions = threaded.PredictionPool(core, FRONT_THREADS, _single_threaded_native_code)
+        streams = StreamSlots("StreamPredict")
         try:
             running = await start_thread_server(
                 SPEC,
                 settings,
                 lambda server: server.add_generic_rpc_handlers(
-                    threaded.handlers(core, loop, predictions)
+                    threaded.handlers(core, loop, predictions, streams)
                 ),
                 registry=registry,
                 threads=FRONT_THREADS,
@@ -144,6 +146,7 @@ async def create_server(
             predictions.shutdown(wait=False, cancel_futures=True)
 
         running.on_stop(stop_predictions)
+        running.on_drain(streams.drain)
     else:
         running = await start_server(SPEC, settings, register, registry=registry)
     # Closers run last-registered first: the core drains its batches before the pool stops.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -270,3 +271,27 @@ async def test_the_thread_front_keeps_a_bounded_number_of_read_streams(
     assert len((await again.read()).read.rows) == 1
     for call in [*streams[1:], again]:
         call.cancel()
+
+
+async def test_a_stopping_store_ends_the_streams_callers_keep_open(
+    start_service: StartService, connect: Connect, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A caller may keep a read stream open and idle for as long as it likes; a server
+    that stops ends such streams at once instead of waiting out its grace period for
+    them, and says nothing about it at ERROR."""
+    server, client = await ready(start_service, connect, "threads")
+    read = f.GetOnlineFeaturesRequest(entity_keys=[key("u1")], feature_refs=["user_stats:amount"])
+    streams = []
+    for _ in range(3):
+        call = client.stub.StreamOnlineFeatures()
+        await call.write(f.StreamOnlineFeaturesRequest(read=read))
+        assert len((await call.read()).read.rows) == 1
+        streams.append(call)
+    started = time.monotonic()
+    await server.stop(10)
+    assert time.monotonic() - started < 3
+    for call in streams:
+        # Cancelled while idle, or ended (OK) just after its answer, if the server had
+        # not yet marked it idle when the drain began.
+        assert await call.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.OK)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

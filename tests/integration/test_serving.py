@@ -4,6 +4,7 @@ on models trained here and served from a model directory (simple mode)."""
 from __future__ import annotations
 
 import asyncio
+import time
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -401,3 +402,21 @@ def _scrape(url: str) -> str:
 def _metric(text: str, name: str) -> float:
     line = next(line for line in text.splitlines() if line.startswith(name + " "))
     return float(line.rsplit(" ", 1)[1])
+
+
+async def test_a_stopping_server_ends_the_prediction_streams_callers_keep_open(
+    start_service: StartService, connect: Connect, model_dir: Path
+) -> None:
+    server = await start_service("serving", model_dir=model_dir)
+    client = connect("serving", server)
+    request = serving_pb2.StreamPredictRequest(
+        request=serving_pb2.PredictRequest(model="fraud", vectors=_vectors(X[:1]))
+    )
+    call = client.stub.StreamPredict()
+    await call.write(request)
+    assert len((await call.read()).response.predictions) == 1
+    started = time.monotonic()
+    await server.stop(10)
+    assert time.monotonic() - started < 3
+    # Cancelled while idle, or ended (OK) just after its answer.
+    assert await call.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.OK)

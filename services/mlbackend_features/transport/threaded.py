@@ -61,8 +61,11 @@ def handlers(
     loop: asyncio.AbstractEventLoop,
     online: ThreadPoolExecutor,
     readers: ThreadPoolExecutor,
+    streams: StreamSlots,
 ) -> list[grpc.GenericRpcHandler]:
-    """``online`` runs online reads; ``readers`` take pushed batches off the stream."""
+    """``online`` runs online reads; ``readers`` take pushed batches off the stream;
+    ``streams`` holds the open StreamOnlineFeatures calls (drained when the server
+    stops)."""
     parse_online_request = None if _wire is None else _wire.parse_online_request
     if parse_online_request is None:
         logger.warning(
@@ -86,7 +89,6 @@ def handlers(
         return convert.online_result_wire(result)
 
     read_online.experimental_thread_pool = online  # type: ignore[attr-defined]
-    slots = StreamSlots("StreamOnlineFeatures")
 
     def stream_online(messages: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
         # On a front thread, which the stream holds while it is open (not ``online``'s
@@ -94,8 +96,9 @@ def handlers(
         each = StreamContext(context)
         return answer_each(
             messages,
+            context,
             lambda data: read_online(data, each),  # type: ignore[arg-type]
-            slots,
+            streams,
             "GetOnlineFeatures",
         )
 

@@ -72,9 +72,13 @@ class PredictionPool(ThreadPoolExecutor):
 
 
 def handlers(
-    core: ServingCore, loop: asyncio.AbstractEventLoop, predictions: PredictionPool
+    core: ServingCore,
+    loop: asyncio.AbstractEventLoop,
+    predictions: PredictionPool,
+    streams: StreamSlots,
 ) -> list[grpc.GenericRpcHandler]:
-    """The generic handlers of both services; ``loop`` runs the non-prediction methods."""
+    """The generic handlers of both services; ``loop`` runs the non-prediction methods;
+    ``streams`` holds the open StreamPredict calls (drained when the server stops)."""
 
     def predict(request: pb.PredictRequest, context: grpc.ServicerContext) -> pb.PredictResponse:
         return c.predict_response(core.predict_blocking(*c.predict_call(request)))
@@ -91,15 +95,14 @@ def handlers(
             result = core.predict_blocking(name, version, Tensors([tensor]))
         return wire.infer_response(usual, result)
 
-    slots = StreamSlots("StreamPredict")
-
     def stream_predict(messages: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
         # On a front thread, which the stream holds while it is open (not one of the
         # prediction pool's, which unary calls share).
         return answer_each(
             messages,
+            context,
             lambda data: predict(parsed(pb.PredictRequest, data), context),
-            slots,
+            streams,
             "Predict",
         )
 
