@@ -569,7 +569,9 @@ class Passthrough(gateway_pb2_grpc.InferenceGatewayServiceServicer):
 
 class StreamPassthrough(gateway_pb2_grpc.InferenceGatewayServiceServicer):
     """The same two calls behind one grpc.aio hop, as messages of open streams: a call
-    takes an idle pair of streams (or opens one) and gives it back when answered."""
+    takes an idle pair of streams (or opens one) and gives it back when answered. Pairs
+    idle for a second are closed (``sweep``): a server keeps 32 streams per method, and
+    the next point's load generator may need them (direct-stream holds one per worker)."""
 
     def __init__(self, features: str, serving: str, feature_service: str, version: int):
         self._features = features_pb2_grpc.FeatureStoreServiceStub(
@@ -577,14 +579,23 @@ class StreamPassthrough(gateway_pb2_grpc.InferenceGatewayServiceServicer):
         )
         self._serving = serving_pb2_grpc.ModelServingServiceStub(grpc.aio.insecure_channel(serving))
         self._hop = _Hop(feature_service, version)
-        self._idle: list[_Streams] = []
+        self._idle: list[tuple[_Streams, float]] = []
 
     async def Predict(self, request: g.PredictRequest, context: Any) -> g.PredictResponse:
-        streams = self._idle.pop() if self._idle else _Streams(self._features, self._serving)
+        streams = self._idle.pop()[0] if self._idle else _Streams(self._features, self._serving)
         read = await streams.read(self._hop.read(request))
         scored = await streams.predict(self._hop.score(request, read))
-        self._idle.append(streams)
+        self._idle.append((streams, time.monotonic()))
         return self._hop.answer(request, scored)
+
+    async def sweep(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            stale = time.monotonic() - 1.0
+            for streams, since in self._idle:
+                if since < stale:
+                    streams.close()
+            self._idle = [(streams, since) for streams, since in self._idle if since >= stale]
 
 
 class SyncPassthrough(gateway_pb2_grpc.InferenceGatewayServiceServicer):
@@ -617,12 +628,13 @@ def serve_passthrough_sync(config: dict[str, Any], ready: Path) -> None:
 
 async def serve_passthrough(config: dict[str, Any], ready: Path, streams: bool = False) -> None:
     server = grpc.aio.server()
-    servicer = StreamPassthrough if streams else Passthrough
-    gateway_pb2_grpc.add_InferenceGatewayServiceServicer_to_server(
-        servicer(config["features"], config["serving"], config["feature_service"],
-                 config["version"]),
-        server,
-    )  # fmt: skip
+    kind = StreamPassthrough if streams else Passthrough
+    servicer = kind(config["features"], config["serving"], config["feature_service"],
+                    config["version"])  # fmt: skip
+    gateway_pb2_grpc.add_InferenceGatewayServiceServicer_to_server(servicer, server)
+    sweeping = (
+        asyncio.create_task(servicer.sweep()) if isinstance(servicer, StreamPassthrough) else None
+    )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     await asyncio.to_thread(ready.write_text, json.dumps({"address": f"127.0.0.1:{port}"}))

@@ -63,6 +63,7 @@ class Store:
     stream: str | None = "ok"
     unary_calls: int = 0
     streams_opened: int = 0
+    streams_ended: int = 0  # by the client closing its side
     envelopes: list[f.StreamOnlineFeaturesRequest] = field(default_factory=list)
 
     async def read(self, request: f.GetOnlineFeaturesRequest, context: Any) -> Any:
@@ -82,6 +83,7 @@ class Store:
             if self.stream == "refuse":
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no such entity")
             yield f.StreamOnlineFeaturesResponse(read=_answer(envelope.read))
+        self.streams_ended += 1
 
     def handler(self) -> grpc.GenericRpcHandler:
         methods = {
@@ -145,6 +147,21 @@ async def test_reads_go_over_streams_that_are_renewed(serve: Any) -> None:
     # Each message carries its request id and what is left of its deadline.
     assert {e.request_id for e in store.envelopes} == {"req-7"}
     assert all(0 < e.timeout.ToMilliseconds() <= 2000 for e in store.envelopes)
+    await reader.close()
+
+
+async def test_an_idle_stream_is_closed(serve: Any) -> None:
+    """A quiet gateway holds no stream (each holds a thread of the server)."""
+    store = Store()
+    reader = _reader(await serve(store), idle=0.2)
+    for n in (1, 2, 3):
+        assert await _read(reader, "u" * n) == n
+        await asyncio.sleep(0.05)
+    assert store.streams_opened == 1 and store.streams_ended == 0
+    await asyncio.sleep(0.6)
+    assert store.streams_ended == 1
+    assert await _read(reader, "u") == 1.0  # a new one
+    assert store.streams_opened == 2
     await reader.close()
 
 

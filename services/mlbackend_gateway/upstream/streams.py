@@ -9,6 +9,8 @@ per prediction.
   first, so streams opened on different replicas take turns), writes its envelope,
   reads the answer and gives the stream back. With none idle it opens one, up to
   ``most``; beyond that the caller makes the unary call.
+- A stream idle for ``idle`` seconds is closed: each holds a thread of the server
+  while open, and a quiet gateway need not hold any.
 - A stream is closed after ``uses`` messages or ``lifetime`` seconds, and its next
   caller opens a new one, which the channel's round_robin sends to the next ready
   replica. That is what spreads the load over replicas (a stream stays on the one it
@@ -68,6 +70,7 @@ class StreamLimits:
     most: int = 4
     uses: int = 100
     lifetime: float = 10.0
+    idle: float = 1.0
     pause: float = 30.0
 
 
@@ -76,6 +79,7 @@ class _Stream:
     call: Any  # grpc.aio.StreamStreamCall
     opened: float
     used: int = 0
+    idle_since: float = 0.0
 
 
 class StreamLane(Generic[Request, Response]):
@@ -101,6 +105,7 @@ class StreamLane(Generic[Request, Response]):
         self._open = 0
         self._paused_until = 0.0
         self._closing: set[asyncio.Task[None]] = set()
+        self._sweep: asyncio.TimerHandle | None = None
 
     async def exchange(self, envelope: Request, timeout: float | None) -> Response | None:
         """The answer to ``envelope`` (its request id and timeout set here), or None when
@@ -178,7 +183,20 @@ class StreamLane(Generic[Request, Response]):
             propagation.unbind(token)
 
     def _give_back(self, stream: _Stream) -> None:
+        stream.idle_since = time.monotonic()
         self._idle.append(stream)
+        if self._sweep is None:
+            self._sweep = asyncio.get_running_loop().call_later(self._limits.idle, self._close_idle)
+
+    def _close_idle(self) -> None:
+        """Close the streams idle for ``idle`` seconds (the oldest given back are first)."""
+        self._sweep = None
+        stale = time.monotonic() - self._limits.idle
+        while self._idle and self._idle[0].idle_since <= stale:
+            self._close(self._idle.popleft())
+        if self._idle:
+            delay = self._idle[0].idle_since - stale
+            self._sweep = asyncio.get_running_loop().call_later(delay, self._close_idle)
 
     def _drop(self, stream: _Stream) -> None:
         self._open -= 1
@@ -192,6 +210,9 @@ class StreamLane(Generic[Request, Response]):
         task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         while self._idle:
             self._close(self._idle.popleft())
         await asyncio.gather(*self._closing, return_exceptions=True)
