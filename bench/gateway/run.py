@@ -632,13 +632,15 @@ async def serve_passthrough(config: dict[str, Any], ready: Path, streams: bool =
     servicer = kind(config["features"], config["serving"], config["feature_service"],
                     config["version"])  # fmt: skip
     gateway_pb2_grpc.add_InferenceGatewayServiceServicer_to_server(servicer, server)
-    sweeping = (
-        asyncio.create_task(servicer.sweep()) if isinstance(servicer, StreamPassthrough) else None
-    )
+    tasks = []
+    if isinstance(servicer, StreamPassthrough):
+        tasks.append(asyncio.create_task(servicer.sweep()))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     await asyncio.to_thread(ready.write_text, json.dumps({"address": f"127.0.0.1:{port}"}))
     await server.wait_for_termination()
+    for task in tasks:
+        task.cancel()
 
 
 def start_passthrough(workdir: Path, config: dict[str, Any], role: str = "passthrough") -> Service:
