@@ -46,6 +46,7 @@ from mlbackend_runtime.errors import (
     ResourceExhausted,
 )
 from mlbackend_runtime.interceptor import observe_message
+from mlbackend_runtime.protowire import read_varint, varint
 
 STREAMS_PER_METHOD = 32
 """Streams of one method a thread-pool front keeps open at once: half of its 64
@@ -194,7 +195,7 @@ def duration_or_none(message: Message, name: str) -> float | None:
 
 def seal(body: bytes) -> bytes:
     """A response envelope around a unary response's wire bytes (field 1)."""
-    return b"\x0a" + _varint(len(body)) + body
+    return b"\x0a" + varint(len(body)) + body
 
 
 def open_envelope(data: bytes) -> Envelope:
@@ -205,10 +206,10 @@ def open_envelope(data: bytes) -> Envelope:
     try:
         position = 0
         while position < len(data):
-            tag, position = _read_varint(data, position)
+            tag, position = read_varint(data, position)
             number, kind = tag >> 3, tag & 7
             if kind == 2:
-                length, position = _read_varint(data, position)
+                length, position = read_varint(data, position)
                 end = position + length
                 if end > len(data):
                     raise ValueError("truncated field")
@@ -221,7 +222,7 @@ def open_envelope(data: bytes) -> Envelope:
                 elif number == 3:
                     timeout = _duration(value)
             elif kind == 0:
-                _, position = _read_varint(data, position)
+                _, position = read_varint(data, position)
             elif kind in (1, 5):
                 position += 8 if kind == 1 else 4
                 if position > len(data):
@@ -239,10 +240,10 @@ def _duration(data: bytes) -> float:
     seconds = nanos = 0
     position = 0
     while position < len(data):
-        tag, position = _read_varint(data, position)
+        tag, position = read_varint(data, position)
         if tag & 7 != 0:
             raise ValueError("a Duration holds varints only")
-        value, position = _read_varint(data, position)
+        value, position = read_varint(data, position)
         if value >= 1 << 63:
             value -= 1 << 64  # negative int64 / int32
         if tag >> 3 == 1:
@@ -250,27 +251,3 @@ def _duration(data: bytes) -> float:
         elif tag >> 3 == 2:
             nanos = value
     return seconds + nanos / 1e9
-
-
-def _read_varint(data: bytes, position: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[position]
-        position += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, position
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint longer than 10 bytes")
-
-
-def _varint(value: int) -> bytes:
-    if value < 0x80:
-        return bytes((value,))
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)

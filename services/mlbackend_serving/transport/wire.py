@@ -26,6 +26,7 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
+from mlbackend_runtime.protowire import varint as _varint
 from mlbackend_serving.core.inputs import Tensor
 from mlbackend_serving.core.service import PredictionResult
 from mlbackend_serving.transport.oip import wanted_outputs
@@ -129,18 +130,6 @@ def _fp64_head(name: str, shape: tuple[int, ...]) -> bytes:
 # --- protobuf's wire format, what a response needs of it ------------------------------
 
 
-def _varint(value: int) -> bytes:
-    if 0 <= value < 0x80:
-        return _ONE_BYTE[value]
-    value &= 0xFFFF_FFFF_FFFF_FFFF  # a negative int64 takes ten bytes, as protobuf writes it
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _field(body: bytearray, number: int, data: bytes) -> None:
     """A length-delimited field (a message, one element of repeated bytes)."""
     body += _TAGS[number]
@@ -162,9 +151,6 @@ def _packed(body: bytearray, number: int, data: bytes) -> None:
 
 # Tags of the length-delimited fields 1-8 (every one a response uses).
 _TAGS = {n: bytes(((n << 3) | 2,)) for n in range(1, 9)}
-
-
-_ONE_BYTE = [bytes((n,)) for n in range(0x80)]
 
 
 def _packed_varints(values: Sequence[int]) -> bytes:
