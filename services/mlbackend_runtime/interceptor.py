@@ -42,20 +42,24 @@ def caller() -> Principal:
     return _principal.get()
 
 
-# The metrics and service of the RPC being handled, for the messages of a stream that
+# The metrics and call of the RPC being handled, for the messages of a stream that
 # carries a unary method's calls (``mlbackend_runtime.streamed``).
-_rpc_metrics: contextvars.ContextVar[tuple[RpcMetrics, str] | None] = contextvars.ContextVar(
-    "mlbackend_rpc_metrics", default=None
+_streamed: contextvars.ContextVar[tuple[RpcMetrics, _Call] | None] = contextvars.ContextVar(
+    "mlbackend_streamed_call", default=None
 )
 
 
-def observe_message(method: str, code: grpc.StatusCode, seconds: float) -> None:
+def observe_message(method: str, code: grpc.StatusCode, seconds: float, request_id: str) -> None:
     """Count one message of such a stream as one call of ``method``, so the method's
-    request counts and latency cover its calls whichever way they came."""
-    bound = _rpc_metrics.get()
+    request counts and latency cover its calls whichever way they came. A message that
+    fails ends its stream with its status: the stream's log line and request-id trailer
+    then name the message's request id."""
+    bound = _streamed.get()
     if bound is not None:
-        metrics, service = bound
-        metrics.observe(service, method, code.name, seconds)
+        metrics, call = bound
+        metrics.observe(call.service, method, code.name, seconds)
+        if code is not grpc.StatusCode.OK:
+            call.request_id = request_id
 
 
 @dataclass
@@ -115,7 +119,7 @@ class _Interception:
         # bindings end with the call.
         propagation.bind(propagation.CallContext(call.request_id, deadline, call.shared_with))
         self._metrics.in_flight.inc()
-        _rpc_metrics.set((self._metrics, service))
+        _streamed.set((self._metrics, call))
         authorization = next((v for k, v in metadata if k == "authorization"), None)
         try:
             token = authorization if isinstance(authorization, str) else None
@@ -153,8 +157,15 @@ class _Interception:
         self._metrics.observe(call.service, call.method, code.name, elapsed)
         if code is not grpc.StatusCode.OK:
             level = logging.ERROR if code is grpc.StatusCode.INTERNAL else logging.INFO
-            logger.log(level, "%s -> %s in %.1f ms%s", _path(call), code.name, elapsed * 1e3,
-                       _shared(call))  # fmt: skip
+            # Logged under the call's request id: a stream's failing message names its own.
+            token = propagation.bind(
+                propagation.CallContext(call.request_id, None, call.shared_with)
+            )
+            try:
+                logger.log(level, "%s -> %s in %.1f ms%s", _path(call), code.name,
+                           elapsed * 1e3, _shared(call))  # fmt: skip
+            finally:
+                propagation.unbind(token)
         elif logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s -> OK in %.1f ms%s", _path(call), elapsed * 1e3, _shared(call))
 

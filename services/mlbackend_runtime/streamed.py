@@ -164,7 +164,7 @@ def message_context(method: str, request_id: str, timeout: float | None) -> Iter
         raise
     finally:
         propagation.unbind(token)
-        observe_message(method, code, time.perf_counter() - started)
+        observe_message(method, code, time.perf_counter() - started, request_id)
 
 
 class StreamContext:

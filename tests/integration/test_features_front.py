@@ -207,12 +207,14 @@ async def test_online_reads_over_one_stream_answer_as_calls_do(
     bad = f.GetOnlineFeaturesRequest(entity_keys=[key("u1")], feature_refs=["user_stats:nope"])
     with pytest.raises(grpc.aio.AioRpcError) as unary:
         await client.stub.GetOnlineFeatures(bad, timeout=10)
-    await call.write(f.StreamOnlineFeaturesRequest(read=bad))
+    await call.write(f.StreamOnlineFeaturesRequest(read=bad, request_id="bad-read"))
     with pytest.raises(grpc.aio.AioRpcError) as streamed:
         await call.read()
     assert streamed.value.code() == unary.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert streamed.value.details() == unary.value.details()
     assert violations(streamed.value) == violations(unary.value) != []
+    # The stream's status names the refused read's request id, as the unary call's would.
+    assert dict(streamed.value.trailing_metadata() or ())["x-request-id"] == "bad-read"
     # A deadline that passed before the read arrived.
     late = client.stub.StreamOnlineFeatures()
     message = f.StreamOnlineFeaturesRequest(read=reads[0])
