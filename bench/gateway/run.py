@@ -10,6 +10,8 @@ it READY. Then a separate load-generator process (``run.py --role loadgen``, grp
 closed loop, N workers, bounded by count and time) measures, at concurrency 1, 8, 32:
 
 - ``gateway-grpc``: ``InferenceGatewayService.Predict`` (entity key only);
+- ``gateway-stream``: the same Predict as messages of ``StreamPredict``, one stream per
+  worker kept open (for callers that predict all the time);
 - ``gateway-http``: ``POST /v1/models/{model}:predict`` over HTTP/1.1 keep-alive (one
   connection per worker, a small asyncio client);
 - ``direct-sum``: per request, ``GetOnlineFeatures`` of the same entity through the same
@@ -30,7 +32,7 @@ closed loop, N workers, bounded by count and time) measures, at concurrency 1, 8
 - ``passthrough-sync``: the same floor on gRPC's synchronous stack (a thread-pool
   server whose handlers make blocking calls).
 
-The seven kinds (``--kinds`` picks some) run back to back for each concurrency
+The eight kinds (``--kinds`` picks some) run back to back for each concurrency
 (interleaved, so drift in the shared CPU hits all of them), after one warm-up each.
 Reported next to each: the load generator's CPU and the services' CPU per request
 (from /proc, over the measurement).
@@ -86,7 +88,7 @@ SIGNATURE = [f"{VIEW}:{name}" for name in STORED]
 USERS = 1000
 SERVICES = ("registry", "features", "monitoring", "serving", "gateway")
 KINDS = ("direct-sum", "direct-stream", "passthrough", "passthrough-stream", "passthrough-sync",
-         "gateway-grpc", "gateway-http")  # fmt: skip
+         "gateway-grpc", "gateway-stream", "gateway-http")  # fmt: skip
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PROFILE_FLAGS = os.environ.get("BENCH_PYSPY_FLAGS", "--threads --gil --nonblocking").split()
 
@@ -329,6 +331,21 @@ class _Http:
             self._writer.close()
 
 
+class _GatewayStream:
+    """A worker's open StreamPredict to the gateway (gateway-stream)."""
+
+    def __init__(self, gateway: gateway_pb2_grpc.InferenceGatewayServiceStub) -> None:
+        self._call = gateway.StreamPredict()
+
+    async def predict(self, request: g.PredictRequest) -> g.PredictResponse:
+        await self._call.write(g.StreamPredictRequest(request=request))
+        answer = await asyncio.wait_for(self._call.read(), 5)
+        return answer.response
+
+    def close(self) -> None:
+        self._call.cancel()
+
+
 class _Streams:
     """A worker's two open streams (direct-stream): one message at a time on each."""
 
@@ -422,6 +439,16 @@ async def loadgen(config: LoadConfig, started_marker: Path | None = None) -> dic
 
         return call
 
+    async def via_stream(i: int, stream: Any) -> tuple[float, float, float]:
+        assert isinstance(stream, _GatewayStream)
+        t0 = time.perf_counter()
+        answer = await stream.predict(
+            g.PredictRequest(model=MODEL, input=g.PredictionInput(entity_key=entity_key(i)))
+        )
+        elapsed = time.perf_counter() - t0
+        assert len(answer.result.prediction.probabilities) == 2
+        return elapsed, 0.0, 0.0
+
     bodies = [
         json.dumps(
             {"input": {"entityKey": {"joinKeys": {"user_id": {"stringValue": user_id(i)}}}}}
@@ -441,6 +468,7 @@ async def loadgen(config: LoadConfig, started_marker: Path | None = None) -> dic
     call = {"direct-sum": direct, "direct-stream": direct_stream, "passthrough": via(passthrough),
             "passthrough-stream": via(passthrough_stream),
             "passthrough-sync": via(passthrough_sync), "gateway-grpc": via(gateway),
+            "gateway-stream": via_stream,
             "gateway-http": via_http}[config.kind]  # fmt: skip
 
     async def run(
@@ -456,6 +484,8 @@ async def loadgen(config: LoadConfig, started_marker: Path | None = None) -> dic
                 return _Http(config.http_port)
             if config.kind == "direct-stream":
                 return _Streams(features, serving)
+            if config.kind == "gateway-stream":
+                return _GatewayStream(gateway)
             return None
 
         async def worker(w: int) -> None:
@@ -762,7 +792,7 @@ def ratios(results: list[dict[str, Any]]) -> str:
     lines = []
     base = by.get(("direct-sum", 1))
     for kind in ("passthrough", "passthrough-stream", "passthrough-sync", "gateway-grpc",
-                 "gateway-http"):  # fmt: skip
+                 "gateway-stream", "gateway-http"):  # fmt: skip
         res = by.get((kind, 1))
         if base and res:
             ratio = res["p50"] / base["p50"]
@@ -774,7 +804,7 @@ def ratios(results: list[dict[str, Any]]) -> str:
                 f"= {ratio:.2f}x  (target <= 1.3x: {verdict})"
             )
     streamed = by.get(("direct-stream", 1))
-    for kind in ("gateway-grpc", "gateway-http"):
+    for kind in ("gateway-grpc", "gateway-stream", "gateway-http"):
         res = by.get((kind, 1))
         if streamed and res:
             lines.append(
@@ -789,8 +819,8 @@ def ratios(results: list[dict[str, Any]]) -> str:
             f"c=1  gateway-grpc p50 / passthrough-stream p50 = {ours['p50'] / floor['p50']:.2f}x  "
             f"(what the gateway's own work costs above a bare hop making the same stream calls)"
         )
-    for kind in ("gateway-grpc", "gateway-http", "passthrough", "passthrough-stream",
-                 "direct-sum", "direct-stream"):  # fmt: skip
+    for kind in ("gateway-grpc", "gateway-stream", "gateway-http", "passthrough",
+                 "passthrough-stream", "direct-sum", "direct-stream"):  # fmt: skip
         res = by.get((kind, 8))
         if res:
             verdict = "meets" if res["p99"] < 10 else "misses"

@@ -278,6 +278,12 @@ def error_info(error: grpc.aio.AioRpcError) -> dict[str, str]:
     return {}
 
 
+async def _fails(call: Any) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call
+    return raised.value
+
+
 def violations(error: grpc.aio.AioRpcError) -> list[str]:
     status = rpc_status.from_call(error)
     out = []
@@ -329,6 +335,43 @@ async def test_predict_returns_the_models_real_probabilities(suite: Suite) -> No
             got.prediction.probabilities, expected(suite, 2, u, tx), rtol=1e-9
         )
     assert len({x.prediction_id for x in batch.results}) == len(pairs)
+
+
+async def test_predictions_over_one_stream_answer_as_predict_does(suite: Suite) -> None:
+    """StreamPredict: each message is a Predict with its own request id, answered in
+    order with the model's real probabilities; the records name each message's id; a
+    refused one ends the stream with Predict's status and its own request id."""
+    call = suite.gateway.stub.StreamPredict()
+    asked = [("u1", 5.0), ("u2", 80.0), ("u1", 20.0)]
+    for i, (user, tx) in enumerate(asked):
+        message = g.StreamPredictRequest(
+            request=predict_request(user, tx), request_id=f"stream-{i}"
+        )
+        message.timeout.FromMilliseconds(5000)
+        await call.write(message)
+        result = (await call.read()).response.result
+        assert result.version == 1
+        np.testing.assert_allclose(
+            result.prediction.probabilities, expected(suite, 1, user, tx), rtol=1e-9
+        )
+    deadline = time.monotonic() + 10
+    while True:
+        listed = await suite.monitoring.stub.ListPredictions(
+            m.ListPredictionsRequest(filter=m.PredictionFilter(model=MODEL), page_size=10)
+        )
+        ids = {r.request_id for r in listed.records}
+        if {"stream-0", "stream-1", "stream-2"} <= ids or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    assert {"stream-0", "stream-1", "stream-2"} <= ids
+    unary = await _fails(suite.gateway.stub.Predict(predict_request("u1", 5.0, model="nope")))
+    await call.write(
+        g.StreamPredictRequest(request=predict_request("u1", 5.0, model="nope"), request_id="no")
+    )
+    streamed = await _fails(call.read())
+    assert streamed.code() == unary.code() == grpc.StatusCode.NOT_FOUND
+    assert streamed.details() == unary.details()
+    assert dict(streamed.trailing_metadata() or ())["x-request-id"] == "no"
 
 
 async def test_concurrent_predictions_share_upstream_calls_and_keep_their_own_answers(

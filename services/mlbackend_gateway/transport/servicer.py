@@ -3,6 +3,7 @@ the shared interceptor maps domain errors)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -12,6 +13,7 @@ from mlbackend.gateway.v1 import gateway_pb2_grpc
 from mlbackend_gateway.core.service import GatewayCore
 from mlbackend_gateway.transport import handlers
 from mlbackend_runtime.interceptor import caller
+from mlbackend_runtime.streamed import duration_or_none, message_context
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -22,6 +24,15 @@ class GatewayServicer(gateway_pb2_grpc.InferenceGatewayServiceServicer):
 
     async def Predict(self, request: pb.PredictRequest, context: Context) -> pb.PredictResponse:
         return await handlers.predict(self._core, request)
+
+    async def StreamPredict(
+        self, requests: AsyncIterator[pb.StreamPredictRequest], context: Context
+    ) -> AsyncIterator[pb.StreamPredictResponse]:
+        async for request in requests:
+            timeout = duration_or_none(request, "timeout")
+            with message_context("Predict", request.request_id, timeout):
+                response = await handlers.predict(self._core, request.request)
+            yield pb.StreamPredictResponse(response=response)
 
     async def PredictBatch(
         self, request: pb.PredictBatchRequest, context: Context

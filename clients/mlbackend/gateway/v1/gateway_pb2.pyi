@@ -286,6 +286,68 @@ class PredictResponse(_message.Message):
 Global___PredictResponse: _TypeAlias = PredictResponse  # noqa: Y015
 
 @_typing.final
+class StreamPredictRequest(_message.Message):
+    """One prediction request of StreamPredict."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The request's id, which a unary call sends as metadata (`x-request-id`);
+    kept in its prediction record.
+    """
+    @_builtins.property
+    def request(self) -> Global___PredictRequest:
+        """The request, as Predict takes it."""
+
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """The request's deadline, as a timeout from when it is sent; unset: the
+        gateway's own per-dependency timeouts only.
+        """
+
+    def __init__(
+        self,
+        *,
+        request: Global___PredictRequest | None = ...,
+        request_id: _builtins.str = ...,
+        timeout: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request", "timeout", b"timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request", "request_id", b"request_id", "timeout", b"timeout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamPredictRequest: _TypeAlias = StreamPredictRequest  # noqa: Y015
+
+@_typing.final
+class StreamPredictResponse(_message.Message):
+    """The answer to one StreamPredictRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def response(self) -> Global___PredictResponse:
+        """The prediction, as Predict answers it."""
+
+    def __init__(
+        self,
+        *,
+        response: Global___PredictResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamPredictResponse: _TypeAlias = StreamPredictResponse  # noqa: Y015
+
+@_typing.final
 class PredictBatchRequest(_message.Message):
     """Request for PredictBatch."""
 

@@ -44,6 +44,11 @@ class InferenceGatewayServiceStub:
                 request_serializer=mlbackend_dot_gateway_dot_v1_dot_gateway__pb2.PredictRequest.SerializeToString,
                 response_deserializer=mlbackend_dot_gateway_dot_v1_dot_gateway__pb2.PredictResponse.FromString,
                 _registered_method=True)
+        self.StreamPredict = channel.stream_stream(
+                '/mlbackend.gateway.v1.InferenceGatewayService/StreamPredict',
+                request_serializer=mlbackend_dot_gateway_dot_v1_dot_gateway__pb2.StreamPredictRequest.SerializeToString,
+                response_deserializer=mlbackend_dot_gateway_dot_v1_dot_gateway__pb2.StreamPredictResponse.FromString,
+                _registered_method=True)
         self.PredictBatch = channel.unary_unary(
                 '/mlbackend.gateway.v1.InferenceGatewayService/PredictBatch',
                 request_serializer=mlbackend_dot_gateway_dot_v1_dot_gateway__pb2.PredictBatchRequest.SerializeToString,
@@ -86,6 +91,17 @@ class InferenceGatewayServiceServicer:
 
     def Predict(self, request, context):
         """Predicts for one entity.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamPredict(self, request_iterator, context):
+        """Predict over one long-lived stream, for callers that predict all the time:
+        each request message is one Predict, answered by one response message, in
+        order. A message on an open stream costs a fraction of a call. The first
+        prediction refused ends the stream with the status Predict would have given
+        it; the caller opens another stream for its next one.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -141,6 +157,11 @@ def add_InferenceGatewayServiceServicer_to_server(servicer, server):
                     servicer.Predict,
                     request_deserializer=mlbackend_dot_gateway_dot_v1_dot_gateway__pb2.PredictRequest.FromString,
                     response_serializer=mlbackend_dot_gateway_dot_v1_dot_gateway__pb2.PredictResponse.SerializeToString,
+            ),
+            'StreamPredict': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamPredict,
+                    request_deserializer=mlbackend_dot_gateway_dot_v1_dot_gateway__pb2.StreamPredictRequest.FromString,
+                    response_serializer=mlbackend_dot_gateway_dot_v1_dot_gateway__pb2.StreamPredictResponse.SerializeToString,
             ),
             'PredictBatch': grpc.unary_unary_rpc_method_handler(
                     servicer.PredictBatch,
@@ -205,6 +226,33 @@ class InferenceGatewayService:
             '/mlbackend.gateway.v1.InferenceGatewayService/Predict',
             mlbackend_dot_gateway_dot_v1_dot_gateway__pb2.PredictRequest.SerializeToString,
             mlbackend_dot_gateway_dot_v1_dot_gateway__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamPredict(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/mlbackend.gateway.v1.InferenceGatewayService/StreamPredict',
+            mlbackend_dot_gateway_dot_v1_dot_gateway__pb2.StreamPredictRequest.SerializeToString,
+            mlbackend_dot_gateway_dot_v1_dot_gateway__pb2.StreamPredictResponse.FromString,
             options,
             channel_credentials,
             insecure,

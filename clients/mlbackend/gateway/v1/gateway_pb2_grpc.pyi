@@ -40,6 +40,13 @@ class InferenceGatewayServiceStub:
     def __new__(cls, channel: _aio.Channel) -> InferenceGatewayServiceAsyncStub: ...
     Predict: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.PredictRequest, _gateway_pb2.PredictResponse]
     """Predicts for one entity."""
+    StreamPredict: _grpc.StreamStreamMultiCallable[_gateway_pb2.StreamPredictRequest, _gateway_pb2.StreamPredictResponse]
+    """Predict over one long-lived stream, for callers that predict all the time:
+    each request message is one Predict, answered by one response message, in
+    order. A message on an open stream costs a fraction of a call. The first
+    prediction refused ends the stream with the status Predict would have given
+    it; the caller opens another stream for its next one.
+    """
     PredictBatch: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.PredictBatchRequest, _gateway_pb2.PredictBatchResponse]
     """Predicts for many entities of one model in one call (all or nothing)."""
     CreateExperiment: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.CreateExperimentRequest, _gateway_pb2.CreateExperimentResponse]
@@ -67,6 +74,13 @@ class InferenceGatewayServiceAsyncStub(InferenceGatewayServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Predict: _aio.UnaryUnaryMultiCallable[_gateway_pb2.PredictRequest, _gateway_pb2.PredictResponse]  # type: ignore[assignment]
     """Predicts for one entity."""
+    StreamPredict: _aio.StreamStreamMultiCallable[_gateway_pb2.StreamPredictRequest, _gateway_pb2.StreamPredictResponse]  # type: ignore[assignment]
+    """Predict over one long-lived stream, for callers that predict all the time:
+    each request message is one Predict, answered by one response message, in
+    order. A message on an open stream costs a fraction of a call. The first
+    prediction refused ends the stream with the status Predict would have given
+    it; the caller opens another stream for its next one.
+    """
     PredictBatch: _aio.UnaryUnaryMultiCallable[_gateway_pb2.PredictBatchRequest, _gateway_pb2.PredictBatchResponse]  # type: ignore[assignment]
     """Predicts for many entities of one model in one call (all or nothing)."""
     CreateExperiment: _aio.UnaryUnaryMultiCallable[_gateway_pb2.CreateExperimentRequest, _gateway_pb2.CreateExperimentResponse]  # type: ignore[assignment]
@@ -97,6 +111,19 @@ class InferenceGatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.PredictResponse, _abc.Awaitable[_gateway_pb2.PredictResponse]]:
         """Predicts for one entity."""
+
+    @_abc_1.abstractmethod
+    def StreamPredict(
+        self,
+        request_iterator: _MaybeAsyncIterator[_gateway_pb2.StreamPredictRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_gateway_pb2.StreamPredictResponse], _abc.AsyncIterator[_gateway_pb2.StreamPredictResponse]]:
+        """Predict over one long-lived stream, for callers that predict all the time:
+        each request message is one Predict, answered by one response message, in
+        order. A message on an open stream costs a fraction of a call. The first
+        prediction refused ends the stream with the status Predict would have given
+        it; the caller opens another stream for its next one.
+        """
 
     @_abc_1.abstractmethod
     def PredictBatch(
