@@ -153,12 +153,14 @@ async def test_reads_go_over_streams_that_are_renewed(serve: Any) -> None:
 async def test_an_idle_stream_is_closed(serve: Any) -> None:
     """A quiet gateway holds no stream (each holds a thread of the server)."""
     store = Store()
-    reader = _reader(await serve(store), idle=0.2)
+    reader = _reader(await serve(store), idle=0.5)
     for n in (1, 2, 3):
         assert await _read(reader, "u" * n) == n
         await asyncio.sleep(0.05)
     assert store.streams_opened == 1 and store.streams_ended == 0
-    await asyncio.sleep(0.6)
+    deadline = time.monotonic() + 5
+    while store.streams_ended == 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
     assert store.streams_ended == 1
     assert await _read(reader, "u") == 1.0  # a new one
     assert store.streams_opened == 2
