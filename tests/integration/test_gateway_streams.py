@@ -64,6 +64,7 @@ class Store:
     unary_calls: int = 0
     streams_opened: int = 0
     streams_ended: int = 0  # by the client closing its side
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
     envelopes: list[f.StreamOnlineFeaturesRequest] = field(default_factory=list)
 
     async def read(self, request: f.GetOnlineFeaturesRequest, context: Any) -> Any:
@@ -84,6 +85,7 @@ class Store:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no such entity")
             yield f.StreamOnlineFeaturesResponse(read=_answer(envelope.read))
         self.streams_ended += 1
+        self.ended.set()
 
     def handler(self) -> grpc.GenericRpcHandler:
         methods = {
@@ -158,9 +160,7 @@ async def test_an_idle_stream_is_closed(serve: Any) -> None:
         assert await _read(reader, "u" * n) == n
         await asyncio.sleep(0.05)
     assert store.streams_opened == 1 and store.streams_ended == 0
-    deadline = time.monotonic() + 5
-    while store.streams_ended == 0 and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    await asyncio.wait_for(store.ended.wait(), 5)
     assert store.streams_ended == 1
     assert await _read(reader, "u") == 1.0  # a new one
     assert store.streams_opened == 2
