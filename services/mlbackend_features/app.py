@@ -160,6 +160,7 @@ async def create_server(
                 ),
                 registry=registry,
             )
+            running.on_drain(servicer.streams.drain)
     except BaseException:
         for pool in pools:
             pool.shutdown(wait=False)

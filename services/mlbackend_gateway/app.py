@@ -214,6 +214,7 @@ async def create_server(
         gateway_pb2_grpc.add_InferenceGatewayServiceServicer_to_server(servicer, server)
 
     running = await start_server(SPEC, settings, register, registry=registry)
+    running.on_drain(servicer.streams.drain)
     records.start()
     watcher = None
     if registry_client is not None:

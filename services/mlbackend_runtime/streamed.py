@@ -29,10 +29,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -51,6 +51,9 @@ from mlbackend_runtime.protowire import read_varint, varint
 STREAMS_PER_METHOD = 32
 """Streams of one method a thread-pool front keeps open at once: half of its 64
 threads, so unary calls always find threads."""
+
+
+Answer = TypeVar("Answer")
 
 
 class Envelope(NamedTuple):
@@ -137,6 +140,60 @@ def answer_each(
                 return  # the server is stopping
     finally:
         slots.give_back(stream)
+
+
+class AioStreams:
+    """The open streams of an asyncio servicer's stream methods: what
+    :class:`StreamSlots` does for a thread front, without a cap (an asyncio stream holds
+    no thread). A drain ends them: an idle one at once, a busy one once its answer is
+    sent, both with status OK (the caller's next request opens another stream, which
+    a stopping server refuses, so it reaches another replica)."""
+
+    def __init__(self) -> None:
+        self._idle: set[asyncio.Task[Any]] = set()
+        self._drained: set[asyncio.Task[Any]] = set()
+        self._draining = False
+
+    async def answer_each(
+        self,
+        requests: AsyncIterator[Any],
+        method: str,
+        answer: Callable[[Any], Awaitable[Answer]],
+    ) -> AsyncIterator[Answer]:
+        """The answer to each parsed envelope of ``requests`` (a message with
+        ``request_id`` and ``timeout``), in order, each counted as a call of the unary
+        ``method``."""
+        task = asyncio.current_task()
+        assert task is not None
+        if self._draining:
+            return
+        self._idle.add(task)
+        try:
+            async for request in requests:
+                self._idle.discard(task)
+                timeout = duration_or_none(request, "timeout")
+                with message_context(method, request.request_id, timeout):
+                    response = await answer(request)
+                yield response
+                if self._draining:
+                    return
+                self._idle.add(task)
+        except asyncio.CancelledError:
+            if task not in self._drained:
+                raise
+            # Woken from its wait for the next request by the drain: the stream ends
+            # here, cleanly (gRPC sends no status for a cancelled handler).
+            task.uncancel()
+        finally:
+            self._idle.discard(task)
+            self._drained.discard(task)
+
+    def drain(self) -> None:
+        self._draining = True
+        for task in self._idle:
+            self._drained.add(task)
+            task.cancel()
+        self._idle.clear()
 
 
 @contextmanager

@@ -114,10 +114,10 @@ async def create_server(
     gc.freeze()
     following = await follow_registry(settings, core)
 
+    own_api = ModelServingServicer(core)
+
     def register(server: grpc.aio.Server) -> None:
-        serving_pb2_grpc.add_ModelServingServiceServicer_to_server(
-            ModelServingServicer(core), server
-        )
+        serving_pb2_grpc.add_ModelServingServiceServicer_to_server(own_api, server)
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(core), server
         )
@@ -149,6 +149,7 @@ async def create_server(
         running.on_drain(streams.drain)
     else:
         running = await start_server(SPEC, settings, register, registry=registry)
+        running.on_drain(own_api.streams.drain)
     # Closers run last-registered first: the core drains its batches before the pool stops.
     running.on_stop(core.close)
     if following is not None:

@@ -275,13 +275,14 @@ async def test_the_thread_front_keeps_a_bounded_number_of_read_streams(
         call.cancel()
 
 
+@pytest.mark.parametrize("front", FRONTS)
 async def test_a_stopping_store_ends_the_streams_callers_keep_open(
-    start_service: StartService, connect: Connect, caplog: pytest.LogCaptureFixture
+    start_service: StartService, connect: Connect, caplog: pytest.LogCaptureFixture, front: str
 ) -> None:
     """A caller may keep a read stream open and idle for as long as it likes; a server
     that stops ends such streams at once instead of waiting out its grace period for
     them, and says nothing about it at ERROR."""
-    server, client = await ready(start_service, connect, "threads")
+    server, client = await ready(start_service, connect, front)
     read = f.GetOnlineFeaturesRequest(entity_keys=[key("u1")], feature_refs=["user_stats:amount"])
     streams = []
     for _ in range(3):

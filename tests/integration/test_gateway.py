@@ -374,6 +374,17 @@ async def test_predictions_over_one_stream_answer_as_predict_does(suite: Suite) 
     assert dict(streamed.trailing_metadata() or ())["x-request-id"] == "no"
 
 
+async def test_a_stopping_gateway_ends_the_streams_its_callers_keep_open(suite: Suite) -> None:
+    call = suite.gateway.stub.StreamPredict()
+    await call.write(g.StreamPredictRequest(request=predict_request("u1", 5.0)))
+    assert (await call.read()).response.result.version == 1
+    started = time.monotonic()
+    await suite.gateway_server.stop(10)
+    assert time.monotonic() - started < 3
+    # Cancelled while idle, or ended (OK) just after its answer.
+    assert await call.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.OK)
+
+
 async def test_concurrent_predictions_share_upstream_calls_and_keep_their_own_answers(
     suite: Suite,
 ) -> None:

@@ -14,7 +14,7 @@ from mlbackend_features.core.service import FeatureStore
 from mlbackend_features.transport import arrow, convert
 from mlbackend_runtime.auth import Role
 from mlbackend_runtime.interceptor import caller
-from mlbackend_runtime.streamed import duration_or_none, message_context
+from mlbackend_runtime.streamed import AioStreams
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -27,6 +27,9 @@ def _actor() -> Actor:
 class FeatureStoreServicer(features_pb2_grpc.FeatureStoreServiceServicer):
     def __init__(self, store: FeatureStore) -> None:
         self._store = store
+        self.streams = AioStreams()
+        """The open StreamOnlineFeatures calls (asyncio front); drained when the server
+        stops."""
 
     async def ApplyDefinitions(
         self, request: pb.ApplyDefinitionsRequest, context: Context
@@ -104,11 +107,10 @@ class FeatureStoreServicer(features_pb2_grpc.FeatureStoreServiceServicer):
     async def StreamOnlineFeatures(
         self, requests: AsyncIterator[pb.StreamOnlineFeaturesRequest], context: Context
     ) -> AsyncIterator[pb.StreamOnlineFeaturesResponse]:
-        async for request in requests:
-            with message_context(
-                "GetOnlineFeatures", request.request_id, duration_or_none(request, "timeout")
-            ):
-                read = await self.GetOnlineFeatures(request.read, context)
+        answers = self.streams.answer_each(
+            requests, "GetOnlineFeatures", lambda r: self.GetOnlineFeatures(r.read, context)
+        )
+        async for read in answers:
             yield pb.StreamOnlineFeaturesResponse(read=read)
 
     async def GetHistoricalFeatures(

@@ -13,7 +13,7 @@ from mlbackend.gateway.v1 import gateway_pb2_grpc
 from mlbackend_gateway.core.service import GatewayCore
 from mlbackend_gateway.transport import handlers
 from mlbackend_runtime.interceptor import caller
-from mlbackend_runtime.streamed import duration_or_none, message_context
+from mlbackend_runtime.streamed import AioStreams
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -21,6 +21,8 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class GatewayServicer(gateway_pb2_grpc.InferenceGatewayServiceServicer):
     def __init__(self, core: GatewayCore) -> None:
         self._core = core
+        self.streams = AioStreams()
+        """The open StreamPredict calls; the server drains them when it stops."""
 
     async def Predict(self, request: pb.PredictRequest, context: Context) -> pb.PredictResponse:
         return await handlers.predict(self._core, request)
@@ -28,10 +30,10 @@ class GatewayServicer(gateway_pb2_grpc.InferenceGatewayServiceServicer):
     async def StreamPredict(
         self, requests: AsyncIterator[pb.StreamPredictRequest], context: Context
     ) -> AsyncIterator[pb.StreamPredictResponse]:
-        async for request in requests:
-            timeout = duration_or_none(request, "timeout")
-            with message_context("Predict", request.request_id, timeout):
-                response = await handlers.predict(self._core, request.request)
+        answers = self.streams.answer_each(
+            requests, "Predict", lambda r: handlers.predict(self._core, r.request)
+        )
+        async for response in answers:
             yield pb.StreamPredictResponse(response=response)
 
     async def PredictBatch(

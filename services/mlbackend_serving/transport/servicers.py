@@ -17,7 +17,7 @@ from mlbackend.inference.v2 import grpc_predict_v2_pb2 as oip
 from mlbackend.inference.v2 import grpc_predict_v2_pb2_grpc as oip_grpc
 from mlbackend.serving.v1 import serving_pb2 as pb
 from mlbackend.serving.v1 import serving_pb2_grpc
-from mlbackend_runtime.streamed import duration_or_none, message_context
+from mlbackend_runtime.streamed import AioStreams
 from mlbackend_serving.core.service import ServingCore
 from mlbackend_serving.transport import converters as c
 from mlbackend_serving.transport import oip as o
@@ -28,6 +28,8 @@ Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 class ModelServingServicer(serving_pb2_grpc.ModelServingServiceServicer):
     def __init__(self, core: ServingCore) -> None:
         self._core = core
+        self.streams = AioStreams()
+        """The open StreamPredict calls (asyncio front); drained when the server stops."""
 
     async def Predict(self, request: pb.PredictRequest, context: Context) -> pb.PredictResponse:
         return c.predict_response(await self._core.predict(*c.predict_call(request)))
@@ -35,11 +37,10 @@ class ModelServingServicer(serving_pb2_grpc.ModelServingServiceServicer):
     async def StreamPredict(
         self, requests: AsyncIterator[pb.StreamPredictRequest], context: Context
     ) -> AsyncIterator[pb.StreamPredictResponse]:
-        async for request in requests:
-            with message_context(
-                "Predict", request.request_id, duration_or_none(request, "timeout")
-            ):
-                response = await self.Predict(request.request, context)
+        answers = self.streams.answer_each(
+            requests, "Predict", lambda r: self.Predict(r.request, context)
+        )
+        async for response in answers:
             yield pb.StreamPredictResponse(response=response)
 
     async def ListModels(
