@@ -206,6 +206,8 @@ class FeatureStoreServiceServicer:
         first read the store refuses ends the stream with the status GetOnlineFeatures
         would have given it. A store holds a bounded number of these streams open at once
         and refuses more with RESOURCE_EXHAUSTED: the caller then makes unary calls.
+        A server that stops ends its open streams between messages: send
+        the next request on a new stream, which another replica answers.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

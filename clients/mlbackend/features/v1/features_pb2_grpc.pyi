@@ -77,6 +77,8 @@ class FeatureStoreServiceStub:
     first read the store refuses ends the stream with the status GetOnlineFeatures
     would have given it. A store holds a bounded number of these streams open at once
     and refuses more with RESOURCE_EXHAUSTED: the caller then makes unary calls.
+    A server that stops ends its open streams between messages: send
+    the next request on a new stream, which another replica answers.
     """
     GetHistoricalFeatures: _grpc.UnaryStreamMultiCallable[_features_pb2.GetHistoricalFeaturesRequest, _features_pb2.GetHistoricalFeaturesResponse]
     """Point-in-time correct retrieval for timestamped entity rows, streamed in
@@ -138,6 +140,8 @@ class FeatureStoreServiceAsyncStub(FeatureStoreServiceStub):
     first read the store refuses ends the stream with the status GetOnlineFeatures
     would have given it. A store holds a bounded number of these streams open at once
     and refuses more with RESOURCE_EXHAUSTED: the caller then makes unary calls.
+    A server that stops ends its open streams between messages: send
+    the next request on a new stream, which another replica answers.
     """
     GetHistoricalFeatures: _aio.UnaryStreamMultiCallable[_features_pb2.GetHistoricalFeaturesRequest, _features_pb2.GetHistoricalFeaturesResponse]  # type: ignore[assignment]
     """Point-in-time correct retrieval for timestamped entity rows, streamed in
@@ -262,6 +266,8 @@ class FeatureStoreServiceServicer(metaclass=_abc_1.ABCMeta):
         first read the store refuses ends the stream with the status GetOnlineFeatures
         would have given it. A store holds a bounded number of these streams open at once
         and refuses more with RESOURCE_EXHAUSTED: the caller then makes unary calls.
+        A server that stops ends its open streams between messages: send
+        the next request on a new stream, which another replica answers.
         """
 
     @_abc_1.abstractmethod

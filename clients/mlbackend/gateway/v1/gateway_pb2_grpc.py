@@ -102,6 +102,8 @@ class InferenceGatewayServiceServicer:
         order. A message on an open stream costs a fraction of a call. The first
         prediction refused ends the stream with the status Predict would have given
         it; the caller opens another stream for its next one.
+        A server that stops ends its open streams between messages: send
+        the next request on a new stream, which another replica answers.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -46,6 +46,8 @@ class InferenceGatewayServiceStub:
     order. A message on an open stream costs a fraction of a call. The first
     prediction refused ends the stream with the status Predict would have given
     it; the caller opens another stream for its next one.
+    A server that stops ends its open streams between messages: send
+    the next request on a new stream, which another replica answers.
     """
     PredictBatch: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.PredictBatchRequest, _gateway_pb2.PredictBatchResponse]
     """Predicts for many entities of one model in one call (all or nothing)."""
@@ -80,6 +82,8 @@ class InferenceGatewayServiceAsyncStub(InferenceGatewayServiceStub):
     order. A message on an open stream costs a fraction of a call. The first
     prediction refused ends the stream with the status Predict would have given
     it; the caller opens another stream for its next one.
+    A server that stops ends its open streams between messages: send
+    the next request on a new stream, which another replica answers.
     """
     PredictBatch: _aio.UnaryUnaryMultiCallable[_gateway_pb2.PredictBatchRequest, _gateway_pb2.PredictBatchResponse]  # type: ignore[assignment]
     """Predicts for many entities of one model in one call (all or nothing)."""
@@ -123,6 +127,8 @@ class InferenceGatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         order. A message on an open stream costs a fraction of a call. The first
         prediction refused ends the stream with the status Predict would have given
         it; the caller opens another stream for its next one.
+        A server that stops ends its open streams between messages: send
+        the next request on a new stream, which another replica answers.
         """
 
     @_abc_1.abstractmethod

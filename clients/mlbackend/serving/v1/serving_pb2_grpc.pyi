@@ -46,6 +46,8 @@ class ModelServingServiceStub:
     prediction serving refuses ends the stream with the status Predict would have
     given it. Serving holds a bounded number of these streams open at once and
     refuses more with RESOURCE_EXHAUSTED: the caller then makes unary calls.
+    A server that stops ends its open streams between messages: send
+    the next request on a new stream, which another replica answers.
     """
     ListModels: _grpc.UnaryUnaryMultiCallable[_serving_pb2.ListModelsRequest, _serving_pb2.ListModelsResponse]
     """Lists the loaded model versions and their state."""
@@ -82,6 +84,8 @@ class ModelServingServiceAsyncStub(ModelServingServiceStub):
     prediction serving refuses ends the stream with the status Predict would have
     given it. Serving holds a bounded number of these streams open at once and
     refuses more with RESOURCE_EXHAUSTED: the caller then makes unary calls.
+    A server that stops ends its open streams between messages: send
+    the next request on a new stream, which another replica answers.
     """
     ListModels: _aio.UnaryUnaryMultiCallable[_serving_pb2.ListModelsRequest, _serving_pb2.ListModelsResponse]  # type: ignore[assignment]
     """Lists the loaded model versions and their state."""
@@ -127,6 +131,8 @@ class ModelServingServiceServicer(metaclass=_abc_1.ABCMeta):
         prediction serving refuses ends the stream with the status Predict would have
         given it. Serving holds a bounded number of these streams open at once and
         refuses more with RESOURCE_EXHAUSTED: the caller then makes unary calls.
+        A server that stops ends its open streams between messages: send
+        the next request on a new stream, which another replica answers.
         """
 
     @_abc_1.abstractmethod
