@@ -60,6 +60,12 @@ class ServiceClient(Generic[StubT]):
             return timeout, None
         return self.outgoing.prepare(method, timeout)
 
+    def call_timeout(self, method: str, timeout: float | None = None) -> float | None:
+        """The timeout :meth:`call_options` would give, without building metadata."""
+        if self.outgoing is None:
+            return timeout
+        return self.outgoing.timeout(method, timeout)
+
     async def check_health(self, *, timeout: float | None = None) -> str:
         """The server's health status for this service: ``SERVING``, ``NOT_SERVING``…"""
         timeout, metadata = self.call_options(_HEALTH_CHECK, timeout)

@@ -215,8 +215,6 @@ class Outgoing:
         outgoing = grpc.aio.Metadata(*(metadata or ()))
         for key, value in self._auth:
             outgoing[key] = value
-        if timeout is None and single_response:
-            timeout = self._default_timeout
         context = propagation.current()
         if context is not None:
             keys = outgoing.keys()
@@ -224,12 +222,22 @@ class Outgoing:
                 shared = context.shared_with
                 for key, value in propagation.outgoing_metadata(context.request_id, shared):
                     outgoing[key] = value
-            remaining = context.time_remaining()
-            if remaining is not None:
-                if remaining <= 0:
-                    raise _deadline_passed(method)
-                timeout = remaining if timeout is None else min(timeout, remaining)
-        return timeout, outgoing
+        return self.timeout(method, timeout, single_response=single_response), outgoing
+
+    def timeout(
+        self, method: str | bytes, timeout: float | None = None, *, single_response: bool = True
+    ) -> float | None:
+        """:meth:`prepare`'s timeout alone, for a message that carries its own (a stream's
+        envelope): no metadata built."""
+        if timeout is None and single_response:
+            timeout = self._default_timeout
+        context = propagation.current()
+        remaining = context.time_remaining() if context is not None else None
+        if remaining is not None:
+            if remaining <= 0:
+                raise _deadline_passed(method)
+            timeout = remaining if timeout is None else min(timeout, remaining)
+        return timeout
 
     def details(
         self, details: grpc.aio.ClientCallDetails, *, single_response: bool

@@ -92,13 +92,14 @@ class FeatureStoreReader:
         else:
             request.feature_refs.extend(version.feature_refs)
         try:
-            timeout, metadata = self._client.call_options(self._method, self._timeout)
             answer = None
             if self._streams is not None:
+                timeout = self._client.call_timeout(self._method, self._timeout)
                 answer = await self._streams.exchange(envelope, timeout)
             if answer is not None:
                 response = answer.read
             else:
+                timeout, metadata = self._client.call_options(self._method, self._timeout)
                 response = await self._client.stub.GetOnlineFeatures(
                     request, timeout=timeout, metadata=metadata
                 )

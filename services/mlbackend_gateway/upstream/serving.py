@@ -90,13 +90,14 @@ class ServingScorer:
             for value in vector:
                 set_value(values.add(), value)
         try:
-            timeout, metadata = self._client.call_options(self._method, self._timeout)
             answer = None
             if self._streams is not None:
+                timeout = self._client.call_timeout(self._method, self._timeout)
                 answer = await self._streams.exchange(envelope, timeout)
             if answer is not None:
                 response = answer.response
             else:
+                timeout, metadata = self._client.call_options(self._method, self._timeout)
                 response = await self._client.stub.Predict(
                     request, timeout=timeout, metadata=metadata
                 )
