@@ -25,12 +25,20 @@ class ServiceClient(Generic[StubT]):
     SERVICE: ClassVar[ServiceDescriptor]
     STUB: ClassVar[type[Any]]
 
-    def __init__(self, channel: grpc.aio.Channel, outgoing: Outgoing | None = None) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        outgoing: Outgoing | None = None,
+        *,
+        rules: Outgoing | None = None,
+    ) -> None:
         self.channel = channel
         self.stub: StubT = self.STUB(channel)
         self.outgoing = outgoing
         """Set when ``channel`` has no interceptors: calls on ``stub`` then take their
         ``timeout`` and ``metadata`` from :meth:`call_options`."""
+        # The channel's rules, for :meth:`call_timeout` whether or not it applies them.
+        self._rules = outgoing or rules or Outgoing()
         self._health = health_pb2_grpc.HealthStub(channel)
 
     @classmethod
@@ -45,7 +53,8 @@ class ServiceClient(Generic[StubT]):
         token, request id and deadline: the client's own helper methods do not.
         """
         channel = create_channel(target, (cls.SERVICE, HEALTH), options, interceptors=interceptors)
-        return cls(channel, None if interceptors else Outgoing.from_options(options))
+        rules = Outgoing.from_options(options)
+        return cls(channel, None if interceptors else rules, rules=rules)
 
     def method(self, name: str) -> str:
         """The full path of method ``name`` of this service (``/package.Service/Name``)."""
@@ -61,10 +70,10 @@ class ServiceClient(Generic[StubT]):
         return self.outgoing.prepare(method, timeout)
 
     def call_timeout(self, method: str, timeout: float | None = None) -> float | None:
-        """The timeout :meth:`call_options` would give, without building metadata."""
-        if self.outgoing is None:
-            return timeout
-        return self.outgoing.timeout(method, timeout)
+        """The timeout a call to ``method`` gets under the channel's rules (its default
+        timeout, capped by the deadline of the call being served), without building
+        metadata: how long a stream message carrying that call's request may take."""
+        return self._rules.timeout(method, timeout)
 
     async def check_health(self, *, timeout: float | None = None) -> str:
         """The server's health status for this service: ``SERVING``, ``NOT_SERVING``…"""

@@ -22,6 +22,7 @@ from mlbackend_clients.features import FeatureStoreClient
 from mlbackend_clients.monitoring import MonitoringClient
 from mlbackend_clients.registry import RegistryClient
 from mlbackend_clients.serving import ServingClient
+from mlbackend_clients.streams import StreamLimits
 from mlbackend_gateway.core.experiments import ExperimentRouter, ExperimentService
 from mlbackend_gateway.core.model import (
     FeatureTable,
@@ -46,7 +47,6 @@ from mlbackend_gateway.upstream.features import FeatureStoreReader
 from mlbackend_gateway.upstream.monitoring import MonitoringSink
 from mlbackend_gateway.upstream.registry import RegistryCatalog, RegistryWatcher
 from mlbackend_gateway.upstream.serving import ServingScorer
-from mlbackend_gateway.upstream.streams import StreamLimits
 from mlbackend_runtime.auth import Authenticator, TokenStore, roles_from_descriptors
 from mlbackend_runtime.errors import DependencyUnavailable
 from mlbackend_runtime.server import ConfigError, RunningServer, ServiceSpec, start_server

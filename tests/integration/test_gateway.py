@@ -374,6 +374,27 @@ async def test_predictions_over_one_stream_answer_as_predict_does(suite: Suite) 
     assert dict(streamed.trailing_metadata() or ())["x-request-id"] == "no"
 
 
+async def test_the_client_predicts_over_streams_as_predict_does(suite: Suite) -> None:
+    """``GatewayClient.streamed_predict``: the real probabilities over one stream kept
+    open, and a refusal raised with Predict's own status and details."""
+    predict = suite.gateway.streamed_predict()
+    for user, tx in [("u1", 5.0), ("u2", 80.0), ("u3", 20.0)]:
+        response = await predict(predict_request(user, tx), timeout=5)
+        assert response.result.version == 1
+        np.testing.assert_allclose(
+            response.result.prediction.probabilities, expected(suite, 1, user, tx), rtol=1e-9
+        )
+    assert predict.streams_open == 1
+    bad = predict_request("u1", 5.0, model="nope")
+    unary = await _fails(suite.gateway.stub.Predict(bad, timeout=5))
+    streamed = await _fails(predict(bad, timeout=5))
+    assert streamed.code() == unary.code() == grpc.StatusCode.NOT_FOUND
+    assert streamed.details() == unary.details()
+    assert predict.streams_open == 0  # the refusal ended it
+    assert (await predict(predict_request("u4", 5.0), timeout=5)).result.version == 1
+    await predict.close()
+
+
 async def test_a_stopping_gateway_ends_the_streams_its_callers_keep_open(suite: Suite) -> None:
     call = suite.gateway.stub.StreamPredict()
     await call.write(g.StreamPredictRequest(request=predict_request("u1", 5.0)))

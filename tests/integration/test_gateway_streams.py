@@ -21,6 +21,7 @@ from mlbackend.features.v1 import features_pb2 as f
 from mlbackend_clients import propagation
 from mlbackend_clients.channel import ChannelOptions
 from mlbackend_clients.features import FeatureStoreClient
+from mlbackend_clients.streams import StreamedMethod, StreamLimits
 from mlbackend_gateway.core.model import (
     ModelVersionInfo,
     OutputInfo,
@@ -29,7 +30,6 @@ from mlbackend_gateway.core.model import (
 )
 from mlbackend_gateway.upstream.coalesce import CoalesceLimits
 from mlbackend_gateway.upstream.features import FeatureStoreReader
-from mlbackend_gateway.upstream.streams import StreamLimits
 from mlbackend_runtime.errors import DeadlineExceeded, DependencyUnavailable, InvalidInput
 
 from conftest import StartService
@@ -109,13 +109,13 @@ async def serve() -> AsyncIterator[Any]:
     servers: list[grpc.aio.Server] = []
     clients: list[FeatureStoreClient] = []
 
-    async def start(store: Store) -> FeatureStoreClient:
+    async def start(store: Store, *, interceptors: bool = False) -> FeatureStoreClient:
         server = grpc.aio.server()
         server.add_generic_rpc_handlers((store.handler(),))
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         servers.append(server)
-        client = FeatureStoreClient.connect(f"127.0.0.1:{port}", interceptors=False)
+        client = FeatureStoreClient.connect(f"127.0.0.1:{port}", interceptors=interceptors)
         clients.append(client)
         return client
 
@@ -212,6 +212,36 @@ async def test_a_stream_that_does_not_answer_ends_at_the_timeout(serve: Any) -> 
     await reader.close()
 
 
+async def test_any_client_sends_its_calls_as_stream_messages(serve: Any) -> None:
+    """``StreamedMethod`` on a channel with interceptors, as applications connect: the
+    calls go as messages of one stream, each with the channel's default timeout, and
+    answer as the unary call would, refusals included."""
+    store = Store()
+    client = await serve(store, interceptors=True)
+    get = StreamedMethod(
+        client,
+        "GetOnlineFeatures",
+        "StreamOnlineFeatures",
+        f.StreamOnlineFeaturesRequest,
+        f.StreamOnlineFeaturesResponse,
+        ("read", "read"),
+    )
+    for user in ("u1", "u22", "u333"):
+        request = f.GetOnlineFeaturesRequest(feature_service="fraud_fs@2")
+        request.entity_keys.add().join_keys["user_id"].string_value = user
+        response = await get(request)
+        assert response.rows[0].values[0].value.double_value == len(user)
+    assert store.unary_calls == 0 and store.streams_opened == 1 and get.streams_open == 1
+    assert all(9_000 < e.timeout.ToMilliseconds() <= 10_000 for e in store.envelopes)
+    store.stream = "refuse"
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await get(f.GetOnlineFeaturesRequest(feature_service="fraud_fs@2"), timeout=2)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "no such entity" in (raised.value.details() or "")
+    await get.close()
+    assert get.streams_open == 0
+
+
 async def test_streams_carry_the_token_to_a_store_with_auth(
     start_service: StartService, tmp_path: Path
 ) -> None:
@@ -246,7 +276,7 @@ async def test_streams_carry_the_token_to_a_store_with_auth(
     for _ in range(3):
         table = await good.read(version, [PredictionInput({"user_id": "u1"})], lambda i: "input")
         assert table.rows[0][0].value == 4.0
-    assert len(good._streams._idle) == 1  # type: ignore[union-attr]  # one stream, reused
+    assert good._get.streams_open == 1  # one stream, reused
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await bad.read(version, [PredictionInput({"user_id": "u1"})], lambda i: "input")
     assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -12,6 +12,7 @@ import grpc
 from mlbackend.features.v1 import features_pb2
 from mlbackend_clients.errors import decode_error
 from mlbackend_clients.features import FeatureStoreClient
+from mlbackend_clients.streams import StreamedMethod, StreamLimits
 from mlbackend_gateway.core.model import (
     FeatureStatus,
     FeatureTable,
@@ -22,7 +23,6 @@ from mlbackend_gateway.core.model import (
 )
 from mlbackend_gateway.upstream.coalesce import CoalesceLimits, Coalescer
 from mlbackend_gateway.upstream.failures import transport_failure
-from mlbackend_gateway.upstream.streams import StreamLane, StreamLimits
 from mlbackend_gateway.upstream.values import STATUSES, set_key, set_map, to_scalar
 from mlbackend_runtime.errors import FailedPrecondition, FieldViolation, InvalidInput
 
@@ -47,14 +47,21 @@ class FeatureStoreReader:
         counted: Callable[[int], None] | None = None,
         streams: StreamLimits | None = None,
     ) -> None:
-        self._client = client
         self._timeout = timeout
-        self._method = client.method("GetOnlineFeatures")
-        self._streams: StreamLane[Envelope, StreamAnswer] | None = None
-        if streams is not None and streams.most > 0:
-            self._streams = StreamLane(
-                client, "StreamOnlineFeatures", Envelope, StreamAnswer, streams
-            )
+        self._get: StreamedMethod[
+            Envelope,
+            StreamAnswer,
+            features_pb2.GetOnlineFeaturesRequest,
+            features_pb2.GetOnlineFeaturesResponse,
+        ] = StreamedMethod(
+            client,
+            "GetOnlineFeatures",
+            "StreamOnlineFeatures",
+            Envelope,
+            StreamAnswer,
+            ("read", "read"),
+            streams or StreamLimits(most=0),
+        )
         self.calls: Coalescer[PredictionInput, FeatureTable] = Coalescer(
             DEPENDENCY, coalesce or CoalesceLimits(), _rows, counted
         )
@@ -70,8 +77,7 @@ class FeatureStoreReader:
 
     async def close(self) -> None:
         await self.calls.close()
-        if self._streams is not None:
-            await self._streams.close()
+        await self._get.close()
 
     async def _read(
         self, version: ModelVersionInfo, path: FieldPath, inputs: Sequence[PredictionInput]
@@ -92,17 +98,7 @@ class FeatureStoreReader:
         else:
             request.feature_refs.extend(version.feature_refs)
         try:
-            answer = None
-            if self._streams is not None:
-                timeout = self._client.call_timeout(self._method, self._timeout)
-                answer = await self._streams.exchange(envelope, timeout)
-            if answer is not None:
-                response = answer.read
-            else:
-                timeout, metadata = self._client.call_options(self._method, self._timeout)
-                response = await self._client.stub.GetOnlineFeatures(
-                    request, timeout=timeout, metadata=metadata
-                )
+            response = await self._get.send(envelope, self._timeout)
         except grpc.aio.AioRpcError as exc:
             raise _fail(exc, version, path) from None
         columns = tuple(s.name for s in response.schema)

@@ -13,12 +13,12 @@ from mlbackend.common.v1 import common_pb2
 from mlbackend.serving.v1 import serving_pb2
 from mlbackend_clients.errors import decode_error
 from mlbackend_clients.serving import ServingClient
+from mlbackend_clients.streams import StreamedMethod, StreamLimits
 from mlbackend_gateway.core.model import ModelOutput, OutputInfo, Scalar, Scored
 from mlbackend_gateway.core.ports import RefusedValue, ScoringRefused
 from mlbackend_gateway.upstream.coalesce import CoalesceLimits, Coalescer
 from mlbackend_gateway.upstream.failures import transport_failure
 from mlbackend_gateway.upstream.registry import output_info
-from mlbackend_gateway.upstream.streams import StreamLane, StreamLimits
 from mlbackend_gateway.upstream.values import set_value, to_scalar
 from mlbackend_runtime.errors import FailedPrecondition
 
@@ -58,12 +58,18 @@ class ServingScorer:
         counted: Callable[[int], None] | None = None,
         streams: StreamLimits | None = None,
     ) -> None:
-        self._client = client
         self._timeout = timeout
-        self._method = client.method("Predict")
-        self._streams: StreamLane[Envelope, StreamAnswer] | None = None
-        if streams is not None and streams.most > 0:
-            self._streams = StreamLane(client, "StreamPredict", Envelope, StreamAnswer, streams)
+        self._predict: StreamedMethod[
+            Envelope, StreamAnswer, serving_pb2.PredictRequest, serving_pb2.PredictResponse
+        ] = StreamedMethod(
+            client,
+            "Predict",
+            "StreamPredict",
+            Envelope,
+            StreamAnswer,
+            ("request", "response"),
+            streams or StreamLimits(most=0),
+        )
         # The output spec is the same on every answer for one version: decode it once.
         self._outputs: dict[bytes, OutputInfo] = {}
         self.calls: Coalescer[Sequence[Scalar], Scored] = Coalescer(
@@ -77,8 +83,7 @@ class ServingScorer:
 
     async def close(self) -> None:
         await self.calls.close()
-        if self._streams is not None:
-            await self._streams.close()
+        await self._predict.close()
 
     async def _score(self, model: str, version: int, vectors: Sequence[Sequence[Scalar]]) -> Scored:
         envelope = Envelope()
@@ -90,17 +95,7 @@ class ServingScorer:
             for value in vector:
                 set_value(values.add(), value)
         try:
-            answer = None
-            if self._streams is not None:
-                timeout = self._client.call_timeout(self._method, self._timeout)
-                answer = await self._streams.exchange(envelope, timeout)
-            if answer is not None:
-                response = answer.response
-            else:
-                timeout, metadata = self._client.call_options(self._method, self._timeout)
-                response = await self._client.stub.Predict(
-                    request, timeout=timeout, metadata=metadata
-                )
+            response = await self._predict.send(envelope, self._timeout)
         except grpc.aio.AioRpcError as exc:
             mapped = transport_failure(DEPENDENCY, exc)
             if mapped is not None:
