@@ -9,6 +9,11 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+# ``google.rpc.ErrorInfo`` reasons of RESOURCE_EXHAUSTED, as the servers send them
+# (``mlbackend_runtime.errors``): the request was shed, or a stream was refused.
+OVERLOADED = "OVERLOADED"
+STREAM_LIMIT = "STREAM_LIMIT"
+
 
 @dataclass(frozen=True)
 class FieldViolation:
@@ -34,6 +39,7 @@ class RpcError(Exception):
         dependency: str | None = None,
         request_id: str | None = None,
         preconditions: tuple[PreconditionViolation, ...] = (),
+        reason: str | None = None,
     ) -> None:
         super().__init__(f"{code.name}: {message}")
         self.code = code
@@ -43,6 +49,10 @@ class RpcError(Exception):
         self.request_id = request_id
         self.preconditions = preconditions
         """Unmet preconditions of a FAILED_PRECONDITION (``google.rpc.PreconditionFailure``)."""
+        self.reason = reason
+        """``google.rpc.ErrorInfo``'s reason: ``DEPENDENCY_UNAVAILABLE``; for
+        RESOURCE_EXHAUSTED ``OVERLOADED`` (the request was shed) or ``STREAM_LIMIT`` (a
+        stream was refused; unary calls are welcome)."""
 
 
 def decode_error(error: grpc.aio.AioRpcError | grpc.RpcError) -> RpcError:
@@ -53,6 +63,7 @@ def decode_error(error: grpc.aio.AioRpcError | grpc.RpcError) -> RpcError:
     violations: list[FieldViolation] = []
     preconditions: list[PreconditionViolation] = []
     dependency: str | None = None
+    reason: str | None = None
     status = rpc_status.from_call(error) if trailing else None
     for detail in status.details if status is not None else ():
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
@@ -71,5 +82,8 @@ def decode_error(error: grpc.aio.AioRpcError | grpc.RpcError) -> RpcError:
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
             dependency = info.metadata.get("dependency", dependency)
+            reason = info.reason or reason
     request_id = next((str(v) for k, v in trailing if k == "x-request-id"), None)
-    return RpcError(code, message, tuple(violations), dependency, request_id, tuple(preconditions))
+    return RpcError(
+        code, message, tuple(violations), dependency, request_id, tuple(preconditions), reason
+    )

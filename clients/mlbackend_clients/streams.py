@@ -28,7 +28,8 @@ any caller that makes many calls of one method (``GatewayClient.streamed_predict
   server shut down or refused another stream) is the stream's failure, not the
   request's: the request is made as a unary call, which the channel's retry policy
   covers. A server without the stream method (UNIMPLEMENTED), or one that refuses a
-  new stream, is not asked again for ``pause`` seconds.
+  new stream (RESOURCE_EXHAUSTED, ``STREAM_LIMIT``), is not asked again for ``pause``
+  seconds; a request shed by a full server (``OVERLOADED``) is that request's answer.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from mlbackend_clients import propagation
 from mlbackend_clients.base import ServiceClient
+from mlbackend_clients.errors import STREAM_LIMIT, decode_error
 
 logger = logging.getLogger("mlbackend.clients")
 
@@ -151,9 +153,8 @@ class StreamLane(Generic[Request, Response]):
 
     def _ended(self, stream: _Stream, error: grpc.aio.AioRpcError) -> None:
         code = error.code()
-        first = stream.used == 0
         if code == grpc.StatusCode.UNIMPLEMENTED or (
-            first and code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            code == grpc.StatusCode.RESOURCE_EXHAUSTED and _stream_refused(error, stream)
         ):
             # An older server, or one with every stream slot taken: calls for a while.
             self._paused_until = time.monotonic() + self._limits.pause
@@ -295,6 +296,16 @@ async def _finish(call: Any) -> None:
                 pass
     except (grpc.aio.AioRpcError, TimeoutError, grpc.aio.UsageError, asyncio.InvalidStateError):
         call.cancel()
+
+
+def _stream_refused(error: grpc.aio.AioRpcError, stream: _Stream) -> bool:
+    """RESOURCE_EXHAUSTED for the stream, not for its request: the server keeps no more
+    streams (``STREAM_LIMIT``). Without a reason (a server older than reasons, or gRPC's
+    own refusal) on a stream's first message, taken as the same. ``OVERLOADED``, a full
+    queue, is the request's answer: the unary call would get it too, and turning to
+    calls, which cost twice a message, would only load the server more."""
+    reason = decode_error(error).reason
+    return reason == STREAM_LIMIT or (reason is None and stream.used == 0)
 
 
 def _stamp(envelope: Any, timeout: float | None) -> None:

@@ -79,8 +79,20 @@ class DependencyUnavailable(DomainError):
         self.dependency = dependency
 
 
+# ``google.rpc.ErrorInfo`` reasons of RESOURCE_EXHAUSTED (the wire values, which
+# ``mlbackend_clients.errors`` reads).
+OVERLOADED = "OVERLOADED"
+STREAM_LIMIT = "STREAM_LIMIT"
+
+
 class ResourceExhausted(DomainError):
-    """Load is being shed (queue full, quota reached); retry later."""
+    """Load is being shed (queue full, quota reached); retry later. ``reason`` (sent as
+    ``ErrorInfo``) tells a refused request (``OVERLOADED``) from a refused stream
+    (``STREAM_LIMIT``: the server keeps no more streams open; calls are welcome)."""
+
+    def __init__(self, message: str, *, reason: str = OVERLOADED) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class DeadlineExceeded(DomainError):

@@ -107,7 +107,8 @@ def from_domain_error(error: errors.DomainError) -> WireStatus:
 def details(error: errors.DomainError) -> list[any_pb2.Any]:
     """A domain error's ``google.rpc`` details (gRPC trailers and the JSON front alike):
     field violations as ``BadRequest``, unmet preconditions as ``PreconditionFailure``,
-    the unavailable dependency as ``ErrorInfo``, shed load as ``RetryInfo``."""
+    the unavailable dependency as ``ErrorInfo``, shed load as ``RetryInfo`` with its
+    reason as ``ErrorInfo``."""
     details: list[any_pb2.Any] = []
     if isinstance(error, errors.InvalidInput) and error.violations:
         bad_request = error_details_pb2.BadRequest(
@@ -141,6 +142,7 @@ def details(error: errors.DomainError) -> list[any_pb2.Any]:
         )
     if isinstance(error, errors.ResourceExhausted):
         details.append(_pack(error_details_pb2.RetryInfo()))
+        details.append(_pack(error_details_pb2.ErrorInfo(reason=error.reason, domain="mlbackend")))
     return details
 
 

@@ -40,6 +40,7 @@ from google.protobuf.message import Message
 from mlbackend_clients import propagation
 from mlbackend_runtime import status
 from mlbackend_runtime.errors import (
+    STREAM_LIMIT,
     DeadlineExceeded,
     DomainError,
     InvalidInput,
@@ -87,7 +88,8 @@ class StreamSlots:
             if len(self._open) >= self._limit:
                 raise ResourceExhausted(
                     f"{self._limit} {self._method} streams are open, the most this server "
-                    f"keeps; make unary calls instead"
+                    f"keeps; make unary calls instead",
+                    reason=STREAM_LIMIT,
                 )
             stream = _Open(context)
             self._open.add(stream)

@@ -28,6 +28,7 @@ from test_feature_store import (
 
 from mlbackend.common.v1 import common_pb2 as c
 from mlbackend.features.v1 import features_pb2 as f
+from mlbackend_clients.errors import decode_error
 from mlbackend_features.transport import threaded
 
 from conftest import Connect, StartService
@@ -265,6 +266,7 @@ async def test_the_thread_front_keeps_a_bounded_number_of_read_streams(
         await extra.read()
     assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "make unary calls" in (raised.value.details() or "")
+    assert decode_error(raised.value).reason == "STREAM_LIMIT"  # not a shed request
     assert len((await client.stub.GetOnlineFeatures(read, timeout=10)).rows) == 1
     await streams[0].done_writing()
     assert await streams[0].read() is grpc.aio.EOF

@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2, status_pb2
 from test_feature_store import batch, definitions, row
 
 from mlbackend.common.v1 import common_pb2
@@ -30,7 +31,12 @@ from mlbackend_gateway.core.model import (
 )
 from mlbackend_gateway.upstream.coalesce import CoalesceLimits
 from mlbackend_gateway.upstream.features import FeatureStoreReader
-from mlbackend_runtime.errors import DeadlineExceeded, DependencyUnavailable, InvalidInput
+from mlbackend_runtime.errors import (
+    DeadlineExceeded,
+    DependencyUnavailable,
+    InvalidInput,
+    ResourceExhausted,
+)
 
 from conftest import StartService
 
@@ -58,7 +64,8 @@ def _answer(request: f.GetOnlineFeaturesRequest) -> f.GetOnlineFeaturesResponse:
 class Store:
     """A feature store whose stream does what ``stream`` says: "ok", "hang" (never
     answers), "unavailable" (ends every stream at its first message), "refuse" (ends
-    it with INVALID_ARGUMENT), or None (no stream method: UNIMPLEMENTED)."""
+    it with INVALID_ARGUMENT), "shed" / "full" (RESOURCE_EXHAUSTED: the request is shed,
+    or the server keeps no more streams), or None (no stream method: UNIMPLEMENTED)."""
 
     stream: str | None = "ok"
     unary_calls: int = 0
@@ -83,6 +90,13 @@ class Store:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "going away")
             if self.stream == "refuse":
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no such entity")
+            if self.stream in ("shed", "full"):
+                reason = "OVERLOADED" if self.stream == "shed" else "STREAM_LIMIT"
+                status = status_pb2.Status(code=grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
+                status.message = "no room"
+                status.details.add().Pack(error_details_pb2.ErrorInfo(reason=reason))
+                bin_status = ("grpc-status-details-bin", status.SerializeToString())
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "no room", (bin_status,))
             yield f.StreamOnlineFeaturesResponse(read=_answer(envelope.read))
         self.streams_ended += 1
         self.ended.set()
@@ -190,6 +204,28 @@ async def test_a_refusal_on_the_stream_is_the_reads_answer(serve: Any) -> None:
     with pytest.raises(InvalidInput, match="no such entity"):
         await _read(reader, "u1")
     assert store.unary_calls == 0
+    await reader.close()
+
+
+async def test_a_shed_request_is_refused_and_a_refused_stream_turns_to_calls(
+    serve: Any,
+) -> None:
+    """RESOURCE_EXHAUSTED on a stream: OVERLOADED is the request's answer (the unary
+    call would get it too, at twice the cost to the overloaded server) and streams stay
+    in use; STREAM_LIMIT is the stream's, and calls take over for ``pause`` seconds."""
+    store = Store(stream="shed")
+    reader = _reader(await serve(store))
+    with pytest.raises(ResourceExhausted, match="overloaded"):
+        await _read(reader, "u1")
+    store.stream = "ok"
+    assert await _read(reader, "uu") == 2.0
+    assert store.unary_calls == 0 and store.streams_opened == 2
+    await reader.close()
+
+    store = Store(stream="full")
+    reader = _reader(await serve(store))
+    assert [await _read(reader, "u" * n) for n in (1, 2)] == [1.0, 2.0]
+    assert store.unary_calls == 2 and store.streams_opened == 1
     await reader.close()
 
 
