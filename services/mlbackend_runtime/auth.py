@@ -105,7 +105,8 @@ def parse_token_file(text: str, source: str = "token file") -> dict[str, Princip
 
 
 class TokenStore:
-    """Tokens from a file, reloaded when the file changes."""
+    """Tokens from a file, reloaded when the file changes (checked every
+    ``RECHECK_SECONDS``); ``generation`` counts the loads."""
 
     RECHECK_SECONDS = 5.0
 
@@ -114,6 +115,7 @@ class TokenStore:
         self._mtime_ns = -1
         self._checked_at = 0.0
         self._principals: dict[str, Principal] = {}
+        self.generation = 0
         self._reload()
 
     def _reload(self) -> None:
@@ -121,14 +123,20 @@ class TokenStore:
         if stat.st_mtime_ns != self._mtime_ns:
             self._principals = parse_token_file(self._path.read_text(), str(self._path))
             self._mtime_ns = stat.st_mtime_ns
+            self.generation += 1
 
-    def lookup(self, token: str) -> Principal | None:
+    def refresh(self) -> int:
+        """Reload the file if it is time to look and it changed; the generation now."""
         now = time.monotonic()
         if now - self._checked_at > self.RECHECK_SECONDS:
             self._checked_at = now
             # A broken edit keeps the last good tokens rather than locking everyone out.
             with contextlib.suppress(OSError, TokenFileError):
                 self._reload()
+        return self.generation
+
+    def lookup(self, token: str) -> Principal | None:
+        self.refresh()
         digest = _digest(token)
         for known, principal in self._principals.items():
             if hmac.compare_digest(known, digest):
@@ -175,6 +183,11 @@ class Authenticator:
     @property
     def enabled(self) -> bool:
         return self._tokens is not None
+
+    def generation(self) -> int:
+        """Changes when the tokens do (0 with auth off): a caller authorized under one
+        generation needs authorizing again under the next."""
+        return 0 if self._tokens is None else self._tokens.refresh()
 
     def authorize(self, method: str, authorization: str | None) -> Principal:
         """The caller of ``method`` given its ``authorization`` metadata, or a domain error."""

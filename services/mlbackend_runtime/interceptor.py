@@ -42,11 +42,29 @@ def caller() -> Principal:
     return _principal.get()
 
 
-# The metrics and call of the RPC being handled, for the messages of a stream that
-# carries a unary method's calls (``mlbackend_runtime.streamed``).
-_streamed: contextvars.ContextVar[tuple[RpcMetrics, _Call] | None] = contextvars.ContextVar(
+# The interception and call of the RPC being handled, for the messages of a stream
+# that carries a unary method's calls (``mlbackend_runtime.streamed``).
+_streamed: contextvars.ContextVar[tuple[_Interception, _Call] | None] = contextvars.ContextVar(
     "mlbackend_streamed_call", default=None
 )
+
+
+def authorize_message() -> None:
+    """Authorize one message of such a stream as a call of its own would be: with the
+    token the stream was opened with, against the tokens as they are now (the token
+    file is reloaded within seconds of an edit). So a token revoked, or a role lowered,
+    while a stream is open stops working on it too; raises as the interceptor's check
+    would (UNAUTHENTICATED, PERMISSION_DENIED). With the tokens unchanged since the
+    last check this costs a counter's comparison."""
+    bound = _streamed.get()
+    if bound is None:
+        return
+    interception, call = bound
+    auth = interception._auth
+    generation = auth.generation()
+    if generation != call.auth_generation:
+        _principal.set(auth.authorize(_path(call), call.token))
+        call.auth_generation = generation
 
 
 def observe_message(method: str, code: grpc.StatusCode, seconds: float, request_id: str) -> None:
@@ -56,8 +74,8 @@ def observe_message(method: str, code: grpc.StatusCode, seconds: float, request_
     then name the message's request id."""
     bound = _streamed.get()
     if bound is not None:
-        metrics, call = bound
-        metrics.observe(call.service, method, code.name, seconds)
+        interception, call = bound
+        interception._metrics.observe(call.service, method, code.name, seconds)
         if code is not grpc.StatusCode.OK:
             call.request_id = request_id
 
@@ -71,6 +89,8 @@ class _Call:
     code: grpc.StatusCode = grpc.StatusCode.OK
     denied: errors.DomainError | None = None
     shared_with: tuple[str, ...] = ()  # the other requests a coalesced call serves
+    token: str | None = None  # the caller's ``authorization``, for a stream's messages
+    auth_generation: int = 0  # of the tokens it was authorized under
 
 
 # Wrapped handlers kept per method path; more methods than this are wrapped per call.
@@ -119,11 +139,12 @@ class _Interception:
         # bindings end with the call.
         propagation.bind(propagation.CallContext(call.request_id, deadline, call.shared_with))
         self._metrics.in_flight.inc()
-        _streamed.set((self._metrics, call))
+        _streamed.set((self, call))
         authorization = next((v for k, v in metadata if k == "authorization"), None)
         try:
-            token = authorization if isinstance(authorization, str) else None
-            _principal.set(self._auth.authorize(path, token))
+            call.token = authorization if isinstance(authorization, str) else None
+            _principal.set(self._auth.authorize(path, call.token))
+            call.auth_generation = self._auth.generation()
         except errors.DomainError as exc:
             call.denied = exc  # raised by the wrapper, so it is counted and mapped like any error
         return call

@@ -46,7 +46,7 @@ from mlbackend_runtime.errors import (
     InvalidInput,
     ResourceExhausted,
 )
-from mlbackend_runtime.interceptor import observe_message
+from mlbackend_runtime.interceptor import authorize_message, observe_message
 from mlbackend_runtime.protowire import read_varint, varint
 
 STREAMS_PER_METHOD = 32
@@ -208,6 +208,7 @@ def message_context(method: str, request_id: str, timeout: float | None) -> Iter
     deadline = None if timeout is None else time.monotonic() + timeout
     token = propagation.bind(propagation.CallContext(request_id, deadline))
     try:
+        authorize_message()
         if timeout is not None and timeout <= 0:
             raise DeadlineExceeded("the request's deadline passed before it arrived")
         yield

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -30,6 +32,7 @@ from mlbackend.common.v1 import common_pb2 as c
 from mlbackend.features.v1 import features_pb2 as f
 from mlbackend_clients.errors import decode_error
 from mlbackend_features.transport import threaded
+from mlbackend_runtime.auth import TokenStore
 
 from conftest import Connect, StartService
 
@@ -300,3 +303,48 @@ async def test_a_stopping_store_ends_the_streams_callers_keep_open(
         # not yet marked it idle when the drain began.
         assert await call.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.OK)
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+@pytest.mark.parametrize("front", FRONTS)
+async def test_a_token_revoked_while_its_stream_is_open_stops_working_on_it(
+    start_service: StartService,
+    connect: Connect,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    front: str,
+) -> None:
+    """Each message of a stream is authorized as its own call would be: once the token
+    file no longer has the token the stream was opened with, the next message ends the
+    stream with UNAUTHENTICATED, as a new call with that token gets."""
+    monkeypatch.setattr(TokenStore, "RECHECK_SECONDS", 0.0)
+    tokens = tmp_path / "tokens"
+    writer, reader = "writer-token-0123456789", "reader-token-0123456789"
+    tokens.write_text(f"{writer} writer ops\n{reader} reader gw\n")
+    server = await start_service("features", features_front=front, token_file=tokens)
+    admin = connect("features", server, token=writer)
+    await admin.stub.ApplyDefinitions(definitions(), timeout=10)
+    await admin.stub.WriteFeatures(
+        f.WriteFeaturesRequest(batch=batch([row("u1", datetime.now(UTC), 4.0, 1, "DE")])),
+        timeout=10,
+    )
+    client = connect("features", server, token=reader)
+    read = f.GetOnlineFeaturesRequest(entity_keys=[key("u1")], feature_refs=["user_stats:amount"])
+    call = client.stub.StreamOnlineFeatures()
+    for _ in range(2):
+        await call.write(f.StreamOnlineFeaturesRequest(read=read))
+        assert (await call.read()).read.rows[0].values[0].value.double_value == 4.0
+    tokens.write_text(f"{writer} writer ops\n")
+    os.utime(tokens, ns=(time.time_ns(), time.time_ns() + 1_000_000_000))
+    await call.write(f.StreamOnlineFeaturesRequest(read=read, request_id="after"))
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call.read()
+    assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.aio.AioRpcError) as unary:
+        await client.stub.GetOnlineFeatures(read, timeout=10)
+    assert unary.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert raised.value.details() == unary.value.details()
+    # The writer's token still works, on a stream as in a call.
+    stream = admin.stub.StreamOnlineFeatures()
+    await stream.write(f.StreamOnlineFeaturesRequest(read=read))
+    assert len((await stream.read()).read.rows) == 1
+    await stream.done_writing()
