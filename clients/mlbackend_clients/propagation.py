@@ -22,6 +22,7 @@ import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import islice
 
 REQUEST_ID_KEY = "x-request-id"
 TRACEPARENT_KEY = "traceparent"
@@ -105,6 +106,12 @@ def shared_request_ids(metadata: Iterable[tuple[str, str | bytes]] | None) -> tu
     at most ``MAX_SHARED``."""
     for key, value in metadata or ():
         if key == SHARED_KEY and isinstance(value, str):
-            ids = value.split(",", MAX_SHARED)[:MAX_SHARED]
-            return tuple(i for i in (part.strip() for part in ids) if _REQUEST_ID.match(i))
+            return well_formed(value.split(",", MAX_SHARED))
     return ()
+
+
+def well_formed(ids: Iterable[str]) -> tuple[str, ...]:
+    """The well-formed request ids among the first ``MAX_SHARED`` of ``ids``."""
+    return tuple(
+        i for i in (part.strip() for part in islice(ids, MAX_SHARED)) if _REQUEST_ID.match(i)
+    )

@@ -311,6 +311,10 @@ def _stream_refused(error: grpc.aio.AioRpcError, stream: _Stream) -> bool:
 def _stamp(envelope: Any, timeout: float | None) -> None:
     context = propagation.current()
     envelope.request_id = context.request_id if context is not None else ""
+    if envelope.shared_request_ids:
+        del envelope.shared_request_ids[:]
+    if context is not None and context.shared_with:
+        envelope.shared_request_ids.extend(context.shared_with[: propagation.MAX_SHARED])
     if timeout is None:
         envelope.ClearField("timeout")
     else:

@@ -67,17 +67,24 @@ def authorize_message() -> None:
         call.auth_generation = generation
 
 
-def observe_message(method: str, code: grpc.StatusCode, seconds: float, request_id: str) -> None:
+def observe_message(
+    method: str,
+    code: grpc.StatusCode,
+    seconds: float,
+    request_id: str,
+    shared_with: tuple[str, ...] = (),
+) -> None:
     """Count one message of such a stream as one call of ``method``, so the method's
     request counts and latency cover its calls whichever way they came. A message that
     fails ends its stream with its status: the stream's log line and request-id trailer
-    then name the message's request id."""
+    then name the message's request id and the requests it is shared with."""
     bound = _streamed.get()
     if bound is not None:
         interception, call = bound
         interception._metrics.observe(call.service, method, code.name, seconds)
         if code is not grpc.StatusCode.OK:
             call.request_id = request_id
+            call.shared_with = shared_with
 
 
 @dataclass

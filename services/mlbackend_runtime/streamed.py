@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
@@ -61,6 +61,7 @@ class Envelope(NamedTuple):
     body: bytes
     request_id: str
     timeout: float | None
+    shared_with: tuple[str, ...] = ()
 
 
 @dataclass(eq=False)
@@ -135,7 +136,9 @@ def answer_each(
         for data in messages:
             slots.busy(stream, True)
             envelope = open_envelope(data)
-            with message_context(method, envelope.request_id, envelope.timeout):
+            with message_context(
+                method, envelope.request_id, envelope.timeout, envelope.shared_with
+            ):
                 response = answer(envelope.body)
             yield seal(response if isinstance(response, bytes) else response.SerializeToString())
             if not slots.busy(stream, False):
@@ -174,7 +177,8 @@ class AioStreams:
             async for request in requests:
                 self._idle.discard(task)
                 timeout = duration_or_none(request, "timeout")
-                with message_context(method, request.request_id, timeout):
+                shared = request.shared_request_ids
+                with message_context(method, request.request_id, timeout, shared):
                     response = await answer(request)
                 yield response
                 if self._draining:
@@ -199,14 +203,18 @@ class AioStreams:
 
 
 @contextmanager
-def message_context(method: str, request_id: str, timeout: float | None) -> Iterator[None]:
-    """One stream message's request id and deadline, bound as a unary call's are; the
-    message is counted as a call of ``method``, with the code it ends with."""
+def message_context(
+    method: str, request_id: str, timeout: float | None, shared: Iterable[str] = ()
+) -> Iterator[None]:
+    """One stream message's request id, deadline and the requests it is shared with,
+    bound as a unary call's are; the message is counted as a call of ``method``, with
+    the code it ends with."""
     started = time.perf_counter()
     code = grpc.StatusCode.OK
     request_id = propagation.request_id_from(((propagation.REQUEST_ID_KEY, request_id),))
+    shared_with = propagation.well_formed(shared) if shared else ()
     deadline = None if timeout is None else time.monotonic() + timeout
-    token = propagation.bind(propagation.CallContext(request_id, deadline))
+    token = propagation.bind(propagation.CallContext(request_id, deadline, shared_with))
     try:
         authorize_message()
         if timeout is not None and timeout <= 0:
@@ -224,7 +232,7 @@ def message_context(method: str, request_id: str, timeout: float | None) -> Iter
         raise
     finally:
         propagation.unbind(token)
-        observe_message(method, code, time.perf_counter() - started, request_id)
+        observe_message(method, code, time.perf_counter() - started, request_id, shared_with)
 
 
 class StreamContext:
@@ -263,6 +271,7 @@ def open_envelope(data: bytes) -> Envelope:
     body = b""
     request_id = ""
     timeout: float | None = None
+    shared: list[str] = []
     try:
         position = 0
         while position < len(data):
@@ -281,6 +290,8 @@ def open_envelope(data: bytes) -> Envelope:
                     request_id = value.decode()
                 elif number == 3:
                     timeout = _duration(value)
+                elif number == 4:
+                    shared.append(value.decode())
             elif kind == 0:
                 _, position = read_varint(data, position)
             elif kind in (1, 5):
@@ -289,11 +300,11 @@ def open_envelope(data: bytes) -> Envelope:
                     raise ValueError("truncated field")
             else:
                 raise ValueError(f"wire type {kind} of field {number}")
-            if number in (1, 2, 3) and kind != 2:
+            if number in (1, 2, 3, 4) and kind != 2:
                 raise ValueError(f"field {number} has wire type {kind}")
     except (ValueError, IndexError, UnicodeDecodeError) as exc:
         raise InvalidInput.field("request", f"not a valid stream message: {exc}") from None
-    return Envelope(body, request_id, timeout)
+    return Envelope(body, request_id, timeout, tuple(shared))
 
 
 def _duration(data: bytes) -> float:

@@ -182,11 +182,15 @@ async def test_the_thread_front_answers_undecodable_online_reads_as_invalid(
 
 @pytest.mark.parametrize("front", FRONTS)
 async def test_online_reads_over_one_stream_answer_as_calls_do(
-    start_service: StartService, connect: Connect, front: str
+    start_service: StartService,
+    connect: Connect,
+    caplog: pytest.LogCaptureFixture,
+    front: str,
 ) -> None:
     """StreamOnlineFeatures: each message is a read, answered in order exactly as
     GetOnlineFeatures answers it; the first refused read ends the stream with the
-    unary call's status and details; a read past its deadline is refused."""
+    unary call's status and details, logged under its request id and the requests it
+    was shared with; a read past its deadline is refused."""
     server, client = await ready(start_service, connect, front)
     now = datetime.now(UTC)
     await client.stub.WriteFeatures(
@@ -211,14 +215,32 @@ async def test_online_reads_over_one_stream_answer_as_calls_do(
     bad = f.GetOnlineFeaturesRequest(entity_keys=[key("u1")], feature_refs=["user_stats:nope"])
     with pytest.raises(grpc.aio.AioRpcError) as unary:
         await client.stub.GetOnlineFeatures(bad, timeout=10)
-    await call.write(f.StreamOnlineFeaturesRequest(read=bad, request_id="bad-read"))
-    with pytest.raises(grpc.aio.AioRpcError) as streamed:
-        await call.read()
+    await call.write(
+        f.StreamOnlineFeaturesRequest(
+            read=bad, request_id="bad-read", shared_request_ids=["read-7", "bad id", "read-8"]
+        )
+    )
+
+    def logged() -> bool:
+        return any(
+            "StreamOnlineFeatures -> INVALID_ARGUMENT" in r.getMessage()
+            and "(shared with requests read-7, read-8)" in r.getMessage()
+            for r in caplog.records
+        )
+
+    with caplog.at_level(logging.INFO, logger="mlbackend.rpc"):
+        with pytest.raises(grpc.aio.AioRpcError) as streamed:
+            await call.read()
+        for _ in range(100):  # the server logs just after it sends the status
+            if logged():
+                break
+            await asyncio.sleep(0.02)
     assert streamed.value.code() == unary.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert streamed.value.details() == unary.value.details()
     assert violations(streamed.value) == violations(unary.value) != []
     # The stream's status names the refused read's request id, as the unary call's would.
     assert dict(streamed.value.trailing_metadata() or ())["x-request-id"] == "bad-read"
+    assert logged()
     # A deadline that passed before the read arrived.
     late = client.stub.StreamOnlineFeatures()
     message = f.StreamOnlineFeaturesRequest(read=reads[0])

@@ -163,6 +163,10 @@ async def test_reads_go_over_streams_that_are_renewed(serve: Any) -> None:
     # Each message carries its request id and what is left of its deadline.
     assert {e.request_id for e in store.envelopes} == {"req-7"}
     assert all(0 < e.timeout.ToMilliseconds() <= 2000 for e in store.envelopes)
+    # A call shared by several requests names the others, as the unary call's metadata.
+    propagation.bind(propagation.CallContext("req-8", None, ("req-9", "req-10")))
+    assert await _read(reader, "u") == 1.0
+    assert list(store.envelopes[-1].shared_request_ids) == ["req-9", "req-10"]
     await reader.close()
 
 

@@ -22,20 +22,23 @@ def _read() -> f.GetOnlineFeaturesRequest:
 
 @pytest.mark.parametrize("millis", [None, 0, 1, 1500, 86_400_000 * 3 + 7])
 def test_fields_read_by_hand_are_protobufs(millis: int | None) -> None:
-    message = f.StreamOnlineFeaturesRequest(read=_read(), request_id="req-1")
+    message = f.StreamOnlineFeaturesRequest(
+        read=_read(), request_id="req-1", shared_request_ids=["req-2", "é" * 40]
+    )
     if millis is not None:
         message.timeout.FromMilliseconds(millis)
     envelope = open_envelope(message.SerializeToString())
     assert envelope.body == _read().SerializeToString()
     assert envelope.request_id == "req-1"
     assert envelope.timeout == (None if millis is None else pytest.approx(millis / 1000))
+    assert envelope.shared_with == ("req-2", "é" * 40)
 
 
 def test_absent_and_unknown_fields() -> None:
-    assert open_envelope(b"") == (b"", "", None)
+    assert open_envelope(b"") == (b"", "", None, ())
     message = s.StreamPredictRequest(request=s.PredictRequest(model="m"))
     # Fields this reader does not know (varint, fixed64, fixed32, bytes) are skipped.
-    unknown = b"\x20\x96\x01" + b"\x29" + bytes(8) + b"\x35" + bytes(4) + b"\x3a\x02hi"
+    unknown = b"\x40\x96\x01" + b"\x29" + bytes(8) + b"\x35" + bytes(4) + b"\x3a\x02hi"
     envelope = open_envelope(message.SerializeToString() + unknown)
     assert s.PredictRequest.FromString(envelope.body).model == "m"
 
@@ -54,7 +57,8 @@ def test_a_response_sealed_by_hand_parses() -> None:
         b"\x0b",  # a group (wire type 3)
         b"\x12\x02\xff\xfe",  # a request id that is not UTF-8
         b"\x1a\x02\x0a\x00",  # a Duration with a length-delimited field
-        b"\x20" + b"\xff" * 11,  # a varint longer than ten bytes
+        b"\x40" + b"\xff" * 11,  # a varint longer than ten bytes
+        b"\x20\x01",  # field 4 (shared request ids) as a varint
     ],
 )
 def test_malformed_envelopes_are_the_callers_error(data: bytes) -> None:

@@ -1817,6 +1817,7 @@ class StreamOnlineFeaturesRequest(_message.Message):
     READ_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
+    SHARED_REQUEST_IDS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The read's request id, which a unary call sends as metadata (`x-request-id`)."""
     @_builtins.property
@@ -1827,16 +1828,24 @@ class StreamOnlineFeaturesRequest(_message.Message):
     def timeout(self) -> _duration_pb2.Duration:
         """What is left of the caller's deadline when the read was sent; unset: none."""
 
+    @_builtins.property
+    def shared_request_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The other requests this one carries the rows of, when a caller shares one
+        call among several (a unary call sends them as `x-shared-request-ids`):
+        the server's log of a failure names them too.
+        """
+
     def __init__(
         self,
         *,
         read: Global___GetOnlineFeaturesRequest | None = ...,
         request_id: _builtins.str = ...,
         timeout: _duration_pb2.Duration | None = ...,
+        shared_request_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["read", b"read", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["read", b"read", "request_id", b"request_id", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["read", b"read", "request_id", b"request_id", "shared_request_ids", b"shared_request_ids", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -29,7 +29,7 @@ from mlbackend.common.v1 import options_pb2 as mlbackend_dot_common_dot_v1_dot_o
 from mlbackend.registry.v1 import registry_pb2 as mlbackend_dot_registry_dot_v1_dot_registry__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"mlbackend/serving/v1/serving.proto\x12\x14mlbackend.serving.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a mlbackend/common/v1/common.proto\x1a!mlbackend/common/v1/options.proto\x1a$mlbackend/registry/v1/registry.proto\"\xc8\x02\n\x0bServedModel\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0f\n\x07\x61liases\x18\x03 \x03(\t\x12/\n\x05state\x18\x04 \x01(\x0e\x32 .mlbackend.serving.v1.ModelState\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x33\n\x06\x66ormat\x18\x06 \x01(\x0e\x32#.mlbackend.common.v1.ArtifactFormat\x12\x17\n\x0f\x61rtifact_sha256\x18\x07 \x01(\t\x12.\n\nready_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0emax_batch_size\x18\t \x01(\x05\x12\x31\n\x0emax_batch_wait\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\"\xba\x01\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x35\n\x07version\x18\x02 \x01(\x0b\x32$.mlbackend.common.v1.VersionSelector\x12\x33\n\x07vectors\x18\x03 \x03(\x0b\x32\".mlbackend.common.v1.FeatureVector\x12-\n\x04rows\x18\x04 \x03(\x0b\x32\x1f.mlbackend.common.v1.FeatureMap\"\x98\x01\n\x0fPredictResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12/\n\x06output\x18\x03 \x01(\x0b\x32\x1f.mlbackend.common.v1.OutputSpec\x12\x34\n\x0bpredictions\x18\x04 \x03(\x0b\x32\x1f.mlbackend.common.v1.Prediction\"\x8d\x01\n\x14StreamPredictRequest\x12\x35\n\x07request\x18\x01 \x01(\x0b\x32$.mlbackend.serving.v1.PredictRequest\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12*\n\x07timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"P\n\x15StreamPredictResponse\x12\x37\n\x08response\x18\x01 \x01(\x0b\x32%.mlbackend.serving.v1.PredictResponse\"I\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\"`\n\x12ListModelsResponse\x12\x31\n\x06models\x18\x01 \x03(\x0b\x32!.mlbackend.serving.v1.ServedModel\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"_\n\x17GetModelMetadataRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x35\n\x07version\x18\x02 \x01(\x0b\x32$.mlbackend.common.v1.VersionSelector\"\x8f\x01\n\x18GetModelMetadataResponse\x12\x37\n\x0cserved_model\x18\x01 \x01(\x0b\x32!.mlbackend.serving.v1.ServedModel\x12:\n\rmodel_version\x18\x02 \x01(\x0b\x32#.mlbackend.registry.v1.ModelVersion\"X\n\x10LoadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x35\n\x07version\x18\x02 \x01(\x0b\x32$.mlbackend.common.v1.VersionSelector\"L\n\x11LoadModelResponse\x12\x37\n\x0cserved_model\x18\x01 \x01(\x0b\x32!.mlbackend.serving.v1.ServedModel\"4\n\x12UnloadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"J\n\x13UnloadModelResponse\x12\x33\n\x08unloaded\x18\x01 \x03(\x0b\x32!.mlbackend.serving.v1.ServedModel\"\xa0\x02\n\x0bModelHealth\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x15\n\rrequest_count\x18\x03 \x01(\x03\x12\x13\n\x0b\x65rror_count\x18\x04 \x01(\x03\x12\x12\n\nerror_rate\x18\x05 \x01(\x01\x12\x34\n\x07latency\x18\x06 \x01(\x0b\x32#.mlbackend.common.v1.LatencySummary\x12\x35\n\x11last_request_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x07verdict\x18\x08 \x01(\x0e\x32\".mlbackend.common.v1.HealthVerdict\x12\x0f\n\x07reasons\x18\t \x03(\t\"b\n\x15GetModelHealthRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12)\n\x06window\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"K\n\x16GetModelHealthResponse\x12\x31\n\x06health\x18\x01 \x03(\x0b\x32!.mlbackend.serving.v1.ModelHealth*\xa5\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13MODEL_STATE_LOADING\x10\x01\x12\x17\n\x13MODEL_STATE_WARMING\x10\x02\x12\x15\n\x11MODEL_STATE_READY\x10\x03\x12\x19\n\x15MODEL_STATE_UNLOADING\x10\x04\x12\x16\n\x12MODEL_STATE_FAILED\x10\x05\x32\x94\x06\n\x13ModelServingService\x12_\n\x07Predict\x12$.mlbackend.serving.v1.PredictRequest\x1a%.mlbackend.serving.v1.PredictResponse\"\x07\x90\x02\x01\x80\x80\x19\x01\x12r\n\rStreamPredict\x12*.mlbackend.serving.v1.StreamPredictRequest\x1a+.mlbackend.serving.v1.StreamPredictResponse\"\x04\x80\x80\x19\x01(\x01\x30\x01\x12h\n\nListModels\x12\'.mlbackend.serving.v1.ListModelsRequest\x1a(.mlbackend.serving.v1.ListModelsResponse\"\x07\x90\x02\x01\x80\x80\x19\x01\x12z\n\x10GetModelMetadata\x12-.mlbackend.serving.v1.GetModelMetadataRequest\x1a..mlbackend.serving.v1.GetModelMetadataResponse\"\x07\x90\x02\x01\x80\x80\x19\x01\x12\x62\n\tLoadModel\x12&.mlbackend.serving.v1.LoadModelRequest\x1a\'.mlbackend.serving.v1.LoadModelResponse\"\x04\x80\x80\x19\x03\x12h\n\x0bUnloadModel\x12(.mlbackend.serving.v1.UnloadModelRequest\x1a).mlbackend.serving.v1.UnloadModelResponse\"\x04\x80\x80\x19\x03\x12t\n\x0eGetModelHealth\x12+.mlbackend.serving.v1.GetModelHealthRequest\x1a,.mlbackend.serving.v1.GetModelHealthResponse\"\x07\x90\x02\x01\x80\x80\x19\x01\x42\x46ZDgithub.com/mlbackend/mlbackend/gen/go/mlbackend/serving/v1;servingv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"mlbackend/serving/v1/serving.proto\x12\x14mlbackend.serving.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a mlbackend/common/v1/common.proto\x1a!mlbackend/common/v1/options.proto\x1a$mlbackend/registry/v1/registry.proto\"\xc8\x02\n\x0bServedModel\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0f\n\x07\x61liases\x18\x03 \x03(\t\x12/\n\x05state\x18\x04 \x01(\x0e\x32 .mlbackend.serving.v1.ModelState\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x33\n\x06\x66ormat\x18\x06 \x01(\x0e\x32#.mlbackend.common.v1.ArtifactFormat\x12\x17\n\x0f\x61rtifact_sha256\x18\x07 \x01(\t\x12.\n\nready_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0emax_batch_size\x18\t \x01(\x05\x12\x31\n\x0emax_batch_wait\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\"\xba\x01\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x35\n\x07version\x18\x02 \x01(\x0b\x32$.mlbackend.common.v1.VersionSelector\x12\x33\n\x07vectors\x18\x03 \x03(\x0b\x32\".mlbackend.common.v1.FeatureVector\x12-\n\x04rows\x18\x04 \x03(\x0b\x32\x1f.mlbackend.common.v1.FeatureMap\"\x98\x01\n\x0fPredictResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12/\n\x06output\x18\x03 \x01(\x0b\x32\x1f.mlbackend.common.v1.OutputSpec\x12\x34\n\x0bpredictions\x18\x04 \x03(\x0b\x32\x1f.mlbackend.common.v1.Prediction\"\xa9\x01\n\x14StreamPredictRequest\x12\x35\n\x07request\x18\x01 \x01(\x0b\x32$.mlbackend.serving.v1.PredictRequest\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12*\n\x07timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\x12shared_request_ids\x18\x04 \x03(\t\"P\n\x15StreamPredictResponse\x12\x37\n\x08response\x18\x01 \x01(\x0b\x32%.mlbackend.serving.v1.PredictResponse\"I\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\"`\n\x12ListModelsResponse\x12\x31\n\x06models\x18\x01 \x03(\x0b\x32!.mlbackend.serving.v1.ServedModel\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"_\n\x17GetModelMetadataRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x35\n\x07version\x18\x02 \x01(\x0b\x32$.mlbackend.common.v1.VersionSelector\"\x8f\x01\n\x18GetModelMetadataResponse\x12\x37\n\x0cserved_model\x18\x01 \x01(\x0b\x32!.mlbackend.serving.v1.ServedModel\x12:\n\rmodel_version\x18\x02 \x01(\x0b\x32#.mlbackend.registry.v1.ModelVersion\"X\n\x10LoadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x35\n\x07version\x18\x02 \x01(\x0b\x32$.mlbackend.common.v1.VersionSelector\"L\n\x11LoadModelResponse\x12\x37\n\x0cserved_model\x18\x01 \x01(\x0b\x32!.mlbackend.serving.v1.ServedModel\"4\n\x12UnloadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"J\n\x13UnloadModelResponse\x12\x33\n\x08unloaded\x18\x01 \x03(\x0b\x32!.mlbackend.serving.v1.ServedModel\"\xa0\x02\n\x0bModelHealth\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x15\n\rrequest_count\x18\x03 \x01(\x03\x12\x13\n\x0b\x65rror_count\x18\x04 \x01(\x03\x12\x12\n\nerror_rate\x18\x05 \x01(\x01\x12\x34\n\x07latency\x18\x06 \x01(\x0b\x32#.mlbackend.common.v1.LatencySummary\x12\x35\n\x11last_request_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x07verdict\x18\x08 \x01(\x0e\x32\".mlbackend.common.v1.HealthVerdict\x12\x0f\n\x07reasons\x18\t \x03(\t\"b\n\x15GetModelHealthRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12)\n\x06window\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"K\n\x16GetModelHealthResponse\x12\x31\n\x06health\x18\x01 \x03(\x0b\x32!.mlbackend.serving.v1.ModelHealth*\xa5\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13MODEL_STATE_LOADING\x10\x01\x12\x17\n\x13MODEL_STATE_WARMING\x10\x02\x12\x15\n\x11MODEL_STATE_READY\x10\x03\x12\x19\n\x15MODEL_STATE_UNLOADING\x10\x04\x12\x16\n\x12MODEL_STATE_FAILED\x10\x05\x32\x94\x06\n\x13ModelServingService\x12_\n\x07Predict\x12$.mlbackend.serving.v1.PredictRequest\x1a%.mlbackend.serving.v1.PredictResponse\"\x07\x90\x02\x01\x80\x80\x19\x01\x12r\n\rStreamPredict\x12*.mlbackend.serving.v1.StreamPredictRequest\x1a+.mlbackend.serving.v1.StreamPredictResponse\"\x04\x80\x80\x19\x01(\x01\x30\x01\x12h\n\nListModels\x12\'.mlbackend.serving.v1.ListModelsRequest\x1a(.mlbackend.serving.v1.ListModelsResponse\"\x07\x90\x02\x01\x80\x80\x19\x01\x12z\n\x10GetModelMetadata\x12-.mlbackend.serving.v1.GetModelMetadataRequest\x1a..mlbackend.serving.v1.GetModelMetadataResponse\"\x07\x90\x02\x01\x80\x80\x19\x01\x12\x62\n\tLoadModel\x12&.mlbackend.serving.v1.LoadModelRequest\x1a\'.mlbackend.serving.v1.LoadModelResponse\"\x04\x80\x80\x19\x03\x12h\n\x0bUnloadModel\x12(.mlbackend.serving.v1.UnloadModelRequest\x1a).mlbackend.serving.v1.UnloadModelResponse\"\x04\x80\x80\x19\x03\x12t\n\x0eGetModelHealth\x12+.mlbackend.serving.v1.GetModelHealthRequest\x1a,.mlbackend.serving.v1.GetModelHealthResponse\"\x07\x90\x02\x01\x80\x80\x19\x01\x42\x46ZDgithub.com/mlbackend/mlbackend/gen/go/mlbackend/serving/v1;servingv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,8 +51,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELSERVINGSERVICE'].methods_by_name['UnloadModel']._serialized_options = b'\200\200\031\003'
   _globals['_MODELSERVINGSERVICE'].methods_by_name['GetModelHealth']._loaded_options = None
   _globals['_MODELSERVINGSERVICE'].methods_by_name['GetModelHealth']._serialized_options = b'\220\002\001\200\200\031\001'
-  _globals['_MODELSTATE']._serialized_start=2316
-  _globals['_MODELSTATE']._serialized_end=2481
+  _globals['_MODELSTATE']._serialized_start=2344
+  _globals['_MODELSTATE']._serialized_end=2509
   _globals['_SERVEDMODEL']._serialized_start=233
   _globals['_SERVEDMODEL']._serialized_end=561
   _globals['_PREDICTREQUEST']._serialized_start=564
@@ -60,31 +60,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PREDICTRESPONSE']._serialized_start=753
   _globals['_PREDICTRESPONSE']._serialized_end=905
   _globals['_STREAMPREDICTREQUEST']._serialized_start=908
-  _globals['_STREAMPREDICTREQUEST']._serialized_end=1049
-  _globals['_STREAMPREDICTRESPONSE']._serialized_start=1051
-  _globals['_STREAMPREDICTRESPONSE']._serialized_end=1131
-  _globals['_LISTMODELSREQUEST']._serialized_start=1133
-  _globals['_LISTMODELSREQUEST']._serialized_end=1206
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1208
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1304
-  _globals['_GETMODELMETADATAREQUEST']._serialized_start=1306
-  _globals['_GETMODELMETADATAREQUEST']._serialized_end=1401
-  _globals['_GETMODELMETADATARESPONSE']._serialized_start=1404
-  _globals['_GETMODELMETADATARESPONSE']._serialized_end=1547
-  _globals['_LOADMODELREQUEST']._serialized_start=1549
-  _globals['_LOADMODELREQUEST']._serialized_end=1637
-  _globals['_LOADMODELRESPONSE']._serialized_start=1639
-  _globals['_LOADMODELRESPONSE']._serialized_end=1715
-  _globals['_UNLOADMODELREQUEST']._serialized_start=1717
-  _globals['_UNLOADMODELREQUEST']._serialized_end=1769
-  _globals['_UNLOADMODELRESPONSE']._serialized_start=1771
-  _globals['_UNLOADMODELRESPONSE']._serialized_end=1845
-  _globals['_MODELHEALTH']._serialized_start=1848
-  _globals['_MODELHEALTH']._serialized_end=2136
-  _globals['_GETMODELHEALTHREQUEST']._serialized_start=2138
-  _globals['_GETMODELHEALTHREQUEST']._serialized_end=2236
-  _globals['_GETMODELHEALTHRESPONSE']._serialized_start=2238
-  _globals['_GETMODELHEALTHRESPONSE']._serialized_end=2313
-  _globals['_MODELSERVINGSERVICE']._serialized_start=2484
-  _globals['_MODELSERVINGSERVICE']._serialized_end=3272
+  _globals['_STREAMPREDICTREQUEST']._serialized_end=1077
+  _globals['_STREAMPREDICTRESPONSE']._serialized_start=1079
+  _globals['_STREAMPREDICTRESPONSE']._serialized_end=1159
+  _globals['_LISTMODELSREQUEST']._serialized_start=1161
+  _globals['_LISTMODELSREQUEST']._serialized_end=1234
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1236
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1332
+  _globals['_GETMODELMETADATAREQUEST']._serialized_start=1334
+  _globals['_GETMODELMETADATAREQUEST']._serialized_end=1429
+  _globals['_GETMODELMETADATARESPONSE']._serialized_start=1432
+  _globals['_GETMODELMETADATARESPONSE']._serialized_end=1575
+  _globals['_LOADMODELREQUEST']._serialized_start=1577
+  _globals['_LOADMODELREQUEST']._serialized_end=1665
+  _globals['_LOADMODELRESPONSE']._serialized_start=1667
+  _globals['_LOADMODELRESPONSE']._serialized_end=1743
+  _globals['_UNLOADMODELREQUEST']._serialized_start=1745
+  _globals['_UNLOADMODELREQUEST']._serialized_end=1797
+  _globals['_UNLOADMODELRESPONSE']._serialized_start=1799
+  _globals['_UNLOADMODELRESPONSE']._serialized_end=1873
+  _globals['_MODELHEALTH']._serialized_start=1876
+  _globals['_MODELHEALTH']._serialized_end=2164
+  _globals['_GETMODELHEALTHREQUEST']._serialized_start=2166
+  _globals['_GETMODELHEALTHREQUEST']._serialized_end=2264
+  _globals['_GETMODELHEALTHRESPONSE']._serialized_start=2266
+  _globals['_GETMODELHEALTHRESPONSE']._serialized_end=2341
+  _globals['_MODELSERVINGSERVICE']._serialized_start=2512
+  _globals['_MODELSERVINGSERVICE']._serialized_end=3300
 # @@protoc_insertion_point(module_scope)

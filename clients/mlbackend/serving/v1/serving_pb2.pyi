@@ -210,6 +210,7 @@ class StreamPredictRequest(_message.Message):
     REQUEST_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
+    SHARED_REQUEST_IDS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The request's id, which a unary call sends as metadata (`x-request-id`)."""
     @_builtins.property
@@ -220,16 +221,24 @@ class StreamPredictRequest(_message.Message):
     def timeout(self) -> _duration_pb2.Duration:
         """What is left of the caller's deadline when the request was sent; unset: none."""
 
+    @_builtins.property
+    def shared_request_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The other requests this one carries the rows of, when a caller shares one
+        call among several (a unary call sends them as `x-shared-request-ids`):
+        the server's log of a failure names them too.
+        """
+
     def __init__(
         self,
         *,
         request: Global___PredictRequest | None = ...,
         request_id: _builtins.str = ...,
         timeout: _duration_pb2.Duration | None = ...,
+        shared_request_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request", "request_id", b"request_id", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request", "request_id", b"request_id", "shared_request_ids", b"shared_request_ids", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
