@@ -56,6 +56,7 @@ _SERVER_FLAGS: tuple[tuple[str, type | None, str], ...] = (
     ("monitoring-nice", int, "monitoring: nice steps of its ingest thread (default 10; 0 = off)"),
     ("coalesce-rows", int, "gateway: most rows per coalesced upstream call (1 = off; 64)"),
     ("upstream-streams", int, "gateway: streams open to features and serving each (0 = off; 4)"),
+    ("stream-slots", int, "features, serving: streams kept open per stream method (32)"),
 )
 
 

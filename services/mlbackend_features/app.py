@@ -42,9 +42,10 @@ from mlbackend_runtime.streamed import StreamSlots
 logger = logging.getLogger("mlbackend.features")
 
 # The thread-pool front: threads for every method but online reads (each holds one call,
-# a stream to its end; a push stream one reader thread more). Beyond MAX_CONCURRENT_RPCS
-# calls in progress gRPC answers RESOURCE_EXHAUSTED.
-FRONT_THREADS = 64
+# a stream to its end; a push stream one reader thread more), plus one per read stream
+# it keeps open (``stream_slots``). Beyond MAX_CONCURRENT_RPCS calls in progress gRPC
+# answers RESOURCE_EXHAUSTED.
+CALL_THREADS = 32
 MAX_CONCURRENT_RPCS = 1024
 
 SPEC = ServiceSpec(
@@ -137,16 +138,17 @@ async def create_server(
         if front == "threads":
             loop = asyncio.get_running_loop()
             online = ThreadPoolExecutor(threaded.ONLINE_READ_THREADS, "features-online")
-            readers = ThreadPoolExecutor(FRONT_THREADS, "features-push")
+            front_threads = CALL_THREADS + settings.stream_slots
+            readers = ThreadPoolExecutor(front_threads, "features-push")
             pools += (online, readers)
-            streams = StreamSlots("StreamOnlineFeatures")
+            streams = StreamSlots("StreamOnlineFeatures", settings.stream_slots)
             handlers = threaded.handlers(store, loop, online, readers, streams)
             running = await start_thread_server(
                 SPEC,
                 settings,
                 lambda server: server.add_generic_rpc_handlers(handlers),
                 registry=registry,
-                threads=FRONT_THREADS,
+                threads=front_threads,
                 max_concurrent_rpcs=MAX_CONCURRENT_RPCS,
             )
             running.on_drain(streams.drain)

@@ -121,6 +121,16 @@ class ServerSettings(BaseSettings):
         description="Gateway: most rows in one coalesced feature read or prediction "
         "(concurrent requests for one model version share a call); 1 = off, default 64.",
     )
+    stream_slots: int = Field(
+        32,
+        ge=0,
+        le=1024,
+        description="Feature store and serving (thread-pool fronts): streams kept open at "
+        "once per stream method (StreamOnlineFeatures, StreamPredict). Each holds a front "
+        "thread, on top of the 32 the other calls share; past the limit a new stream is "
+        "refused (RESOURCE_EXHAUSTED, reason STREAM_LIMIT) and its caller makes unary "
+        "calls. 32 = eight gateways at their default 4 streams.",
+    )
     upstream_streams: int | None = Field(
         None,
         ge=0,

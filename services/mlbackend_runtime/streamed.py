@@ -18,10 +18,11 @@ a handler that parses them itself (the feature store's C parser), and the respon
 sealed around bytes a handler may have written directly.
 
 A stream holds a server thread while it is open, so a server keeps at most
-``limit`` of them per method (:class:`StreamSlots`) and refuses more with
-RESOURCE_EXHAUSTED; the caller then makes unary calls. A server that starts to stop
-ends its streams (:meth:`StreamSlots.drain`) instead of waiting out its grace period
-for callers that keep them open.
+``limit`` of them per method (:class:`StreamSlots`, ``--stream-slots``; its front has a
+thread for each on top of those of its other calls) and refuses more with
+RESOURCE_EXHAUSTED, reason STREAM_LIMIT; the caller then makes unary calls. A server
+that starts to stop ends its streams (:meth:`StreamSlots.drain`) instead of waiting
+out its grace period for callers that keep them open.
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ from mlbackend_runtime.interceptor import authorize_message, observe_message
 from mlbackend_runtime.protowire import read_varint, varint
 
 STREAMS_PER_METHOD = 32
-"""Streams of one method a thread-pool front keeps open at once: half of its 64
-threads, so unary calls always find threads."""
+"""Streams of one method a thread-pool front keeps open at once unless told
+(``ServerSettings.stream_slots``)."""
 
 
 Answer = TypeVar("Answer")

@@ -45,8 +45,9 @@ from mlbackend_serving.transport import threaded
 from mlbackend_serving.transport.servicers import InferenceServicer, ModelServingServicer
 
 # Threads of the thread-pool front: each holds one call in progress (waiting for its
-# batch included). Beyond MAX_CONCURRENT_RPCS calls gRPC answers RESOURCE_EXHAUSTED.
-FRONT_THREADS = 64
+# batch included), plus one per StreamPredict stream it keeps open (``stream_slots``).
+# Beyond MAX_CONCURRENT_RPCS calls gRPC answers RESOURCE_EXHAUSTED.
+CALL_THREADS = 32
 MAX_CONCURRENT_RPCS = 1024
 
 _OIP = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
@@ -125,8 +126,9 @@ async def create_server(
     if threads:
         loop = asyncio.get_running_loop()
         # Batches run on these threads.
-        predictions = threaded.PredictionPool(core, FRONT_THREADS, _single_threaded_native_code)
-        streams = StreamSlots("StreamPredict")
+        front_threads = CALL_THREADS + settings.stream_slots
+        predictions = threaded.PredictionPool(core, front_threads, _single_threaded_native_code)
+        streams = StreamSlots("StreamPredict", settings.stream_slots)
         try:
             running = await start_thread_server(
                 SPEC,
@@ -135,7 +137,7 @@ async def create_server(
                     threaded.handlers(core, loop, predictions, streams)
                 ),
                 registry=registry,
-                threads=FRONT_THREADS,
+                threads=front_threads,
                 max_concurrent_rpcs=MAX_CONCURRENT_RPCS,
             )
         except BaseException:

@@ -272,15 +272,16 @@ async def test_online_reads_over_one_stream_answer_as_calls_do(
 async def test_the_thread_front_keeps_a_bounded_number_of_read_streams(
     start_service: StartService, connect: Connect
 ) -> None:
-    """Each open stream holds a front thread: past the limit a new one is refused with
-    RESOURCE_EXHAUSTED, unary reads still work, and a closed stream frees its slot."""
-    from mlbackend_runtime.streamed import STREAMS_PER_METHOD
-
-    _, client = await ready(start_service, connect, "threads")
+    """Each open stream holds a front thread: past the limit (``--stream-slots``) a new
+    one is refused with RESOURCE_EXHAUSTED, unary reads still work, and a closed stream
+    frees its slot."""
+    server = await start_service("features", features_front="threads", stream_slots=3)
+    client = connect("features", server)
+    await client.stub.ApplyDefinitions(definitions(), timeout=10)
     read = f.GetOnlineFeaturesRequest(entity_keys=[key("u1")], feature_refs=["user_stats:amount"])
     message = f.StreamOnlineFeaturesRequest(read=read)
     streams = []
-    for _ in range(STREAMS_PER_METHOD):
+    for _ in range(3):
         call = client.stub.StreamOnlineFeatures()
         await call.write(message)
         assert len((await call.read()).read.rows) == 1
@@ -290,7 +291,10 @@ async def test_the_thread_front_keeps_a_bounded_number_of_read_streams(
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await extra.read()
     assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "make unary calls" in (raised.value.details() or "")
+    assert raised.value.details() == (
+        "3 StreamOnlineFeatures streams are open, the most this server keeps; "
+        "make unary calls instead"
+    )
     assert decode_error(raised.value).reason == "STREAM_LIMIT"  # not a shed request
     assert len((await client.stub.GetOnlineFeatures(read, timeout=10)).rows) == 1
     await streams[0].done_writing()
