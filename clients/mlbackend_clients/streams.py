@@ -120,8 +120,9 @@ class StreamLane(Generic[Request, Response]):
         return self._open
 
     async def exchange(self, envelope: Request, timeout: float | None) -> Response | None:
-        """The answer to ``envelope`` (its request id and timeout set here), or None when
-        no stream can carry it: the caller then makes the unary call."""
+        """The answer to ``envelope`` (its timeout set here, and the request ids of the
+        call being served, if any), or None when no stream can carry it: the caller then
+        makes the unary call."""
         stream = self._take()
         if stream is None:
             return None
@@ -271,7 +272,19 @@ class StreamedMethod(Generic[Request, Response, Unary, UnaryAnswer]):
         """The unary method's answer to the request in ``envelope`` (built in place by a
         caller that makes many: no copy). ``timeout`` as the unary call takes it; the
         channel's rules apply (its default timeout, the deadline of the call being
-        served)."""
+        served). The request id is the call being served's, else the envelope's own
+        ``request_id`` if set (sent as metadata if the request goes as a unary call),
+        else the server's."""
+        own = getattr(envelope, "request_id", "")
+        if own and propagation.current() is None:
+            token = propagation.bind(propagation.CallContext(own))
+            try:
+                return await self._send(envelope, timeout)
+            finally:
+                propagation.unbind(token)
+        return await self._send(envelope, timeout)
+
+    async def _send(self, envelope: Request, timeout: float | None) -> UnaryAnswer:
         client = self._client
         if self._lane is not None:
             answer = await self._lane.exchange(envelope, client.call_timeout(self._path, timeout))

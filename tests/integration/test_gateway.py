@@ -39,6 +39,7 @@ from mlbackend_clients.features import FeatureStoreClient
 from mlbackend_clients.gateway import GatewayClient
 from mlbackend_clients.monitoring import MonitoringClient
 from mlbackend_clients.registry import RegistryClient
+from mlbackend_clients.streams import StreamLimits
 from mlbackend_gateway import app as gateway_app
 from mlbackend_gateway.core.experiments import Experiment, Variant, assign
 from mlbackend_gateway.core.model import VersionSelector
@@ -392,7 +393,24 @@ async def test_the_client_predicts_over_streams_as_predict_does(suite: Suite) ->
     assert streamed.details() == unary.details()
     assert predict.streams_open == 0  # the refusal ended it
     assert (await predict(predict_request("u4", 5.0), timeout=5)).result.version == 1
+    # A caller's own request ids, on a stream and on the unary call alike.
+    calls_only = suite.gateway.streamed_predict(StreamLimits(most=0))
+    for sender, request_id in ((predict, "mine-1"), (calls_only, "mine-2")):
+        envelope = g.StreamPredictRequest(request=predict_request("u5", 5.0), request_id=request_id)
+        assert (await sender.send(envelope, timeout=5)).result.version == 1
+    assert calls_only.streams_open == 0
+    deadline = time.monotonic() + 10
+    while True:
+        listed = await suite.monitoring.stub.ListPredictions(
+            m.ListPredictionsRequest(filter=m.PredictionFilter(model=MODEL), page_size=20)
+        )
+        ids = {r.request_id for r in listed.records}
+        if {"mine-1", "mine-2"} <= ids or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    assert {"mine-1", "mine-2"} <= ids
     await predict.close()
+    await calls_only.close()
 
 
 async def test_a_stopping_gateway_ends_the_streams_its_callers_keep_open(suite: Suite) -> None:
