@@ -564,8 +564,8 @@ async def test_bad_input_gets_clear_errors(suite: Suite) -> None:
         "input.request_features.tx_amount",
     ]
     assert raised.value.details() == (
-        "feature store refused the inputs: 4 listed; first: input.entity_key.user_id: "
-        "join key is missing"
+        "feature store refused the inputs: 4 invalid input(s); first: "
+        "input.entity_key.user_id: join key is missing"
     )
     # In a batch, by its position, even when it is the batch's only input.
     for good in (0, 1):
@@ -580,6 +580,15 @@ async def test_bad_input_gets_clear_errors(suite: Suite) -> None:
             f"inputs[{good}].request_features.colour",
             f"inputs[{good}].request_features.tx_amount",
         ]
+    # More problems than the store lists (50): the count is still the whole of them.
+    inputs = [g.PredictionInput(entity_key=key("u1"), request_features=wrong)] * 30
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.PredictBatch(g.PredictBatchRequest(model=MODEL, inputs=inputs), timeout=10)
+    assert len(violations(raised.value)) == 50
+    assert (raised.value.details() or "").startswith(
+        "feature store refused the inputs: 60 invalid input(s), the first 50 listed; first: "
+        "inputs[0].request_features.colour: "
+    )
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await stub.Predict(predict_request("u1", 1.0, version=c.VersionSelector(alias="nope")))
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND

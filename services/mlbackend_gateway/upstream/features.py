@@ -34,6 +34,7 @@ StreamAnswer = features_pb2.StreamOnlineFeaturesResponse
 # The store's field paths, rewritten to the gateway request's.
 _REQUEST_INPUT = re.compile(r"^request_inputs\[(\d+)\]\.?(.*)$")
 _ENTITY_KEY = re.compile(r"^entity_keys\[(\d+)\]\.?(.*)$")
+_COUNT = re.compile(r"^(\d+) ")
 
 
 class FeatureStoreReader:
@@ -130,7 +131,13 @@ def _fail(error: grpc.aio.AioRpcError, version: ModelVersionInfo, path: FieldPat
         message = decoded.message
         if violations:  # the store's message names its own fields: name the caller's
             first = violations[0]
-            message = f"{len(violations)} listed; first: {first.field}: {first.description}"
+            # The store's count, which its details may list only the first of.
+            counted = _COUNT.match(message)
+            found = max(int(counted.group(1)), len(violations)) if counted else len(violations)
+            listed = f", the first {len(violations)} listed" if found > len(violations) else ""
+            message = (
+                f"{found} invalid input(s){listed}; first: {first.field}: {first.description}"
+            )
         return InvalidInput(f"feature store refused the inputs: {message}", violations)
     if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
         return FailedPrecondition(
