@@ -135,9 +135,7 @@ def _fail(error: grpc.aio.AioRpcError, version: ModelVersionInfo, path: FieldPat
             counted = _COUNT.match(message)
             found = max(int(counted.group(1)), len(violations)) if counted else len(violations)
             listed = f", the first {len(violations)} listed" if found > len(violations) else ""
-            message = (
-                f"{found} invalid input(s){listed}; first: {first.field}: {first.description}"
-            )
+            message = f"{found} invalid input(s){listed}; first: {first.field}: {first.description}"
         return InvalidInput(f"feature store refused the inputs: {message}", violations)
     if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
         return FailedPrecondition(
