@@ -145,7 +145,7 @@ class _Interception:
         # Each RPC runs in its own task (aio) or its own context (threads), so these
         # bindings end with the call.
         propagation.bind(propagation.CallContext(call.request_id, deadline, call.shared_with))
-        self._metrics.in_flight.inc()
+        self._metrics.started()
         _streamed.set((self, call))
         authorization = next((v for k, v in metadata if k == "authorization"), None)
         try:
@@ -176,7 +176,7 @@ class _Interception:
         return (*wire.trailing_metadata, (propagation.REQUEST_ID_KEY, call.request_id))
 
     def _end(self, call: _Call, context: AnyContext) -> None:
-        self._metrics.in_flight.dec()
+        self._metrics.ended()
         code = call.code
         if code is grpc.StatusCode.OK:
             code = _code_of(context) or grpc.StatusCode.OK
