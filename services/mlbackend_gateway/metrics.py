@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, Metric
+
+from mlbackend_runtime import fastmetrics
 
 
 class GatewayMetrics:
@@ -31,29 +34,46 @@ class GatewayMetrics:
             registry=registry,
         )
 
-        self.upstream_calls = Counter(
-            "mlbackend_gateway_upstream_calls_total",
-            "Feature reads and predictions sent upstream, by dependency.",
-            ("dependency",),
-            registry=registry,
+        # Per dependency: calls, callers. Counted on every upstream call, without a lock.
+        self._upstream: fastmetrics.Shards[str] = fastmetrics.Shards(2)
+        fastmetrics.Family(registry, self._collect, self._describe)
+
+    def _describe(self) -> list[Metric]:
+        return list(self._families())
+
+    @staticmethod
+    def _families() -> tuple[CounterMetricFamily, CounterMetricFamily]:
+        return (
+            fastmetrics.counter(
+                "mlbackend_gateway_upstream_calls",
+                "Feature reads and predictions sent upstream, by dependency.",
+                ["dependency"],
+            ),
+            fastmetrics.counter(
+                "mlbackend_gateway_upstream_callers",
+                "Requests those calls carried (callers_total / calls_total = callers per "
+                "call; above 1 while concurrent requests are coalesced; a request sent again "
+                "alone after its shared call was refused counts again).",
+                ["dependency"],
+            ),
         )
-        self.upstream_callers = Counter(
-            "mlbackend_gateway_upstream_callers_total",
-            "Requests those calls carried (callers_total / calls_total = callers per call; "
-            "above 1 while concurrent requests are coalesced; a request sent again alone "
-            "after its shared call was refused counts again).",
-            ("dependency",),
-            registry=registry,
-        )
+
+    def _collect(self) -> Iterator[Metric]:
+        calls, callers = self._families()
+        for dependency, (count, carried) in sorted(self._upstream.totals().items()):
+            calls.add_metric([dependency], count)
+            callers.add_metric([dependency], carried)
+        yield from (calls, callers)
 
     def upstream(self, dependency: str) -> Callable[[int], None]:
         """What a coalescer reports per upstream call: how many callers it answered."""
-        calls = self.upstream_calls.labels(dependency)
-        callers = self.upstream_callers.labels(dependency)
+        shards = self._upstream
+        shards.mine(dependency)  # exported from the start, with zeros
 
         def counted(count: int) -> None:
-            calls.inc()
-            callers.inc(count)
+            numbers = shards.mine(dependency)
+            numbers[0] += 1
+            numbers[1] += count
 
         return counted
 
