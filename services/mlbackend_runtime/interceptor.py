@@ -3,7 +3,8 @@
 For each RPC (health and reflection excepted) it binds the request id and the
 caller's deadline for downstream calls, authenticates and authorizes the caller,
 maps domain errors to status codes with details, and records metrics. Handlers
-therefore contain no try/except for these concerns.
+therefore contain no try/except for these concerns. It wraps each handler as the
+service registers it (:class:`Registrar`), not as a ``grpc`` server interceptor.
 
 :class:`CallInterceptor` is its ``grpc.aio`` face; :class:`ThreadCallInterceptor` the
 same behaviour for a thread-pool ``grpc.server`` (serving's front). Both share every
@@ -18,7 +19,7 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import CoroutineType
 from typing import Any, NoReturn, TypeAlias
@@ -198,16 +199,45 @@ class _Interception:
             logger.debug("%s -> OK in %.1f ms%s", _path(call), elapsed * 1e3, _shared(call))
 
 
-class CallInterceptor(_Interception, grpc.aio.ServerInterceptor):
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = await continuation(handler_call_details)
+class Registrar:
+    """What a service adds its handlers to: it passes each to the server wrapped by the
+    interception (health and reflection, added by the runtime itself, are not).
+
+    Wrapping at registration rather than through a ``grpc`` server interceptor spares
+    every call gRPC's interceptor pipeline: on ``grpc.aio`` a chain of coroutines per
+    call, on the thread-pool server a chain of closures."""
+
+    def __init__(self, server: grpc.Server | grpc.aio.Server, interception: _Interception) -> None:
+        self._server = server
+        self._interception = interception
+
+    def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(
+            tuple(_Intercepted(handler, self._interception) for handler in handlers)
+        )
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Handler]) -> None:
+        intercepted = self._interception._intercepted
+        self._server.add_registered_method_handlers(
+            service, {m: intercepted(f"/{service}/{m}", h) for m, h in handlers.items()}
+        )
+
+
+class _Intercepted(grpc.GenericRpcHandler):
+    def __init__(self, inner: grpc.GenericRpcHandler, interception: _Interception) -> None:
+        self._inner = inner
+        self._interception = interception
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
+        handler = self._inner.service(handler_call_details)
         if handler is None:
             return None
-        return self._intercepted(handler_call_details.method, handler)
+        return self._interception._intercepted(handler_call_details.method, handler)
+
+
+class CallInterceptor(_Interception):
+    """The interception for a ``grpc.aio`` server: behaviours are coroutines (or async
+    generators) run on the event loop, each call in its own task."""
 
     def _wrap(self, handler: Handler, begin: Begin) -> Handler:
         return _wrap(handler, begin, self._fail, self._end)
@@ -225,19 +255,9 @@ class CallInterceptor(_Interception, grpc.aio.ServerInterceptor):
         await context.abort(wire.code, wire.message, self._trailer(call, wire))
 
 
-class ThreadCallInterceptor(_Interception, grpc.ServerInterceptor):
+class ThreadCallInterceptor(_Interception):
     """The same interception for a thread-pool ``grpc.server``: handlers are plain
     functions run on its threads, each call in a fresh ``contextvars`` context."""
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Handler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        return self._intercepted(handler_call_details.method, handler)
 
     def _wrap(self, handler: Handler, begin: Begin) -> Handler:
         return _wrap_blocking(handler, begin, self._fail, self._end)

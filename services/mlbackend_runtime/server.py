@@ -18,6 +18,7 @@ import socket
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import cast
 
 import grpc
 from grpc_health.v1 import health as health_sync
@@ -27,7 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from mlbackend_runtime.auth import Authenticator, Role, TokenStore, roles_from_descriptors
-from mlbackend_runtime.interceptor import CallInterceptor, ThreadCallInterceptor
+from mlbackend_runtime.interceptor import CallInterceptor, Registrar, ThreadCallInterceptor
 from mlbackend_runtime.metrics import MetricsEndpoint, RpcMetrics, serve_metrics
 from mlbackend_runtime.settings import ServerSettings
 from mlbackend_runtime.tls import server_credentials
@@ -56,6 +57,9 @@ class ServiceSpec:
     """Required roles for methods whose proto cannot declare them (full method path)."""
 
 
+# A service's ``register`` adds its handlers (``add_generic_rpc_handlers``, or the
+# generated ``add_…Servicer_to_server``) and nothing else: what it is given stands in
+# for the server and wraps each handler in the runtime's interception.
 Register = Callable[[grpc.aio.Server], None]
 RegisterThreaded = Callable[[grpc.Server], None]
 
@@ -208,11 +212,9 @@ async def start_server(
 ) -> RunningServer:
     """Build, bind and start the server of one service."""
     parts = _Parts.build(spec, settings, registry)
-    server = grpc.aio.server(
-        interceptors=[CallInterceptor(parts.authenticator, parts.metrics)],
-        options=_server_options(parts.max_bytes),
-    )
-    register(server)
+    server = grpc.aio.server(options=_server_options(parts.max_bytes))
+    interception = CallInterceptor(parts.authenticator, parts.metrics)
+    register(cast(grpc.aio.Server, Registrar(server, interception)))
     health = health_aio.HealthServicer()
     health_server: grpc.aio.Server | None = None
     if settings.health_port is not None:
@@ -244,11 +246,11 @@ async def start_thread_server(
             max_workers=threads,
             thread_name_prefix=f"{spec.name}-rpc",
         ),
-        interceptors=[ThreadCallInterceptor(parts.authenticator, parts.metrics)],
         options=_server_options(parts.max_bytes),
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
-    register(server)
+    interception = ThreadCallInterceptor(parts.authenticator, parts.metrics)
+    register(cast(grpc.Server, Registrar(server, interception)))
     health_servicer = health_sync.HealthServicer(
         experimental_non_blocking=True,
         experimental_thread_pool=ThreadPoolExecutor(max_workers=1),
