@@ -46,7 +46,7 @@ from mlbackend_serving.transport.servicers import InferenceServicer, ModelServin
 
 # Threads of the thread-pool front: each holds one call in progress (waiting for its
 # batch included), plus one per StreamPredict stream it keeps open (``stream_slots``).
-# Beyond MAX_CONCURRENT_RPCS calls gRPC answers RESOURCE_EXHAUSTED.
+# Beyond MAX_CONCURRENT_RPCS calls besides those streams gRPC answers RESOURCE_EXHAUSTED.
 CALL_THREADS = 32
 MAX_CONCURRENT_RPCS = 1024
 
@@ -138,7 +138,7 @@ async def create_server(
                 ),
                 registry=registry,
                 threads=front_threads,
-                max_concurrent_rpcs=MAX_CONCURRENT_RPCS,
+                max_concurrent_rpcs=MAX_CONCURRENT_RPCS + settings.stream_slots,
             )
         except BaseException:
             predictions.shutdown(wait=False)
