@@ -9,10 +9,11 @@ serving process spent on a request.
 
 Here each thread that records keeps numbers of its own (a ``threading.local``), which
 only that thread writes, so an update is a list lookup and a few additions; a scrape
-sums every thread's numbers. A scrape that runs while a thread records may see the
-count of an observation without its sum for an instant, as Prometheus' own client
-libraries allow. ``prometheus_client`` still owns the registry and the exposition:
-:class:`Family` is a collector registered on it.
+sums every thread's numbers. A scrape that runs while a thread records may, for that
+instant, see an observation's value in a histogram's sum before its bucket; a
+histogram's count is its +Inf bucket, so count and buckets always agree.
+``prometheus_client`` still owns the registry and the exposition: :class:`Family` is a
+collector registered on it.
 """
 
 from __future__ import annotations
