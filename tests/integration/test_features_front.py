@@ -216,11 +216,6 @@ async def test_online_reads_over_one_stream_answer_as_calls_do(
     bad = f.GetOnlineFeaturesRequest(entity_keys=[key("u1")], feature_refs=["user_stats:nope"])
     with pytest.raises(grpc.aio.AioRpcError) as unary:
         await client.stub.GetOnlineFeatures(bad, timeout=10)
-    await call.write(
-        f.StreamOnlineFeaturesRequest(
-            read=bad, request_id="bad-read", shared_request_ids=["read-7", "bad id", "read-8"]
-        )
-    )
 
     def logged() -> bool:
         return any(
@@ -229,7 +224,13 @@ async def test_online_reads_over_one_stream_answer_as_calls_do(
             for r in caplog.records
         )
 
+    # Capturing before the write: the server may log the refusal before the read below.
     with caplog.at_level(logging.INFO, logger="mlbackend.rpc"):
+        await call.write(
+            f.StreamOnlineFeaturesRequest(
+                read=bad, request_id="bad-read", shared_request_ids=["read-7", "bad id", "read-8"]
+            )
+        )
         with pytest.raises(grpc.aio.AioRpcError) as streamed:
             await call.read()
         for _ in range(100):  # the server logs just after it sends the status
