@@ -36,10 +36,7 @@ class GatewayMetrics:
 
         # Per dependency: calls, callers. Counted on every upstream call, without a lock.
         self._upstream: fastmetrics.Shards[str] = fastmetrics.Shards(2)
-        fastmetrics.Family(registry, self._collect, self._describe)
-
-    def _describe(self) -> list[Metric]:
-        return list(self._families())
+        fastmetrics.Family(registry, self._collect, self._families)
 
     @staticmethod
     def _families() -> tuple[CounterMetricFamily, CounterMetricFamily]:

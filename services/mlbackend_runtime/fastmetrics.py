@@ -109,24 +109,24 @@ def add_histogram(
 
 
 class Family(Collector):
-    """A collector whose ``collect`` is a function of the moment's totals; registered on
-    ``registry`` at once."""
+    """A collector registered on ``registry`` at once: ``collect`` yields the moment's
+    totals, ``families`` the same families without samples (its ``describe``)."""
 
     def __init__(
         self,
         registry: CollectorRegistry,
         collect: Callable[[], Iterator[Metric]],
-        describe: Callable[[], list[Metric]],
+        families: Callable[[], Sequence[Metric]],
     ) -> None:
         self._collect = collect
-        self._describe = describe
+        self._families = families
         registry.register(self)
 
     def collect(self) -> Iterator[Metric]:
         return self._collect()
 
     def describe(self) -> list[Metric]:
-        return self._describe()
+        return list(self._families())
 
 
 def counter(name: str, documentation: str, labels: Sequence[str]) -> CounterMetricFamily:

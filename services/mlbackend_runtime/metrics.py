@@ -37,7 +37,7 @@ class RpcMetrics:
             fastmetrics.histogram_width(LATENCY_BUCKETS)
         )
         self._in_flight: fastmetrics.Shards[None] = fastmetrics.Shards(1)
-        fastmetrics.Family(registry, self._collect, self._describe)
+        fastmetrics.Family(registry, self._collect, self._families)
         self.info = Gauge(
             "mlbackend_server_info",
             "Constant 1, labelled with the mlbackend service this process runs.",
@@ -55,9 +55,6 @@ class RpcMetrics:
 
     def observe(self, service: str, method: str, code: str, seconds: float) -> None:
         fastmetrics.observe(self._calls, (service, method, code), LATENCY_BUCKETS, seconds)
-
-    def _describe(self) -> list[Metric]:
-        return list(self._families())
 
     def _families(
         self,

@@ -35,13 +35,10 @@ class ModelMetrics:
         self.queue_time: fastmetrics.Shards[Labels] = fastmetrics.Shards(
             fastmetrics.histogram_width(QUEUE_BUCKETS)
         )
-        fastmetrics.Family(registry, self._collect, self._describe)
+        fastmetrics.Family(registry, self._collect, self._families)
 
     def for_version(self, key: ModelKey) -> VersionObserver:
         return _VersionMetrics(self, (key.name, str(key.version)))
-
-    def _describe(self) -> list[Metric]:
-        return list(self._families())
 
     @staticmethod
     def _families() -> tuple[

@@ -40,6 +40,17 @@ from conftest import Connect, StartService
 FRONTS = ["threads", "asyncio"]
 
 
+async def open_read_streams(client: Any, read: f.GetOnlineFeaturesRequest, count: int) -> list[Any]:
+    """``count`` StreamOnlineFeatures streams, each open and answered once (``read``)."""
+    streams = []
+    for _ in range(count):
+        call = client.stub.StreamOnlineFeatures()
+        await call.write(f.StreamOnlineFeaturesRequest(read=read))
+        assert len((await call.read()).read.rows) == 1
+        streams.append(call)
+    return streams
+
+
 async def ready(start_service: StartService, connect: Connect, front: str) -> Any:
     server = await start_service("features", features_front=front)
     client = connect("features", server)
@@ -282,12 +293,7 @@ async def test_the_thread_front_keeps_a_bounded_number_of_read_streams(
     await client.stub.ApplyDefinitions(definitions(), timeout=10)
     read = f.GetOnlineFeaturesRequest(entity_keys=[key("u1")], feature_refs=["user_stats:amount"])
     message = f.StreamOnlineFeaturesRequest(read=read)
-    streams = []
-    for _ in range(3):
-        call = client.stub.StreamOnlineFeatures()
-        await call.write(message)
-        assert len((await call.read()).read.rows) == 1
-        streams.append(call)
+    streams = await open_read_streams(client, read, 3)
     extra = client.stub.StreamOnlineFeatures()
     await extra.write(message)
     with pytest.raises(grpc.aio.AioRpcError) as raised:
@@ -319,12 +325,7 @@ async def test_open_streams_leave_room_for_unary_calls(
     client = connect("features", server)
     await client.stub.ApplyDefinitions(definitions(), timeout=10)
     read = f.GetOnlineFeaturesRequest(entity_keys=[key("u1")], feature_refs=["user_stats:amount"])
-    streams = []
-    for _ in range(2):
-        call = client.stub.StreamOnlineFeatures()
-        await call.write(f.StreamOnlineFeaturesRequest(read=read))
-        assert len((await call.read()).read.rows) == 1
-        streams.append(call)
+    streams = await open_read_streams(client, read, 2)
     answers = await asyncio.gather(
         *(client.stub.GetOnlineFeatures(read, timeout=10) for _ in range(2))
     )
@@ -342,12 +343,7 @@ async def test_a_stopping_store_ends_the_streams_callers_keep_open(
     them, and says nothing about it at ERROR."""
     server, client = await ready(start_service, connect, front)
     read = f.GetOnlineFeaturesRequest(entity_keys=[key("u1")], feature_refs=["user_stats:amount"])
-    streams = []
-    for _ in range(3):
-        call = client.stub.StreamOnlineFeatures()
-        await call.write(f.StreamOnlineFeaturesRequest(read=read))
-        assert len((await call.read()).read.rows) == 1
-        streams.append(call)
+    streams = await open_read_streams(client, read, 3)
     started = time.monotonic()
     await server.stop(10)
     assert time.monotonic() - started < 3
