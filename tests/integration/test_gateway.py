@@ -755,9 +755,17 @@ async def test_json_front(suite: Suite) -> None:
         {"input": {"entityKey": {"joinKeys": {"user_id": {"stringValue": "u5"}}},
                    "requestFeatures": {"tx_amount": {"doubleValue": 80.0}}}}
     ).encode()  # fmt: skip
+    registry = suite.gateway_server.registry
+
+    def answered(route: str, code: int) -> float:
+        labels = {"route": route, "code": str(code)}
+        return registry.get_sample_value("mlbackend_http_requests_total", labels) or 0.0
+
+    before = answered("predict", 200), answered("error", 400)
     code, answer, _ = await asyncio.to_thread(_http, f"{base}/v1/models/{MODEL}:predict", body)
     assert code == 200, answer
     assert answer["result"]["version"] == "1"
+    assert answered("predict", 200) == before[0] + 1
     np.testing.assert_allclose(
         answer["result"]["prediction"]["probabilities"], expected(suite, 1, "u5", 80.0), rtol=1e-9
     )
@@ -775,6 +783,7 @@ async def test_json_front(suite: Suite) -> None:
         _http, f"{base}/v1/models/{MODEL}:predict", b"{not json"
     )
     assert (code, error["error"]["status"]) == (400, "INVALID_ARGUMENT")
+    assert answered("error", 400) == before[1] + 1
     code, error, _ = await asyncio.to_thread(
         _http, f"{base}/v1/models/{MODEL}:predict", body, "text/plain"
     )
