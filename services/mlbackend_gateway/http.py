@@ -316,6 +316,10 @@ def _parse(headers: dict[str, str], body: bytes, message: Any, model: str) -> An
     if content_type != "application/json":
         raise HttpError(415, grpc.StatusCode.INVALID_ARGUMENT,
                         "Content-Type must be application/json")  # fmt: skip
+    if body.lstrip()[:1] not in (b"{", b""):
+        # json_format would say "Failed to parse 1 field" of a list or a number.
+        name = message.DESCRIPTOR.name
+        raise errors.InvalidInput.field("body", f"must be a JSON object (a {name})")
     try:
         protojson.parse(body.decode("utf-8") or "{}", message)
     except (json_format.ParseError, UnicodeDecodeError) as exc:
