@@ -784,9 +784,7 @@ async def test_json_front(suite: Suite) -> None:
     )
     assert (code, error["error"]["status"]) == (400, "INVALID_ARGUMENT")
     assert answered("error", 400) == before[1] + 1
-    code, error, _ = await asyncio.to_thread(
-        _http, f"{base}/v1/models/{MODEL}:predict", b" [1, 2]"
-    )
+    code, error, _ = await asyncio.to_thread(_http, f"{base}/v1/models/{MODEL}:predict", b" [1, 2]")
     assert (code, error["error"]["message"]) == (
         400, "body: must be a JSON object (a PredictRequest)"
     )  # fmt: skip
