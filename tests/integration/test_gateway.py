@@ -812,6 +812,56 @@ async def test_json_front(suite: Suite) -> None:
     assert error["error"]["details"][0]["metadata"] == {"dependency": "feature-store"}
 
 
+async def _exchange(port: int, head: bytes) -> tuple[bytes, asyncio.StreamReader, Any]:
+    """Sends a request head on a new connection; the first response head that comes back."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head)
+    await writer.drain()
+    return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5), reader, writer
+
+
+async def test_json_front_framing(tmp_path: Path) -> None:
+    """Bodies the small HTTP/1.1 server cannot, or need not yet, read."""
+    server = await gateway_app.create_server(
+        loopback_settings(tmp_path / "gateway"), registry=CollectorRegistry()
+    )
+    port = gateway_app.http_port(server)
+    assert port
+    post = b"POST /v1/models/m:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    try:
+        # curl asks before sending a body over 1 MB: it gets a 100 at once, not after its
+        # one-second wait, and the request is then answered.
+        head, reader, writer = await _exchange(
+            port, post + b"Content-Length: 2\r\nExpect: 100-continue\r\n\r\n"
+        )
+        assert head == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"{}")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        # No registry configured: the body was read, parsed and reached the pipeline.
+        assert head.startswith(b"HTTP/1.1 503 ")
+        writer.close()
+        # A body too large is refused before it is sent: no 100, and the connection closes.
+        head, reader, writer = await _exchange(
+            port, post + b"Content-Length: 999999999\r\nExpect: 100-continue\r\n\r\n"
+        )
+        assert head.startswith(b"HTTP/1.1 413 ")
+        assert b"Connection: close" in head
+        writer.close()
+        # A length that is not a number: where the body ends is unknown.
+        head, reader, writer = await _exchange(port, post + b"Content-Length: 12abc\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 ") and b"Connection: close" in head
+        length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        error = json.loads(await reader.readexactly(length))["error"]
+        assert error["message"] == "Content-Length '12abc' is not a number of bytes"
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed
+        writer.close()
+        head, reader, writer = await _exchange(port, post + b"Transfer-Encoding: chunked\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 411 ")
+        writer.close()
+    finally:
+        await server.stop(0)
+
+
 async def test_without_monitoring_records_are_dropped_and_counted(
     start_service: StartService, connect: Connect, tmp_path: Path
 ) -> None:
