@@ -10,6 +10,7 @@ is not. Experiments live in SQLite under ``data_dir/gateway`` or in PostgreSQL
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -51,6 +52,7 @@ from mlbackend_runtime.auth import Authenticator, TokenStore, roles_from_descrip
 from mlbackend_runtime.errors import DependencyUnavailable
 from mlbackend_runtime.server import ConfigError, RunningServer, ServiceSpec, start_server
 from mlbackend_runtime.settings import ServerSettings
+from mlbackend_runtime.tls import server_ssl_context
 
 SPEC = ServiceSpec(
     name="gateway",
@@ -138,6 +140,14 @@ def _options(settings: ServerSettings) -> ChannelOptions:
         token=settings.token.get_secret_value() if settings.token is not None else None,
         tls=TlsOptions(ca_cert=settings.tls_ca) if settings.tls_ca is not None else None,
     )
+
+
+def _http_tls(settings: ServerSettings) -> ssl.SSLContext | None:
+    """The gRPC port's certificate and client CA for the JSON front: a gateway with TLS
+    never answers HTTP in plaintext beside it."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    return server_ssl_context(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
 
 
 def http_port(running: RunningServer) -> int | None:
@@ -233,7 +243,7 @@ async def create_server(
             settings.max_message_bytes or SPEC.max_message_bytes,
         )
         try:
-            port = await front.start(settings.host, settings.http_port)
+            port = await front.start(settings.host, settings.http_port, _http_tls(settings))
         except OSError as exc:
             await running.stop(0)
             raise ConfigError(

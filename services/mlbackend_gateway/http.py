@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -142,8 +143,9 @@ class JsonFront:
         self._connections: set[asyncio.Task[None]] = set()
         self.port = 0
 
-    async def start(self, host: str, port: int) -> int:
-        self._server = await asyncio.start_server(self._connection, host, port,
+    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> int:
+        """Listen on ``host:port`` (0: a free port), over TLS when ``tls`` is given."""
+        self._server = await asyncio.start_server(self._connection, host, port, ssl=tls,
                                                   limit=MAX_HEADER_BYTES)  # fmt: skip
         self.port = int(self._server.sockets[0].getsockname()[1])
         return self.port

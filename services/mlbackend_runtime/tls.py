@@ -1,7 +1,13 @@
-"""Server credentials from PEM files: TLS, or mutual TLS when a client CA is given."""
+"""Server credentials from PEM files: TLS, or mutual TLS when a client CA is given.
+
+The same files serve a gRPC port (:func:`server_credentials`) and an HTTP listener
+beside it (:func:`server_ssl_context`: the gateway's JSON front), so a service that
+speaks both never offers one of them in plaintext.
+"""
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import grpc
@@ -16,3 +22,16 @@ def server_credentials(
         root_certificates=root,
         require_client_auth=root is not None,
     )
+
+
+def server_ssl_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.SSLContext:
+    """TLS 1.2 or later with ``cert``; with ``client_ca``, a client must present a
+    certificate that CA signed (only that CA: not the system's), as on the gRPC port."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    context.set_alpn_protocols(["http/1.1"])
+    if client_ca is not None:
+        context.load_verify_locations(cafile=client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context

@@ -9,7 +9,9 @@ expected probabilities come from historical retrieval of the same features plus
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -26,6 +28,7 @@ import skops.io as sio
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from pki import pki
 from prometheus_client import CollectorRegistry
 from sklearn.linear_model import LogisticRegression
 
@@ -48,6 +51,8 @@ from mlbackend_runtime.server import RunningServer
 from mlbackend_serving.core.model_dir import write_model_version
 
 from conftest import Connect, StartService, loopback_settings
+
+__all__ = ["pki"]  # the fixture, used by the JSON front's TLS test
 
 MODEL = "fraud"
 SIGNATURE = ["amount_z", "tx_ratio", "user_stats:avg_amount"]
@@ -858,6 +863,52 @@ async def test_json_front_framing(tmp_path: Path) -> None:
         head, reader, writer = await _exchange(port, post + b"Transfer-Encoding: chunked\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 411 ")
         writer.close()
+    finally:
+        await server.stop(0)
+
+
+@pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mtls"])
+async def test_json_front_speaks_tls_beside_a_tls_port(
+    tmp_path: Path, pki: Path, mutual: bool
+) -> None:
+    """With a certificate, the JSON front is HTTPS with the gRPC port's certificate; with a
+    client CA it asks for a client certificate from that CA, as the gRPC port does."""
+    server = await gateway_app.create_server(
+        loopback_settings(
+            tmp_path / "gateway",
+            tls_cert=pki / "server.crt",
+            tls_key=pki / "server.key",
+            tls_client_ca=pki / "ca.crt" if mutual else None,
+        ),
+        registry=CollectorRegistry(),
+    )
+    port = gateway_app.http_port(server)
+
+    def health(scheme: str, context: ssl.SSLContext | None = None) -> Any:
+        url = f"{scheme}://localhost:{port}/healthz"
+        with urllib.request.urlopen(url, timeout=10, context=context) as response:
+            return response.status, json.loads(response.read())
+
+    def client(ca: str, cert: str | None = None) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=pki / f"{ca}.crt")
+        if cert is not None:
+            context.load_cert_chain(pki / f"{cert}.crt", pki / f"{cert}.key")
+        return context
+
+    refused = (OSError, http.client.HTTPException)
+    try:
+        answer = (200, {"status": "SERVING"})
+        assert await asyncio.to_thread(health, "https", client("ca", "client")) == answer
+        with pytest.raises(refused):  # the client does not trust the server's CA
+            await asyncio.to_thread(health, "https", client("other-ca", "client"))
+        with pytest.raises(refused):  # no plaintext beside TLS
+            await asyncio.to_thread(health, "http")
+        if mutual:
+            for stranger in (client("ca"), client("ca", "stranger")):
+                with pytest.raises(refused):  # no client certificate, or one of another CA
+                    await asyncio.to_thread(health, "https", stranger)
+        else:
+            assert await asyncio.to_thread(health, "https", client("ca")) == answer
     finally:
         await server.stop(0)
 

@@ -265,6 +265,11 @@ def test_service_exposes_named_grpc_and_metrics_ports(service: Service) -> None:
     assert ports["grpc"]["targetPort"] == "grpc"
     assert ports["metrics"]["port"] == service.metrics_port
     assert ports["metrics"]["targetPort"] == "metrics"
+    if service.name == "gateway":
+        # The pod has a certificate, so its JSON front answers HTTPS only.
+        env = {e["name"] for e in _container(service)["env"]}
+        assert "MLBACKEND_TLS_CERT" in env
+        assert ports["http"]["appProtocol"] == "https"
 
 
 @pytest.mark.parametrize("name", HEADLESS)
