@@ -71,6 +71,11 @@ _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden"
 _SERVICE = "/mlbackend.gateway.v1.InferenceGatewayService/"
 MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_DEADLINE_SECONDS = 10.0
+"""A request's deadline unless its ``grpc-timeout`` header sets one."""
+
+# ``grpc-timeout`` as gRPC writes it on the wire (and grpc-gateway reads it from HTTP
+# callers): one to eight digits and a unit.
+_TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
 
 @dataclass
@@ -261,8 +266,11 @@ class JsonFront:
             return "healthz", self._health(method)
         if path == "/metrics":
             return "metrics", self._metrics(method)
-        context = propagation.CallContext(request_id, time.monotonic() + DEFAULT_DEADLINE_SECONDS)
-        token = propagation.bind(context)
+        try:
+            seconds = _timeout(headers.get("grpc-timeout"))
+        except HttpError as exc:
+            return "error", error_response(exc, request_id)
+        token = propagation.bind(propagation.CallContext(request_id, time.monotonic() + seconds))
         try:
             if path == "/v1/models":
                 self._need(method, "GET")
@@ -326,6 +334,20 @@ class JsonFront:
 
 def _json(message: Message) -> HttpResponse:
     return HttpResponse(200, protojson.to_json(message))
+
+
+def _timeout(text: str | None) -> float:
+    """Seconds the caller gives its request (``grpc-timeout: 250m``), as a gRPC deadline."""
+    if text is None:
+        return DEFAULT_DEADLINE_SECONDS
+    digits, unit = text[:-1], _TIMEOUT_UNITS.get(text[-1:])
+    if unit is None or not (1 <= len(digits) <= 8 and digits.isascii() and digits.isdigit()):
+        raise HttpError(
+            400,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"grpc-timeout {text!r}: give 1-8 digits and a unit (H, M, S, m, u, n), e.g. 250m",
+        )
+    return int(digits) * unit
 
 
 def _parse(headers: dict[str, str], body: bytes, message: Any, model: str) -> Any:

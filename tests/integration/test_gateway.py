@@ -738,11 +738,16 @@ async def test_feature_store_down_fails_fast_naming_it(suite: Suite) -> None:
 
 
 def _http(
-    url: str, body: bytes | None = None, content_type: str = "application/json"
+    url: str,
+    body: bytes | None = None,
+    content_type: str = "application/json",
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, Any, str]:
     request = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
     if body is not None:
         request.add_header("Content-Type", content_type)
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             text = response.read().decode()
@@ -789,6 +794,15 @@ async def test_json_front(suite: Suite) -> None:
     )
     assert (code, error["error"]["status"]) == (400, "INVALID_ARGUMENT")
     assert answered("error", 400) == before[1] + 1
+    # A deadline as gRPC writes it: met, past, malformed.
+    predict = f"{base}/v1/models/{MODEL}:predict"
+    code, _, _ = await asyncio.to_thread(_http, predict, body, headers={"grpc-timeout": "5S"})
+    assert code == 200
+    code, error, _ = await asyncio.to_thread(_http, predict, body, headers={"grpc-timeout": "1n"})
+    assert (code, error["error"]["status"]) == (504, "DEADLINE_EXCEEDED")
+    code, error, _ = await asyncio.to_thread(_http, predict, body, headers={"grpc-timeout": "2s"})
+    assert (code, error["error"]["status"]) == (400, "INVALID_ARGUMENT")
+    assert "grpc-timeout '2s'" in error["error"]["message"]
     code, error, _ = await asyncio.to_thread(_http, f"{base}/v1/models/{MODEL}:predict", b" [1, 2]")
     assert (code, error["error"]["message"]) == (
         400, "body: must be a JSON object (a PredictRequest)"
