@@ -7,8 +7,8 @@ propagation; errors are ``{"error": {"code", "status", "message", "details"}}`` 
 the HTTP status from :data:`HTTP_STATUS`, the one table from gRPC codes to HTTP.
 
 A deliberately small HTTP/1.1 server on asyncio streams (keep-alive, Content-Length
-bodies, ``Expect: 100-continue`` answered; chunked uploads are refused with 411) so the
-gateway needs no web framework.
+bodies, ``Expect: 100-continue`` answered; chunked uploads are refused with 411; idle
+and slow connections closed, open ones bounded) so the gateway needs no web framework.
 Bodies are read and written by ``mlbackend_runtime.protojson``: the messages and errors
 of ``json_format``, at a third of its cost to read and a quarter to write.
 """
@@ -62,14 +62,24 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
 """gRPC status → HTTP status (Google's API mapping; the only such table)."""
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-            404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
-            411: "Length Required", 413: "Payload Too Large", 415: "Unsupported Media Type",
-            429: "Too Many Requests", 499: "Client Closed Request", 500: "Internal Server Error",
+            404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+            409: "Conflict", 411: "Length Required", 413: "Payload Too Large",
+            415: "Unsupported Media Type", 429: "Too Many Requests",
+            499: "Client Closed Request", 500: "Internal Server Error",
             501: "Not Implemented", 503: "Service Unavailable",
             504: "Gateway Timeout"}  # fmt: skip
 
 _SERVICE = "/mlbackend.gateway.v1.InferenceGatewayService/"
 MAX_HEADER_BYTES = 64 * 1024
+IDLE_SECONDS = 60.0
+"""A connection whose next request head has not fully arrived this long after the last
+answer (or after it opened) is closed: a kept-alive client gone quiet, or one sending
+its head a byte at a time."""
+TRANSFER_SECONDS = 30.0
+"""A request body not received, or an answer not taken by the client, in this long:
+the connection is closed (the body with a 408 first)."""
+MAX_CONNECTIONS = 1024
+"""Open connections beyond which a new one is answered 503 and closed."""
 DEFAULT_DEADLINE_SECONDS = 10.0
 """A request's deadline unless its ``grpc-timeout`` header sets one."""
 
@@ -169,6 +179,15 @@ class JsonFront:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
+        if len(self._connections) >= MAX_CONNECTIONS:
+            busy = HttpError(
+                503,
+                grpc.StatusCode.UNAVAILABLE,
+                f"more than {MAX_CONNECTIONS} open connections; retry later",
+            )
+            self._answer(writer, "connections", error_response(busy, ""), "", keep_alive=False)
+            writer.close()
+            return
         if task is not None:
             self._connections.add(task)
         try:
@@ -177,7 +196,7 @@ class JsonFront:
                 if not keep_alive:
                     break
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                ValueError):  # fmt: skip
+                ValueError, TimeoutError):  # fmt: skip
             pass
         except asyncio.CancelledError:
             pass
@@ -189,7 +208,8 @@ class JsonFront:
     async def _one_request(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bool:
-        head = await reader.readuntil(b"\r\n\r\n")
+        async with asyncio.timeout(IDLE_SECONDS):
+            head = await reader.readuntil(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         method, target, version = ([*lines[0].split(" "), "", "", ""])[:3]
         headers: dict[str, str] = {}
@@ -237,22 +257,42 @@ class JsonFront:
                 if headers.get("expect", "").lower() == "100-continue":
                     # curl asks before sending a body over 1 MB, then waits a second for the 100.
                     writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                body = await reader.readexactly(length)
+                try:
+                    async with asyncio.timeout(TRANSFER_SECONDS):
+                        body = await reader.readexactly(length)
+                except TimeoutError:
+                    late = HttpError(
+                        408,
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"the body did not arrive within {TRANSFER_SECONDS:g} s",
+                    )
+                    response, keep_alive = error_response(late, request_id), False
         route_name = "unknown"
         if response is None:
             route_name, response = await self._dispatch(method, target, headers, body, request_id)
+        self._answer(writer, route_name, response, request_id, keep_alive)
+        async with asyncio.timeout(TRANSFER_SECONDS):
+            await writer.drain()
+        return keep_alive
+
+    def _answer(
+        self,
+        writer: asyncio.StreamWriter,
+        route_name: str,
+        response: HttpResponse,
+        request_id: str,
+        keep_alive: bool,
+    ) -> None:
         self._requests.mine((route_name, response.status))[0] += 1
         out = [
             f"HTTP/1.1 {response.status} {_REASONS.get(response.status, 'Status')}",
             f"Content-Type: {response.content_type}",
             f"Content-Length: {len(response.body)}",
-            f"x-request-id: {request_id}",
+            *([f"x-request-id: {request_id}"] if request_id else []),
             f"Connection: {'keep-alive' if keep_alive else 'close'}",
             *(f"{k}: {v}" for k, v in response.headers),
         ]
         writer.write(("\r\n".join(out) + "\r\n\r\n").encode("latin-1") + response.body)
-        await writer.drain()
-        return keep_alive
 
     # --- routing -----------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ from mlbackend_clients.monitoring import MonitoringClient
 from mlbackend_clients.registry import RegistryClient
 from mlbackend_clients.streams import StreamLimits
 from mlbackend_gateway import app as gateway_app
+from mlbackend_gateway import http as gateway_http
 from mlbackend_gateway.core.experiments import Experiment, Variant, assign
 from mlbackend_gateway.core.model import VersionSelector
 from mlbackend_gateway.core.pipeline import PipelineLimits
@@ -878,6 +879,62 @@ async def test_json_front_framing(tmp_path: Path) -> None:
         assert head.startswith(b"HTTP/1.1 411 ")
         writer.close()
     finally:
+        await server.stop(0)
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+    return head, await asyncio.wait_for(reader.readexactly(length), 5)
+
+
+async def test_json_front_closes_idle_slow_and_surplus_connections(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gateway_http, "IDLE_SECONDS", 1.0)
+    monkeypatch.setattr(gateway_http, "TRANSFER_SECONDS", 0.3)
+    monkeypatch.setattr(gateway_http, "MAX_CONNECTIONS", 2)
+    server = await gateway_app.create_server(
+        loopback_settings(tmp_path / "gateway"), registry=CollectorRegistry()
+    )
+    port = gateway_app.http_port(server)
+    assert port
+    health = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    writers = []
+    try:
+        # Two kept-alive connections, each answered once, take both places.
+        kept = []
+        for _ in range(2):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writers.append(writer)
+            writer.write(health)
+            head, _ = await _read_response(reader)
+            assert head.startswith(b"HTTP/1.1 200 ")
+            kept.append(reader)
+        # A third is answered 503 and closed.
+        head, reader, writer = await _exchange(port, health)
+        writers.append(writer)
+        assert head.startswith(b"HTTP/1.1 503 ") and b"Connection: close" in head
+        # Quiet for IDLE_SECONDS, the kept ones are closed, and their places free again.
+        for reader in kept:
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        head, reader, writer = await _exchange(port, health)
+        writers.append(writer)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        writer.close()
+        # A head sent a piece at a time and never finished: closed as well.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writers.append(writer)
+        writer.write(b"GET /healthz HTTP/1.1\r\n")
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        # A body that stops halfway: 408 after TRANSFER_SECONDS, then closed.
+        post = b"POST /v1/models/m:predict HTTP/1.1\r\nContent-Type: application/json\r\n"
+        head, reader, writer = await _exchange(port, post + b"Content-Length: 10\r\n\r\n{}")
+        writers.append(writer)
+        assert head.startswith(b"HTTP/1.1 408 ") and b"Connection: close" in head
+    finally:
+        for writer in writers:
+            writer.close()
         await server.stop(0)
 
 
