@@ -213,10 +213,14 @@ class JsonFront:
         lines = head.decode("latin-1").split("\r\n")
         method, target, version = ([*lines[0].split(" "), "", "", ""])[:3]
         headers: dict[str, str] = {}
+        lengths: set[str] = set()  # every Content-Length given: two that differ are refused
         for line in lines[1:]:
             if ":" in line:
                 name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
+                name, value = name.strip().lower(), value.strip()
+                headers[name] = value
+                if name == "content-length":
+                    lengths.add(value)
         keep_alive = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
         request_id = propagation.request_id_from(
             [(k, v) for k, v in headers.items() if k in ("traceparent", "x-request-id")]
@@ -232,7 +236,16 @@ class JsonFront:
         else:
             length_text = headers.get("content-length", "0") or "0"
             length = int(length_text) if length_text.isdigit() else -1
-            if length < 0:
+            if len(lengths) > 1:
+                # RFC 9112 6.3: where the body ends is ambiguous (request smuggling).
+                response = error_response(
+                    HttpError(
+                        400, grpc.StatusCode.INVALID_ARGUMENT, "conflicting Content-Length headers"
+                    ),
+                    request_id,
+                )
+                keep_alive = False
+            elif length < 0:
                 # Where this body ends is unknown: answer, then close the connection.
                 response = error_response(
                     HttpError(

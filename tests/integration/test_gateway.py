@@ -875,6 +875,11 @@ async def test_json_front_framing(tmp_path: Path) -> None:
         assert error["message"] == "Content-Length '12abc' is not a number of bytes"
         assert await asyncio.wait_for(reader.read(), 5) == b""  # closed
         writer.close()
+        head, reader, writer = await _exchange(
+            port, post + b"Content-Length: 2\r\nContent-Length: 20\r\n\r\n{}"
+        )
+        assert head.startswith(b"HTTP/1.1 400 ") and b"Connection: close" in head
+        writer.close()
         head, reader, writer = await _exchange(port, post + b"Transfer-Encoding: chunked\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 411 ")
         writer.close()
