@@ -5,7 +5,8 @@
   bytes; everything else is None, never an exception, for well-formed and malformed
   bytes alike.
 - ``wire.infer_response`` writes the bytes protobuf writes for the message
-  ``oip.infer_response`` builds, for every kind of output, raw or typed.
+  ``oip.infer_response`` builds, for every kind of output, raw or typed; so does
+  ``wire.infer_row_response`` from the single-row lane's plain numbers.
 """
 
 from __future__ import annotations
@@ -18,8 +19,14 @@ from mutations import accepted_as_the_oracle_reads
 
 from mlbackend.inference.v2 import grpc_predict_v2_pb2 as oip
 from mlbackend_runtime.errors import InvalidInput
-from mlbackend_serving.core.model import ModelKey, OutputKind, OutputSpec, Predictions
-from mlbackend_serving.core.service import PredictionResult
+from mlbackend_serving.core.model import (
+    ModelKey,
+    OutputKind,
+    OutputSpec,
+    Predictions,
+    RowPrediction,
+)
+from mlbackend_serving.core.service import PredictionResult, RowResult
 from mlbackend_serving.transport import oip as o
 from mlbackend_serving.transport import wire
 from mlbackend_serving.transport.tensors import decode_inputs
@@ -288,3 +295,42 @@ def test_responses_are_the_bytes_protobuf_writes(
         assert raised.value.violations == exc.violations
         return
     assert wire.infer_response(usual, result) == want
+
+
+def _one_row(result: PredictionResult) -> RowResult:
+    """The single-row lane's answer for the first row of ``result``."""
+    p = result.predictions
+    return RowResult(
+        result.key,
+        RowPrediction(
+            label=None if p.labels is None else p.labels[0],
+            probabilities=None if p.probabilities is None else tuple(p.probabilities[0]),
+            values=None if p.values is None else (float(p.values[0]),),
+        ),
+    )
+
+
+ONE_ROW = {name: result for name, result in RESULTS.items() if len(result.predictions) >= 1}
+
+
+@pytest.mark.parametrize("name", list(ONE_ROW))
+@pytest.mark.parametrize("raw", [True, False])
+@pytest.mark.parametrize(
+    "outputs", [(), ("probabilities",), ("label",), ("value",), ("probabilities", "label")]
+)
+def test_single_row_responses_are_the_bytes_protobuf_writes(
+    name: str, raw: bool, outputs: tuple[str, ...]
+) -> None:
+    full = ONE_ROW[name]
+    first = full.predictions.rows(0, 1)
+    result = PredictionResult(full.key, full.output, first)
+    message = request([ROW], [1, 6], raw=raw, outputs=outputs, id="r-9")
+    usual = wire.UsualRequest("fraud", "", "r-9", "input", "FP32", (1, 6), b"", raw, outputs)
+    try:
+        want = o.infer_response(message, result).SerializeToString()
+    except InvalidInput as exc:
+        with pytest.raises(InvalidInput) as raised:
+            wire.infer_row_response(usual, _one_row(result))
+        assert raised.value.violations == exc.violations
+        return
+    assert wire.infer_row_response(usual, _one_row(result)) == want

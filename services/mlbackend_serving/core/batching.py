@@ -17,7 +17,7 @@ import asyncio
 import collections
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
@@ -28,6 +28,8 @@ from mlbackend_runtime.errors import FailedPrecondition, ResourceExhausted
 from mlbackend_serving.core.model import Matrix, Predictions
 
 PredictFn = Callable[[Matrix], Predictions]
+Rows = TypeVar("Rows", bound=Sized)
+Answer = TypeVar("Answer")
 
 
 @dataclass(frozen=True)
@@ -305,11 +307,11 @@ class ThreadBatcher(_Batching[_Waiter]):
         """For callers on an event loop (the asyncio front, tests)."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, self.run, rows)
 
-    def run_beside(self, rows: Matrix, predict: PredictFn) -> Predictions:
+    def run_beside(self, rows: Rows, predict: Callable[[Rows], Answer]) -> Answer:
         """``predict(rows)`` on the calling thread now, next to any batch running or
         waiting: for a model whose call costs so little that queueing for a shared one
-        would cost more (``ServingCore.predict_light``). Counted as a batch of one; an
-        unload drains it too."""
+        would cost more (``ServingCore.predict_light``, ``predict_row``). Counted as a
+        batch of one; an unload drains it too."""
         with self._mutex:
             if self._closed:
                 raise FailedPrecondition(f"{self._name} is being unloaded")

@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import weakref
+from array import array
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
@@ -56,6 +58,25 @@ Proba = Callable[[NDArray[np.float64]], NDArray[np.float64]]
 PROBE_ROWS = 64
 
 _LIGHT: weakref.WeakSet[Proba] = weakref.WeakSet()
+
+Row = Callable[["array[float]"], tuple[float, ...]]
+"""One row's values (float64, the signature's width, all finite) → the same numbers
+its :data:`Proba` gives for it as a one-row matrix, without numpy: ModelInfer's
+single-row lane (``ServingCore.predict_row``)."""
+
+_ROWS: weakref.WeakKeyDictionary[Proba, Row] = weakref.WeakKeyDictionary()
+
+
+def row_of(fn: Proba) -> Row | None:
+    """The single-row form of the fast path ``fn``, where it has one that gave exactly
+    ``fn``'s numbers on the probe rows (C walk only; not for Pipelines or multiclass
+    boosting, whose transforms and softmax stay numpy's)."""
+    return _ROWS.get(fn)
+
+
+def _with_row(fn: Proba, row: Row) -> Proba:
+    _ROWS[fn] = row
+    return fn
 
 
 def _light(fn: Proba) -> Proba:
@@ -242,7 +263,17 @@ def _random_forest(estimator: Any, native: bool) -> Proba | None:
         out /= n_trees
         return out[:, 0] if regressor else out
 
-    return _light(predict) if forest.nodes is not None else predict
+    if forest.nodes is None or _treewalk is None:
+        return predict
+    walk, nodes, zeros = _treewalk.sum_leaves, forest.nodes, [0.0] * n_outputs
+
+    def row(values: array[float]) -> tuple[float, ...]:
+        x = array("d", array("f", values))  # rounded to float32, as ``predict`` does
+        out = array("d", zeros)
+        walk(x, len(x), forest.roots, nodes, forest.values, zero, out)
+        return tuple([total / n_trees for total in out])
+
+    return _with_row(_light(predict), row)
 
 
 def _hist_gradient_boosting(estimator: Any, native: bool) -> Proba | None:
@@ -290,7 +321,22 @@ def _hist_gradient_boosting(estimator: Any, native: bool) -> Proba | None:
             return binary(raw[:, 0])
         return np.asarray(loss.predict_proba(raw), dtype=np.float64)
 
-    return _light(predict) if forest.nodes is not None else predict
+    if forest.nodes is None or _treewalk is None:
+        return predict
+    identity = regressor and type(loss.link).__name__ == "IdentityLink"
+    if not identity and (regressor or binary is None):
+        return _light(predict)  # a link or a softmax of its own: numpy's, one row or many
+    walk, nodes, start = _treewalk.sum_leaves, forest.nodes, baseline.tolist()
+
+    def row(values: array[float]) -> tuple[float, ...]:
+        out = array("d", start)
+        walk(values, len(values), forest.roots, nodes, forest.values, baseline, out)
+        if identity:
+            return (out[0],)
+        positive = 1.0 / (1.0 + math.exp(-out[0]))  # expit, as ``_binary_logit``
+        return (1.0 - positive, positive)
+
+    return _with_row(_light(predict), row)
 
 
 def _binary_logit(loss: Any) -> Proba | None:
@@ -560,6 +606,10 @@ def _checked(
         nan_agrees = False
     if not NATIVE:
         _warn_numpy_walk()
+    row = row_of(fast)
+    if row is not None and not _row_agrees(row, fast, probe):
+        logger.warning("single-row predict of %s differs from its own; not used", name)
+        del _ROWS[fast]
     if nan_agrees:
         return fast
     checked = fast
@@ -577,6 +627,17 @@ def _warn_numpy_walk() -> None:
         "mlbackend_serving._treewalk is not built (no C compiler at install): tree "
         "models walk with numpy, several times slower; reinstall with gcc to build it"
     )
+
+
+def _row_agrees(row: Row, fast: Proba, probe: NDArray[np.float64]) -> bool:
+    """``row`` gives bit for bit what ``fast`` gives each probe row as a matrix of one."""
+    try:
+        return all(
+            array("d", row(array("d", values))).tobytes() == fast(values[None, :]).tobytes()
+            for values in probe
+        )
+    except Exception:  # any surprise: the matrix path only
+        return False
 
 
 def _same(fast: Proba, own: Proba, rows: NDArray[np.float64]) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import functools
+from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,7 +12,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mlbackend_runtime.errors import InvalidInput
-from mlbackend_serving.core.fastpath import checked_fast_predict, checked_fast_proba, is_light
+from mlbackend_serving.core.fastpath import (
+    Row,
+    checked_fast_predict,
+    checked_fast_proba,
+    is_light,
+    row_of,
+)
 
 Scalar = int | float | bool | str | None
 Matrix = NDArray[np.float64]
@@ -109,6 +116,17 @@ class Predictions:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class RowPrediction:
+    """One row's outputs as plain numbers: what :class:`Predictions` holds for it."""
+
+    label: Any = None
+    """The predicted class (as in ``OutputSpec.classes``) when labels were asked for."""
+    probabilities: tuple[float, ...] | None = None
+    values: tuple[float, ...] | None = None
+    """A regressor's value, as a 1-tuple."""
+
+
 @dataclass(frozen=True)
 class ModelKey:
     name: str
@@ -156,11 +174,14 @@ class LoadedModel:
                 self.estimator, len(self.signature.features), self.input_example
             )
         self._classes = np.asarray(self.output.classes, dtype=object)
-        self.light = is_light(
+        fast = (
             self._predict_values if self.output.kind is OutputKind.REGRESSOR
             else self._predict_proba
         )  # fmt: skip
+        self.light = is_light(fast)
         """The model predicts through a light fast path (``fastpath.is_light``)."""
+        self.row: Row | None = row_of(fast)
+        """Its single-row form, where it has one (:meth:`predict_row`)."""
 
     def scores(self, rows: Matrix) -> Predictions:
         """``predict`` without labels and confidence: a classifier's probabilities, a
@@ -182,3 +203,19 @@ class LoadedModel:
             picked = proba.argmax(axis=1)
         confidence = proba[np.arange(len(proba)), picked]
         return Predictions(self._classes[picked], proba, confidence)
+
+    def predict_row(self, values: array[float], labels: bool) -> RowPrediction:
+        """:meth:`predict` (``labels``) or :meth:`scores` of one row (float64, finite,
+        the signature's width) through :attr:`row`: the same numbers and the same
+        label, without numpy (ModelInfer's single-row lane)."""
+        assert self.row is not None
+        out = self.row(values)
+        if self.output.kind is OutputKind.REGRESSOR:
+            return RowPrediction(values=out)
+        if not labels:
+            return RowPrediction(probabilities=out)
+        threshold = self.output.decision_threshold
+        # A binary threshold on the positive class, else the first of equal maxima
+        # (argmax's rule), as :meth:`predict` picks.
+        picked = int(out[1] >= threshold) if threshold is not None else out.index(max(out))
+        return RowPrediction(self.output.classes[picked], out)

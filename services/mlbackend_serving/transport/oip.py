@@ -43,11 +43,18 @@ def infer_call(request: oip.ModelInferRequest) -> tuple[str, Selector, RowsInput
 
 def wanted_outputs(names: Sequence[str], predictions: Predictions) -> list[tuple[str, object]]:
     """The outputs a request names (all the model has when it names none), in order."""
-    outputs = {
-        "label": predictions.labels,
-        "probabilities": predictions.probabilities,
-        "value": predictions.values,
-    }
+    return pick_outputs(
+        names,
+        {
+            "label": predictions.labels,
+            "probabilities": predictions.probabilities,
+            "value": predictions.values,
+        },
+    )
+
+
+def pick_outputs(names: Sequence[str], outputs: dict[str, object]) -> list[tuple[str, object]]:
+    """:func:`wanted_outputs` of ``outputs`` by name (None: the model has no such output)."""
     available = {k: v for k, v in outputs.items() if v is not None}
     for i, name in enumerate(names):
         if name not in available:

@@ -88,9 +88,15 @@ def handlers(
         if usual is None:
             request = parsed(oip.ModelInferRequest, data)
             return o.infer_response(request, core.predict_blocking(*o.infer_call(request)))
-        tensor = wire.input_tensor(usual)
         name, version = usual.model_name, o.selector(usual.model_version)
-        result = core.predict_light(name, version, tensor, labels=wire.wants_labels(usual))
+        labels = wire.wants_labels(usual)
+        values = wire.row_values(usual)
+        if values is not None:
+            answer = core.predict_row(name, version, usual.input_name, values, labels=labels)
+            if answer is not None:
+                return wire.infer_row_response(usual, answer)
+        tensor = wire.input_tensor(usual)
+        result = core.predict_light(name, version, tensor, labels=labels)
         if result is None:
             result = core.predict_blocking(name, version, Tensors([tensor]))
         return wire.infer_response(usual, result)

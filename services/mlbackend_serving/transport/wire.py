@@ -19,17 +19,21 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Sequence
+import math
+import sys
+from array import array
+from collections.abc import Callable, Iterable, Sequence
 from types import ModuleType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
 
 from mlbackend_runtime.protowire import varint as _varint
 from mlbackend_serving.core.inputs import Tensor
-from mlbackend_serving.core.service import PredictionResult
-from mlbackend_serving.transport.oip import wanted_outputs
+from mlbackend_serving.core.model import ModelKey
+from mlbackend_serving.core.service import PredictionResult, RowResult
+from mlbackend_serving.transport.oip import pick_outputs, wanted_outputs
 from mlbackend_serving.transport.tensors import DATATYPES, output_type
 
 _oipwire: ModuleType | None
@@ -83,20 +87,76 @@ def wants_labels(request: UsualRequest) -> bool:
     return set(request.outputs) != {"probabilities"}
 
 
+# One-row requests' values: their datatype's array type code.
+_ROW_TYPES = {"FP64": "d", "FP32": "f"}
+_LITTLE_ENDIAN = sys.byteorder == "little"  # array reads the host's order; the wire is little
+
+
+def row_values(request: UsualRequest) -> array[float] | None:
+    """A one-row request's values as float64 (FP32 widened, which is exact), when every
+    one is finite: what ``ServingCore.predict_row`` takes. None: anything else."""
+    code = _ROW_TYPES.get(request.datatype)
+    shape = request.shape
+    if code is None or len(shape) != 2 or shape[0] != 1 or not _LITTLE_ENDIAN:
+        return None
+    values = array("d") if code == "d" else array("f")
+    try:
+        values.frombytes(request.values)
+    except ValueError:  # not a whole number of values
+        return None
+    if len(values) != shape[1]:
+        return None
+    row = values if code == "d" else array("d", values)
+    return row if all(map(math.isfinite, row)) else None
+
+
 def infer_response(request: UsualRequest, result: PredictionResult) -> bytes:
     """The ModelInferResponse ``oip.infer_response`` makes for ``request``, as bytes."""
     outputs = wanted_outputs(request.outputs, result.predictions)
-    body = bytearray(_names(result.key.name, result.key.version))
+    return _response(request, result.key, (_output(n, v, raw=request.raw) for n, v in outputs))
+
+
+def infer_row_response(request: UsualRequest, result: RowResult) -> bytes:
+    """:func:`infer_response`'s bytes for a one-row answer, from its plain numbers."""
+    row = result.row
+    outputs = pick_outputs(
+        request.outputs,
+        {"label": row.label, "probabilities": row.probabilities, "value": row.values},
+    )
+    raw = request.raw
+    return _response(request, result.key, (_row_output(n, v, raw) for n, v in outputs))
+
+
+def _row_output(name: str, values: Any, raw: bool) -> tuple[bytes, bytes]:
+    """:func:`_output` of one row's output: as ``Predictions`` would hold it, a label
+    array of one, probabilities of shape [1, K] or a value of shape [1]."""
+    if name == "label":
+        return _label(values, raw)
+    shape = (1, len(values)) if name == "probabilities" else (1,)
+    return _fp64(name, shape, array("d", values).tobytes(), raw)
+
+
+def _response(
+    request: UsualRequest, key: ModelKey, outputs: Iterable[tuple[bytes, bytes]]
+) -> bytes:
+    """A response of ``outputs`` (each an InferOutputTensor's bytes and raw contents)."""
+    body = bytearray(_names(key.name, key.version))
     _string(body, 3, request.id)
     raw_contents = []
-    for name, values in outputs:
-        tensor, contents = _output(name, values, raw=request.raw)
+    for tensor, contents in outputs:
         _field(body, 5, tensor)
         if request.raw:
             raw_contents.append(contents)
     for contents in raw_contents:
         _field(body, 6, contents)
     return bytes(body)
+
+
+@functools.lru_cache(maxsize=1024, typed=True)  # typed: True and 1 are cached apart
+def _label(label: object, raw: bool) -> tuple[bytes, bytes]:
+    """The label output of one row predicting ``label``, as :func:`_output` encodes the
+    model's classes."""
+    return _output("label", np.array([label], dtype=object), raw=raw)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -125,6 +185,16 @@ def _fp64_head(name: str, shape: tuple[int, ...]) -> bytes:
     tensor = bytearray(_tensor_head(name, "FP64"))
     _packed(tensor, 3, _packed_varints(shape))
     return bytes(tensor)
+
+
+def _fp64(name: str, shape: tuple[int, ...], data: bytes, raw: bool) -> tuple[bytes, bytes]:
+    """An FP64 output (``data``: its values' little-endian bytes), the head made once
+    per shape."""
+    head = _fp64_head(name, shape)
+    if raw:
+        return head, data
+    fp64_contents = _TAGS[7] + _varint(len(data)) + data  # InferTensorContents
+    return head + _TAGS[5] + _varint(len(fp64_contents)) + fp64_contents, b""
 
 
 # --- protobuf's wire format, what a response needs of it ------------------------------
@@ -185,12 +255,8 @@ def _output(name: str, values: object, *, raw: bool) -> tuple[bytes, bytes]:
     """An InferOutputTensor's bytes and, when ``raw``, its raw contents (as
     ``tensors.output_tensor`` makes them)."""
     if type(values) is np.ndarray and values.dtype == _FP64 and values.size:
-        # Probabilities and values, the usual outputs: the head made once per shape.
-        head, data = _fp64_head(name, values.shape), values.tobytes()
-        if raw:
-            return head, data
-        fp64_contents = _TAGS[7] + _varint(len(data)) + data  # InferTensorContents
-        return head + _TAGS[5] + _varint(len(fp64_contents)) + fp64_contents, b""
+        # Probabilities and values, the usual outputs.
+        return _fp64(name, values.shape, values.tobytes(), raw)
     datatype, array = output_type(np.asarray(values))
     flat = array.ravel()
     tensor = bytearray(_tensor_head(name, datatype))
