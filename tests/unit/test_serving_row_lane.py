@@ -71,12 +71,14 @@ def _checked(estimator: Any) -> fastpath.Proba:
 
 
 def _rows() -> np.ndarray:
-    """Rows around the training data, far from it, and already float32 (FP32 requests)."""
+    """Rows around the training data, far from it, beyond float32's range (a forest rounds
+    them to infinity), and already float32 (FP32 requests)."""
     rng = np.random.default_rng(11)
     near = X[:100] + rng.normal(scale=0.01, size=(100, WIDTH))
     far = rng.normal(scale=50, size=(40, WIDTH))
     tiny = rng.normal(scale=1e-30, size=(10, WIDTH))
-    return np.vstack([near, far, tiny, X[:50].astype(np.float32).astype(np.float64)])
+    huge = np.array([[1e300, -1e300] * (WIDTH // 2), [3.5e38, -1e-50] * (WIDTH // 2)])
+    return np.vstack([near, far, tiny, huge, X[:50].astype(np.float32).astype(np.float64)])
 
 
 @pytest.fixture(autouse=True)
