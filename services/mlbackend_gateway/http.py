@@ -227,59 +227,11 @@ class JsonFront:
         )
         body = b""
         response: HttpResponse | None = None
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            response = error_response(
-                HttpError(411, grpc.StatusCode.INVALID_ARGUMENT, "send a Content-Length body"),
-                request_id,
-            )
-            keep_alive = False
-        else:
-            length_text = headers.get("content-length", "0") or "0"
-            length = int(length_text) if length_text.isdigit() else -1
-            if len(lengths) > 1:
-                # RFC 9112 6.3: where the body ends is ambiguous (request smuggling).
-                response = error_response(
-                    HttpError(
-                        400, grpc.StatusCode.INVALID_ARGUMENT, "conflicting Content-Length headers"
-                    ),
-                    request_id,
-                )
-                keep_alive = False
-            elif length < 0:
-                # Where this body ends is unknown: answer, then close the connection.
-                response = error_response(
-                    HttpError(
-                        400,
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        f"Content-Length {length_text!r} is not a number of bytes",
-                    ),
-                    request_id,
-                )
-                keep_alive = False
-            elif length > self._max_body:
-                response = error_response(
-                    HttpError(
-                        413,
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        f"body larger than {self._max_body} bytes",
-                    ),
-                    request_id,
-                )
-                keep_alive = False
-            elif length:
-                if headers.get("expect", "").lower() == "100-continue":
-                    # curl asks before sending a body over 1 MB, then waits a second for the 100.
-                    writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                try:
-                    async with asyncio.timeout(TRANSFER_SECONDS):
-                        body = await reader.readexactly(length)
-                except TimeoutError:
-                    late = HttpError(
-                        408,
-                        grpc.StatusCode.DEADLINE_EXCEEDED,
-                        f"the body did not arrive within {TRANSFER_SECONDS:g} s",
-                    )
-                    response, keep_alive = error_response(late, request_id), False
+        try:
+            body = await self._read_body(reader, writer, headers, lengths)
+        except HttpError as refused:
+            # Where this body ends, or whether it comes, is unknown: answer, then close.
+            response, keep_alive = error_response(refused, request_id), False
         route_name = "unknown"
         if response is None:
             route_name, response = await self._dispatch(method, target, headers, body, request_id)
@@ -287,6 +239,49 @@ class JsonFront:
         async with asyncio.timeout(TRANSFER_SECONDS):
             await writer.drain()
         return keep_alive
+
+    async def _read_body(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        headers: dict[str, str],
+        lengths: set[str],
+    ) -> bytes:
+        """The request's body (``lengths``: every Content-Length it gave); HttpError
+        when it cannot be read."""
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            raise HttpError(411, grpc.StatusCode.INVALID_ARGUMENT, "send a Content-Length body")
+        if len(lengths) > 1:
+            # RFC 9112 6.3: where the body ends is ambiguous (request smuggling).
+            raise HttpError(
+                400, grpc.StatusCode.INVALID_ARGUMENT, "conflicting Content-Length headers"
+            )
+        length_text = headers.get("content-length", "0") or "0"
+        if not length_text.isdigit():
+            raise HttpError(
+                400,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"Content-Length {length_text!r} is not a number of bytes",
+            )
+        length = int(length_text)
+        if length > self._max_body:
+            raise HttpError(
+                413, grpc.StatusCode.RESOURCE_EXHAUSTED, f"body larger than {self._max_body} bytes"
+            )
+        if not length:
+            return b""
+        if headers.get("expect", "").lower() == "100-continue":
+            # curl asks before sending a body over 1 MB, then waits a second for the 100.
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        try:
+            async with asyncio.timeout(TRANSFER_SECONDS):
+                return await reader.readexactly(length)
+        except TimeoutError:
+            raise HttpError(
+                408,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"the body did not arrive within {TRANSFER_SECONDS:g} s",
+            ) from None
 
     def _answer(
         self,

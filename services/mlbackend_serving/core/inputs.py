@@ -139,11 +139,9 @@ def plain_matrix(tensor: Tensor, signature: Signature) -> Matrix | None:
     if (
         len(shape) != 2
         or shape[0] < 1
-        or shape[1] != len(signature.features)
+        or not plain_columns(signature, tensor.name, shape[1])
         or tensor.datatype not in _FLOATS
         or tensor.values.size != shape[0] * shape[1]
-        or not signature.all_double
-        or tensor.name in signature.index()
     ):
         return None
     matrix = tensor.values.astype(np.float64, copy=False).reshape(shape)
@@ -151,6 +149,18 @@ def plain_matrix(tensor: Tensor, signature: Signature) -> Matrix | None:
 
 
 _FLOATS = frozenset({"FP32", "FP64"})
+
+
+def plain_columns(signature: Signature, input_name: str, width: int) -> bool:
+    """Whether an input tensor named ``input_name`` with ``width`` columns holds the
+    signature's features as they are: one column per feature in order, every feature a
+    double (so its rows need no check but finiteness), and not named after a feature
+    (``from_tensors`` reads such a tensor as that feature's column)."""
+    return (
+        width == len(signature.features)
+        and signature.all_double
+        and input_name not in signature.index()
+    )
 
 
 def _check_datatype(tensor: Tensor, index: int, problems: _Violations) -> bool:

@@ -25,7 +25,7 @@ from mlbackend_serving.core.batching import (
     ThreadBatcher,
 )
 from mlbackend_serving.core.health import HealthReport, RequestStats
-from mlbackend_serving.core.inputs import RowsInput, Tensor, plain_matrix
+from mlbackend_serving.core.inputs import RowsInput, Tensor, plain_columns, plain_matrix
 from mlbackend_serving.core.model import (
     LoadedModel,
     Matrix,
@@ -224,13 +224,10 @@ class ServingCore:
         served = self.resolve(name, selector)
         model, batcher = served.model, served.batcher
         assert model is not None and isinstance(batcher, ThreadBatcher)
-        signature = model.signature
         if (
             model.row is None
             or not _called_beside(model, batcher)
-            or len(values) != len(signature.features)
-            or not signature.all_double
-            or input_name in signature.index()
+            or not plain_columns(model.signature, input_name, len(values))
         ):
             return None
         with _Recorded(served, time.perf_counter()):
