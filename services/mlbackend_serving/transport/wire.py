@@ -257,10 +257,10 @@ def _output(name: str, values: object, *, raw: bool) -> tuple[bytes, bytes]:
     if type(values) is np.ndarray and values.dtype == _FP64 and values.size:
         # Probabilities and values, the usual outputs.
         return _fp64(name, values.shape, values.tobytes(), raw)
-    datatype, array = output_type(np.asarray(values))
-    flat = array.ravel()
+    datatype, converted = output_type(np.asarray(values))
+    flat = converted.ravel()
     tensor = bytearray(_tensor_head(name, datatype))
-    _packed(tensor, 3, _packed_varints(array.shape))
+    _packed(tensor, 3, _packed_varints(converted.shape))
     if raw:
         if datatype == "BYTES":
             contents = b"".join(
