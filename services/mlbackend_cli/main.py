@@ -29,6 +29,7 @@ _SERVER_FLAGS: tuple[tuple[str, type | None, str], ...] = (
     ("tls-key", Path, "PEM private key"),
     ("tls-client-ca", Path, "PEM CA bundle: require client certificates (mTLS)"),
     ("insecure", None, "allow a non-loopback bind without TLS and auth"),
+    ("metrics-open", None, "with tokens on, serve /metrics without one (default: any role)"),
     ("grace-seconds", float, "drain time for in-flight calls on SIGTERM (default 20)"),
     ("max-message-bytes", int, "largest message accepted or sent"),
     ("database-url", str, "PostgreSQL URL for metadata (default: SQLite under --data-dir)"),
@@ -172,6 +173,7 @@ def _write_ready_file(path: Path, service: str, running: RunningServer) -> None:
         "address": running.address,
         "port": running.port,
         "metrics_port": running.metrics.port,
+        "metrics_url": running.metrics.url,
         "health_port": running.health_port,
         **{f"{name}_port": port for name, port in running.extra_ports.items()},
     }

@@ -59,7 +59,7 @@ class Child:
     @property
     def metrics_url(self) -> str:
         assert self.info is not None
-        return f"http://{self.address.rsplit(':', 1)[0]}:{self.info['metrics_port']}/metrics"
+        return str(self.info["metrics_url"])
 
 
 class Suite:

@@ -241,6 +241,7 @@ async def create_server(
             Authenticator(tokens, roles_from_descriptors(SPEC.grpc_services)),
             registry,
             settings.max_message_bytes or SPEC.max_message_bytes,
+            metrics_open=settings.metrics_open,
         )
         try:
             port = await front.start(settings.host, settings.http_port, _http_tls(settings))

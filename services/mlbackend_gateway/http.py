@@ -36,7 +36,7 @@ from mlbackend_clients import propagation
 from mlbackend_gateway.core.service import GatewayCore
 from mlbackend_gateway.transport import handlers
 from mlbackend_runtime import errors, fastmetrics, protojson, status
-from mlbackend_runtime.auth import Authenticator
+from mlbackend_runtime.auth import Authenticator, Role
 
 logger = logging.getLogger("mlbackend.gateway.http")
 
@@ -145,9 +145,14 @@ class JsonFront:
         authenticator: Authenticator,
         metrics_registry: CollectorRegistry,
         max_body_bytes: int,
+        *,
+        metrics_open: bool = False,
     ) -> None:
+        """``metrics_open``: ``/metrics`` needs no token even with auth on (otherwise a
+        token of any role, as on the service's metrics port)."""
         self._core = core
         self._auth = authenticator
+        self._metrics_open = metrics_open
         self._registry = metrics_registry
         self.serving = True
         self._max_body = max_body_bytes
@@ -307,46 +312,62 @@ class JsonFront:
     async def _dispatch(
         self, method: str, target: str, headers: dict[str, str], body: bytes, request_id: str
     ) -> tuple[str, HttpResponse]:
+        """The route's name (the metric's label; ``unknown`` for no route) and its answer."""
         url = urlsplit(target)
         path = unquote(url.path)
-        query = parse_qs(url.query)
         if path == "/healthz":
             return "healthz", self._health(method)
-        if path == "/metrics":
-            return "metrics", self._metrics(method)
+        route = "unknown"
         try:
-            seconds = _timeout(headers.get("grpc-timeout"))
-        except HttpError as exc:
-            return "error", error_response(exc, request_id)
-        token = propagation.bind(propagation.CallContext(request_id, time.monotonic() + seconds))
-        try:
+            if path == "/metrics":
+                route = "metrics"
+                return route, self._metrics(method, headers)
+            prefix, model = "/v1/models/", ""
             if path == "/v1/models":
-                self._need(method, "GET")
-                self._authorize("ListModels", headers)
-                request = pb.ListModelsRequest(
-                    page_size=int(query.get("page_size", ["0"])[0] or 0)
-                    if query.get("page_size", ["0"])[0].isdigit() else 0,
-                    page_token=query.get("page_token", [""])[0],
-                )  # fmt: skip
-                return "list_models", _json(await handlers.list_models(self._core, request))
-            prefix = "/v1/models/"
-            if path.startswith(prefix) and ":" in path[len(prefix) :]:
+                route = "list_models"
+            elif path.startswith(prefix) and ":" in path[len(prefix) :]:
                 model, _, verb = path[len(prefix) :].rpartition(":")
-                if verb == "predict":
-                    self._need(method, "POST")
-                    self._authorize("Predict", headers)
-                    predict = _parse(headers, body, pb.PredictRequest(), model)
-                    return "predict", _json(await handlers.predict(self._core, predict))
-                if verb == "predictBatch":
-                    self._need(method, "POST")
-                    self._authorize("PredictBatch", headers)
-                    batch = _parse(headers, body, pb.PredictBatchRequest(), model)
-                    return "predict_batch", _json(await handlers.predict_batch(self._core, batch))
-            raise HttpError(404, grpc.StatusCode.NOT_FOUND, f"no route {method} {path}")
+                route = {"predict": "predict", "predictBatch": "predict_batch"}.get(verb, route)
+            if route == "unknown":
+                raise HttpError(404, grpc.StatusCode.NOT_FOUND, f"no route {method} {path}")
+            seconds = _timeout(headers.get("grpc-timeout"))
+            token = propagation.bind(
+                propagation.CallContext(request_id, time.monotonic() + seconds)
+            )
+            try:
+                return route, await self._route(route, method, headers, body, url.query, model)
+            finally:
+                propagation.unbind(token)
         except Exception as exc:
-            return "error", error_response(exc, request_id)
-        finally:
-            propagation.unbind(token)
+            return route, error_response(exc, request_id)
+
+    async def _route(
+        self,
+        route: str,
+        method: str,
+        headers: dict[str, str],
+        body: bytes,
+        query_text: str,
+        model: str,
+    ) -> HttpResponse:
+        if route == "list_models":
+            self._need(method, "GET")
+            self._authorize("ListModels", headers)
+            query = parse_qs(query_text)
+            size = query.get("page_size", ["0"])[0]
+            request = pb.ListModelsRequest(
+                page_size=int(size) if size.isdigit() else 0,
+                page_token=query.get("page_token", [""])[0],
+            )
+            return _json(await handlers.list_models(self._core, request))
+        self._need(method, "POST")
+        if route == "predict":
+            self._authorize("Predict", headers)
+            predict = _parse(headers, body, pb.PredictRequest(), model)
+            return _json(await handlers.predict(self._core, predict))
+        self._authorize("PredictBatch", headers)
+        batch = _parse(headers, body, pb.PredictBatchRequest(), model)
+        return _json(await handlers.predict_batch(self._core, batch))
 
     def _need(self, method: str, wanted: str) -> None:
         if method != wanted:
@@ -376,7 +397,9 @@ class JsonFront:
             requests.add_metric([route, str(code)], count)
         yield requests
 
-    def _metrics(self, method: str) -> HttpResponse:
+    def _metrics(self, method: str, headers: dict[str, str]) -> HttpResponse:
+        if not self._metrics_open:
+            self._auth.require(Role.READER, headers.get("authorization"), "/metrics")
         return HttpResponse(200, generate_latest(self._registry), CONTENT_TYPE_LATEST)
 
 

@@ -191,6 +191,11 @@ class Authenticator:
 
     def authorize(self, method: str, authorization: str | None) -> Principal:
         """The caller of ``method`` given its ``authorization`` metadata, or a domain error."""
+        return self.require(self._roles.get(method, Role.ADMIN), authorization, method)
+
+    def require(self, needed: Role, authorization: str | None, what: str) -> Principal:
+        """The caller given its ``authorization`` header, if its role reaches ``needed``
+        (``what`` names the operation in the refusal); else a domain error."""
         if self._tokens is None:
             return ANONYMOUS
         if not authorization:
@@ -201,10 +206,9 @@ class Authenticator:
         principal = self._tokens.lookup(token.strip())
         if principal is None:
             raise errors.Unauthenticated("invalid bearer token")
-        needed = self._roles.get(method, Role.ADMIN)
         if principal.role < needed:
             raise errors.PermissionDenied(
-                f"{method} needs role {needed.name.lower()}; "
+                f"{what} needs role {needed.name.lower()}; "
                 f"{principal.identity} has {principal.role.name.lower()}"
             )
         return principal

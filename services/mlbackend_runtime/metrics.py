@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import logging
+import socket
+import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from wsgiref.simple_server import WSGIServer
+from http.server import ThreadingHTTPServer
 
-from prometheus_client import CollectorRegistry, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.exposition import MetricsHandler
 
-from mlbackend_runtime import fastmetrics
+from mlbackend_runtime import errors, fastmetrics
+
+logger = logging.getLogger("mlbackend.metrics")
 
 # Buckets from 0.5 ms to 10 s: single-row predictions sit in the low milliseconds.
 LATENCY_BUCKETS = (
@@ -96,19 +102,120 @@ class RpcMetrics:
         yield from (requests, errors, latency, in_flight)
 
 
+# A scrape connection that says nothing (or stalls its TLS handshake) this long is closed,
+# so idle connections cannot pile up threads.
+SCRAPE_TIMEOUT_SECONDS = 10.0
+# Connections handled at once; more are closed at once (a scraper needs one).
+MAX_SCRAPE_CONNECTIONS = 16
+
+# Checks a scrape's Authorization header; raises errors.Unauthenticated or
+# errors.PermissionDenied to refuse it.
+Authorize = Callable[[str | None], object]
+
+
+class _ScrapeHandler(MetricsHandler):
+    """prometheus_client's exposition (formats, gzip, ``name[]`` filters) behind TLS,
+    a bearer token and a timeout."""
+
+    server: _MetricsServer
+    timeout = SCRAPE_TIMEOUT_SECONDS
+
+    def setup(self) -> None:
+        tls = self.server.tls
+        if tls is not None:
+            # The handshake runs here, on this connection's thread under its timeout, not
+            # in the accept loop where one silent client would stall every scrape.
+            self.request.settimeout(self.timeout)
+            self.request = tls.wrap_socket(self.request, server_side=True)
+        super().setup()
+
+    def do_GET(self) -> None:
+        authorize = self.server.authorize
+        if authorize is not None:
+            try:
+                authorize(self.headers.get("Authorization"))
+            except errors.Unauthenticated as exc:
+                self._refuse(401, str(exc), [("WWW-Authenticate", "Bearer")])
+                return
+            except errors.PermissionDenied as exc:
+                self._refuse(403, str(exc), [])
+                return
+        super().do_GET()
+
+    def _refuse(self, status: int, message: str, headers: list[tuple[str, str]]) -> None:
+        body = (message + "\n").encode()
+        self.send_response(status)
+        for name, value in [("Content-Type", "text/plain; charset=utf-8"), *headers]:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.request.close()  # the TLS socket too: socketserver only closes the raw one
+
+
+class _MetricsServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        family: socket.AddressFamily,
+        registry: CollectorRegistry,
+        tls: ssl.SSLContext | None,
+        authorize: Authorize | None,
+    ) -> None:
+        self.address_family = family
+        self.tls = tls
+        self.authorize = authorize
+        self._slots = threading.BoundedSemaphore(MAX_SCRAPE_CONNECTIONS)
+        super().__init__(address, type("ScrapeHandler", (_ScrapeHandler,), {"registry": registry}))
+
+    def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A client that hung up, timed out or failed the handshake: its problem, not ours.
+        logger.debug("metrics connection from %s failed", client_address, exc_info=True)
+
+
+def _family(host: str, port: int) -> tuple[socket.AddressFamily, str]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, sockaddr = infos[0]
+    return family, str(sockaddr[0])
+
+
 @dataclass
 class MetricsEndpoint:
     """The running ``/metrics`` HTTP server."""
 
     host: str
     port: int
-    _server: WSGIServer
+    _server: _MetricsServer
     _thread: threading.Thread
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/metrics"
+        scheme = "https" if self._server.tls is not None else "http"
+        return f"{scheme}://{host}:{self.port}/metrics"
 
     def close(self) -> None:
         self._server.shutdown()
@@ -116,7 +223,19 @@ class MetricsEndpoint:
         self._thread.join(timeout=5)
 
 
-def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> MetricsEndpoint:
-    """Expose ``registry`` over HTTP; port 0 picks a free one (see ``.port``)."""
-    server, thread = start_http_server(port, addr=host, registry=registry)
+def serve_metrics(
+    registry: CollectorRegistry,
+    host: str,
+    port: int,
+    *,
+    tls: ssl.SSLContext | None = None,
+    authorize: Authorize | None = None,
+) -> MetricsEndpoint:
+    """Expose ``registry`` on ``/metrics`` over HTTP, or HTTPS with ``tls``; port 0 picks
+    a free one (see ``.port``). With ``authorize``, a scrape whose Authorization header it
+    refuses gets a 401 (or 403) and no metrics."""
+    family, address = _family(host, port)
+    server = _MetricsServer((address, port), family, registry, tls, authorize)
+    thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
+    thread.start()
     return MetricsEndpoint(host, server.server_port, server, thread)

@@ -10,6 +10,7 @@ front, see bench/serving); health, reflection, metrics, auth and TLS are the sam
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import ipaddress
 import logging
@@ -27,11 +28,17 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
-from mlbackend_runtime.auth import Authenticator, Role, TokenStore, roles_from_descriptors
+from mlbackend_runtime.auth import (
+    Authenticator,
+    Principal,
+    Role,
+    TokenStore,
+    roles_from_descriptors,
+)
 from mlbackend_runtime.interceptor import CallInterceptor, Registrar, ThreadCallInterceptor
 from mlbackend_runtime.metrics import MetricsEndpoint, RpcMetrics, serve_metrics
 from mlbackend_runtime.settings import ServerSettings
-from mlbackend_runtime.tls import server_credentials
+from mlbackend_runtime.tls import server_credentials, server_ssl_context
 
 logger = logging.getLogger("mlbackend.server")
 
@@ -320,6 +327,13 @@ class _Parts:
             health_port = int(health_server.add_insecure_port(f"{host}:{settings.health_port}"))
         return port, health_port
 
+    def metrics_auth(self) -> Callable[[str | None], Principal] | None:
+        """What a scrape of ``/metrics`` must present: with tokens on, a token of any role
+        (unless ``metrics_open``); None when anyone may read them."""
+        if not self.auth_on or self.settings.metrics_open:
+            return None
+        return functools.partial(self.authenticator.require, Role.READER, what="/metrics")
+
     def serve_metrics(self) -> MetricsEndpoint:
         settings = self.settings
         metrics_port = (
@@ -327,8 +341,13 @@ class _Parts:
             if settings.metrics_port is None
             else settings.metrics_port
         )
+        tls = None
+        if settings.tls_cert is not None and settings.tls_key is not None:
+            tls = server_ssl_context(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
         try:
-            return serve_metrics(self.registry, settings.host, metrics_port)
+            return serve_metrics(
+                self.registry, settings.host, metrics_port, tls=tls, authorize=self.metrics_auth()
+            )
         except OSError as exc:
             raise ConfigError(
                 f"cannot serve metrics on {_host_for_uri(settings.host)}:{metrics_port}: {exc}"

@@ -37,6 +37,11 @@ class ServerSettings(BaseSettings):
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert.")
     tls_client_ca: Path | None = Field(None, description="PEM CA bundle: require client certs.")
     insecure: bool = Field(False, description="Allow a non-loopback bind without TLS and auth.")
+    metrics_open: bool = Field(
+        False,
+        description="With tokens on, let /metrics be read without one (for a scraper that "
+        "cannot send a bearer token); otherwise a scrape needs a token of any role.",
+    )
     grace_seconds: float = Field(20.0, gt=0, description="Drain time for in-flight calls.")
     max_message_bytes: int | None = Field(
         None, gt=1024, description="Largest message accepted or sent; larger → RESOURCE_EXHAUSTED."

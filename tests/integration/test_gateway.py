@@ -772,7 +772,7 @@ async def test_json_front(suite: Suite) -> None:
         labels = {"route": route, "code": str(code)}
         return registry.get_sample_value("mlbackend_http_requests_total", labels) or 0.0
 
-    before = answered("predict", 200), answered("error", 400)
+    before = answered("predict", 200), answered("predict", 400)
     code, answer, _ = await asyncio.to_thread(_http, f"{base}/v1/models/{MODEL}:predict", body)
     assert code == 200, answer
     assert answer["result"]["version"] == "1"
@@ -794,7 +794,7 @@ async def test_json_front(suite: Suite) -> None:
         _http, f"{base}/v1/models/{MODEL}:predict", b"{not json"
     )
     assert (code, error["error"]["status"]) == (400, "INVALID_ARGUMENT")
-    assert answered("error", 400) == before[1] + 1
+    assert answered("predict", 400) == before[1] + 1  # counted under its route
     # A deadline as gRPC writes it: met, past, malformed.
     predict = f"{base}/v1/models/{MODEL}:predict"
     code, _, _ = await asyncio.to_thread(_http, predict, body, headers={"grpc-timeout": "5S"})
@@ -940,6 +940,34 @@ async def test_json_front_closes_idle_slow_and_surplus_connections(
     finally:
         for writer in writers:
             writer.close()
+        await server.stop(0)
+
+
+@pytest.mark.parametrize("metrics_open", [False, True], ids=["token", "open"])
+async def test_json_front_metrics_follow_the_metrics_port_rule(
+    tmp_path: Path, metrics_open: bool
+) -> None:
+    """With tokens on, ``GET /metrics`` needs a token of any role, as the service's metrics
+    port does, unless metrics are opened; ``/healthz`` never needs one (probes)."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text("reader-token-0123456789 reader dashboards\n")
+    server = await gateway_app.create_server(
+        loopback_settings(tmp_path / "gateway", token_file=tokens, metrics_open=metrics_open),
+        registry=CollectorRegistry(),
+    )
+    base = f"http://127.0.0.1:{gateway_app.http_port(server)}"
+    try:
+        code, answer, _ = await asyncio.to_thread(_http, f"{base}/metrics")
+        if metrics_open:
+            assert code == 200 and "mlbackend_http_requests_total" in answer
+        else:
+            assert (code, answer["error"]["status"]) == (401, "UNAUTHENTICATED")
+        reader = {"Authorization": "Bearer reader-token-0123456789"}
+        code, answer, _ = await asyncio.to_thread(_http, f"{base}/metrics", headers=reader)
+        assert code == 200 and 'route="metrics"' in answer
+        code, answer, _ = await asyncio.to_thread(_http, f"{base}/healthz")
+        assert (code, answer) == (200, {"status": "SERVING"})
+    finally:
         await server.stop(0)
 
 

@@ -4,8 +4,12 @@ metrics, auth with roles, TLS and mTLS, and garbage input answered as INVALID_AR
 from __future__ import annotations
 
 import asyncio
+import http.client
 import shutil
+import socket
+import ssl
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Awaitable
 from pathlib import Path
@@ -172,6 +176,37 @@ async def test_wrong_scheme_is_unauthenticated(
     assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
+def _scrape_status(
+    url: str, token: str | None = None, context: ssl.SSLContext | None = None
+) -> tuple[int, str, str]:
+    """A scrape's status, its WWW-Authenticate header and its body."""
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=5, context=context) as response:
+            return response.status, "", response.read().decode()
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.headers.get("WWW-Authenticate", ""), refused.read().decode()
+
+
+async def test_metrics_need_a_token_of_any_role_when_auth_is_on(
+    start_service: StartService, token_file: Path
+) -> None:
+    server = await start_service("registry", token_file=token_file)
+    url = server.metrics.url
+    status, challenge, body = await asyncio.to_thread(_scrape_status, url)
+    assert (status, challenge) == (401, "Bearer")
+    assert "mlbackend_" not in body
+    status, _, _ = await asyncio.to_thread(_scrape_status, url, "not-a-valid-token-at-all")
+    assert status == 401
+    status, _, body = await asyncio.to_thread(_scrape_status, url, TOKENS["reader"])
+    assert status == 200 and 'mlbackend_server_info{service="registry"} 1.0' in body
+    # An operator whose scraper cannot send a token opens them explicitly.
+    opened = await start_service("monitoring", token_file=token_file, metrics_open=True)
+    status, _, body = await asyncio.to_thread(_scrape_status, opened.metrics.url)
+    assert status == 200 and "mlbackend_server_info" in body
+
+
 # --- reflection through the real grpcurl binary -----------------------------------------
 
 
@@ -250,6 +285,45 @@ async def test_mtls_requires_a_client_certificate_from_the_ca(
     assert await _health(target, trusted) == "SERVING"
     assert await _health(target, TlsOptions(ca_cert=pki / "ca.crt")) == "UNAVAILABLE"
     assert await _health(target, stranger) == "UNAVAILABLE"
+
+
+@pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mtls"])
+async def test_metrics_port_speaks_tls_like_the_grpc_port(
+    start_service: StartService, pki: Path, mutual: bool
+) -> None:
+    server = await start_service(
+        "registry",
+        tls_cert=pki / "server.crt",
+        tls_key=pki / "server.key",
+        tls_client_ca=pki / "ca.crt" if mutual else None,
+    )
+    assert server.metrics.url.startswith("https://")
+    url = f"https://localhost:{server.metrics.port}/metrics"
+
+    def client(ca: str, cert: str | None = None) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=pki / f"{ca}.crt")
+        if cert is not None:
+            context.load_cert_chain(pki / f"{cert}.crt", pki / f"{cert}.key")
+        return context
+
+    def scrape(scheme_url: str, context: ssl.SSLContext | None = None) -> int:
+        with urllib.request.urlopen(scheme_url, timeout=5, context=context) as response:
+            return int(response.status)
+
+    # A client that connects and never speaks (nor shakes hands) holds up nobody.
+    with socket.create_connection(("127.0.0.1", server.metrics.port)):
+        assert await asyncio.to_thread(scrape, url, client("ca", "client")) == 200
+    refused = (OSError, http.client.HTTPException)
+    with pytest.raises(refused):  # the client does not trust the server's CA
+        await asyncio.to_thread(scrape, url, client("other-ca", "client"))
+    with pytest.raises(refused):  # no plaintext
+        await asyncio.to_thread(scrape, url.replace("https://", "http://"))
+    if mutual:
+        for stranger in (client("ca"), client("ca", "stranger")):
+            with pytest.raises(refused):
+                await asyncio.to_thread(scrape, url, stranger)
+    else:
+        assert await asyncio.to_thread(scrape, url, client("ca")) == 200
 
 
 async def test_plaintext_health_port_beside_a_tls_port(

@@ -246,6 +246,11 @@ def test_prometheus_scrape_and_graceful_termination(service: Service) -> None:
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/port"] == str(service.metrics_port)
     assert annotations["prometheus.io/path"] == "/metrics"
+    # The metrics port speaks TLS whenever the service does.
+    env = {e["name"] for e in _container(service).get("env", [])}
+    assert annotations["prometheus.io/scheme"] == (
+        "https" if "MLBACKEND_TLS_CERT" in env else "http"
+    )
 
     container = _container(service)
     grace = _flag(container["args"], "--grace-seconds")
