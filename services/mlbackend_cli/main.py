@@ -32,6 +32,7 @@ _SERVER_FLAGS: tuple[tuple[str, type | None, str], ...] = (
     ("metrics-open", None, "with tokens on, serve /metrics without one (default: any role)"),
     ("grace-seconds", float, "drain time for in-flight calls on SIGTERM (default 20)"),
     ("max-message-bytes", int, "largest message accepted or sent"),
+    ("max-concurrent-rpcs", int, "calls in progress before RESOURCE_EXHAUSTED (default 1024)"),
     ("database-url", str, "PostgreSQL URL for metadata (default: SQLite under --data-dir)"),
     ("allow-pickle", None, "accept pickle/joblib model artifacts (they can run arbitrary code)"),
     ("log-format", str, "text or json"),

@@ -43,10 +43,9 @@ logger = logging.getLogger("mlbackend.features")
 
 # The thread-pool front: threads for every method but online reads (each holds one call,
 # a stream to its end; a push stream one reader thread more), plus one per read stream
-# it keeps open (``stream_slots``). Beyond MAX_CONCURRENT_RPCS calls in progress besides
-# those streams gRPC answers RESOURCE_EXHAUSTED.
+# it keeps open (``stream_slots``). Beyond ``max_concurrent_rpcs`` calls in progress
+# besides those streams gRPC answers RESOURCE_EXHAUSTED.
 CALL_THREADS = 32
-MAX_CONCURRENT_RPCS = 1024
 
 SPEC = ServiceSpec(
     name="features",
@@ -149,7 +148,7 @@ async def create_server(
                 lambda server: server.add_generic_rpc_handlers(handlers),
                 registry=registry,
                 threads=front_threads,
-                max_concurrent_rpcs=MAX_CONCURRENT_RPCS + settings.stream_slots,
+                max_concurrent_rpcs=settings.max_concurrent_rpcs + settings.stream_slots,
             )
             running.on_drain(streams.drain)
         else:

@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import CoroutineType
-from typing import Any, NoReturn, TypeAlias
+from typing import Any, NoReturn, TypeAlias, cast
 
 import grpc
 
@@ -237,10 +237,37 @@ class _Intercepted(grpc.GenericRpcHandler):
 
 class CallInterceptor(_Interception):
     """The interception for a ``grpc.aio`` server: behaviours are coroutines (or async
-    generators) run on the event loop, each call in its own task."""
+    generators) run on the event loop, each call in its own task.
+
+    Beyond ``max_calls`` calls in progress (streams included; health and reflection not
+    counted) a new call is refused with RESOURCE_EXHAUSTED at once. ``grpc.aio``'s own
+    limit would instead stop taking calls, leaving them queued in gRPC's core until a
+    deadline, and the thread-pool server's refuses as this does."""
+
+    def __init__(
+        self, authenticator: Authenticator, metrics: RpcMetrics, max_calls: int | None = None
+    ) -> None:
+        super().__init__(authenticator, metrics)
+        self._max_calls = max_calls
+        self._calls = 0  # only touched on the event loop's thread
 
     def _wrap(self, handler: Handler, begin: Begin) -> Handler:
-        return _wrap(handler, begin, self._fail, self._end)
+        if self._max_calls is None:
+            return _wrap(handler, begin, self._fail, self._end)
+        return _wrap(handler, functools.partial(self._admit, begin), self._fail, self._leave)
+
+    def _admit(self, begin: Begin, context: AnyContext) -> _Call:
+        call = begin(context)
+        self._calls += 1
+        if self._calls > cast(int, self._max_calls) and call.denied is None:
+            call.denied = errors.ResourceExhausted(
+                f"server busy: {self._max_calls} calls already in progress; retry with backoff"
+            )
+        return call
+
+    def _leave(self, call: _Call, context: AnyContext) -> None:
+        self._calls -= 1
+        self._end(call, context)
 
     async def _fail(self, call: _Call, exc: BaseException, context: Context) -> None:
         """Record and send the status for ``exc``; always ends by raising."""

@@ -220,7 +220,9 @@ async def start_server(
     """Build, bind and start the server of one service."""
     parts = _Parts.build(spec, settings, registry)
     server = grpc.aio.server(options=_server_options(parts.max_bytes))
-    interception = CallInterceptor(parts.authenticator, parts.metrics)
+    interception = CallInterceptor(
+        parts.authenticator, parts.metrics, max_calls=settings.max_concurrent_rpcs
+    )
     register(cast(grpc.aio.Server, Registrar(server, interception)))
     health = health_aio.HealthServicer()
     health_server: grpc.aio.Server | None = None

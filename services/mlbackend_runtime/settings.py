@@ -43,6 +43,13 @@ class ServerSettings(BaseSettings):
         "cannot send a bearer token); otherwise a scrape needs a token of any role.",
     )
     grace_seconds: float = Field(20.0, gt=0, description="Drain time for in-flight calls.")
+    max_concurrent_rpcs: int = Field(
+        1024,
+        gt=0,
+        description="Calls in progress (streams included, health not) beyond which a new "
+        "call is refused with RESOURCE_EXHAUSTED; serving's and the feature store's "
+        "thread fronts add their stream slots.",
+    )
     max_message_bytes: int | None = Field(
         None, gt=1024, description="Largest message accepted or sent; larger → RESOURCE_EXHAUSTED."
     )

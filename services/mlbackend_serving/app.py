@@ -46,9 +46,9 @@ from mlbackend_serving.transport.servicers import InferenceServicer, ModelServin
 
 # Threads of the thread-pool front: each holds one call in progress (waiting for its
 # batch included), plus one per StreamPredict stream it keeps open (``stream_slots``).
-# Beyond MAX_CONCURRENT_RPCS calls besides those streams gRPC answers RESOURCE_EXHAUSTED.
+# Beyond ``max_concurrent_rpcs`` calls besides those streams gRPC answers
+# RESOURCE_EXHAUSTED.
 CALL_THREADS = 32
-MAX_CONCURRENT_RPCS = 1024
 
 _OIP = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 
@@ -138,7 +138,7 @@ async def create_server(
                 ),
                 registry=registry,
                 threads=front_threads,
-                max_concurrent_rpcs=MAX_CONCURRENT_RPCS + settings.stream_slots,
+                max_concurrent_rpcs=settings.max_concurrent_rpcs + settings.stream_slots,
             )
         except BaseException:
             predictions.shutdown(wait=False)

@@ -31,7 +31,6 @@ from test_feature_store import (
 from mlbackend.common.v1 import common_pb2 as c
 from mlbackend.features.v1 import features_pb2 as f
 from mlbackend_clients.errors import decode_error
-from mlbackend_features import app as features_app
 from mlbackend_features.transport import threaded
 from mlbackend_runtime.auth import TokenStore
 
@@ -315,13 +314,14 @@ async def test_the_thread_front_keeps_a_bounded_number_of_read_streams(
 
 
 async def test_open_streams_leave_room_for_unary_calls(
-    start_service: StartService, connect: Connect, monkeypatch: pytest.MonkeyPatch
+    start_service: StartService, connect: Connect
 ) -> None:
     """The front's limit of calls in progress counts the stream slots on top: streams
     kept open up to ``--stream-slots`` never take the room unary calls have (here a
     limit of 2 calls besides 2 streams)."""
-    monkeypatch.setattr(features_app, "MAX_CONCURRENT_RPCS", 2)
-    server = await start_service("features", features_front="threads", stream_slots=2)
+    server = await start_service(
+        "features", features_front="threads", stream_slots=2, max_concurrent_rpcs=2
+    )
     client = connect("features", server)
     await client.stub.ApplyDefinitions(definitions(), timeout=10)
     read = f.GetOnlineFeaturesRequest(entity_keys=[key("u1")], feature_refs=["user_stats:amount"])

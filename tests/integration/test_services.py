@@ -207,6 +207,44 @@ async def test_metrics_need_a_token_of_any_role_when_auth_is_on(
     assert status == 200 and "mlbackend_server_info" in body
 
 
+async def test_calls_beyond_the_limit_are_refused_not_queued(
+    start_service: StartService, connect: Connect
+) -> None:
+    """A grpc.aio service (the registry) with ``max_concurrent_rpcs`` 2 and two watch
+    streams open refuses a third call at once with RESOURCE_EXHAUSTED (gRPC's own limit
+    would leave it waiting); health still answers, and room comes back as a stream ends."""
+    server = await start_service("registry", max_concurrent_rpcs=2)
+    client = connect("registry", server)
+    assert isinstance(client, RegistryClient)
+    watches = [client.stub.Watch(registry_pb2.WatchRequest()) for _ in range(2)]
+    for watch in watches:  # open: the server has taken them (nothing to send yet)
+        await watch.wait_for_connection()
+    listing = registry_pb2.ListRegisteredModelsRequest()
+    for _ in range(50):  # the server counts a stream once its handler runs
+        try:
+            await client.stub.ListRegisteredModels(listing, timeout=5)
+        except grpc.aio.AioRpcError as refused:
+            assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "2 calls already in progress" in (refused.details() or "")
+            assert decode_error(refused).reason == "OVERLOADED"
+            break
+        await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("a third call was admitted beside two open streams")
+    assert await client.check_health(timeout=5) == "SERVING"
+    watches[0].cancel()
+    for _ in range(50):
+        try:
+            await client.stub.ListRegisteredModels(listing, timeout=5)
+            break
+        except grpc.aio.AioRpcError as refused:
+            assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("no room came back after a stream ended")
+    watches[1].cancel()
+
+
 # --- reflection through the real grpcurl binary -----------------------------------------
 
 
