@@ -436,7 +436,9 @@ def _wrap(handler: Handler, begin: Begin, fail: Fail, end: End) -> Handler:
 
 def _wrap_blocking(handler: Handler, begin: Begin, fail: BlockingFail, end: End) -> Handler:
     """:func:`_wrap` for a thread-pool server: behaviours are plain functions (or
-    generators for streamed responses), run in a fresh ``contextvars`` context each."""
+    generators for streamed responses). Each call already runs in a ``contextvars``
+    context of its own (gRPC's ``_RPCState.context``, streamed bodies included), so what
+    ``begin`` binds ends with the call although pool threads are reused."""
     request_streaming = bool(handler.request_streaming)
     inner: Callable[..., Any] = (
         handler.unary_unary or handler.stream_unary or handler.unary_stream or handler.stream_stream  # type: ignore[assignment]
@@ -467,24 +469,15 @@ def _wrap_blocking(handler: Handler, begin: Begin, fail: BlockingFail, end: End)
         finally:
             end(call, context)
 
-    def isolated(behaviour: Callable[..., Any]) -> Callable[..., Any]:
-        # A pool thread serves call after call: the request id and principal bound by
-        # ``begin`` must not leak into the next one.
-        def run(request: Any, context: BlockingContext) -> Any:
-            return contextvars.Context().run(behaviour, request, context)
-
-        # A method may name its own pool (gRPC's ``experimental_thread_pool``).
-        pool = getattr(inner, "experimental_thread_pool", None)
-        if pool is not None:
-            setattr(run, "experimental_thread_pool", pool)  # noqa: B010
-        return run
-
+    # A method may name its own pool (gRPC's ``experimental_thread_pool``).
+    pool = getattr(inner, "experimental_thread_pool", None)
+    if pool is not None:
+        setattr(unary_response, "experimental_thread_pool", pool)  # noqa: B010
+        setattr(streaming_response, "experimental_thread_pool", pool)  # noqa: B010
     response_streaming = bool(handler.response_streaming)
     factory = HANDLER_FACTORIES[(request_streaming, response_streaming)]
     behaviour = streaming_response if response_streaming else unary_response
-    return factory(
-        isolated(behaviour), _tolerant(handler.request_deserializer), handler.response_serializer
-    )
+    return factory(behaviour, _tolerant(handler.request_deserializer), handler.response_serializer)
 
 
 def _checked_blocking(request: Any, streaming: bool) -> Any:

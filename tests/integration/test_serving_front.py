@@ -6,11 +6,12 @@ drain — through a probe service with blocking handlers, then the serving servi
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import threading
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,10 @@ TOKENS = {"reader": "reader-token-0123456789", "admin": "admin-token-01234567890
 __all__ = ["pki"]  # the fixture, used by the TLS tests below
 
 
+# Set by a call's handler: the next call on the same pool thread must not see it.
+_LAST_CALL: contextvars.ContextVar[str] = contextvars.ContextVar("last_call", default="unset")
+
+
 class Probe:
     def __init__(self) -> None:
         self.finished = 0
@@ -64,6 +69,18 @@ class Probe:
             )
         raise errors.NotFound("model 'fraud' not found")
 
+    def remember(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        seen = _LAST_CALL.get()
+        _LAST_CALL.set(request.decode())
+        return seen.encode()
+
+    def remember_each(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        # A streamed answer's body runs while gRPC pulls it, after the handler returned.
+        for part in (b"1", b"2"):
+            seen = _LAST_CALL.get()
+            _LAST_CALL.set(request.decode() + part.decode())
+            yield seen.encode()
+
     def whoami(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         current = propagation.current()
         assert current is not None
@@ -77,7 +94,9 @@ class Probe:
 
 
 # Ports 0: the test's settings choose; readers may call every probe method.
-READERS = {f"/{PROBE}/{m}": Role.READER for m in ("Sleep", "Fail", "WhoAmI")}
+READERS = {
+    f"/{PROBE}/{m}": Role.READER for m in ("Sleep", "Fail", "WhoAmI", "Remember", "RememberEach")
+}
 SPEC = ServiceSpec("thread-probe", (), 0, 0, _LIMIT, READERS)
 
 
@@ -86,6 +105,8 @@ async def _start(probe: Probe, tmp_path: Path, **settings: Any) -> RunningServer
         "Sleep": grpc.unary_unary_rpc_method_handler(probe.sleep),
         "Fail": grpc.unary_unary_rpc_method_handler(probe.fail),
         "WhoAmI": grpc.unary_unary_rpc_method_handler(probe.whoami),
+        "Remember": grpc.unary_unary_rpc_method_handler(probe.remember),
+        "RememberEach": grpc.unary_stream_rpc_method_handler(probe.remember_each),
     }
 
     def register(server: grpc.Server) -> None:
@@ -156,6 +177,21 @@ async def test_request_id_and_deadline_reach_the_handler_and_do_not_leak(
     seen = {json.loads(await channel.unary_unary(f"/{PROBE}/WhoAmI")(b""))["request_id"]
             for _ in range(20)}  # fmt: skip
     assert len(seen) == 20 and trace_id not in seen
+
+
+async def test_each_call_runs_in_a_context_of_its_own(running: Running) -> None:
+    """What one call binds in ``contextvars`` (request id, principal, anything a handler
+    sets) is gone for the next call its pool thread serves, streamed answers included."""
+    channel = running.channel
+    remember = channel.unary_unary(f"/{PROBE}/Remember")
+    assert [await remember(f"call {i}".encode()) for i in range(20)] == [b"unset"] * 20
+    each = channel.unary_stream(f"/{PROBE}/RememberEach")
+    for i in range(10):
+        # Within one stream the body keeps its context; a new stream starts clean.
+        assert [m async for m in each(f"stream {i}.".encode())] == [
+            b"unset",
+            f"stream {i}.1".encode(),
+        ]
 
 
 async def test_oversized_message_is_resource_exhausted(running: Running) -> None:
