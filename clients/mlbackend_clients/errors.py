@@ -1,13 +1,17 @@
-"""Decoding of failed calls: status code, message, field violations, unmet
-preconditions, dependency."""
+"""Decoding of failed calls (and of a partial batch's failed inputs): status code,
+message, field violations, unmet preconditions, dependency."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf import any_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+
+from mlbackend.gateway.v1.gateway_pb2 import InputError
 
 # ``google.rpc.ErrorInfo`` reasons of RESOURCE_EXHAUSTED, as the servers send them
 # (``mlbackend_runtime.errors``): the request was shed, or a stream was refused.
@@ -60,12 +64,26 @@ def decode_error(error: grpc.aio.AioRpcError | grpc.RpcError) -> RpcError:
     code: grpc.StatusCode = error.code()
     message: str = error.details() or code.name
     trailing = tuple(error.trailing_metadata() or ())
+    status = rpc_status.from_call(error) if trailing else None
+    request_id = next((str(v) for k, v in trailing if k == "x-request-id"), None)
+    return _decoded(code, message, status.details if status is not None else (), request_id)
+
+
+def decode_input_error(error: InputError) -> RpcError:
+    """One input's error in a ``PredictBatch`` answer asked with ``partial_results``
+    (``result.error``), decoded as the failed call it stands for."""
+    code = next((c for c in grpc.StatusCode if c.value[0] == error.code), grpc.StatusCode.UNKNOWN)
+    return _decoded(code, error.message, error.details, None)
+
+
+def _decoded(
+    code: grpc.StatusCode, message: str, details: Iterable[any_pb2.Any], request_id: str | None
+) -> RpcError:
     violations: list[FieldViolation] = []
     preconditions: list[PreconditionViolation] = []
     dependency: str | None = None
     reason: str | None = None
-    status = rpc_status.from_call(error) if trailing else None
-    for detail in status.details if status is not None else ():
+    for detail in details:
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad_request = error_details_pb2.BadRequest()
             detail.Unpack(bad_request)
@@ -83,7 +101,6 @@ def decode_error(error: grpc.aio.AioRpcError | grpc.RpcError) -> RpcError:
             detail.Unpack(info)
             dependency = info.metadata.get("dependency", dependency)
             reason = info.reason or reason
-    request_id = next((str(v) for k, v in trailing if k == "x-request-id"), None)
     return RpcError(
         code, message, tuple(violations), dependency, request_id, tuple(preconditions), reason
     )

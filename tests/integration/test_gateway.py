@@ -37,7 +37,7 @@ from mlbackend.features.v1 import features_pb2 as f
 from mlbackend.gateway.v1 import gateway_pb2 as g
 from mlbackend.monitoring.v1 import monitoring_pb2 as m
 from mlbackend.registry.v1 import registry_pb2 as r
-from mlbackend_clients.errors import decode_error
+from mlbackend_clients.errors import decode_error, decode_input_error
 from mlbackend_clients.features import FeatureStoreClient
 from mlbackend_clients.gateway import GatewayClient
 from mlbackend_clients.monitoring import MonitoringClient
@@ -600,6 +600,74 @@ async def test_bad_input_gets_clear_errors(suite: Suite) -> None:
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_partial_batch_predicts_the_good_inputs_and_names_the_bad(suite: Suite) -> None:
+    """With ``partial_results`` each input whose own values fail gets the error it alone
+    would have failed the call with; the others get the predictions they would alone,
+    and monitoring gets one record per input (the failed ones with their status)."""
+    wrong = {"tx_amount": c.Value(string_value="x"), "colour": c.Value(string_value="red")}
+    inputs = [
+        g.PredictionInput(entity_key=key("u1"), request_features=request_features(20.0)),
+        # no stored features, and version 1 declares no defaults
+        g.PredictionInput(entity_key=key("nobody"), request_features=request_features(5.0)),
+        # refused by the feature store (types, unknown input)
+        g.PredictionInput(entity_key=key("u2"), request_features=wrong),
+        g.PredictionInput(entity_key=key("u3"), request_features=request_features(80.0)),
+        # no entity key
+        g.PredictionInput(request_features=request_features(5.0)),
+        # refused by serving (a transform of it is infinite)
+        g.PredictionInput(entity_key=key("u4"), request_features=request_features(np.inf)),
+    ]
+    request = g.PredictBatchRequest(model=MODEL, inputs=inputs, partial_results=True)
+    answer = await suite.gateway.stub.PredictBatch(request, timeout=10)
+    results = list(answer.results)
+    assert len(results) == len(inputs)
+    for position, (user, tx) in ((0, ("u1", 20.0)), (3, ("u3", 80.0))):
+        assert not results[position].HasField("error")
+        assert results[position].version == 1 and results[position].prediction_id
+        np.testing.assert_allclose(
+            results[position].prediction.probabilities, expected(suite, 1, user, tx), rtol=1e-9
+        )
+    failed = {i: decode_input_error(results[i].error) for i in (1, 2, 4, 5)}
+    for i in failed:
+        assert results[i].model == MODEL and not results[i].prediction_id, i
+        assert not results[i].prediction.probabilities, i
+    assert failed[1].code == grpc.StatusCode.FAILED_PRECONDITION
+    assert {v.subject for v in failed[1].preconditions} == {
+        "inputs[1]/amount_z", "inputs[1]/tx_ratio", "inputs[1]/user_stats:avg_amount"
+    }  # fmt: skip
+    assert failed[1].message.startswith("inputs[1]/")
+    assert failed[2].code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in failed[2].violations] == [
+        "inputs[2].request_features.colour", "inputs[2].request_features.tx_amount"
+    ]  # fmt: skip
+    assert [v.field for v in failed[4].violations] == ["inputs[4].entity_key"]
+    assert [v.field for v in failed[5].violations] == ["inputs[5].request_features.tx_amount"]
+    # The same batch without partial results fails whole, naming the first stage's culprits.
+    request.partial_results = False
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await suite.gateway.stub.PredictBatch(request, timeout=10)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # Errors that are no one input's still fail the call.
+    request.partial_results, request.model = True, "nope"
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await suite.gateway.stub.PredictBatch(request, timeout=10)
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    # One record per input of the partial batch, plus one per input of the failed one.
+    deadline = time.monotonic() + 10
+    while True:
+        counts = await suite.monitoring.stub.CountPredictions(
+            m.CountPredictionsRequest(filter=m.PredictionFilter(model=MODEL))
+        )
+        if counts.total_count >= 12 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.3)  # nothing more arrives
+    counts = await suite.monitoring.stub.CountPredictions(
+        m.CountPredictionsRequest(filter=m.PredictionFilter(model=MODEL))
+    )
+    assert [(x.version, x.count, x.error_count) for x in counts.counts] == [(1, 12, 10)]
+
+
 async def test_records_land_in_monitoring(suite: Suite) -> None:
     for user in USERS[:5]:
         await suite.gateway.stub.Predict(predict_request(user, 20.0), timeout=10)
@@ -782,6 +850,19 @@ async def test_json_front(suite: Suite) -> None:
     )
     code, answer, _ = await asyncio.to_thread(_http, f"{base}/healthz")
     assert (code, answer) == (200, {"status": "SERVING"})
+    # A partial batch: the failed input's error in its result, details as in gRPC errors.
+    partial = json.dumps({"inputs": [json.loads(body)["input"],
+                                     {"requestFeatures": {"tx_amount": {"doubleValue": 1.0}}}],
+                          "partialResults": True}).encode()  # fmt: skip
+    code, answer, _ = await asyncio.to_thread(
+        _http, f"{base}/v1/models/{MODEL}:predictBatch", partial
+    )
+    assert code == 200, answer
+    good, bad = answer["results"]
+    assert "error" not in good and len(good["prediction"]["probabilities"]) == 2
+    assert bad["error"]["code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert bad["error"]["details"][0]["@type"] == "type.googleapis.com/google.rpc.BadRequest"
+    assert bad["error"]["details"][0]["fieldViolations"][0]["field"] == "inputs[1].entity_key"
     code, models, _ = await asyncio.to_thread(_http, f"{base}/v1/models")
     assert code == 200 and models["models"][0]["model"] == MODEL
     assert models["models"][0]["featureService"] == "fraud_fs@1"

@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from mlbackend_runtime.errors import DomainError
+
 Scalar = int | float | str | bool | datetime | None
 """One typed value; ``None`` is null."""
 
@@ -177,6 +179,17 @@ class PredictionResult:
     output: OutputInfo
     features: tuple[FeatureOutcome, ...]
     feature_service: str
+
+
+@dataclass(frozen=True)
+class FailedInput:
+    """An input of a batch with partial results that got no prediction: the error it
+    alone would have failed the call with, naming it by its position."""
+
+    model: str
+    variant: str
+    experiment: str
+    error: DomainError
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -22,6 +23,7 @@ from mlbackend_gateway.core.experiments import Experiment, ExperimentRouter, Var
 from mlbackend_gateway.core.features import assemble, caller_error, check_request_features
 from mlbackend_gateway.core.limits import InFlightLimit
 from mlbackend_gateway.core.model import (
+    FailedInput,
     FeatureTable,
     FieldPath,
     ModelOutput,
@@ -35,7 +37,7 @@ from mlbackend_gateway.core.model import (
 from mlbackend_gateway.core.ports import FeatureReader, Scorer, ScoringRefused
 from mlbackend_gateway.core.records import RecordQueue
 from mlbackend_gateway.core.versions import VersionResolver
-from mlbackend_runtime.errors import DomainError, FieldViolation, InvalidInput
+from mlbackend_runtime.errors import DomainError, FailedPrecondition, FieldViolation, InvalidInput
 
 logger = logging.getLogger("mlbackend.gateway")
 
@@ -109,14 +111,35 @@ class InferencePipeline:
         batch: bool = False,
     ) -> list[PredictionResult]:
         """Predictions in input order (all or nothing)."""
+        outputs = await self._predict(model, selector, inputs, batch=batch, partial=False)
+        return [r for r in outputs if isinstance(r, PredictionResult)]
+
+    async def predict_partial(
+        self, model: str, selector: VersionSelector, inputs: Sequence[PredictionInput]
+    ) -> list[PredictionResult | FailedInput]:
+        """A batch's predictions in input order, where an input whose own values fail
+        gets its error instead (:func:`_blame`); an error that is not one input's still
+        fails them all."""
+        return await self._predict(model, selector, inputs, batch=True, partial=True)
+
+    async def _predict(
+        self,
+        model: str,
+        selector: VersionSelector,
+        inputs: Sequence[PredictionInput],
+        *,
+        batch: bool,
+        partial: bool,
+    ) -> list[PredictionResult | FailedInput]:
         path: FieldPath = (lambda i: f"inputs[{i}]") if batch else (lambda i: "input")
         _validate(model, selector, inputs, path, batch)
         async with self.in_flight:
             experiment = await self._router.running(model) if selector.is_default else None
             groups = _route(experiment, selector, inputs)
-            outputs: list[PredictionResult | None] = [None] * len(inputs)
+            outputs: list[PredictionResult | FailedInput | None] = [None] * len(inputs)
+            leg = self._partial_leg if partial else self._leg
             legs = [
-                self._leg(model, route, [inputs[i] for i in positions], positions, path)
+                leg(model, route, [inputs[i] for i in positions], positions, path)
                 for route, positions in groups.items()
             ]
             for positions, results in zip(groups.values(), await _all(legs), strict=True):
@@ -127,6 +150,44 @@ class InferencePipeline:
                 self._shadow(model, experiment, variant, inputs)
         return [r for r in outputs if r is not None]
 
+    async def _partial_leg(
+        self,
+        model: str,
+        route: _Route,
+        inputs: Sequence[PredictionInput],
+        positions: Sequence[int],
+        path: FieldPath,
+    ) -> list[PredictionResult | FailedInput]:
+        """:meth:`_leg`, trying again without the inputs its error names one by one,
+        until the rest is predicted. Each round drops at least one input; a feature
+        store that lists at most 50 problems per answer may take a few rounds."""
+        outcomes: dict[int, PredictionResult | FailedInput] = {}
+        keep = list(range(len(inputs)))
+        while keep:
+            try:
+                results = await self._leg(
+                    model,
+                    route,
+                    [inputs[k] for k in keep],
+                    [positions[k] for k in keep],
+                    path,
+                    blame=True,
+                )
+            except DomainError as exc:
+                blamed = _blame(exc)
+                at = {positions[k]: k for k in keep}
+                if not blamed or not blamed.keys() <= at.keys():
+                    raise
+                for position, error in blamed.items():
+                    outcomes[at[position]] = FailedInput(
+                        model, route.variant, route.experiment, error
+                    )
+                keep = [k for k in keep if positions[k] not in blamed]
+                continue
+            outcomes.update(zip(keep, results, strict=True))
+            break
+        return [outcomes[k] for k in range(len(inputs))]
+
     async def _leg(
         self,
         model: str,
@@ -136,7 +197,11 @@ class InferencePipeline:
         path: FieldPath,
         *,
         shadow: bool = False,
-    ) -> list[PredictionResult]:
+        blame: bool = False,
+    ) -> list[PredictionResult | FailedInput]:
+        """One feature read and one serving call for ``inputs`` (caller positions
+        ``positions``). A failure is recorded for every input, or with ``blame`` only
+        for those its error names one by one, when it names them so."""
         started = time.perf_counter()
         # A batch's field paths refer to the caller's positions, not the group's.
         group_path: FieldPath = lambda i: path(positions[i])  # noqa: E731
@@ -152,14 +217,21 @@ class InferencePipeline:
                 raise caller_error(refusal, inputs, rows, group_path) from None
         except Exception as exc:
             # A failed attempt is monitored too: it counts against its version's error rate.
-            for item in inputs:
+            blamed = _blame(exc) if blame else {}
+            for position, item in zip(positions, inputs, strict=True):
+                if blamed and position not in blamed:
+                    continue  # tried again without the inputs the error names
                 failed = attempt.record(
-                    str(uuid.uuid4()), item, version.version, version.feature_service, error=exc
+                    str(uuid.uuid4()),
+                    item,
+                    version.version,
+                    version.feature_service,
+                    error=blamed.get(position, exc),
                 )
                 self._records.offer(failed)
             raise
         feature_service = table.feature_service or version.feature_service
-        results = []
+        results: list[PredictionResult | FailedInput] = []
         for item, row, output in zip(inputs, rows, scored.rows, strict=True):
             result = PredictionResult(
                 prediction_id=str(uuid.uuid4()),
@@ -274,6 +346,36 @@ class _Attempt:
         )
 
 
+_INPUT = re.compile(r"inputs\[(\d+)\]")
+
+
+def _blame(exc: BaseException) -> dict[int, DomainError]:
+    """The inputs of a batch ``exc`` names one by one, each with its own share of it:
+    every field (InvalidInput) or subject (FailedPrecondition) names ``inputs[i]``.
+    Empty when some part of the error names no input (unknown model, a dependency)."""
+    named: dict[int, list[Any]] = {}
+    if isinstance(exc, InvalidInput):
+        for violation in exc.violations:
+            match = _INPUT.match(violation.field)
+            if match is None:
+                return {}
+            named.setdefault(int(match.group(1)), []).append(violation)
+        return {i: InvalidInput(_first(v[0].field, v), v) for i, v in named.items()}
+    if isinstance(exc, FailedPrecondition):
+        for unmet in exc.violations:
+            match = _INPUT.match(unmet.subject)
+            if match is None:
+                return {}
+            named.setdefault(int(match.group(1)), []).append(unmet)
+        return {i: FailedPrecondition(_first(v[0].subject, v), v) for i, v in named.items()}
+    return {}
+
+
+def _first(where: str, violations: Sequence[Any]) -> str:
+    more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
+    return f"{where}: {violations[0].description}{more}"
+
+
 def _request_id() -> str:
     context = propagation.current()
     return context.request_id if context is not None else propagation.new_request_id()
@@ -314,8 +416,8 @@ def _route(
 
 
 async def _all(
-    legs: Sequence[Coroutine[Any, Any, list[PredictionResult]]],
-) -> list[list[PredictionResult]]:
+    legs: Sequence[Coroutine[Any, Any, list[PredictionResult | FailedInput]]],
+) -> list[list[PredictionResult | FailedInput]]:
     if len(legs) == 1:
         return [await legs[0]]
     return list(await asyncio.gather(*legs))

@@ -13,7 +13,12 @@ from mlbackend_gateway.core.experiments import (
     ExperimentState,
 )
 from mlbackend_gateway.core.listing import RoutedModel, list_models
-from mlbackend_gateway.core.model import PredictionInput, PredictionResult, VersionSelector
+from mlbackend_gateway.core.model import (
+    FailedInput,
+    PredictionInput,
+    PredictionResult,
+    VersionSelector,
+)
 from mlbackend_gateway.core.pipeline import InferencePipeline
 from mlbackend_gateway.core.ports import ModelCatalog
 
@@ -32,8 +37,15 @@ class GatewayCore:
         return (await self.pipeline.predict(model, selector, [item]))[0]
 
     async def predict_batch(
-        self, model: str, selector: VersionSelector, items: Sequence[PredictionInput]
-    ) -> list[PredictionResult]:
+        self,
+        model: str,
+        selector: VersionSelector,
+        items: Sequence[PredictionInput],
+        *,
+        partial: bool = False,
+    ) -> Sequence[PredictionResult | FailedInput]:
+        if partial:
+            return await self.pipeline.predict_partial(model, selector, items)
         return await self.pipeline.predict(model, selector, items, batch=True)
 
     async def create_experiment(

@@ -11,6 +11,7 @@ from mlbackend.gateway.v1 import gateway_pb2 as pb
 from mlbackend_gateway.core.experiments import Experiment, ExperimentState, Variant
 from mlbackend_gateway.core.listing import RoutedModel
 from mlbackend_gateway.core.model import (
+    FailedInput,
     FeatureAction,
     OutputInfo,
     OutputKind,
@@ -20,6 +21,7 @@ from mlbackend_gateway.core.model import (
 )
 from mlbackend_gateway.upstream.monitoring import set_prediction
 from mlbackend_gateway.upstream.values import STATUS_CODES, set_value, to_scalar, to_value
+from mlbackend_runtime import status
 
 _ACTIONS = {
     FeatureAction.NONE: pb.FEATURE_ACTION_NONE,
@@ -104,6 +106,17 @@ def set_result(target: pb.PredictionResult, result: PredictionResult, with_value
         if with_values:
             set_value(message.value, outcome.value)
     target.feature_service = result.feature_service
+
+
+def set_failure(target: pb.PredictionResult, failed: FailedInput) -> None:
+    """Write an input's error into ``target`` (a partial batch's result without a
+    prediction): its status code, message and ``google.rpc`` details, as a call would."""
+    target.model = failed.model
+    target.variant = failed.variant
+    target.experiment = failed.experiment
+    target.error.code = status.code_for(failed.error).value[0]
+    target.error.message = failed.error.message
+    target.error.details.extend(status.details(failed.error))
 
 
 def _timestamp(when: datetime | None) -> timestamp_pb2.Timestamp | None:

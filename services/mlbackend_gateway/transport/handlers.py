@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mlbackend.gateway.v1 import gateway_pb2 as pb
+from mlbackend_gateway.core.model import FailedInput
 from mlbackend_gateway.core.service import GatewayCore
 from mlbackend_gateway.transport import convert
 
@@ -23,10 +24,14 @@ async def predict_batch(
         request.model,
         convert.selector(request.version),
         [convert.prediction_input(i) for i in request.inputs],
+        partial=request.partial_results,
     )
     response = pb.PredictBatchResponse()
     for result in results:
-        convert.set_result(response.results.add(), result, request.include_feature_values)
+        if isinstance(result, FailedInput):
+            convert.set_failure(response.results.add(), result)
+        else:
+            convert.set_result(response.results.add(), result, request.include_feature_values)
     return response
 
 

@@ -22,13 +22,14 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from mlbackend.common.v1 import common_pb2 as mlbackend_dot_common_dot_v1_dot_common__pb2
 from mlbackend.common.v1 import options_pb2 as mlbackend_dot_common_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"mlbackend/gateway/v1/gateway.proto\x12\x14mlbackend.gateway.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a mlbackend/common/v1/common.proto\x1a!mlbackend/common/v1/options.proto\"\xb2\x01\n\x0e\x46\x65\x61tureOutcome\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x32\n\x06status\x18\x02 \x01(\x0e\x32\".mlbackend.common.v1.FeatureStatus\x12\x33\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32#.mlbackend.gateway.v1.FeatureAction\x12)\n\x05value\x18\x04 \x01(\x0b\x32\x1a.mlbackend.common.v1.Value\"\xef\x01\n\x0fPredictionInput\x12\x32\n\nentity_key\x18\x01 \x01(\x0b\x32\x1e.mlbackend.common.v1.EntityKey\x12T\n\x10request_features\x18\x02 \x03(\x0b\x32:.mlbackend.gateway.v1.PredictionInput.RequestFeaturesEntry\x1aR\n\x14RequestFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.mlbackend.common.v1.Value:\x02\x38\x01\"\xa5\x02\n\x10PredictionResult\x12\x15\n\rprediction_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x0f\n\x07variant\x18\x04 \x01(\t\x12\x12\n\nexperiment\x18\x05 \x01(\t\x12\x33\n\nprediction\x18\x06 \x01(\x0b\x32\x1f.mlbackend.common.v1.Prediction\x12/\n\x06output\x18\x07 \x01(\x0b\x32\x1f.mlbackend.common.v1.OutputSpec\x12\x36\n\x08\x66\x65\x61tures\x18\x08 \x03(\x0b\x32$.mlbackend.gateway.v1.FeatureOutcome\x12\x17\n\x0f\x66\x65\x61ture_service\x18\t \x01(\t\"\xac\x01\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x35\n\x07version\x18\x02 \x01(\x0b\x32$.mlbackend.common.v1.VersionSelector\x12\x34\n\x05input\x18\x03 \x01(\x0b\x32%.mlbackend.gateway.v1.PredictionInput\x12\x1e\n\x16include_feature_values\x18\x04 \x01(\x08\"I\n\x0fPredictResponse\x12\x36\n\x06result\x18\x01 \x01(\x0b\x32&.mlbackend.gateway.v1.PredictionResult\"\xa9\x01\n\x14StreamPredictRequest\x12\x35\n\x07request\x18\x01 \x01(\x0b\x32$.mlbackend.gateway.v1.PredictRequest\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12*\n\x07timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\x12shared_request_ids\x18\x04 \x03(\t\"P\n\x15StreamPredictResponse\x12\x37\n\x08response\x18\x01 \x01(\x0b\x32%.mlbackend.gateway.v1.PredictResponse\"\xb2\x01\n\x13PredictBatchRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x35\n\x07version\x18\x02 \x01(\x0b\x32$.mlbackend.common.v1.VersionSelector\x12\x35\n\x06inputs\x18\x03 \x03(\x0b\x32%.mlbackend.gateway.v1.PredictionInput\x12\x1e\n\x16include_feature_values\x18\x04 \x01(\x08\"O\n\x14PredictBatchResponse\x12\x37\n\x07results\x18\x01 \x03(\x0b\x32&.mlbackend.gateway.v1.PredictionResult\"^\n\x07Variant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x35\n\x07version\x18\x02 \x01(\x0b\x32$.mlbackend.common.v1.VersionSelector\x12\x0e\n\x06weight\x18\x03 \x01(\x05\"\xf4\x02\n\nExperiment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12/\n\x08variants\x18\x03 \x03(\x0b\x32\x1d.mlbackend.gateway.v1.Variant\x12\x36\n\x0fshadow_variants\x18\x04 \x03(\x0b\x32\x1d.mlbackend.gateway.v1.Variant\x12\x0c\n\x04salt\x18\x05 \x01(\t\x12\x34\n\x05state\x18\x06 \x01(\x0e\x32%.mlbackend.gateway.v1.ExperimentState\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tstop_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\n \x01(\t\x12\x13\n\x0bstop_reason\x18\x0b \x01(\t\"f\n\x17\x43reateExperimentRequest\x12\x34\n\nexperiment\x18\x01 \x01(\x0b\x32 .mlbackend.gateway.v1.Experiment\x12\x15\n\rexperiment_id\x18\x02 \x01(\t\"P\n\x18\x43reateExperimentResponse\x12\x34\n\nexperiment\x18\x01 \x01(\x0b\x32 .mlbackend.gateway.v1.Experiment\"$\n\x14GetExperimentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"M\n\x15GetExperimentResponse\x12\x34\n\nexperiment\x18\x01 \x01(\x0b\x32 .mlbackend.gateway.v1.Experiment\"\x84\x01\n\x16ListExperimentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x34\n\x05state\x18\x04 \x01(\x0e\x32%.mlbackend.gateway.v1.ExperimentState\"i\n\x17ListExperimentsResponse\x12\x35\n\x0b\x65xperiments\x18\x01 \x03(\x0b\x32 .mlbackend.gateway.v1.Experiment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"5\n\x15StopExperimentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"N\n\x16StopExperimentResponse\x12\x34\n\nexperiment\x18\x01 \x01(\x0b\x32 .mlbackend.gateway.v1.Experiment\"\x81\x02\n\x0cGatewayModel\x12\r\n\x05model\x18\x01 \x01(\t\x12@\n\x07\x61liases\x18\x02 \x03(\x0b\x32/.mlbackend.gateway.v1.GatewayModel.AliasesEntry\x12\x17\n\x0f\x64\x65\x66\x61ult_version\x18\x03 \x01(\x03\x12\x12\n\nexperiment\x18\x04 \x01(\t\x12\x17\n\x0f\x66\x65\x61ture_service\x18\x05 \x01(\t\x12*\n\x07timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x1a.\n\x0c\x41liasesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\":\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"a\n\x12ListModelsResponse\x12\x32\n\x06models\x18\x01 \x03(\x0b\x32\".mlbackend.gateway.v1.GatewayModel\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x8b\x01\n\rFeatureAction\x12\x1e\n\x1a\x46\x45\x41TURE_ACTION_UNSPECIFIED\x10\x00\x12\x17\n\x13\x46\x45\x41TURE_ACTION_NONE\x10\x01\x12!\n\x1d\x46\x45\x41TURE_ACTION_DEFAULT_FILLED\x10\x02\x12\x1e\n\x1a\x46\x45\x41TURE_ACTION_NULL_PASSED\x10\x03*o\n\x0f\x45xperimentState\x12 \n\x1c\x45XPERIMENT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45XPERIMENT_STATE_RUNNING\x10\x01\x12\x1c\n\x18\x45XPERIMENT_STATE_STOPPED\x10\x02\x32\xa3\x07\n\x17InferenceGatewayService\x12_\n\x07Predict\x12$.mlbackend.gateway.v1.PredictRequest\x1a%.mlbackend.gateway.v1.PredictResponse\"\x07\x90\x02\x02\x80\x80\x19\x01\x12r\n\rStreamPredict\x12*.mlbackend.gateway.v1.StreamPredictRequest\x1a+.mlbackend.gateway.v1.StreamPredictResponse\"\x04\x80\x80\x19\x01(\x01\x30\x01\x12n\n\x0cPredictBatch\x12).mlbackend.gateway.v1.PredictBatchRequest\x1a*.mlbackend.gateway.v1.PredictBatchResponse\"\x07\x90\x02\x02\x80\x80\x19\x01\x12w\n\x10\x43reateExperiment\x12-.mlbackend.gateway.v1.CreateExperimentRequest\x1a..mlbackend.gateway.v1.CreateExperimentResponse\"\x04\x80\x80\x19\x02\x12q\n\rGetExperiment\x12*.mlbackend.gateway.v1.GetExperimentRequest\x1a+.mlbackend.gateway.v1.GetExperimentResponse\"\x07\x90\x02\x01\x80\x80\x19\x01\x12w\n\x0fListExperiments\x12,.mlbackend.gateway.v1.ListExperimentsRequest\x1a-.mlbackend.gateway.v1.ListExperimentsResponse\"\x07\x90\x02\x01\x80\x80\x19\x01\x12t\n\x0eStopExperiment\x12+.mlbackend.gateway.v1.StopExperimentRequest\x1a,.mlbackend.gateway.v1.StopExperimentResponse\"\x07\x90\x02\x02\x80\x80\x19\x02\x12h\n\nListModels\x12\'.mlbackend.gateway.v1.ListModelsRequest\x1a(.mlbackend.gateway.v1.ListModelsResponse\"\x07\x90\x02\x01\x80\x80\x19\x01\x42\x46ZDgithub.com/mlbackend/mlbackend/gen/go/mlbackend/gateway/v1;gatewayv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"mlbackend/gateway/v1/gateway.proto\x12\x14mlbackend.gateway.v1\x1a\x19google/protobuf/any.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a mlbackend/common/v1/common.proto\x1a!mlbackend/common/v1/options.proto\"\xb2\x01\n\x0e\x46\x65\x61tureOutcome\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x32\n\x06status\x18\x02 \x01(\x0e\x32\".mlbackend.common.v1.FeatureStatus\x12\x33\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32#.mlbackend.gateway.v1.FeatureAction\x12)\n\x05value\x18\x04 \x01(\x0b\x32\x1a.mlbackend.common.v1.Value\"\xef\x01\n\x0fPredictionInput\x12\x32\n\nentity_key\x18\x01 \x01(\x0b\x32\x1e.mlbackend.common.v1.EntityKey\x12T\n\x10request_features\x18\x02 \x03(\x0b\x32:.mlbackend.gateway.v1.PredictionInput.RequestFeaturesEntry\x1aR\n\x14RequestFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.mlbackend.common.v1.Value:\x02\x38\x01\"\xd6\x02\n\x10PredictionResult\x12\x15\n\rprediction_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x0f\n\x07variant\x18\x04 \x01(\t\x12\x12\n\nexperiment\x18\x05 \x01(\t\x12\x33\n\nprediction\x18\x06 \x01(\x0b\x32\x1f.mlbackend.common.v1.Prediction\x12/\n\x06output\x18\x07 \x01(\x0b\x32\x1f.mlbackend.common.v1.OutputSpec\x12\x36\n\x08\x66\x65\x61tures\x18\x08 \x03(\x0b\x32$.mlbackend.gateway.v1.FeatureOutcome\x12\x17\n\x0f\x66\x65\x61ture_service\x18\t \x01(\t\x12/\n\x05\x65rror\x18\n \x01(\x0b\x32 .mlbackend.gateway.v1.InputError\"R\n\nInputError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12%\n\x07\x64\x65tails\x18\x03 \x03(\x0b\x32\x14.google.protobuf.Any\"\xac\x01\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x35\n\x07version\x18\x02 \x01(\x0b\x32$.mlbackend.common.v1.VersionSelector\x12\x34\n\x05input\x18\x03 \x01(\x0b\x32%.mlbackend.gateway.v1.PredictionInput\x12\x1e\n\x16include_feature_values\x18\x04 \x01(\x08\"I\n\x0fPredictResponse\x12\x36\n\x06result\x18\x01 \x01(\x0b\x32&.mlbackend.gateway.v1.PredictionResult\"\xa9\x01\n\x14StreamPredictRequest\x12\x35\n\x07request\x18\x01 \x01(\x0b\x32$.mlbackend.gateway.v1.PredictRequest\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12*\n\x07timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\x12shared_request_ids\x18\x04 \x03(\t\"P\n\x15StreamPredictResponse\x12\x37\n\x08response\x18\x01 \x01(\x0b\x32%.mlbackend.gateway.v1.PredictResponse\"\xcb\x01\n\x13PredictBatchRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x35\n\x07version\x18\x02 \x01(\x0b\x32$.mlbackend.common.v1.VersionSelector\x12\x35\n\x06inputs\x18\x03 \x03(\x0b\x32%.mlbackend.gateway.v1.PredictionInput\x12\x1e\n\x16include_feature_values\x18\x04 \x01(\x08\x12\x17\n\x0fpartial_results\x18\x05 \x01(\x08\"O\n\x14PredictBatchResponse\x12\x37\n\x07results\x18\x01 \x03(\x0b\x32&.mlbackend.gateway.v1.PredictionResult\"^\n\x07Variant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x35\n\x07version\x18\x02 \x01(\x0b\x32$.mlbackend.common.v1.VersionSelector\x12\x0e\n\x06weight\x18\x03 \x01(\x05\"\xf4\x02\n\nExperiment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12/\n\x08variants\x18\x03 \x03(\x0b\x32\x1d.mlbackend.gateway.v1.Variant\x12\x36\n\x0fshadow_variants\x18\x04 \x03(\x0b\x32\x1d.mlbackend.gateway.v1.Variant\x12\x0c\n\x04salt\x18\x05 \x01(\t\x12\x34\n\x05state\x18\x06 \x01(\x0e\x32%.mlbackend.gateway.v1.ExperimentState\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tstop_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\n \x01(\t\x12\x13\n\x0bstop_reason\x18\x0b \x01(\t\"f\n\x17\x43reateExperimentRequest\x12\x34\n\nexperiment\x18\x01 \x01(\x0b\x32 .mlbackend.gateway.v1.Experiment\x12\x15\n\rexperiment_id\x18\x02 \x01(\t\"P\n\x18\x43reateExperimentResponse\x12\x34\n\nexperiment\x18\x01 \x01(\x0b\x32 .mlbackend.gateway.v1.Experiment\"$\n\x14GetExperimentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"M\n\x15GetExperimentResponse\x12\x34\n\nexperiment\x18\x01 \x01(\x0b\x32 .mlbackend.gateway.v1.Experiment\"\x84\x01\n\x16ListExperimentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x34\n\x05state\x18\x04 \x01(\x0e\x32%.mlbackend.gateway.v1.ExperimentState\"i\n\x17ListExperimentsResponse\x12\x35\n\x0b\x65xperiments\x18\x01 \x03(\x0b\x32 .mlbackend.gateway.v1.Experiment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"5\n\x15StopExperimentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"N\n\x16StopExperimentResponse\x12\x34\n\nexperiment\x18\x01 \x01(\x0b\x32 .mlbackend.gateway.v1.Experiment\"\x81\x02\n\x0cGatewayModel\x12\r\n\x05model\x18\x01 \x01(\t\x12@\n\x07\x61liases\x18\x02 \x03(\x0b\x32/.mlbackend.gateway.v1.GatewayModel.AliasesEntry\x12\x17\n\x0f\x64\x65\x66\x61ult_version\x18\x03 \x01(\x03\x12\x12\n\nexperiment\x18\x04 \x01(\t\x12\x17\n\x0f\x66\x65\x61ture_service\x18\x05 \x01(\t\x12*\n\x07timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x1a.\n\x0c\x41liasesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\":\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"a\n\x12ListModelsResponse\x12\x32\n\x06models\x18\x01 \x03(\x0b\x32\".mlbackend.gateway.v1.GatewayModel\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x8b\x01\n\rFeatureAction\x12\x1e\n\x1a\x46\x45\x41TURE_ACTION_UNSPECIFIED\x10\x00\x12\x17\n\x13\x46\x45\x41TURE_ACTION_NONE\x10\x01\x12!\n\x1d\x46\x45\x41TURE_ACTION_DEFAULT_FILLED\x10\x02\x12\x1e\n\x1a\x46\x45\x41TURE_ACTION_NULL_PASSED\x10\x03*o\n\x0f\x45xperimentState\x12 \n\x1c\x45XPERIMENT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45XPERIMENT_STATE_RUNNING\x10\x01\x12\x1c\n\x18\x45XPERIMENT_STATE_STOPPED\x10\x02\x32\xa3\x07\n\x17InferenceGatewayService\x12_\n\x07Predict\x12$.mlbackend.gateway.v1.PredictRequest\x1a%.mlbackend.gateway.v1.PredictResponse\"\x07\x90\x02\x02\x80\x80\x19\x01\x12r\n\rStreamPredict\x12*.mlbackend.gateway.v1.StreamPredictRequest\x1a+.mlbackend.gateway.v1.StreamPredictResponse\"\x04\x80\x80\x19\x01(\x01\x30\x01\x12n\n\x0cPredictBatch\x12).mlbackend.gateway.v1.PredictBatchRequest\x1a*.mlbackend.gateway.v1.PredictBatchResponse\"\x07\x90\x02\x02\x80\x80\x19\x01\x12w\n\x10\x43reateExperiment\x12-.mlbackend.gateway.v1.CreateExperimentRequest\x1a..mlbackend.gateway.v1.CreateExperimentResponse\"\x04\x80\x80\x19\x02\x12q\n\rGetExperiment\x12*.mlbackend.gateway.v1.GetExperimentRequest\x1a+.mlbackend.gateway.v1.GetExperimentResponse\"\x07\x90\x02\x01\x80\x80\x19\x01\x12w\n\x0fListExperiments\x12,.mlbackend.gateway.v1.ListExperimentsRequest\x1a-.mlbackend.gateway.v1.ListExperimentsResponse\"\x07\x90\x02\x01\x80\x80\x19\x01\x12t\n\x0eStopExperiment\x12+.mlbackend.gateway.v1.StopExperimentRequest\x1a,.mlbackend.gateway.v1.StopExperimentResponse\"\x07\x90\x02\x02\x80\x80\x19\x02\x12h\n\nListModels\x12\'.mlbackend.gateway.v1.ListModelsRequest\x1a(.mlbackend.gateway.v1.ListModelsResponse\"\x07\x90\x02\x01\x80\x80\x19\x01\x42\x46ZDgithub.com/mlbackend/mlbackend/gen/go/mlbackend/gateway/v1;gatewayv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -56,58 +57,60 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INFERENCEGATEWAYSERVICE'].methods_by_name['StopExperiment']._serialized_options = b'\220\002\002\200\200\031\002'
   _globals['_INFERENCEGATEWAYSERVICE'].methods_by_name['ListModels']._loaded_options = None
   _globals['_INFERENCEGATEWAYSERVICE'].methods_by_name['ListModels']._serialized_options = b'\220\002\001\200\200\031\001'
-  _globals['_FEATUREACTION']._serialized_start=3250
-  _globals['_FEATUREACTION']._serialized_end=3389
-  _globals['_EXPERIMENTSTATE']._serialized_start=3391
-  _globals['_EXPERIMENTSTATE']._serialized_end=3502
-  _globals['_FEATUREOUTCOME']._serialized_start=195
-  _globals['_FEATUREOUTCOME']._serialized_end=373
-  _globals['_PREDICTIONINPUT']._serialized_start=376
-  _globals['_PREDICTIONINPUT']._serialized_end=615
-  _globals['_PREDICTIONINPUT_REQUESTFEATURESENTRY']._serialized_start=533
-  _globals['_PREDICTIONINPUT_REQUESTFEATURESENTRY']._serialized_end=615
-  _globals['_PREDICTIONRESULT']._serialized_start=618
-  _globals['_PREDICTIONRESULT']._serialized_end=911
-  _globals['_PREDICTREQUEST']._serialized_start=914
-  _globals['_PREDICTREQUEST']._serialized_end=1086
-  _globals['_PREDICTRESPONSE']._serialized_start=1088
-  _globals['_PREDICTRESPONSE']._serialized_end=1161
-  _globals['_STREAMPREDICTREQUEST']._serialized_start=1164
-  _globals['_STREAMPREDICTREQUEST']._serialized_end=1333
-  _globals['_STREAMPREDICTRESPONSE']._serialized_start=1335
-  _globals['_STREAMPREDICTRESPONSE']._serialized_end=1415
-  _globals['_PREDICTBATCHREQUEST']._serialized_start=1418
-  _globals['_PREDICTBATCHREQUEST']._serialized_end=1596
-  _globals['_PREDICTBATCHRESPONSE']._serialized_start=1598
-  _globals['_PREDICTBATCHRESPONSE']._serialized_end=1677
-  _globals['_VARIANT']._serialized_start=1679
-  _globals['_VARIANT']._serialized_end=1773
-  _globals['_EXPERIMENT']._serialized_start=1776
-  _globals['_EXPERIMENT']._serialized_end=2148
-  _globals['_CREATEEXPERIMENTREQUEST']._serialized_start=2150
-  _globals['_CREATEEXPERIMENTREQUEST']._serialized_end=2252
-  _globals['_CREATEEXPERIMENTRESPONSE']._serialized_start=2254
-  _globals['_CREATEEXPERIMENTRESPONSE']._serialized_end=2334
-  _globals['_GETEXPERIMENTREQUEST']._serialized_start=2336
-  _globals['_GETEXPERIMENTREQUEST']._serialized_end=2372
-  _globals['_GETEXPERIMENTRESPONSE']._serialized_start=2374
-  _globals['_GETEXPERIMENTRESPONSE']._serialized_end=2451
-  _globals['_LISTEXPERIMENTSREQUEST']._serialized_start=2454
-  _globals['_LISTEXPERIMENTSREQUEST']._serialized_end=2586
-  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_start=2588
-  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_end=2693
-  _globals['_STOPEXPERIMENTREQUEST']._serialized_start=2695
-  _globals['_STOPEXPERIMENTREQUEST']._serialized_end=2748
-  _globals['_STOPEXPERIMENTRESPONSE']._serialized_start=2750
-  _globals['_STOPEXPERIMENTRESPONSE']._serialized_end=2828
-  _globals['_GATEWAYMODEL']._serialized_start=2831
-  _globals['_GATEWAYMODEL']._serialized_end=3088
-  _globals['_GATEWAYMODEL_ALIASESENTRY']._serialized_start=3042
-  _globals['_GATEWAYMODEL_ALIASESENTRY']._serialized_end=3088
-  _globals['_LISTMODELSREQUEST']._serialized_start=3090
-  _globals['_LISTMODELSREQUEST']._serialized_end=3148
-  _globals['_LISTMODELSRESPONSE']._serialized_start=3150
-  _globals['_LISTMODELSRESPONSE']._serialized_end=3247
-  _globals['_INFERENCEGATEWAYSERVICE']._serialized_start=3505
-  _globals['_INFERENCEGATEWAYSERVICE']._serialized_end=4436
+  _globals['_FEATUREACTION']._serialized_start=3435
+  _globals['_FEATUREACTION']._serialized_end=3574
+  _globals['_EXPERIMENTSTATE']._serialized_start=3576
+  _globals['_EXPERIMENTSTATE']._serialized_end=3687
+  _globals['_FEATUREOUTCOME']._serialized_start=222
+  _globals['_FEATUREOUTCOME']._serialized_end=400
+  _globals['_PREDICTIONINPUT']._serialized_start=403
+  _globals['_PREDICTIONINPUT']._serialized_end=642
+  _globals['_PREDICTIONINPUT_REQUESTFEATURESENTRY']._serialized_start=560
+  _globals['_PREDICTIONINPUT_REQUESTFEATURESENTRY']._serialized_end=642
+  _globals['_PREDICTIONRESULT']._serialized_start=645
+  _globals['_PREDICTIONRESULT']._serialized_end=987
+  _globals['_INPUTERROR']._serialized_start=989
+  _globals['_INPUTERROR']._serialized_end=1071
+  _globals['_PREDICTREQUEST']._serialized_start=1074
+  _globals['_PREDICTREQUEST']._serialized_end=1246
+  _globals['_PREDICTRESPONSE']._serialized_start=1248
+  _globals['_PREDICTRESPONSE']._serialized_end=1321
+  _globals['_STREAMPREDICTREQUEST']._serialized_start=1324
+  _globals['_STREAMPREDICTREQUEST']._serialized_end=1493
+  _globals['_STREAMPREDICTRESPONSE']._serialized_start=1495
+  _globals['_STREAMPREDICTRESPONSE']._serialized_end=1575
+  _globals['_PREDICTBATCHREQUEST']._serialized_start=1578
+  _globals['_PREDICTBATCHREQUEST']._serialized_end=1781
+  _globals['_PREDICTBATCHRESPONSE']._serialized_start=1783
+  _globals['_PREDICTBATCHRESPONSE']._serialized_end=1862
+  _globals['_VARIANT']._serialized_start=1864
+  _globals['_VARIANT']._serialized_end=1958
+  _globals['_EXPERIMENT']._serialized_start=1961
+  _globals['_EXPERIMENT']._serialized_end=2333
+  _globals['_CREATEEXPERIMENTREQUEST']._serialized_start=2335
+  _globals['_CREATEEXPERIMENTREQUEST']._serialized_end=2437
+  _globals['_CREATEEXPERIMENTRESPONSE']._serialized_start=2439
+  _globals['_CREATEEXPERIMENTRESPONSE']._serialized_end=2519
+  _globals['_GETEXPERIMENTREQUEST']._serialized_start=2521
+  _globals['_GETEXPERIMENTREQUEST']._serialized_end=2557
+  _globals['_GETEXPERIMENTRESPONSE']._serialized_start=2559
+  _globals['_GETEXPERIMENTRESPONSE']._serialized_end=2636
+  _globals['_LISTEXPERIMENTSREQUEST']._serialized_start=2639
+  _globals['_LISTEXPERIMENTSREQUEST']._serialized_end=2771
+  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_start=2773
+  _globals['_LISTEXPERIMENTSRESPONSE']._serialized_end=2878
+  _globals['_STOPEXPERIMENTREQUEST']._serialized_start=2880
+  _globals['_STOPEXPERIMENTREQUEST']._serialized_end=2933
+  _globals['_STOPEXPERIMENTRESPONSE']._serialized_start=2935
+  _globals['_STOPEXPERIMENTRESPONSE']._serialized_end=3013
+  _globals['_GATEWAYMODEL']._serialized_start=3016
+  _globals['_GATEWAYMODEL']._serialized_end=3273
+  _globals['_GATEWAYMODEL_ALIASESENTRY']._serialized_start=3227
+  _globals['_GATEWAYMODEL_ALIASESENTRY']._serialized_end=3273
+  _globals['_LISTMODELSREQUEST']._serialized_start=3275
+  _globals['_LISTMODELSREQUEST']._serialized_end=3333
+  _globals['_LISTMODELSRESPONSE']._serialized_start=3335
+  _globals['_LISTMODELSRESPONSE']._serialized_end=3432
+  _globals['_INFERENCEGATEWAYSERVICE']._serialized_start=3690
+  _globals['_INFERENCEGATEWAYSERVICE']._serialized_end=4621
 # @@protoc_insertion_point(module_scope)

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from google.protobuf import any_pb2 as _any_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
@@ -176,6 +177,7 @@ class PredictionResult(_message.Message):
     OUTPUT_FIELD_NUMBER: _builtins.int
     FEATURES_FIELD_NUMBER: _builtins.int
     FEATURE_SERVICE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
     prediction_id: _builtins.str
     """Unique id of this prediction; feedback refers to it."""
     model: _builtins.str
@@ -200,6 +202,12 @@ class PredictionResult(_message.Message):
     def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureOutcome]:
         """Per-input status and action, in signature order."""
 
+    @_builtins.property
+    def error(self) -> Global___InputError:
+        """Set only in a PredictBatch with `partial_results`, for an input that got no
+        prediction: then only `model`, `variant`, `experiment` and this are set.
+        """
+
     def __init__(
         self,
         *,
@@ -212,14 +220,51 @@ class PredictionResult(_message.Message):
         output: _common_pb2.OutputSpec | None = ...,
         features: _abc.Iterable[Global___FeatureOutcome] | None = ...,
         feature_service: _builtins.str = ...,
+        error: Global___InputError | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["output", b"output", "prediction", b"prediction"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "output", b"output", "prediction", b"prediction"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment", b"experiment", "feature_service", b"feature_service", "features", b"features", "model", b"model", "output", b"output", "prediction", b"prediction", "prediction_id", b"prediction_id", "variant", b"variant", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "experiment", b"experiment", "feature_service", b"feature_service", "features", b"features", "model", b"model", "output", b"output", "prediction", b"prediction", "prediction_id", b"prediction_id", "variant", b"variant", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PredictionResult: _TypeAlias = PredictionResult  # noqa: Y015
+
+@_typing.final
+class InputError(_message.Message):
+    """Why one input of a PredictBatch with `partial_results` got no prediction: the status
+    the whole call would have ended with for this input alone (google.rpc.Status's shape).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    DETAILS_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """The gRPC status code (google.rpc.Code): 3 INVALID_ARGUMENT or 9 FAILED_PRECONDITION."""
+    message: _builtins.str
+    """What is wrong with this input, for a person."""
+    @_builtins.property
+    def details(self) -> _containers.RepeatedCompositeFieldContainer[_any_pb2.Any]:
+        """google.rpc.BadRequest or google.rpc.PreconditionFailure naming this input's own
+        fields, by its position in the request (`inputs[3].request_features.amount`).
+        """
+
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        details: _abc.Iterable[_any_pb2.Any] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "details", b"details", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InputError: _TypeAlias = InputError  # noqa: Y015
 
 @_typing.final
 class PredictRequest(_message.Message):
@@ -366,10 +411,18 @@ class PredictBatchRequest(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     INPUTS_FIELD_NUMBER: _builtins.int
     INCLUDE_FEATURE_VALUES_FIELD_NUMBER: _builtins.int
+    PARTIAL_RESULTS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Registered model id."""
     include_feature_values: _builtins.bool
     """Return the value of every model input in `features`."""
+    partial_results: _builtins.bool
+    """An input whose own values fail (a request feature of the wrong type or refused by
+    the model, a missing entity key, a feature with no value and no default) gets its
+    error in its result's `error`, and the other inputs are predicted. Errors that are
+    not one input's (unknown model, a dependency down, the deadline) still fail the
+    call. Unset: the call fails on the first bad input, naming every bad one.
+    """
     @_builtins.property
     def version(self) -> _common_pb2.VersionSelector:
         """Version or alias override, as in PredictRequest."""
@@ -385,10 +438,11 @@ class PredictBatchRequest(_message.Message):
         version: _common_pb2.VersionSelector | None = ...,
         inputs: _abc.Iterable[Global___PredictionInput] | None = ...,
         include_feature_values: _builtins.bool = ...,
+        partial_results: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_feature_values", b"include_feature_values", "inputs", b"inputs", "model", b"model", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_feature_values", b"include_feature_values", "inputs", b"inputs", "model", b"model", "partial_results", b"partial_results", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
