@@ -17,6 +17,9 @@ from mlbackend.gateway.v1.gateway_pb2 import InputError
 # (``mlbackend_runtime.errors``): the request was shed, or a stream was refused.
 OVERLOADED = "OVERLOADED"
 STREAM_LIMIT = "STREAM_LIMIT"
+# ``google.rpc.ErrorInfo`` reason of an INVALID_ARGUMENT that lists only its first field
+# violations; its ``violations`` metadata counts them all.
+VIOLATIONS_LISTED_IN_PART = "VIOLATIONS_LISTED_IN_PART"
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class RpcError(Exception):
         request_id: str | None = None,
         preconditions: tuple[PreconditionViolation, ...] = (),
         reason: str | None = None,
+        total_violations: int | None = None,
     ) -> None:
         super().__init__(f"{code.name}: {message}")
         self.code = code
@@ -57,6 +61,11 @@ class RpcError(Exception):
         """``google.rpc.ErrorInfo``'s reason: ``DEPENDENCY_UNAVAILABLE``; for
         RESOURCE_EXHAUSTED ``OVERLOADED`` (the request was shed) or ``STREAM_LIMIT`` (a
         stream was refused; unary calls are welcome)."""
+        self.total_violations = (
+            total_violations if total_violations is not None else len(violations)
+        )
+        """How many field violations there are in all: ``violations`` lists the first
+        ones when the server said there were more (``VIOLATIONS_LISTED_IN_PART``)."""
 
 
 def decode_error(error: grpc.aio.AioRpcError | grpc.RpcError) -> RpcError:
@@ -83,6 +92,7 @@ def _decoded(
     preconditions: list[PreconditionViolation] = []
     dependency: str | None = None
     reason: str | None = None
+    total_violations: int | None = None
     for detail in details:
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad_request = error_details_pb2.BadRequest()
@@ -99,8 +109,19 @@ def _decoded(
         elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
+            if info.reason == VIOLATIONS_LISTED_IN_PART:
+                total = info.metadata.get("violations", "")
+                total_violations = int(total) if total.isdigit() else None
+                continue
             dependency = info.metadata.get("dependency", dependency)
             reason = info.reason or reason
     return RpcError(
-        code, message, tuple(violations), dependency, request_id, tuple(preconditions), reason
+        code,
+        message,
+        tuple(violations),
+        dependency,
+        request_id,
+        tuple(preconditions),
+        reason,
+        total_violations,
     )

@@ -28,11 +28,16 @@ class DomainError(Exception):
 
 
 class InvalidInput(DomainError):
-    """The request is malformed; ``violations`` names every offending field."""
+    """The request is malformed; ``violations`` names every offending field, or the
+    first ones of ``total``."""
 
-    def __init__(self, message: str, violations: Iterable[FieldViolation] = ()) -> None:
+    def __init__(
+        self, message: str, violations: Iterable[FieldViolation] = (), total: int | None = None
+    ) -> None:
         super().__init__(message)
         self.violations = tuple(violations)
+        self.total = max(total or 0, len(self.violations))
+        """How many violations there are in all (``violations`` may list fewer)."""
 
     @classmethod
     def field(cls, field: str, description: str) -> InvalidInput:

@@ -12,6 +12,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from mlbackend_clients.errors import VIOLATIONS_LISTED_IN_PART
 from mlbackend_runtime import errors
 
 _CODES: dict[type[errors.DomainError], grpc.StatusCode] = {
@@ -112,18 +113,31 @@ def details(error: errors.DomainError) -> list[any_pb2.Any]:
     """A domain error's ``google.rpc`` details (gRPC trailers and the JSON front alike):
     field violations as ``BadRequest``, unmet preconditions as ``PreconditionFailure``,
     the unavailable dependency as ``ErrorInfo``, shed load as ``RetryInfo`` with its
-    reason as ``ErrorInfo``."""
+    reason as ``ErrorInfo``, and the count of violations beyond those listed as
+    ``ErrorInfo`` (:data:`VIOLATIONS_LISTED_IN_PART`)."""
     details: list[any_pb2.Any] = []
     if isinstance(error, errors.InvalidInput) and error.violations:
+        listed = reported(error.violations)
         bad_request = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(
                     field=v.field, description=v.description
                 )
-                for v in reported(error.violations)
+                for v in listed
             ]
         )
         details.append(_pack(bad_request))
+        if error.total > len(listed):
+            # How many there are in all, for a program: the message says it for people.
+            details.append(
+                _pack(
+                    error_details_pb2.ErrorInfo(
+                        reason=VIOLATIONS_LISTED_IN_PART,
+                        domain="mlbackend",
+                        metadata={"violations": str(error.total)},
+                    )
+                )
+            )
     if isinstance(error, errors.FailedPrecondition) and error.violations:
         failure = error_details_pb2.PreconditionFailure(
             violations=[

@@ -591,6 +591,7 @@ async def test_bad_input_gets_clear_errors(suite: Suite) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await stub.PredictBatch(g.PredictBatchRequest(model=MODEL, inputs=inputs), timeout=10)
     assert len(violations(raised.value)) == 50
+    assert decode_error(raised.value).total_violations == 60  # for programs, from the details
     assert (raised.value.details() or "").startswith(
         "feature store refused the inputs: 60 invalid input(s), the first 50 listed; first: "
         "inputs[0].request_features.colour: "

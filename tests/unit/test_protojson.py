@@ -12,6 +12,7 @@ import pytest
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
+from google.rpc import error_details_pb2
 
 from mlbackend.common.v1 import common_pb2
 from mlbackend.features.v1 import features_pb2
@@ -127,6 +128,11 @@ def _fill_well_known(message: Any, name: str, rng: random.Random) -> bool:
         message.paths.extend(rng.sample(["description", "tags", "owner_team", "a.b_c"], 2))
     elif name == "google.protobuf.Struct":
         message.update({"a": 1.5, "b": [True, None, "x"], "c": {"d": "e"}})
+    elif name == "google.protobuf.Any":
+        # What our Any fields carry: google.rpc details (an input's error in a batch).
+        field = f"inputs[{rng.randrange(1000)}].request_features.amount"
+        violation = error_details_pb2.BadRequest.FieldViolation(field=field, description="bad")
+        message.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
     else:
         return False
     return True

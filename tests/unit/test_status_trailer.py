@@ -10,6 +10,8 @@ import urllib.parse
 
 import pytest
 
+from mlbackend.gateway.v1.gateway_pb2 import InputError
+from mlbackend_clients import errors as client_errors
 from mlbackend_runtime import errors, status
 
 SOFT_LIMIT = 8 * 1024
@@ -41,3 +43,19 @@ def test_the_largest_errors_fit_under_the_soft_limit(letter: str) -> None:
         wire = status.from_domain_error(error)
         assert wire.trailing_metadata  # the details are there, cut, not dropped
         assert _trailer_size(wire) < SOFT_LIMIT
+
+
+@pytest.mark.parametrize(("listed", "total"), [(3, 70), (3, 3), (60, 60)])
+def test_a_program_learns_how_many_violations_there_were(listed: int, total: int) -> None:
+    """Details list at most 50 violations; when there were more than listed, an
+    ``ErrorInfo`` says how many, and the client's decoding reads it (not the message)."""
+    error = errors.InvalidInput(
+        "invalid", [errors.FieldViolation(f"rows[{i}].x", "bad") for i in range(listed)], total
+    )
+    details = status.details(error)
+    decoded = client_errors.decode_input_error(
+        InputError(code=3, message=error.message, details=details)
+    )
+    assert decoded.total_violations == total
+    assert len(decoded.violations) == min(listed, status.MAX_REPORTED)
+    assert decoded.reason is None  # not mistaken for a shed request's reason

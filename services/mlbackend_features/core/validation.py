@@ -210,7 +210,7 @@ class BatchRejected(InvalidInput):
     def __init__(
         self, message: str, violations: Sequence[FieldViolation], rows: Sequence[RowViolation]
     ) -> None:
-        super().__init__(message, violations)
+        super().__init__(message, violations, total=len(rows))
         self.row_violations = tuple(rows)
 
 
@@ -265,6 +265,7 @@ def raise_invalid(violations: Sequence[FieldViolation]) -> None:
     raise InvalidInput(
         f"{len(unique)} invalid input(s); first: {first.field}: {first.description}",
         unique[:MAX_REPORTED_VIOLATIONS],
+        total=len(unique),
     )
 
 

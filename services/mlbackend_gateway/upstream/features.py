@@ -34,7 +34,6 @@ StreamAnswer = features_pb2.StreamOnlineFeaturesResponse
 # The store's field paths, rewritten to the gateway request's.
 _REQUEST_INPUT = re.compile(r"^request_inputs\[(\d+)\]\.?(.*)$")
 _ENTITY_KEY = re.compile(r"^entity_keys\[(\d+)\]\.?(.*)$")
-_COUNT = re.compile(r"^(\d+) ")
 
 
 class FeatureStoreReader:
@@ -129,14 +128,12 @@ def _fail(error: grpc.aio.AioRpcError, version: ModelVersionInfo, path: FieldPat
             FieldViolation(_rewrite(v.field, path), v.description) for v in decoded.violations
         ]
         message = decoded.message
+        found = decoded.total_violations  # the details may list only the first ones
         if violations:  # the store's message names its own fields: name the caller's
             first = violations[0]
-            # The store's count, which its details may list only the first of.
-            counted = _COUNT.match(message)
-            found = max(int(counted.group(1)), len(violations)) if counted else len(violations)
             listed = f", the first {len(violations)} listed" if found > len(violations) else ""
             message = f"{found} invalid input(s){listed}; first: {first.field}: {first.description}"
-        return InvalidInput(f"feature store refused the inputs: {message}", violations)
+        return InvalidInput(f"feature store refused the inputs: {message}", violations, found)
     if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
         return FailedPrecondition(
             f"model {version.model!r} version {version.version} reads {what!r}, which the "
