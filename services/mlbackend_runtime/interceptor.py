@@ -240,9 +240,9 @@ class CallInterceptor(_Interception):
     generators) run on the event loop, each call in its own task.
 
     Beyond ``max_calls`` calls in progress (streams included; health and reflection not
-    counted) a new call is refused with RESOURCE_EXHAUSTED at once. ``grpc.aio``'s own
-    limit would instead stop taking calls, leaving them queued in gRPC's core until a
-    deadline, and the thread-pool server's refuses as this does."""
+    counted) a new call is refused with RESOURCE_EXHAUSTED at once, as the thread-pool
+    server's own limit does. ``grpc.aio``'s limit would instead stop taking calls,
+    leaving them queued in gRPC's core until their deadlines."""
 
     def __init__(
         self, authenticator: Authenticator, metrics: RpcMetrics, max_calls: int | None = None

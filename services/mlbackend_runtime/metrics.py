@@ -155,7 +155,9 @@ class _ScrapeHandler(MetricsHandler):
         try:
             super().finish()
         finally:
-            self.request.close()  # the TLS socket too: socketserver only closes the raw one
+            if self.server.tls is not None:
+                # socketserver closes the raw socket it accepted, which the TLS one replaced.
+                self.request.close()
 
 
 class _MetricsServer(ThreadingHTTPServer):

@@ -13,7 +13,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -174,9 +174,9 @@ class InferencePipeline:
                     blame=True,
                 )
             except DomainError as exc:
-                blamed = _blame(exc)
                 at = {positions[k]: k for k in keep}
-                if not blamed or not blamed.keys() <= at.keys():
+                blamed = _blame(exc, at.keys())
+                if not blamed:
                     raise
                 for position, error in blamed.items():
                     outcomes[at[position]] = FailedInput(
@@ -217,7 +217,7 @@ class InferencePipeline:
                 raise caller_error(refusal, inputs, rows, group_path) from None
         except Exception as exc:
             # A failed attempt is monitored too: it counts against its version's error rate.
-            blamed = _blame(exc) if blame else {}
+            blamed = _blame(exc, positions) if blame else {}
             for position, item in zip(positions, inputs, strict=True):
                 if blamed and position not in blamed:
                     continue  # tried again without the inputs the error names
@@ -349,22 +349,24 @@ class _Attempt:
 _INPUT = re.compile(r"inputs\[(\d+)\]")
 
 
-def _blame(exc: BaseException) -> dict[int, DomainError]:
+def _blame(exc: BaseException, positions: Iterable[int]) -> dict[int, DomainError]:
     """The inputs of a batch ``exc`` names one by one, each with its own share of it:
-    every field (InvalidInput) or subject (FailedPrecondition) names ``inputs[i]``.
-    Empty when some part of the error names no input (unknown model, a dependency)."""
+    every field (InvalidInput) or subject (FailedPrecondition) names ``inputs[i]``, i
+    one of ``positions``. Empty when some part of the error names no such input
+    (unknown model, a dependency): then it is everyone's."""
+    mine = set(positions)
     named: dict[int, list[Any]] = {}
     if isinstance(exc, InvalidInput):
         for violation in exc.violations:
             match = _INPUT.match(violation.field)
-            if match is None:
+            if match is None or int(match.group(1)) not in mine:
                 return {}
             named.setdefault(int(match.group(1)), []).append(violation)
         return {i: InvalidInput(_first(v[0].field, v), v) for i, v in named.items()}
     if isinstance(exc, FailedPrecondition):
         for unmet in exc.violations:
             match = _INPUT.match(unmet.subject)
-            if match is None:
+            if match is None or int(match.group(1)) not in mine:
                 return {}
             named.setdefault(int(match.group(1)), []).append(unmet)
         return {i: FailedPrecondition(_first(v[0].subject, v), v) for i, v in named.items()}
