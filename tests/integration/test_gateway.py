@@ -654,32 +654,29 @@ async def test_partial_batch_predicts_the_good_inputs_and_names_the_bad(suite: S
         await suite.gateway.stub.PredictBatch(request, timeout=10)
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
     # One record per input of the partial batch, plus one per input of the failed one.
+    await record_counts(suite, 12)
+    await asyncio.sleep(0.3)  # nothing more arrives
+    counts = await record_counts(suite, 12)
+    assert [(x.version, x.count, x.error_count) for x in counts.counts] == [(1, 12, 10)]
+
+
+async def record_counts(suite: Suite, expected: int) -> m.CountPredictionsResponse:
+    """Monitoring's counts for the model once it holds ``expected`` records (or after
+    10 s: records travel in batches, off the request path)."""
     deadline = time.monotonic() + 10
     while True:
         counts = await suite.monitoring.stub.CountPredictions(
             m.CountPredictionsRequest(filter=m.PredictionFilter(model=MODEL))
         )
-        if counts.total_count >= 12 or time.monotonic() > deadline:
-            break
+        if counts.total_count >= expected or time.monotonic() > deadline:
+            return counts
         await asyncio.sleep(0.1)
-    await asyncio.sleep(0.3)  # nothing more arrives
-    counts = await suite.monitoring.stub.CountPredictions(
-        m.CountPredictionsRequest(filter=m.PredictionFilter(model=MODEL))
-    )
-    assert [(x.version, x.count, x.error_count) for x in counts.counts] == [(1, 12, 10)]
 
 
 async def test_records_land_in_monitoring(suite: Suite) -> None:
     for user in USERS[:5]:
         await suite.gateway.stub.Predict(predict_request(user, 20.0), timeout=10)
-    deadline = time.monotonic() + 10
-    while True:
-        counts = await suite.monitoring.stub.CountPredictions(
-            m.CountPredictionsRequest(filter=m.PredictionFilter(model=MODEL))
-        )
-        if counts.total_count >= 5 or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.1)
+    counts = await record_counts(suite, 5)
     assert counts.total_count == 5
     listed = await suite.monitoring.stub.ListPredictions(
         m.ListPredictionsRequest(filter=m.PredictionFilter(model=MODEL), page_size=10)
@@ -695,14 +692,7 @@ async def test_failed_attempts_are_recorded_with_their_status(suite: Suite) -> N
     with pytest.raises(grpc.aio.AioRpcError):
         await suite.gateway.stub.Predict(predict_request("nobody", 10.0), timeout=10)
     await suite.gateway.stub.Predict(predict_request(USERS[0], 20.0), timeout=10)
-    deadline = time.monotonic() + 10
-    while True:
-        counts = await suite.monitoring.stub.CountPredictions(
-            m.CountPredictionsRequest(filter=m.PredictionFilter(model=MODEL))
-        )
-        if counts.total_count >= 2 or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.1)
+    counts = await record_counts(suite, 2)
     assert counts.total_count == 2
     assert [(x.version, x.count, x.error_count) for x in counts.counts] == [(1, 2, 1)]
     listed = await suite.monitoring.stub.ListPredictions(

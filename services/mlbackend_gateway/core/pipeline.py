@@ -354,23 +354,28 @@ def _blame(exc: BaseException, positions: Iterable[int]) -> dict[int, DomainErro
     every field (InvalidInput) or subject (FailedPrecondition) names ``inputs[i]``, i
     one of ``positions``. Empty when some part of the error names no such input
     (unknown model, a dependency): then it is everyone's."""
+    if isinstance(exc, InvalidInput):
+        fields = _by_input(exc.violations, [v.field for v in exc.violations], positions)
+        return {i: InvalidInput(_first(v[0].field, v), v) for i, v in fields.items()}
+    if isinstance(exc, FailedPrecondition):
+        unmet = _by_input(exc.violations, [v.subject for v in exc.violations], positions)
+        return {i: FailedPrecondition(_first(v[0].subject, v), v) for i, v in unmet.items()}
+    return {}
+
+
+def _by_input(
+    violations: Sequence[Any], paths: Sequence[str], positions: Iterable[int]
+) -> dict[int, list[Any]]:
+    """``violations`` by the input their ``paths`` name; empty if one names none of
+    ``positions``."""
     mine = set(positions)
     named: dict[int, list[Any]] = {}
-    if isinstance(exc, InvalidInput):
-        for violation in exc.violations:
-            match = _INPUT.match(violation.field)
-            if match is None or int(match.group(1)) not in mine:
-                return {}
-            named.setdefault(int(match.group(1)), []).append(violation)
-        return {i: InvalidInput(_first(v[0].field, v), v) for i, v in named.items()}
-    if isinstance(exc, FailedPrecondition):
-        for unmet in exc.violations:
-            match = _INPUT.match(unmet.subject)
-            if match is None or int(match.group(1)) not in mine:
-                return {}
-            named.setdefault(int(match.group(1)), []).append(unmet)
-        return {i: FailedPrecondition(_first(v[0].subject, v), v) for i, v in named.items()}
-    return {}
+    for violation, path in zip(violations, paths, strict=True):
+        match = _INPUT.match(path)
+        if match is None or int(match.group(1)) not in mine:
+            return {}
+        named.setdefault(int(match.group(1)), []).append(violation)
+    return named
 
 
 def _first(where: str, violations: Sequence[Any]) -> str:
