@@ -660,13 +660,16 @@ async def test_partial_batch_predicts_the_good_inputs_and_names_the_bad(suite: S
     assert [(x.version, x.count, x.error_count) for x in counts.counts] == [(1, 12, 10)]
 
 
-async def record_counts(suite: Suite, expected: int) -> m.CountPredictionsResponse:
-    """Monitoring's counts for the model once it holds ``expected`` records (or after
-    10 s: records travel in batches, off the request path)."""
+async def record_counts(
+    suite: Suite, expected: int, which: m.PredictionFilter | None = None
+) -> m.CountPredictionsResponse:
+    """Monitoring's counts for the model (or ``which`` records) once it holds
+    ``expected`` records (or after 10 s: records travel in batches, off the request
+    path)."""
     deadline = time.monotonic() + 10
     while True:
         counts = await suite.monitoring.stub.CountPredictions(
-            m.CountPredictionsRequest(filter=m.PredictionFilter(model=MODEL))
+            m.CountPredictionsRequest(filter=which or m.PredictionFilter(model=MODEL))
         )
         if counts.total_count >= expected or time.monotonic() > deadline:
             return counts
@@ -782,6 +785,45 @@ async def test_experiment_routes_sticky_with_shadow_never_returned(suite: Suite)
     assert stopped.experiment.state == g.EXPERIMENT_STATE_STOPPED
     after = (await stub.Predict(predict_request("u1", 20.0), timeout=10)).result
     assert (after.variant, after.experiment, after.version) == ("", "", 1)
+
+
+async def test_shadow_of_a_partial_batch_peels_the_bad_inputs_too(suite: Suite) -> None:
+    """A shadow variant scores a partial batch as the caller's variant does: the inputs
+    its errors name fail alone, the others are scored and recorded as successes."""
+    stub = suite.gateway.stub
+    control = g.Variant(name="control", version=c.VersionSelector(alias="production"), weight=1)
+    shadow_variant = g.Variant(name="shadow", version=c.VersionSelector(version=2))
+    experiment = g.Experiment(model=MODEL, variants=[control], shadow_variants=[shadow_variant])
+    await stub.CreateExperiment(
+        g.CreateExperimentRequest(experiment_id="partial", experiment=experiment), timeout=10
+    )
+    wrong = {"tx_amount": c.Value(string_value="x")}
+    inputs = [
+        g.PredictionInput(entity_key=key("u1"), request_features=request_features(20.0)),
+        g.PredictionInput(entity_key=key("u2"), request_features=wrong),  # refused by the store
+        g.PredictionInput(entity_key=key("u3"), request_features=request_features(80.0)),
+        g.PredictionInput(request_features=request_features(5.0)),  # no entity key
+    ]
+    request = g.PredictBatchRequest(model=MODEL, inputs=inputs, partial_results=True)
+    answer = await stub.PredictBatch(request, timeout=10)
+    assert [r.HasField("error") for r in answer.results] == [False, True, False, True]
+    assert {r.variant for r in answer.results} == {"control"}
+    shadow = m.PredictionFilter(model=MODEL, variant="shadow", include_shadow=True)
+    counts = await record_counts(suite, len(inputs), shadow)
+    await asyncio.sleep(0.3)  # nothing more arrives
+    counts = await record_counts(suite, len(inputs), shadow)
+    assert [(x.version, x.count, x.error_count) for x in counts.counts] == [(2, 4, 2)]
+    listed = await suite.monitoring.stub.ListPredictions(
+        m.ListPredictionsRequest(filter=shadow, page_size=10)
+    )
+    scored = {
+        r.entity_key.join_keys["user_id"].string_value: list(r.output.probabilities)
+        for r in listed.records
+        if r.status_code == 0
+    }
+    assert set(scored) == {"u1", "u3"}
+    for user, tx in (("u1", 20.0), ("u3", 80.0)):
+        np.testing.assert_allclose(scored[user], expected(suite, 2, user, tx), rtol=1e-9)
 
 
 async def test_feature_store_down_fails_fast_naming_it(suite: Suite) -> None:

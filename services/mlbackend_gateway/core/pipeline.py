@@ -147,7 +147,7 @@ class InferencePipeline:
                     outputs[position] = result
         if experiment is not None and experiment.shadow_variants:
             for variant in experiment.shadow_variants:
-                self._shadow(model, experiment, variant, inputs)
+                self._shadow(model, experiment, variant, inputs, partial=partial)
         return [r for r in outputs if r is not None]
 
     async def _partial_leg(
@@ -157,6 +157,8 @@ class InferencePipeline:
         inputs: Sequence[PredictionInput],
         positions: Sequence[int],
         path: FieldPath,
+        *,
+        shadow: bool = False,
     ) -> list[PredictionResult | FailedInput]:
         """:meth:`_leg`, trying again without the inputs its error names one by one,
         until the rest is predicted. Each round drops at least one input; a feature
@@ -171,6 +173,7 @@ class InferencePipeline:
                     [inputs[k] for k in keep],
                     [positions[k] for k in keep],
                     path,
+                    shadow=shadow,
                     blame=True,
                 )
             except DomainError as exc:
@@ -277,8 +280,14 @@ class InferencePipeline:
         experiment: Experiment,
         variant: Variant,
         inputs: Sequence[PredictionInput],
+        *,
+        partial: bool,
     ) -> None:
+        """Score ``inputs`` with a shadow variant in the background. For a batch asking
+        for partial results the shadow peels the inputs its errors name, as the
+        caller's legs do, so monitoring sees the shadow's verdict on each input."""
         route = _Route(variant.name, experiment.name, variant.version)
+        leg = self._partial_leg if partial else self._leg
         parent = propagation.current()
         request_id = parent.request_id if parent is not None else propagation.new_request_id()
         timeout = self._limits.shadow_timeout_seconds
@@ -288,7 +297,7 @@ class InferencePipeline:
             propagation.bind(propagation.CallContext(request_id, time.monotonic() + timeout))
             try:
                 await asyncio.wait_for(
-                    self._leg(
+                    leg(
                         model,
                         route,
                         inputs,
