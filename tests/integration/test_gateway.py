@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import random
 import ssl
 import time
 import urllib.error
@@ -28,6 +29,7 @@ import skops.io as sio
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from mutations import mangled
 from pki import pki
 from prometheus_client import CollectorRegistry
 from sklearn.linear_model import LogisticRegression
@@ -837,6 +839,89 @@ async def test_feature_store_down_fails_fast_naming_it(suite: Suite) -> None:
     assert error_info(raised.value) == {"dependency": "feature-store"}
     assert "feature-store" in (raised.value.details() or "")
     assert elapsed < 3.0
+
+
+# Codes a caller's own bad bytes may get; never UNKNOWN, INTERNAL or UNAVAILABLE.
+CALLERS_FAULT = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+async def test_mangled_requests_get_the_callers_fault_codes_and_lose_nothing(
+    suite: Suite,
+) -> None:
+    """Requests with bytes flipped, cut, inserted or repeated (seeded), through gRPC and
+    through the JSON front, get an answer or the caller's fault: a status from
+    ``CALLERS_FAULT`` (an INVALID_ARGUMENT naming its fields), an HTTP 4xx with a JSON
+    error body. The gateway then still predicts as the offline computation does."""
+    rng = random.Random(20261208)
+    predict = predict_request("u1", 20.0)
+    pinned = predict_request("u3", 80.0, version=c.VersionSelector(alias="production"))
+    batch = g.PredictBatchRequest(model=MODEL, inputs=[predict.input, pinned.input])
+    partial = g.PredictBatchRequest(model=MODEL, inputs=[pinned.input], partial_results=True)
+    service = "/mlbackend.gateway.v1.InferenceGatewayService/"
+    seeds = {
+        "Predict": (g.PredictResponse, [predict.SerializeToString(), pinned.SerializeToString()]),
+        "PredictBatch": (
+            g.PredictBatchResponse,
+            [batch.SerializeToString(), partial.SerializeToString()],
+        ),
+    }
+    seen: set[grpc.StatusCode] = set()
+    async with grpc.aio.insecure_channel(suite.gateway_server.address) as channel:
+        for method, (response_type, messages) in seeds.items():
+            call = channel.unary_unary(service + method)  # bytes in, bytes out
+            for _ in range(150):
+                data = mangled(rng, messages)
+                try:
+                    answer = await call(data, timeout=10)
+                except grpc.aio.AioRpcError as error:
+                    seen.add(error.code())
+                    assert error.code() in CALLERS_FAULT, (method, data.hex(), error)
+                    if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                        assert violations(error), (method, data.hex(), error)
+                else:
+                    seen.add(grpc.StatusCode.OK)
+                    response_type.FromString(answer)
+    assert {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT} <= seen, seen
+
+    port = gateway_app.http_port(suite.gateway_server)
+    bodies = [
+        json.dumps({"input": {"entityKey": {"joinKeys": {"user_id": {"stringValue": "u1"}}},
+                              "requestFeatures": {"tx_amount": {"doubleValue": 20.0}}}}).encode(),
+        json.dumps({"inputs": [{"entityKey": {"joinKeys": {"user_id": {"stringValue": "u3"}}},
+                                "requestFeatures": {"tx_amount": {"doubleValue": 80.0}}}],
+                    "partialResults": True}).encode(),
+    ]  # fmt: skip
+    statuses: set[int] = set()
+    for _ in range(300):
+        data = mangled(rng, bodies)
+        route = "predictBatch" if data.lstrip().startswith(b'{"inputs"') else "predict"
+        status, answer = await asyncio.to_thread(_post, port, f"/v1/models/{MODEL}:{route}", data)
+        statuses.add(status)
+        assert status == 200 or 400 <= status < 500, (data, status, answer)
+        body = json.loads(answer)
+        assert status == 200 or body["error"]["message"], (data, answer)
+    assert {200, 400} <= statuses, statuses
+
+    result = (await suite.gateway.stub.Predict(predict_request("u1", 20.0), timeout=10)).result
+    np.testing.assert_allclose(
+        result.prediction.probabilities, expected(suite, 1, "u1", 20.0), rtol=1e-9
+    )
+
+
+def _post(port: int, path: str, body: bytes) -> tuple[int, bytes]:
+    """Status and body of a JSON POST, whatever the status."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("POST", path, body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
 
 
 def _http(
