@@ -7,6 +7,7 @@ import asyncio
 import json
 import math
 import os
+import random
 import signal
 import sys
 import urllib.request
@@ -21,6 +22,7 @@ import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from mutations import mangled
 
 from mlbackend.common.v1 import common_pb2 as c
 from mlbackend.features.v1 import features_pb2 as f
@@ -425,6 +427,56 @@ async def test_transforms_apply_online_and_historically(
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await online(client, ["u1"], feature_service="fraud")
     assert violations(raised.value)[0][0] == "request_inputs[0].tx_amount"
+
+
+# Codes a caller's own bad bytes may get; never UNKNOWN, INTERNAL or UNAVAILABLE.
+CALLERS_FAULT = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+async def test_mangled_online_reads_get_the_callers_fault_codes(
+    start_service: StartService, connect: Connect
+) -> None:
+    """Online reads with bytes flipped, cut, inserted or repeated (seeded; the usual
+    read is parsed in C) get an answer or a status that is the caller's fault, an
+    INVALID_ARGUMENT naming its fields; the store then still reads the same rows."""
+    server, client = await ready(start_service, connect)
+    now = datetime.now(UTC)
+    await client.stub.WriteFeatures(
+        f.WriteFeaturesRequest(batch=batch([row("u1", now - timedelta(minutes=1), 14.0, 3, "FR")])),
+        timeout=10,
+    )
+    inputs = c.FeatureMap(values={"tx_amount": c.Value(double_value=7.0)})
+    seeds = [
+        f.GetOnlineFeaturesRequest(entity_keys=[key("u1")], feature_service="fraud",
+                                   request_inputs=[inputs]),
+        f.GetOnlineFeaturesRequest(entity_keys=[key("u1"), key("u2")],
+                                   feature_refs=["user_stats:amount", "user_stats:country"]),
+    ]  # fmt: skip
+    messages = [m.SerializeToString() for m in seeds]
+    rng = random.Random(20261208)
+    seen: set[grpc.StatusCode] = set()
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        call = channel.unary_unary("/mlbackend.features.v1.FeatureStoreService/GetOnlineFeatures")
+        for _ in range(400):
+            data = mangled(rng, messages)
+            try:
+                answer = await call(data, timeout=10)
+            except grpc.aio.AioRpcError as error:
+                seen.add(error.code())
+                assert error.code() in CALLERS_FAULT, (data.hex(), error)
+                if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    assert violations(error), (data.hex(), error)
+            else:
+                seen.add(grpc.StatusCode.OK)
+                f.GetOnlineFeaturesResponse.FromString(answer)
+    assert {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT} <= seen, seen
+    response = await client.stub.GetOnlineFeatures(seeds[0], timeout=10)
+    assert [[v for _, v in r] for r in values(response)] == [[2.0, 0.5, 0.0, 1.0, 0.0]]
 
 
 async def test_one_refusal_names_every_bad_key_and_input(
