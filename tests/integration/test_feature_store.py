@@ -22,7 +22,7 @@ import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from mutations import mangled
+from mutations import mangled, perturbed
 
 from mlbackend.common.v1 import common_pb2 as c
 from mlbackend.features.v1 import features_pb2 as f
@@ -441,9 +441,10 @@ CALLERS_FAULT = {
 async def test_mangled_online_reads_get_the_callers_fault_codes(
     start_service: StartService, connect: Connect
 ) -> None:
-    """Online reads with bytes flipped, cut, inserted or repeated (seeded; the usual
-    read is parsed in C) get an answer or a status that is the caller's fault, an
-    INVALID_ARGUMENT naming its fields; the store then still reads the same rows."""
+    """Online reads with bytes flipped, cut, inserted or repeated (the usual read is
+    parsed in C), or with fields set to edge values, cleared, added or removed (seeded),
+    get an answer or a status that is the caller's fault, an INVALID_ARGUMENT naming its
+    fields; the store then still reads the same rows."""
     server, client = await ready(start_service, connect)
     now = datetime.now(UTC)
     await client.stub.WriteFeatures(
@@ -462,8 +463,8 @@ async def test_mangled_online_reads_get_the_callers_fault_codes(
     seen: set[grpc.StatusCode] = set()
     async with grpc.aio.insecure_channel(server.address) as channel:
         call = channel.unary_unary("/mlbackend.features.v1.FeatureStoreService/GetOnlineFeatures")
-        for _ in range(400):
-            data = mangled(rng, messages)
+        for i in range(int(os.environ.get("MLBACKEND_TEST_MANGLED", "600"))):
+            data = mangled(rng, messages) if i % 2 else perturbed(rng, seeds).SerializeToString()
             try:
                 answer = await call(data, timeout=10)
             except grpc.aio.AioRpcError as error:
@@ -477,6 +478,19 @@ async def test_mangled_online_reads_get_the_callers_fault_codes(
     assert {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT} <= seen, seen
     response = await client.stub.GetOnlineFeatures(seeds[0], timeout=10)
     assert [[v for _, v in r] for r in values(response)] == [[2.0, 0.5, 0.0, 1.0, 0.0]]
+    # A timestamp past the year 9999 as a key: the field named (it used to be INTERNAL).
+    far = c.Value(timestamp_value=timestamp_pb2.Timestamp(seconds=2**40))
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await client.stub.GetOnlineFeatures(
+            f.GetOnlineFeaturesRequest(
+                entity_keys=[c.EntityKey(join_keys={"user_id": far})],
+                feature_refs=["user_stats:amount"],
+            ),
+            timeout=10,
+        )
+    assert [field for field, _ in violations(raised.value)] == [
+        "entity_keys[0].join_keys.user_id.timestamp_value"
+    ]
 
 
 async def test_one_refusal_names_every_bad_key_and_input(

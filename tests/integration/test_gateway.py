@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
 import random
 import ssl
 import time
@@ -29,7 +30,7 @@ import skops.io as sio
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from mutations import mangled
+from mutations import mangled, perturbed
 from pki import pki
 from prometheus_client import CollectorRegistry
 from sklearn.linear_model import LogisticRegression
@@ -538,6 +539,17 @@ async def test_missing_features_fail_or_take_the_declared_defaults(suite: Suite)
 
 async def test_bad_input_gets_clear_errors(suite: Suite) -> None:
     stub = suite.gateway.stub
+    # A timestamp no clock reads (nanos below 0): the field is named, in a batch too.
+    bad_time = c.Value(timestamp_value=timestamp_pb2.Timestamp(seconds=1, nanos=-1))
+    item = g.PredictionInput(entity_key=key("u1"), request_features={"at": bad_time})
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.Predict(g.PredictRequest(model=MODEL, input=item), timeout=10)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(raised.value) == ["input.request_features.at"]
+    good = predict_request("u1", 1.0).input
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.PredictBatch(g.PredictBatchRequest(model=MODEL, inputs=[good, item]))
+    assert violations(raised.value) == ["inputs[1].request_features.at"]
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await stub.Predict(predict_request("u1", 1.0, model="nope"), timeout=10)
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
@@ -841,6 +853,9 @@ async def test_feature_store_down_fails_fast_naming_it(suite: Suite) -> None:
     assert elapsed < 3.0
 
 
+N_MANGLED = int(os.environ.get("MLBACKEND_TEST_MANGLED", "300"))
+"""Bad requests per method in the mangled-request test (more for a longer search)."""
+
 # Codes a caller's own bad bytes may get; never UNKNOWN, INTERNAL or UNAVAILABLE.
 CALLERS_FAULT = {
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -853,7 +868,8 @@ CALLERS_FAULT = {
 async def test_mangled_requests_get_the_callers_fault_codes_and_lose_nothing(
     suite: Suite,
 ) -> None:
-    """Requests with bytes flipped, cut, inserted or repeated (seeded), through gRPC and
+    """Valid requests with bytes flipped, cut, inserted or repeated, or (gRPC) with
+    fields set to edge values, cleared, added or removed (seeded), through gRPC and
     through the JSON front, get an answer or the caller's fault: a status from
     ``CALLERS_FAULT`` (an INVALID_ARGUMENT naming its fields), an HTTP 4xx with a JSON
     error body. The gateway then still predicts as the offline computation does."""
@@ -864,18 +880,16 @@ async def test_mangled_requests_get_the_callers_fault_codes_and_lose_nothing(
     partial = g.PredictBatchRequest(model=MODEL, inputs=[pinned.input], partial_results=True)
     service = "/mlbackend.gateway.v1.InferenceGatewayService/"
     seeds = {
-        "Predict": (g.PredictResponse, [predict.SerializeToString(), pinned.SerializeToString()]),
-        "PredictBatch": (
-            g.PredictBatchResponse,
-            [batch.SerializeToString(), partial.SerializeToString()],
-        ),
+        "Predict": (g.PredictResponse, [predict, pinned]),
+        "PredictBatch": (g.PredictBatchResponse, [batch, partial]),
     }
     seen: set[grpc.StatusCode] = set()
     async with grpc.aio.insecure_channel(suite.gateway_server.address) as channel:
         for method, (response_type, messages) in seeds.items():
             call = channel.unary_unary(service + method)  # bytes in, bytes out
-            for _ in range(150):
-                data = mangled(rng, messages)
+            wire = [m.SerializeToString() for m in messages]
+            for i in range(N_MANGLED):
+                data = mangled(rng, wire) if i % 2 else perturbed(rng, messages).SerializeToString()
                 try:
                     answer = await call(data, timeout=10)
                 except grpc.aio.AioRpcError as error:
@@ -897,7 +911,7 @@ async def test_mangled_requests_get_the_callers_fault_codes_and_lose_nothing(
                     "partialResults": True}).encode(),
     ]  # fmt: skip
     statuses: set[int] = set()
-    for _ in range(300):
+    for _ in range(N_MANGLED):
         data = mangled(rng, bodies)
         route = "predictBatch" if data.lstrip().startswith(b'{"inputs"') else "predict"
         status, answer = await asyncio.to_thread(_post, port, f"/v1/models/{MODEL}:{route}", data)

@@ -43,6 +43,13 @@ def _record(n: int, *, version: int = 1, variant: str = "", shadow: bool = False
     )
 
 
+def _out_of_range(record: pb.PredictionRecord) -> pb.PredictionRecord:
+    record.prediction_time.nanos = -1
+    record.latency.seconds = 2**62  # past what a timedelta holds
+    record.features["when"].timestamp_value.seconds = 2**40  # past the year 9999
+    return record
+
+
 def _filter(**fields: object) -> pb.PredictionFilter:
     return pb.PredictionFilter(model="fraud_detection", **fields)  # type: ignore[arg-type]
 
@@ -133,6 +140,17 @@ async def test_filters_and_counts_per_version_and_variant(
                 records=[_record(0), pb.PredictionRecord(model="m", version=0)]
             ),
             ["records[1].prediction_id", "records[1].version", "records[1].prediction_time"],
+        ),
+        (
+            # Out of what a Timestamp or Duration may hold (any numbers travel on the wire).
+            pb.IngestPredictionsRequest(records=[_record(0), _out_of_range(_record(1))]),
+            ["records[1].prediction_time", "records[1].latency", "records[1].features.when"],
+        ),
+        (
+            pb.ListPredictionsRequest(
+                filter=_filter(start_time=timestamp_pb2.Timestamp(seconds=2**40))
+            ),
+            ["filter.start_time"],
         ),
         (pb.ListPredictionsRequest(filter=_filter(), page_token="garbage!"), ["page_token"]),
         (pb.ListPredictionsRequest(filter=_filter(), page_size=-1), ["page_size"]),

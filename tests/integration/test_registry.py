@@ -16,6 +16,7 @@ import grpc
 import numpy as np
 import pytest
 import skops.io as sio
+from google.protobuf.timestamp_pb2 import Timestamp
 from pg_server import PostgresServer, postgres
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import FunctionTransformer
@@ -318,6 +319,13 @@ async def test_audit_records_identity_reason_and_before_after(
         pb.ListAuditEventsRequest(parent=MODEL, page_size=3, page_token=page.next_page_token)
     )
     assert [e.revision for e in rest.audit_events] == [events[3].revision]
+    # A time past the year 9999 is the caller's error, named (not an internal one).
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await writer.stub.ListAuditEvents(
+            pb.ListAuditEventsRequest(parent=MODEL, start_time=Timestamp(seconds=2**40))
+        )
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in decode_error(raised.value).violations] == ["start_time"]
     note = await writer.stub.CreateAuditNote(
         pb.CreateAuditNoteRequest(resource=f"{MODEL}/versions/1", reason="v2 not promoted")
     )

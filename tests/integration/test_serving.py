@@ -14,9 +14,10 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
-from mutations import mangled
+from mutations import mangled, perturbed
 from prometheus_client import CollectorRegistry
 from sklearn.datasets import make_classification, make_regression
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
@@ -211,6 +212,11 @@ async def test_list_metadata_health(serving: ServingClient) -> None:
     assert entry.verdict == common_pb2.HEALTH_VERDICT_UNHEALTHY
     assert entry.latency.p99.ToTimedelta().total_seconds() > 0
     assert entry.last_request_time.seconds > 0
+    past_any_clock = duration_pb2.Duration(seconds=2**62)
+    error = await _fails(serving.stub.GetModelHealth(
+        serving_pb2.GetModelHealthRequest(model="price", window=past_any_clock)))  # fmt: skip
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "window" in _violations(error)
 
 
 async def test_unload_and_load_again(serving: ServingClient) -> None:
@@ -308,7 +314,7 @@ CALLERS_FAULT = {
 }
 
 
-def _mangled_seeds() -> dict[str, tuple[Any, list[bytes]]]:
+def _request_seeds() -> dict[str, tuple[Any, list[Any]]]:
     """Valid requests of every shape each method takes, by method path, with the
     response type that parses its answers."""
     infer = [
@@ -327,31 +333,27 @@ def _mangled_seeds() -> dict[str, tuple[Any, list[bytes]]]:
     named.rows.add(values={n: common_pb2.Value(double_value=1.5) for n in FEATURES})
     predict = [serving_pb2.PredictRequest(model="fraud", vectors=_vectors(X[:2])), named]
     return {
-        "/inference.GRPCInferenceService/ModelInfer": (
-            oip.ModelInferResponse,
-            [r.SerializeToString() for r in infer],
-        ),
-        "/mlbackend.serving.v1.ModelServingService/Predict": (
-            serving_pb2.PredictResponse,
-            [r.SerializeToString() for r in predict],
-        ),
+        "/inference.GRPCInferenceService/ModelInfer": (oip.ModelInferResponse, infer),
+        "/mlbackend.serving.v1.ModelServingService/Predict": (serving_pb2.PredictResponse, predict),
     }
 
 
 async def test_mangled_requests_get_the_callers_fault_codes_and_lose_nothing(
     server: RunningServer, inference: InferenceClient
 ) -> None:
-    """Requests with bytes flipped, cut, inserted or repeated (seeded, 400 a method) get
-    an answer or a status that is the caller's fault, an INVALID_ARGUMENT always naming
-    the field; the server then still answers as scikit-learn does."""
+    """Valid requests with bytes flipped, cut, inserted or repeated, or with fields set
+    to edge values, cleared, added or removed (seeded, 800 a method) get an answer or a
+    status that is the caller's fault, an INVALID_ARGUMENT always naming the field; the
+    server then still answers as scikit-learn does."""
     rng = random.Random(20261208)
     seen: dict[str, set[grpc.StatusCode]] = {}
     async with grpc.aio.insecure_channel(server.address) as channel:
-        for path, (response_type, seeds) in _mangled_seeds().items():
+        for path, (response_type, seeds) in _request_seeds().items():
             call = channel.unary_unary(path)  # bytes in, bytes out
             codes = seen.setdefault(path, set())
-            for _ in range(400):
-                data = mangled(rng, seeds)
+            wire = [seed.SerializeToString() for seed in seeds]
+            for i in range(800):
+                data = mangled(rng, wire) if i % 2 else perturbed(rng, seeds).SerializeToString()
                 try:
                     answer = await call(data, timeout=10)
                 except grpc.aio.AioRpcError as error:

@@ -263,13 +263,17 @@ def test_entity_strings_single_int_key_matches_the_general_path() -> None:
     keys = (JoinKey(name="id", dtype=DType.INT64),)
     assert validation.entity_strings(keys, [{"id": 5}, {"id": -3}], "k") == ["[5]", "[-3]"]
     # Anything unusual goes the general way, with its field violations.
-    bad_keys: list[dict[str, Scalar]] = [{"id": True}, {"id": "5"}, {}, {"id": None}]
+    when = datetime(2026, 12, 8, tzinfo=UTC)  # a kind JSON cannot encode
+    bad_keys: list[dict[str, Scalar]] = [{"id": True}, {"id": "5"}, {}, {"id": None}, {"id": when}]
     for bad in bad_keys:
         with pytest.raises(InvalidInput) as caught:
             validation.entity_strings(keys, [{"id": 1}, bad], "k")
         assert caught.value.violations[0].field == "k[1].join_keys.id"
     two = (JoinKey(name="id", dtype=DType.INT64), JoinKey(name="s", dtype=DType.STRING))
     assert validation.entity_strings(two, [{"id": 1, "s": "é"}], "k") == ['[1,"é"]']
+    with pytest.raises(InvalidInput) as caught:
+        validation.entity_strings(two, [{"id": 1, "s": when}], "k")
+    assert [v.field for v in caught.value.violations] == ["k[0].join_keys.s"]
 
 
 # --- read plans follow the definitions ----------------------------------------------------

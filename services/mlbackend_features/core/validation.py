@@ -249,7 +249,9 @@ def entity_strings(
         for problem in problems:
             name, _, description = problem.partition(": ")
             found.append(FieldViolation(f"{field}[{i}]{member}.join_keys.{name}", description))
-        out.append(codec.encode_key(values))
+        # A key with a defect is never read (the violations fail the read), and a value
+        # of the wrong kind (a timestamp, say) may not even encode.
+        out.append("" if problems else codec.encode_key(values))
     if violations is None:
         raise_invalid(found)
     return out

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import functools
 import struct
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf.message import Message
 
 from mlbackend.common.v1 import common_pb2
 from mlbackend.features.v1 import features_pb2 as pb
 from mlbackend_features.core import model as m
 from mlbackend_features.core.service import ViewStatistics
 from mlbackend_runtime import status as wire_status
-from mlbackend_runtime.errors import DomainError
+from mlbackend_runtime.errors import DomainError, InvalidInput
+from mlbackend_runtime.received import invalid_timestamps
 
 _DTYPES = {
     common_pb2.DATA_TYPE_INT64: m.DType.INT64,
@@ -54,6 +56,29 @@ _EPOCH = datetime.fromtimestamp(0, UTC)
 
 
 # --- scalars ----------------------------------------------------------------------------
+
+Convert = TypeVar("Convert", bound=Callable[..., Any])
+
+
+def _naming_bad_timestamps(prefix: str) -> Callable[[Convert], Convert]:
+    """A request's conversion that fails on a timestamp out of datetime's range (any
+    seconds and nanos travel on the wire) raises INVALID_ARGUMENT naming each such
+    field instead, under ``prefix`` (the converted message's field in its request)."""
+
+    def decorate(convert: Convert) -> Convert:
+        @functools.wraps(convert)
+        def checked(message: Message, *args: Any) -> Any:
+            try:
+                return convert(message, *args)
+            except (OverflowError, ValueError):
+                found = invalid_timestamps(message, prefix)
+                if not found:
+                    raise
+                raise InvalidInput(f"{found[0].field}: {found[0].description}", found) from None
+
+        return cast(Convert, checked)
+
+    return decorate
 
 
 def dtype(value: int) -> m.DType:
@@ -136,6 +161,7 @@ def _set_time(target: Any, field: str, value: datetime | None) -> None:
 # --- definitions ------------------------------------------------------------------------
 
 
+@_naming_bad_timestamps("")
 def definition_set(request: pb.ApplyDefinitionsRequest) -> m.DefinitionSet:
     return m.DefinitionSet(
         entities=tuple(entity(e) for e in request.entities),
@@ -422,6 +448,7 @@ def changes_pb(changes: Sequence[m.DefinitionChange]) -> pb.ApplyDefinitionsResp
 # --- writes -----------------------------------------------------------------------------
 
 
+@_naming_bad_timestamps("batch")
 def write_batch(batch: pb.FeatureBatch) -> m.WriteBatch:
     return m.WriteBatch(
         batch.batch_id,
@@ -476,6 +503,7 @@ def push_ack_pb(ack: m.PushAck) -> pb.PushFeaturesResponse:
 # --- reads ------------------------------------------------------------------------------
 
 
+@_naming_bad_timestamps("")
 def online_query(request: pb.GetOnlineFeaturesRequest) -> m.OnlineQuery:
     return m.OnlineQuery(
         list(request.feature_refs),
@@ -684,6 +712,7 @@ def online_result_pb(result: m.ReadResult) -> pb.GetOnlineFeaturesResponse:
     return pb.GetOnlineFeaturesResponse.FromString(online_result_wire(result))
 
 
+@_naming_bad_timestamps("")
 def historical_query(request: pb.GetHistoricalFeaturesRequest) -> m.HistoricalQuery:
     # Up to a million entity rows: each field is read once, in one loop.
     rows: list[m.HistoricalRow] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -22,6 +23,8 @@ from mlbackend_gateway.core.model import (
 from mlbackend_gateway.upstream.monitoring import set_prediction
 from mlbackend_gateway.upstream.values import STATUS_CODES, set_value, to_scalar, to_value
 from mlbackend_runtime import status
+from mlbackend_runtime.errors import FieldViolation, InvalidInput
+from mlbackend_runtime.received import scalar_at
 
 _ACTIONS = {
     FeatureAction.NONE: pb.FEATURE_ACTION_NONE,
@@ -58,11 +61,32 @@ def selector_message(value: VersionSelector) -> common_pb2.VersionSelector:
     return common_pb2.VersionSelector()
 
 
-def prediction_input(message: pb.PredictionInput) -> PredictionInput:
-    return PredictionInput(
-        entity_key={k: to_scalar(v) for k, v in message.entity_key.join_keys.items()},
-        request_features={k: to_scalar(v) for k, v in message.request_features.items()},
-    )
+def prediction_input(message: pb.PredictionInput, path: str = "input") -> PredictionInput:
+    """The input of ``message`` (``path`` names it in errors: ``input``, ``inputs[3]``).
+
+    A timestamp that is not a valid one fails the call, in a batch too (even one asking
+    for partial results): the message itself is malformed, as undecodable bytes are."""
+    try:
+        return PredictionInput(
+            entity_key={k: to_scalar(v) for k, v in message.entity_key.join_keys.items()},
+            request_features={k: to_scalar(v) for k, v in message.request_features.items()},
+        )
+    except ValueError:
+        _check_timestamps(message.entity_key.join_keys, f"{path}.entity_key.join_keys")
+        _check_timestamps(message.request_features, f"{path}.request_features")
+        raise
+
+
+def _check_timestamps(values: Mapping[str, common_pb2.Value], path: str) -> None:
+    """Raise the error that names the invalid timestamps among ``values``, if any."""
+    invalid: list[FieldViolation] = []
+    for name, value in values.items():
+        try:
+            scalar_at(value, f"{path}.{name}")
+        except InvalidInput as exc:
+            invalid += exc.violations
+    if invalid:
+        raise InvalidInput(f"{invalid[0].field}: {invalid[0].description}", invalid)
 
 
 # Messages of the output specs seen last, by the identity of their OutputInfo (which

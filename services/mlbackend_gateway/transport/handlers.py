@@ -23,7 +23,7 @@ async def predict_batch(
     results = await core.predict_batch(
         request.model,
         convert.selector(request.version),
-        [convert.prediction_input(i) for i in request.inputs],
+        [convert.prediction_input(item, f"inputs[{i}]") for i, item in enumerate(request.inputs)],
         partial=request.partial_results,
     )
     response = pb.PredictBatchResponse()

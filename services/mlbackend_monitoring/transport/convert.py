@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -12,14 +13,19 @@ from mlbackend.monitoring.v1 import monitoring_pb2 as pb
 from mlbackend_clients.values import to_scalar, to_value
 from mlbackend_monitoring.core import model as m
 from mlbackend_monitoring.core.predictions import encode_page_token
+from mlbackend_runtime.errors import FieldViolation, InvalidInput
+from mlbackend_runtime.received import scalar_at, time_at
 
 
 def _time(ts: timestamp_pb2.Timestamp) -> datetime:
     return ts.ToDatetime(tzinfo=UTC)
 
 
-def _optional_time(message: object, field: str) -> datetime | None:
-    return _time(getattr(message, field)) if message.HasField(field) else None  # type: ignore[attr-defined]
+def _optional_time(message: object, field: str, path: str) -> datetime | None:
+    """The timestamp ``field`` of ``message`` if set; ``path`` names it in errors."""
+    if not message.HasField(field):  # type: ignore[attr-defined]
+        return None
+    return time_at(getattr(message, field), path)
 
 
 def _timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
@@ -60,7 +66,40 @@ def _output_pb(o: m.PredictionOutput) -> common_pb2.Prediction:
     )
 
 
-def record(r: pb.PredictionRecord) -> m.PredictionRecord:
+def record(r: pb.PredictionRecord, path: str = "record") -> m.PredictionRecord:
+    """The record of ``r`` (``path`` names it in errors: ``records[3]``)."""
+    try:
+        return _record(r)
+    except (ValueError, OverflowError):
+        # A timestamp, duration or value out of what its type may hold: name each.
+        raise _unconvertible(r, path) from None
+
+
+def _unconvertible(r: pb.PredictionRecord, path: str) -> InvalidInput:
+    timestamp, duration = "not a valid timestamp", "not a valid duration"
+    checks: list[tuple[str, str, Callable[[], object]]] = [
+        (f"{path}.prediction_time", timestamp, functools.partial(_time, r.prediction_time)),
+        (f"{path}.latency", duration, r.latency.ToTimedelta),
+        (f"{path}.output.label", timestamp, functools.partial(to_scalar, r.output.label)),
+    ]
+    for where, values in (("entity_key.join_keys", r.entity_key.join_keys),
+                          ("features", r.features)):  # fmt: skip
+        for name in values:
+            checks.append(
+                (f"{path}.{where}.{name}", timestamp, functools.partial(to_scalar, values[name]))
+            )
+    violations = []
+    for field, description, convert in checks:
+        try:
+            convert()
+        except (ValueError, OverflowError):
+            violations.append(FieldViolation(field, description))
+    if not violations:
+        return InvalidInput.field(path, "a value out of its type's range")
+    return InvalidInput(f"{violations[0].field}: {violations[0].description}", violations)
+
+
+def _record(r: pb.PredictionRecord) -> m.PredictionRecord:
     return m.PredictionRecord(
         prediction_id=r.prediction_id,
         model=r.model,
@@ -110,8 +149,8 @@ def prediction_filter(f: pb.PredictionFilter) -> m.PredictionFilter:
         model=f.model,
         version=f.version if f.HasField("version") else None,
         variant=f.variant,
-        start_time=_optional_time(f, "start_time"),
-        end_time=_optional_time(f, "end_time"),
+        start_time=_optional_time(f, "start_time", "filter.start_time"),
+        end_time=_optional_time(f, "end_time", "filter.end_time"),
         include_shadow=f.include_shadow,
     )
 
@@ -146,12 +185,14 @@ def counts_pb(counts: list[m.PredictionCount]) -> pb.CountPredictionsResponse:
     )
 
 
-def feedback(f: pb.Feedback) -> m.Feedback:
+def feedback(f: pb.Feedback, path: str = "feedback") -> m.Feedback:
+    """The feedback of ``f`` (``path`` names it in errors: ``feedback[3]``)."""
     return m.Feedback(
         prediction_id=f.prediction_id,
-        label=to_scalar(f.label),
+        label=scalar_at(f.label, f"{path}.label"),
         reward=f.reward if f.HasField("reward") else None,
-        feedback_time=_optional_time(f, "feedback_time") or datetime.now(UTC),
+        feedback_time=_optional_time(f, "feedback_time", f"{path}.feedback_time")
+        or datetime.now(UTC),
         source=f.source,
     )
 

@@ -20,7 +20,7 @@ Context = Any
 
 
 def _records(request: pb.IngestPredictionsRequest) -> list[m.PredictionRecord]:
-    return [convert.record(r) for r in request.records]
+    return [convert.record(r, f"records[{i}]") for i, r in enumerate(request.records)]
 
 
 class MonitoringServicer(monitoring_pb2_grpc.MonitoringServiceServicer):
@@ -55,5 +55,5 @@ class MonitoringServicer(monitoring_pb2_grpc.MonitoringServiceServicer):
     async def RecordFeedback(
         self, request: pb.RecordFeedbackRequest, context: Context
     ) -> pb.RecordFeedbackResponse:
-        feedback = [convert.feedback(f) for f in request.feedback]
+        feedback = [convert.feedback(f, f"feedback[{i}]") for i, f in enumerate(request.feedback)]
         return convert.feedback_pb(await self._predictions.record_feedback(feedback))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
@@ -34,6 +34,7 @@ from mlbackend_registry.core.domain import (
 )
 from mlbackend_registry.core.service import AttachmentSpec, UploadSpec, drain
 from mlbackend_runtime.errors import DomainError, InvalidInput
+from mlbackend_runtime.received import time_at
 
 _FORMATS = {
     common_pb2.ARTIFACT_FORMAT_SKOPS: ArtifactFormat.SKOPS,
@@ -235,8 +236,7 @@ def action(value: int) -> Action | None:
 def time_or_none(message: Any, field: str) -> datetime | None:
     if not message.HasField(field):
         return None
-    value: datetime = getattr(message, field).ToDatetime(tzinfo=UTC)
-    return value
+    return time_at(getattr(message, field), field)
 
 
 def update_fields(mask: FieldMask, field: str) -> tuple[bool, bool]:

@@ -170,7 +170,10 @@ def model_health(served: ServedVersion, report: HealthReport) -> serving_pb2.Mod
 def window(request: serving_pb2.GetModelHealthRequest) -> float | None:
     if not request.HasField("window"):
         return None
-    seconds = request.window.ToTimedelta().total_seconds()
+    try:
+        seconds = request.window.ToTimedelta().total_seconds()
+    except (ValueError, OverflowError) as exc:  # past what a duration may hold
+        raise InvalidInput.field("window", f"not a valid duration: {exc}") from None
     if seconds <= 0:
         raise InvalidInput.field("window", "must be positive")
     return seconds
