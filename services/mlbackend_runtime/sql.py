@@ -9,9 +9,10 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, ExceptionContext
 
-from mlbackend_runtime.errors import DependencyUnavailable
+from mlbackend_runtime.errors import DependencyUnavailable, InvalidInput
 
 T = TypeVar("T")
 
@@ -44,3 +45,19 @@ async def in_transaction(engine: sa.Engine, dependency: str, work: Callable[[Con
             raise DependencyUnavailable(dependency, str(exc.orig)) from None
 
     return await asyncio.to_thread(transaction)
+
+
+def refuse_nul_text(engine: sa.Engine) -> None:
+    """A request whose text holds a NUL (0x00) character is INVALID_ARGUMENT on
+    ``engine``. PostgreSQL stores no NUL in text, and psycopg refuses such a parameter
+    before sending it (a ``DataError`` that would otherwise surface as INTERNAL); any
+    string of a request reaches the database that way (a description, a tag, a reason,
+    a name prefix). SQLite stores them as they are."""
+    event.listen(engine, "handle_error", _refused_nul)
+
+
+def _refused_nul(context: ExceptionContext) -> None:
+    if isinstance(context.sqlalchemy_exception, sa.exc.DataError) and "NUL (0x00)" in str(
+        context.original_exception
+    ):
+        raise InvalidInput.field("request", "text may not contain NUL (0x00) characters")

@@ -24,6 +24,7 @@ from mlbackend_features.core.pit import Candidate, HistoryRow, as_of_join
 from mlbackend_features.stores.offline import NumericSummary, OfflineStore
 from mlbackend_features.stores.offline_postgres import _AS_OF, PostgresOfflineStore
 from mlbackend_features.stores.offline_sqlite import SqliteOfflineStore
+from mlbackend_runtime.errors import InvalidInput
 from mlbackend_runtime.sql import sqlalchemy_url
 
 BACKENDS = ["sqlite", "postgresql"]
@@ -281,8 +282,9 @@ async def test_postgres_as_of_seeks_the_index(postgres: PostgresServer) -> None:
 async def test_postgres_batch_is_all_or_nothing(postgres: PostgresServer) -> None:
     store = PostgresOfflineStore(postgres.create_database())
     try:
-        # PostgreSQL text cannot hold a raw NUL: the second row fails the insert.
-        with pytest.raises(sa.exc.DataError):
+        # PostgreSQL text cannot hold a raw NUL: the second row fails the insert, refused
+        # as the caller's error (stored rows are JSON, where a NUL is escaped).
+        with pytest.raises(InvalidInput):
             await store.append("bad", "v", [rec("a", 1, 1), Record("b", 2, "\x00")])
         assert await store.committed_after(0, 10) == []
         assert await store.count_entities("v", 0, 10) == 0

@@ -20,7 +20,7 @@ from mlbackend_features.core.model import Entity, FeatureService, FeatureView
 from mlbackend_features.stores.definitions import Definitions, DefinitionStore, decode
 from mlbackend_features.stores.offline_postgres import COMMIT_LOCK, create_schema
 from mlbackend_runtime.errors import Aborted, DependencyUnavailable
-from mlbackend_runtime.sql import in_transaction, sqlalchemy_url
+from mlbackend_runtime.sql import in_transaction, refuse_nul_text, sqlalchemy_url
 
 T = TypeVar("T")
 APPLY_LOCK = COMMIT_LOCK + 2
@@ -57,6 +57,7 @@ class PostgresDefinitionStore(DefinitionStore):
         self._engine = sa.create_engine(
             sqlalchemy_url(database_url), pool_pre_ping=True, pool_size=2
         )
+        refuse_nul_text(self._engine)
         try:
             create_schema(self._engine, metadata)
         except sa.exc.OperationalError as exc:

@@ -31,7 +31,7 @@ from sqlalchemy.engine import Connection
 from mlbackend_features.core.model import Commit, CommittedBatch, Record, now_us
 from mlbackend_features.stores.offline import NumericSummary, OfflineStore
 from mlbackend_runtime.errors import DependencyUnavailable
-from mlbackend_runtime.sql import in_transaction, sqlalchemy_url
+from mlbackend_runtime.sql import in_transaction, refuse_nul_text, sqlalchemy_url
 
 T = TypeVar("T")
 
@@ -191,6 +191,7 @@ class PostgresOfflineStore(OfflineStore):
         self._engine = sa.create_engine(
             sqlalchemy_url(database_url), pool_pre_ping=True, pool_size=pool_size
         )
+        refuse_nul_text(self._engine)
         try:
             create_schema(self._engine, metadata)
         except sa.exc.OperationalError as exc:

@@ -30,7 +30,7 @@ from mlbackend_runtime.errors import (
     InvalidInput,
     NotFound,
 )
-from mlbackend_runtime.sql import in_transaction, sqlalchemy_url
+from mlbackend_runtime.sql import in_transaction, refuse_nul_text, sqlalchemy_url
 
 T = TypeVar("T")
 
@@ -125,6 +125,7 @@ class SqlExperimentStore:
             event.listen(self._engine, "connect", _sqlite_pragmas)
         else:
             self._engine = sa.create_engine(url, pool_pre_ping=True, pool_size=5)
+            refuse_nul_text(self._engine)
         metadata.create_all(self._engine)
 
     async def _run(self, work: Callable[[Connection], T]) -> T:

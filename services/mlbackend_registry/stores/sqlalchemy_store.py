@@ -57,7 +57,7 @@ from mlbackend_runtime.errors import (
     FailedPrecondition,
     NotFound,
 )
-from mlbackend_runtime.sql import sqlalchemy_url
+from mlbackend_runtime.sql import refuse_nul_text, sqlalchemy_url
 
 metadata = sa.MetaData()
 
@@ -198,6 +198,7 @@ class SqlAlchemyStore:
             event.listen(self._engine, "begin", _sqlite_begin)
         else:
             self._engine = sa.create_engine(url, pool_pre_ping=True, pool_size=10)
+            refuse_nul_text(self._engine)
 
     @property
     def dialect(self) -> str:
