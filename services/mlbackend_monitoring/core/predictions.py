@@ -6,7 +6,7 @@ import base64
 import binascii
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from mlbackend_monitoring.core.model import (
     Cursor,
@@ -25,6 +25,9 @@ MAX_BATCH = 10_000
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1_000
 MAX_ID_LENGTH = 256
+MAX_LATENCY = timedelta(days=1)
+"""A record's latency beyond this is a caller's mistake (and past it, its microseconds
+need not fit the log's 64-bit integers)."""
 
 
 def _check_id(field: str, value: str, violations: list[FieldViolation]) -> None:
@@ -75,9 +78,16 @@ class PredictionLogService:
             _check_id(f"records[{i}].model", record.model, violations)
             if record.version < 1:
                 violations.append(FieldViolation(f"records[{i}].version", "must be >= 1"))
-            if record.prediction_time.year < 2000:
+            if not 2000 <= record.prediction_time.year < 2200:
+                # Before: unset. After: past the log's nanoseconds in 64 bits (2262).
                 violations.append(
-                    FieldViolation(f"records[{i}].prediction_time", "must be set (after 2000)")
+                    FieldViolation(
+                        f"records[{i}].prediction_time", "must be set, between 2000 and 2200"
+                    )
+                )
+            if not timedelta(0) <= record.latency <= MAX_LATENCY:
+                violations.append(
+                    FieldViolation(f"records[{i}].latency", "must be between 0 and 1 day")
                 )
         _raise_if(violations, "records")
         return await self._log.ingest(records)
