@@ -906,6 +906,32 @@ async def test_mangled_requests_get_the_callers_fault_codes_and_lose_nothing(
         result.prediction.probabilities, expected(suite, 1, "u1", 20.0), rtol=1e-9
     )
 
+    # Last, as they may start experiments that route predictions: the other methods.
+    control = g.Variant(name="a", version=c.VersionSelector(alias="production"), weight=1)
+    other = g.Variant(name="b", version=c.VersionSelector(version=2), weight=3)
+    experiment = g.Experiment(model=MODEL, variants=[control, other], description="d")
+    created = await suite.gateway.stub.CreateExperiment(
+        g.CreateExperimentRequest(experiment=experiment, experiment_id="e1"), timeout=10
+    )
+    name = created.experiment.name
+    others = {
+        "CreateExperiment": (g.CreateExperimentResponse, [g.CreateExperimentRequest(
+            experiment=g.Experiment(model=MODEL, variants=[control], shadow_variants=[other]),
+            experiment_id="e2")]),
+        "GetExperiment": (g.GetExperimentResponse, [g.GetExperimentRequest(name=name)]),
+        "ListExperiments": (g.ListExperimentsResponse, [g.ListExperimentsRequest(
+            model=MODEL, page_size=1, state=g.EXPERIMENT_STATE_RUNNING)]),
+        "StopExperiment": (g.StopExperimentResponse, [g.StopExperimentRequest(
+            name=name, reason="r")]),
+        "ListModels": (g.ListModelsResponse, [g.ListModelsRequest(page_size=1)]),
+    }  # fmt: skip
+    async with grpc.aio.insecure_channel(suite.gateway_server.address) as channel:
+        for method, (response_type, messages) in others.items():
+            codes = await sweep(
+                channel, service + method, response_type, messages, N_MANGLED // 3, rng
+            )
+            assert grpc.StatusCode.OK in codes, (method, codes)
+
 
 def _post(port: int, path: str, body: bytes) -> tuple[int, bytes]:
     """Status and body of a JSON POST, whatever the status."""
