@@ -37,17 +37,26 @@ def time_at(stamp: timestamp_pb2.Timestamp, field: str) -> datetime:
 
 # Timestamp's valid range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
 _MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
+# Duration's: about ±10,000 years.
+_MAX_DURATION_SECONDS = 315_576_000_000
 
 
 def invalid_timestamps(message: Message, path: str = "") -> list[FieldViolation]:
     """Every ``google.protobuf.Timestamp`` in ``message`` (nested, repeated, in maps)
-    outside that range or with nanos outside [0, 999,999,999], by field path: for a
-    conversion that failed, to name what the caller got wrong."""
+    outside that range or with nanos outside [0, 999,999,999], and every ``Duration``
+    outside its own, by field path: for a conversion that failed, to name what the
+    caller got wrong."""
     found: list[FieldViolation] = []
-    if message.DESCRIPTOR.full_name == "google.protobuf.Timestamp":
+    kind = message.DESCRIPTOR.full_name
+    if kind == "google.protobuf.Timestamp":
         seconds, nanos = message.seconds, message.nanos  # type: ignore[attr-defined]
         if not (_MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos <= 999_999_999):
             found.append(FieldViolation(path, "not a valid timestamp (years 1-9999)"))
+        return found
+    if kind == "google.protobuf.Duration":
+        seconds, nanos = message.seconds, message.nanos  # type: ignore[attr-defined]
+        if not (abs(seconds) <= _MAX_DURATION_SECONDS and abs(nanos) <= 999_999_999):
+            found.append(FieldViolation(path, "not a valid duration (at most 10,000 years)"))
         return found
     for field, value in message.ListFields():
         where = f"{path}.{field.name}" if path else field.name

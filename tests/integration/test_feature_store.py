@@ -20,6 +20,7 @@ import grpc
 import pyarrow as pa
 import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from mutations import sweep
@@ -471,6 +472,32 @@ async def test_mangled_online_reads_get_the_callers_fault_codes(
         "entity_keys[0].join_keys.user_id.timestamp_value"
     ]
 
+    # Last, as they may change definitions and rows: every other unary method.
+    window_start = timestamp_pb2.Timestamp(seconds=int(now.timestamp()) - 3600)
+    valid: dict[str, list[Message]] = {
+        "ApplyDefinitions": [definitions()],
+        "GetEntity": [f.GetEntityRequest(name="user")],
+        "ListEntities": [f.ListEntitiesRequest(page_size=1)],
+        "GetFeatureView": [f.GetFeatureViewRequest(name="user_stats")],
+        "ListFeatureViews": [f.ListFeatureViewsRequest(entity="user", page_size=1)],
+        "GetFeatureService": [f.GetFeatureServiceRequest(name="fraud")],
+        "ListFeatureServices": [f.ListFeatureServicesRequest(page_size=1)],
+        "WriteFeatures": [f.WriteFeaturesRequest(batch=batch([row("u7", now, 1.0, 2, "DE")]))],
+        "GetFeatureStatistics": [f.GetFeatureStatisticsRequest(
+            feature_view="user_stats", features=["amount"], start_time=window_start,
+            histogram_bins=4, quantiles=[0.5])],
+    }  # fmt: skip
+    service = f.DESCRIPTOR.services_by_name["FeatureStoreService"]
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        for method in service.methods:
+            if method.client_streaming or method.server_streaming or method.name not in valid:
+                continue
+            path = f"/{service.full_name}/{method.name}"
+            seeds = [*valid[method.name], getattr(f, method.input_type.name)()]
+            answer_type = getattr(f, method.output_type.name)
+            codes = await sweep(channel, path, answer_type, seeds, max(count // 3, 20), rng)
+            assert grpc.StatusCode.OK in codes, (method.name, codes)
+
 
 async def test_one_refusal_names_every_bad_key_and_input(
     start_service: StartService, connect: Connect
@@ -656,6 +683,29 @@ async def test_statistics_materialize_and_freshness_metrics(
 
     progress = [p async for p in client.stub.Materialize(f.MaterializeRequest(), timeout=10)]
     assert progress[-1].done and progress[-1].rows_done == 100
+    # A window past the year 2200 (valid on the wire) is named, not an INTERNAL error.
+    late = timestamp_pb2.Timestamp(seconds=9_000_000_000)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await client.stub.GetFeatureStatistics(
+            f.GetFeatureStatisticsRequest(feature_view="user_stats", start_time=late), timeout=10
+        )
+    assert [field for field, _ in violations(raised.value)] == ["start_time"]
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        async for _ in client.stub.Materialize(f.MaterializeRequest(end_time=late), timeout=10):
+            pass
+    assert [field for field, _ in violations(raised.value)] == ["end_time"]
+    # A TTL past what a Duration may hold, likewise; a ratio's NaN default round-trips
+    # through the stored definitions (it used to be stored as null, which failed to load).
+    too_long = definitions()
+    too_long.feature_views[0].ttl.seconds = 2**60
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await client.stub.ApplyDefinitions(too_long, timeout=10)
+    assert [field for field, _ in violations(raised.value)] == ["feature_views[0].ttl"]
+    nan_default = definitions()
+    nan_default.feature_services[0].transforms[1].ratio.default_value = math.nan
+    await client.stub.ApplyDefinitions(nan_default, timeout=10)
+    stored = await client.stub.GetFeatureService(f.GetFeatureServiceRequest(name="fraud"))
+    assert math.isnan(stored.feature_service.transforms[1].ratio.default_value)
 
     text = await asyncio.to_thread(
         lambda: urllib.request.urlopen(server.metrics.url, timeout=5).read().decode()

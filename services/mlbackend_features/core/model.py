@@ -69,7 +69,10 @@ class Status(enum.StrEnum):
 
 
 class _Definition(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Stored as JSON: NaN and ±inf (a ratio's default, a constraint's bound) are written
+    # as the constants Python's and pydantic's readers take back, not as null, which
+    # the stored definition would then fail to load as.
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="constants")
 
 
 class Constraints(_Definition):

@@ -28,6 +28,7 @@ from mlbackend_features.core.model import (
     MAX_ENTITY_KEYS,
     MAX_HISTORICAL_ROWS,
     MAX_KEY_STRING_BYTES,
+    MAX_TIME_US,
     MIN_TIME_US,
     Actor,
     Cell,
@@ -694,6 +695,7 @@ class FeatureStore:
         self, views: Sequence[str], start_us: int | None, end_us: int | None
     ) -> AsyncIterator[MaterializeProgress]:
         """Copy the newest offline row per entity in [start, end) into the online store."""
+        _check_window(start_us, end_us)
         if views:
             targets = await self.fresh(
                 lambda: [self.feature_view(v, f"feature_views[{i}]") for i, v in enumerate(views)]
@@ -746,6 +748,7 @@ class FeatureStore:
                 raise InvalidInput.field(f"quantiles[{i}]", "must be within [0, 1]")
         bins = bins or 10
         quantiles = list(quantiles) or [0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99]
+        _check_window(start_us, end_us)
         start = MIN_TIME_US if start_us is None else start_us
         end = self._clock() + 1 if end_us is None else end_us
         summaries = []
@@ -798,3 +801,15 @@ def _page(
         base64.urlsafe_b64encode(key(page[-1]).encode()).decode() if len(remaining) > size else ""
     )
     return page, next_token
+
+
+def _check_window(start_us: int | None, end_us: int | None) -> None:
+    """A request's time window, each end where event times may lie (any Timestamp
+    travels on the wire, up to the year 9999)."""
+    violations = [
+        FieldViolation(field, "must be between 1900-01-01 and 2200-01-01 UTC")
+        for field, us in (("start_time", start_us), ("end_time", end_us))
+        if us is not None and not MIN_TIME_US <= us <= MAX_TIME_US
+    ]
+    if violations:
+        raise InvalidInput(f"{violations[0].field}: {violations[0].description}", violations)
