@@ -2,8 +2,9 @@
 
 A ``google.protobuf.Timestamp`` holds any seconds and nanos on the wire, but only
 0001-01-01 to 9999-12-31 with nanos in [0, 999,999,999] are valid, and protobuf's
-``ToDatetime`` raises ``ValueError`` for the rest. Converted with these, such a value is
-INVALID_ARGUMENT naming its field, not an INTERNAL error.
+``ToDatetime`` raises ``ValueError`` for the rest; a ``Duration`` past ±10,000 years
+overflows ``timedelta``. Converted or found with these, such a value is INVALID_ARGUMENT
+naming its field, not an INTERNAL error.
 """
 
 from __future__ import annotations
