@@ -30,10 +30,11 @@ import skops.io as sio
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from mutations import mangled, sweep
+from mutations import mangled
 from pki import pki
 from prometheus_client import CollectorRegistry
 from sklearn.linear_model import LogisticRegression
+from sweeps import sweep
 
 from mlbackend.common.v1 import common_pb2 as c
 from mlbackend.features.v1 import features_pb2 as f
@@ -863,7 +864,7 @@ async def test_mangled_requests_get_the_callers_fault_codes_and_lose_nothing(
     """Valid requests with bytes flipped, cut, inserted or repeated, or (gRPC) with
     fields set to edge values, cleared, added or removed (seeded), through gRPC and
     through the JSON front, get an answer or the caller's fault: a status from
-    ``mutations.CALLERS_FAULT`` (an INVALID_ARGUMENT naming its fields), an HTTP 4xx
+    ``sweeps.CALLERS_FAULT`` (an INVALID_ARGUMENT naming its fields), an HTTP 4xx
     with a JSON error body. The gateway then still predicts as the offline computation
     does."""
     rng = random.Random(int(os.environ.get("MLBACKEND_TEST_SEED", "20261208")))

@@ -10,7 +10,7 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.message import Message
-from mutations import sweep
+from sweeps import sweep
 
 from mlbackend.common.v1 import common_pb2
 from mlbackend.monitoring.v1 import monitoring_pb2 as pb

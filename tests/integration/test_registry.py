@@ -20,10 +20,10 @@ import skops.io as sio
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
-from mutations import sweep
 from pg_server import PostgresServer, postgres
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import FunctionTransformer
+from sweeps import sweep
 
 from mlbackend.common.v1 import common_pb2
 from mlbackend.registry.v1 import registry_pb2 as pb

@@ -18,11 +18,11 @@ import pytest
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
-from mutations import sweep
 from prometheus_client import CollectorRegistry
 from sklearn.datasets import make_classification, make_regression
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import Ridge
+from sweeps import sweep
 
 from mlbackend.common.v1 import common_pb2
 from mlbackend.inference.v2 import grpc_predict_v2_pb2 as oip
