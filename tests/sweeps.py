@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import ModuleType
 from typing import Any
 
 import grpc
@@ -52,3 +53,29 @@ async def sweep(
             seen.add(grpc.StatusCode.OK)
             response_type.FromString(answer)
     return seen
+
+
+async def sweep_service(
+    channel: grpc.aio.Channel,
+    module: ModuleType,
+    service: str,
+    valid: Mapping[str, Sequence[Message]],
+    count: int,
+    rng: random.Random,
+    *,
+    every_unary: bool = False,
+) -> dict[str, set[grpc.StatusCode]]:
+    """:func:`sweep` for each unary method of ``service`` (generated into ``module``)
+    named in ``valid``, or for every one with ``every_unary``, from its ``valid``
+    requests and an empty one. The codes seen, by method."""
+    descriptor = module.DESCRIPTOR.services_by_name[service]
+    codes: dict[str, set[grpc.StatusCode]] = {}
+    for method in descriptor.methods:
+        streamed = method.client_streaming or method.server_streaming
+        if streamed or not (every_unary or method.name in valid):
+            continue
+        seeds = [*valid.get(method.name, ()), getattr(module, method.input_type.name)()]
+        path = f"/{descriptor.full_name}/{method.name}"
+        answer_type = getattr(module, method.output_type.name)
+        codes[method.name] = await sweep(channel, path, answer_type, seeds, count, rng)
+    return codes

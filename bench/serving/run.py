@@ -210,6 +210,20 @@ def _train(workdir: Path) -> tuple[dict[str, Any], np.ndarray, dict[str, float]]
     return estimators, rows, compute
 
 
+def _load(plan: Plan, address: str, requests: list[str], concurrency: int) -> dict[str, Any]:
+    """The load generator's command for one point: ModelInfer at ``concurrency``."""
+    return {
+        "address": address,
+        "method": INFER,
+        "check": address,
+        "requests": requests,
+        "concurrency": concurrency,
+        "warmup": plan.warmup,
+        "seconds": plan.seconds,
+        "max_requests": plan.max_requests,
+    }
+
+
 def _measure(
     plan: Plan,
     gen: LoadGenerator,
@@ -220,18 +234,8 @@ def _measure(
 ) -> None:
     for model, requests in models.items():
         for concurrency in plan.concurrency:
-            command = {
-                "address": address,
-                "method": INFER,
-                "check": address,
-                "requests": requests,
-                "concurrency": concurrency,
-                "warmup": plan.warmup,
-                "seconds": plan.seconds,
-                "max_requests": plan.max_requests,
-            }
             result = Result(server, model, concurrency)
-            result.take(gen.run(command, pid))
+            result.take(gen.run(_load(plan, address, requests, concurrency), pid))
             plan.results.append(result)
             print(
                 f"  {server:<16} {model:<4} c={concurrency:<3} {result.rps:8.0f} rps  "
@@ -401,21 +405,8 @@ def run_ceiling_rounds(
             measured: dict[str, float] = {}
             for label, process, address, requests in points[shift:] + points[:shift]:
                 result = Result(label, "-", CEILING_CONCURRENCY)
-                result.take(
-                    gen.run(
-                        {
-                            "address": address,
-                            "method": INFER,
-                            "check": address,
-                            "requests": requests,
-                            "concurrency": CEILING_CONCURRENCY,
-                            "warmup": plan.warmup,
-                            "seconds": plan.seconds,
-                            "max_requests": plan.max_requests,
-                        },
-                        process.pid,
-                    )
-                )
+                command = _load(plan, address, requests, CEILING_CONCURRENCY)
+                result.take(gen.run(command, process.pid))
                 if result.errors or not result.rps:
                     raise RuntimeError(f"ceiling round {number}, {label}: {result.note}")
                 measured[label] = result.rps

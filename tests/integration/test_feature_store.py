@@ -23,7 +23,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from sweeps import sweep
+from sweeps import sweep, sweep_service
 
 from mlbackend.common.v1 import common_pb2 as c
 from mlbackend.features.v1 import features_pb2 as f
@@ -487,16 +487,12 @@ async def test_mangled_online_reads_get_the_callers_fault_codes(
             feature_view="user_stats", features=["amount"], start_time=window_start,
             histogram_bins=4, quantiles=[0.5])],
     }  # fmt: skip
-    service = f.DESCRIPTOR.services_by_name["FeatureStoreService"]
     async with grpc.aio.insecure_channel(server.address) as channel:
-        for method in service.methods:
-            if method.client_streaming or method.server_streaming or method.name not in valid:
-                continue
-            path = f"/{service.full_name}/{method.name}"
-            seeds = [*valid[method.name], getattr(f, method.input_type.name)()]
-            answer_type = getattr(f, method.output_type.name)
-            codes = await sweep(channel, path, answer_type, seeds, max(count // 3, 20), rng)
-            assert grpc.StatusCode.OK in codes, (method.name, codes)
+        codes = await sweep_service(
+            channel, f, "FeatureStoreService", valid, max(count // 3, 20), rng
+        )
+    for name, seen in codes.items():
+        assert grpc.StatusCode.OK in seen, (name, seen)
 
 
 async def test_one_refusal_names_every_bad_key_and_input(

@@ -23,7 +23,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from pg_server import PostgresServer, postgres
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import FunctionTransformer
-from sweeps import sweep
+from sweeps import sweep_service
 
 from mlbackend.common.v1 import common_pb2
 from mlbackend.registry.v1 import registry_pb2 as pb
@@ -514,20 +514,13 @@ async def test_mangled_requests_get_the_callers_fault_codes(
         "CreateAuditNote": [pb.CreateAuditNoteRequest(resource=version, reason="r")],
         "ListAuditEvents": [pb.ListAuditEventsRequest(parent=MODEL, page_size=2)],
     }  # fmt: skip
-    service = pb.DESCRIPTOR.services_by_name["ModelRegistryService"]
     rng = random.Random(int(os.environ.get("MLBACKEND_TEST_SEED", "20261208")))
     count = int(os.environ.get("MLBACKEND_TEST_MANGLED", "100"))
-    answered = set()
     async with grpc.aio.insecure_channel(registry.address) as channel:
-        for method in service.methods:
-            if method.client_streaming or method.server_streaming:
-                continue
-            request_type = getattr(pb, method.input_type.name)
-            seeds = [*valid.get(method.name, []), request_type()]
-            path = f"/{service.full_name}/{method.name}"
-            response_type = getattr(pb, method.output_type.name)
-            if grpc.StatusCode.OK in await sweep(channel, path, response_type, seeds, count, rng):
-                answered.add(method.name)
+        codes = await sweep_service(
+            channel, pb, "ModelRegistryService", valid, count, rng, every_unary=True
+        )
+    answered = {name for name, seen in codes.items() if grpc.StatusCode.OK in seen}
     assert {"GetRegisteredModel", "ListModelVersions", "ListAuditEvents"} <= answered, answered
     # PostgreSQL stores no NUL in text: refused as the caller's (it used to be INTERNAL).
     nul = pb.UpdateRegisteredModelRequest(
