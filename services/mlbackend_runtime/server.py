@@ -35,6 +35,7 @@ from mlbackend_runtime.auth import (
     TokenStore,
     roles_from_descriptors,
 )
+from mlbackend_runtime.eager import EagerRequestPool
 from mlbackend_runtime.interceptor import CallInterceptor, Registrar, ThreadCallInterceptor
 from mlbackend_runtime.metrics import MetricsEndpoint, RpcMetrics, serve_metrics
 from mlbackend_runtime.settings import ServerSettings
@@ -251,7 +252,7 @@ async def start_thread_server(
     gRPC answers RESOURCE_EXHAUSTED. Stopping still happens from the caller's loop."""
     parts = _Parts.build(spec, settings, registry)
     server = grpc.server(
-        ThreadPoolExecutor(
+        EagerRequestPool(
             max_workers=threads,
             thread_name_prefix=f"{spec.name}-rpc",
         ),
