@@ -31,14 +31,10 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-logger = logging.getLogger("mlbackend.rpc")
+from grpc import _server as _grpc_server
+from grpc._cython import cygrpc as _cygrpc  # type: ignore[attr-defined]
 
-try:
-    from grpc import _server as _grpc_server
-    from grpc._cython import cygrpc as _cygrpc
-except ImportError:  # pragma: no cover - grpcio always has both today
-    _grpc_server = None  # type: ignore[assignment]
-    _cygrpc = None  # type: ignore[assignment]
+logger = logging.getLogger("mlbackend.rpc")
 
 # What this module relies on in ``grpc._server``: function parameters, and names.
 _EXPECTED_PARAMETERS = {
@@ -53,7 +49,7 @@ _EXPECTED_NAMES = ("_RECEIVE_MESSAGE_TOKEN", "_EMPTY_FLAGS", "_CLOSED", "_CANCEL
 
 
 def _supported() -> bool:
-    if _grpc_server is None or not hasattr(_cygrpc, "ReceiveMessageOperation"):
+    if not hasattr(_cygrpc, "ReceiveMessageOperation"):
         return False
     for name, parameters in _EXPECTED_PARAMETERS.items():
         function = getattr(_grpc_server, name, None)
@@ -69,38 +65,117 @@ SUPPORTED = _supported()
 class EagerRequestPool(ThreadPoolExecutor):
     """A ``ThreadPoolExecutor`` for a thread-pool ``grpc.server`` (its default pool, or a
     method's ``experimental_thread_pool``) that starts receiving each unary-request
-    call's message as the call is submitted. Anything else it runs unchanged."""
+    call's message as the call is submitted. Anything else it runs unchanged.
+
+    With ``at_once``, a unary call is queued only once its message is in, and a call
+    whose message ``at_once`` accepts is not queued at all: it runs right there, on
+    gRPC's polling thread, as the message arrives. ``at_once`` must accept only
+    messages whose handling never waits (no lock held for long, no I/O, no queue) and
+    takes microseconds, since no other call's events are handled meanwhile; it must be
+    cheap, and it must not raise (an error counts as refusal)."""
 
     _warned = False
 
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        thread_name_prefix: str = "",
+        initializer: Callable[[], object] | None = None,
+        *,
+        at_once: Callable[[Any], bool] | None = None,
+    ) -> None:
+        super().__init__(max_workers, thread_name_prefix, initializer)
+        self._at_once = at_once
+
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        if args and _grpc_server is not None and args[0] is _unary_in_pool():
-            if SUPPORTED:
-                args = _received_early(args)
-            elif not EagerRequestPool._warned:
+        if not (args and args[0] is _unary_in_pool()):
+            return super().submit(fn, *args, **kwargs)
+        if not SUPPORTED:
+            if not EagerRequestPool._warned:
                 EagerRequestPool._warned = True
                 logger.warning(
                     "this grpcio's server internals differ from what mlbackend_runtime.eager"
                     " expects: unary requests are received on the pool threads (slower)"
                 )
-        return super().submit(fn, *args, **kwargs)
+            return super().submit(fn, *args, **kwargs)
+        if self._at_once is None:
+            return super().submit(fn, *_received_early(args, None))
+        call = _Deferred(fn, self._at_once, self._queue)
+        call.args = _received_early(args, call.arrived)
+        return call.future
+
+    def _queue(self, fn: Callable[[], object]) -> None:
+        super().submit(fn)
+
+
+class _Deferred:
+    """A unary call whose message is on its way; run where its message decides."""
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        at_once: Callable[[Any], bool],
+        queue: Callable[[Callable[[], object]], None],
+    ) -> None:
+        self.fn = fn
+        self.at_once = at_once
+        self.queue = queue
+        self.args: tuple[Any, ...] = ()
+        self.future: Future[Any] = Future()  # gRPC counts the call as active until done
+
+    def arrived(self, request: Any) -> None:
+        """On gRPC's polling thread, the call's message (None: none came) just stored."""
+        at_once = request is None  # the call ends at once: no message, or cancelled
+        if not at_once:
+            try:
+                at_once = bool(self.at_once(request))
+            except Exception:  # a refusal: the pool then runs the call
+                at_once = False
+        if not at_once:
+            try:
+                self.queue(self.run)
+                return
+            except RuntimeError:  # the pool is shut down: the server is stopping
+                pass
+        self.run()
+
+    def run(self) -> None:
+        if not self.future.set_running_or_notify_cancel():
+            return
+        try:
+            result = self.fn(*self.args)
+        except BaseException as exc:  # kept in the future, as the pool would
+            self.future.set_exception(exc)
+        else:
+            self.future.set_result(result)
 
 
 def _unary_in_pool() -> object:
     return getattr(_grpc_server, "_unary_response_in_pool", None)
 
 
-def _received_early(args: tuple[Any, ...]) -> tuple[Any, ...]:
+def _received_early(
+    args: tuple[Any, ...], arrived: Callable[[Any], None] | None
+) -> tuple[Any, ...]:
     """``_unary_response_in_pool``'s arguments, its request thunk replaced by one whose
-    receive starts now. gRPC calls ``submit`` holding the call's ``state.condition``
-    (a reentrant lock), as its own thunk holds it to start the receive."""
+    receive starts now; ``arrived`` is called with the message (None if none came) once
+    it is stored. gRPC calls ``submit`` holding the call's ``state.condition`` (a
+    reentrant lock), as its own thunk holds it to start the receive."""
     in_pool, rpc_event, state, behavior, _thunk, deserializer, serializer = args
     server = _grpc_server
     call = rpc_event.call
-    call.start_server_batch(
-        (_cygrpc.ReceiveMessageOperation(server._EMPTY_FLAGS),),
-        server._receive_message(state, call, deserializer),
-    )
+    receive = server._receive_message(state, call, deserializer)
+    if arrived is not None:
+        stored = receive
+
+        def receive(event: Any) -> Any:
+            outcome = stored(event)
+            # Stored under the call's condition on this thread; only the thunk below,
+            # which runs after ``arrived`` hands the call on, takes it.
+            arrived(state.request)
+            return outcome
+
+    call.start_server_batch((_cygrpc.ReceiveMessageOperation(server._EMPTY_FLAGS),), receive)
     state.due.add(server._RECEIVE_MESSAGE_TOKEN)
     method = rpc_event.call_details.method
     name = method.decode(errors="replace") if isinstance(method, bytes) else str(method)

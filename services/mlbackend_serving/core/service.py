@@ -234,6 +234,23 @@ class ServingCore:
             row = batcher.run_beside((values,), lambda _: model.predict_row(values, labels))
         return RowResult(served.key, row)
 
+    def answers_at_once(self, name: str, selector: Selector) -> bool:
+        """Whether a prediction for ``name``/``selector`` runs on the calling thread
+        without waiting for anything: a light model whose batches do not wait to fill
+        (what ``predict_light`` and ``predict_row`` call beside the queue). False for
+        anything else, a model not served included (the caller then learns why from
+        the prediction itself)."""
+        try:
+            served = self.resolve(name, selector)
+        except DomainError:
+            return False
+        model, batcher = served.model, served.batcher
+        return (
+            model is not None
+            and isinstance(batcher, ThreadBatcher)
+            and _called_beside(model, batcher)
+        )
+
     def _admit(
         self, name: str, selector: Selector, inputs: RowsInput
     ) -> tuple[ServedVersion, Matrix, float]:
