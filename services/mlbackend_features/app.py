@@ -28,6 +28,7 @@ from mlbackend_features.stores.online_sqlite import SqliteOnlineStore
 from mlbackend_features.transport import threaded
 from mlbackend_features.transport.metrics import FreshnessCollector
 from mlbackend_features.transport.servicer import FeatureStoreServicer
+from mlbackend_runtime.eager import EagerRequestPool
 from mlbackend_runtime.errors import DomainError
 from mlbackend_runtime.server import (
     RunningServer,
@@ -136,7 +137,7 @@ async def create_server(
     try:
         if front == "threads":
             loop = asyncio.get_running_loop()
-            online = ThreadPoolExecutor(threaded.ONLINE_READ_THREADS, "features-online")
+            online = EagerRequestPool(threaded.ONLINE_READ_THREADS, "features-online")
             front_threads = CALL_THREADS + settings.stream_slots
             readers = ThreadPoolExecutor(front_threads, "features-push")
             pools += (online, readers)
