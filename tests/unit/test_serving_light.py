@@ -15,13 +15,16 @@ from sklearn.datasets import make_classification
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 
+from mlbackend.common.v1 import common_pb2
+from mlbackend.inference.v2 import grpc_predict_v2_pb2 as oip
+from mlbackend.serving.v1 import serving_pb2 as pb
 from mlbackend_models.loader import LoadPolicy
 from mlbackend_runtime.errors import InvalidInput, NotFound
 from mlbackend_serving.core import fastpath
 from mlbackend_serving.core.inputs import Tensor, Tensors
 from mlbackend_serving.core.model_dir import ModelDirectory, write_model_version
 from mlbackend_serving.core.service import ServingCore
-from mlbackend_serving.transport import wire
+from mlbackend_serving.transport import threaded, wire
 
 FEATURES = ["a", "b", "c", "d"]
 X, Y = make_classification(n_samples=400, n_features=4, random_state=1)
@@ -110,3 +113,36 @@ def test_labels_are_left_out_only_for_a_request_naming_probabilities_alone() -> 
     assert not wire.wants_labels(usual("probabilities", "probabilities"))
     for outputs in ((), ("label",), ("probabilities", "label"), ("probabilities", "value")):
         assert wire.wants_labels(usual(*outputs)), outputs
+
+
+def _infer_bytes(model: str, rows: np.ndarray) -> bytes:
+    message = oip.ModelInferRequest(model_name=model)
+    message.inputs.add(name="input", datatype="FP64", shape=list(rows.shape))
+    message.raw_input_contents.append(rows.astype("<f8").tobytes())
+    return message.SerializeToString()
+
+
+def _predict(model: str, rows: np.ndarray) -> pb.PredictRequest:
+    request = pb.PredictRequest(model=model)
+    for row in rows:
+        request.vectors.add().values.extend(common_pb2.Value(double_value=v) for v in row)
+    return request
+
+
+async def test_only_one_row_to_a_model_that_answers_at_once_skips_the_pool(
+    core: ServingCore,
+) -> None:
+    # What the thread front answers on gRPC's polling thread, as the message arrives;
+    # everything else is queued for the prediction pool's threads.
+    def at_once(request: object) -> bool:
+        return threaded._answered_at_once(core, request)
+
+    assert at_once(_infer_bytes("forest", ROWS[:1]))
+    assert at_once(_predict("forest", ROWS[:1]))
+    assert not at_once(_infer_bytes("forest", ROWS[:2]))
+    assert not at_once(_predict("forest", ROWS[:2]))
+    assert not at_once(_infer_bytes("waiting", ROWS[:1]))  # its batches wait to fill
+    assert not at_once(_infer_bytes("linear", ROWS[:1]))  # scikit-learn's own call
+    assert not at_once(_predict("linear", ROWS[:1]))
+    assert not at_once(_infer_bytes("unknown", ROWS[:1]))
+    assert not at_once(b"\xff\xff not a message")

@@ -56,9 +56,9 @@ class PredictionPool(EagerRequestPool):
     """The pool gRPC runs Predict and ModelInfer on (their ``experimental_thread_pool``);
     like the front's own pool it receives a queued call's request early.
 
-    A single-row ModelInfer to a light model called beside the queue (a C tree walk of
-    microseconds, ``ServingCore.answers_at_once``) is not queued at all: it is answered
-    on gRPC's polling thread as its message arrives (``EagerRequestPool``'s
+    A single-row ModelInfer or Predict to a light model called beside the queue (a C
+    tree walk of microseconds, ``ServingCore.answers_at_once``) is not queued at all: it
+    is answered on gRPC's polling thread as its message arrives (``EagerRequestPool``'s
     ``at_once``), with no hand-over to a pool thread and back.
 
     ``PREDICT_THREADS`` threads, unless a loaded model waits for its batches to fill
@@ -91,8 +91,11 @@ class PredictionPool(EagerRequestPool):
 
 def _answered_at_once(core: ServingCore, request: object) -> bool:
     """Whether a call to the pool can be answered where its message arrives: a
-    single-row ModelInfer (its wire bytes, read in C) to a model that answers at once.
-    Predict's request arrives parsed, and takes the pool."""
+    single-row ModelInfer (its wire bytes, read in C) or Predict to a model that answers
+    at once."""
+    if type(request) is pb.PredictRequest:
+        rows = len(request.vectors) + len(request.rows)
+        return rows == 1 and core.answers_at_once(request.model, c.selector(request.version))
     if type(request) is not bytes:
         return False
     usual = wire.usual_request(request)
