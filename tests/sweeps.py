@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Mapping, Sequence
 from types import ModuleType
@@ -79,3 +80,105 @@ async def sweep_service(
         answer_type = getattr(module, method.output_type.name)
         codes[method.name] = await sweep(channel, path, answer_type, seeds, count, rng)
     return codes
+
+
+async def sweep_streamed(
+    channel: grpc.aio.Channel,
+    path: str,
+    response_type: Any,
+    calls: Sequence[Sequence[Message]],
+    count: int,
+    rng: random.Random,
+    *,
+    request_streaming: bool,
+    response_streaming: bool,
+    also: frozenset[grpc.StatusCode] = frozenset(),
+) -> set[grpc.StatusCode]:
+    """:func:`sweep` for a streaming method: ``count`` calls, each one of ``calls`` (a
+    valid call's request messages) with one message mangled or perturbed, and now and
+    then a message dropped or sent twice; every message answered must parse as
+    ``response_type``, and a call that fails must fail with a status from
+    :data:`CALLERS_FAULT` or ``also``, an INVALID_ARGUMENT naming its fields. The codes
+    seen."""
+    if request_streaming and response_streaming:
+        method: Any = channel.stream_stream(path)
+    elif request_streaming:
+        method = channel.stream_unary(path)
+    else:
+        method = channel.unary_stream(path)
+    seen: set[grpc.StatusCode] = set()
+    for i in range(count):
+        messages = list(rng.choice(calls))
+        at = rng.randrange(len(messages))
+        wire = [m.SerializeToString() for m in messages]
+        if i % 2:
+            wire[at] = mangled(rng, [wire[at]])
+        else:
+            wire[at] = perturbed(rng, [messages[at]]).SerializeToString()
+        if request_streaming and rng.random() < 0.2:
+            edit = rng.randrange(len(wire))
+            if rng.random() < 0.5:
+                del wire[edit]
+            else:
+                wire.insert(edit, wire[edit])
+        try:
+            if not request_streaming:
+                answers = [answer async for answer in method(wire[0], timeout=10)]
+            elif response_streaming:
+                answers = await _in_turn(method(timeout=10), wire)
+            else:
+                call = method(timeout=10)
+                await _send(call, wire)
+                answers = [await call]
+        except grpc.aio.AioRpcError as error:
+            if _write_refused(error):
+                continue  # the server ended the call first; its status is not ours to see
+            seen.add(error.code())
+            trace = (path, [w.hex() for w in wire], error)
+            assert error.code() in CALLERS_FAULT | also, trace
+            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                assert decode_error(error).violations, trace
+        else:
+            seen.add(grpc.StatusCode.OK)
+            for answer in answers:
+                response_type.FromString(answer)
+    return seen
+
+
+async def _in_turn(call: Any, messages: Sequence[bytes]) -> list[bytes]:
+    """A bidirectional call that answers each message: each written once the one before
+    was answered, so a call the server ends (refusing a message) is never written to
+    after its end, and its status is the server's. An unanswered message waits out the
+    call's deadline."""
+    answers = []
+    for message in messages:
+        await call.write(message)
+        answer = await call.read()
+        if answer is grpc.aio.EOF:
+            break
+        answers.append(answer)
+    else:
+        await call.done_writing()
+        while (answer := await call.read()) is not grpc.aio.EOF:
+            answers.append(answer)
+    if await call.code() != grpc.StatusCode.OK:
+        await call  # raises the call's error
+    return answers
+
+
+async def _send(call: Any, messages: Sequence[bytes]) -> None:
+    """``messages`` written on a client-streaming ``call``, then its end."""
+    try:
+        for message in messages:
+            await call.write(message)
+        await call.done_writing()
+    except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+        pass  # the server ended the call: awaiting it tells
+
+
+def _write_refused(error: grpc.aio.AioRpcError) -> bool:
+    """Whether ``error`` is gRPC's client failing to write to a call the server has
+    ended already (the server's own status is then lost to the client)."""
+    return error.details() == "Internal error from Core" and "execute_batch" in (
+        error.debug_error_string() or ""
+    )

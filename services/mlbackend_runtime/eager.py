@@ -16,11 +16,16 @@ message waiting (or waits for it as before). Everything else is gRPC's own code 
 the same receive callback stores the message, cancellation and deadlines end the call
 as they did, and the response is sent as before.
 
-This reaches into ``grpc._server``'s private functions, as they are in the grpcio
-versions this project pins (see ``pyproject.toml``). :data:`SUPPORTED` says whether
-they are as expected; when they are not, the pool submits calls unchanged and logs
-once at first use, and ``tests/unit/test_eager.py`` fails, so an upgrade cannot drop
-the gain silently.
+With ``at_once`` the pool goes one step further for calls that take microseconds and
+never wait: such a call runs on the ``_serve`` thread itself as its message arrives,
+never queued (serving's single-row predictions to a light model: at c=1, 548 → 385 µs
+of server CPU per request and 16 → 5 context switches; see ``bench/serving/README.md``).
+
+This reaches into ``grpc._server``'s private functions, as they are in grpcio 1.85
+(``pyproject.toml`` asks for 1.85.1 or later). :data:`SUPPORTED` says whether they are
+as expected; when they are not, the pool submits calls unchanged and logs once at first
+use, and ``tests/unit/test_eager.py`` fails, so an upgrade cannot drop the gain
+silently.
 """
 
 from __future__ import annotations

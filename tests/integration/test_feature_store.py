@@ -23,7 +23,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from sweeps import sweep, sweep_service
+from sweeps import sweep, sweep_service, sweep_streamed
 
 from mlbackend.common.v1 import common_pb2 as c
 from mlbackend.features.v1 import features_pb2 as f
@@ -493,6 +493,69 @@ async def test_mangled_online_reads_get_the_callers_fault_codes(
         )
     for name, seen in codes.items():
         assert grpc.StatusCode.OK in seen, (name, seen)
+
+
+async def test_bad_messages_on_streams_get_the_callers_fault_codes(
+    start_service: StartService, connect: Connect
+) -> None:
+    """The streaming methods' calls, one message mangled or with fields changed (and
+    for streamed requests now and then one dropped or repeated; seeded): each message
+    answered parses, and a call that fails gets a status that is the caller's fault,
+    an INVALID_ARGUMENT naming its fields; the store then still reads the same rows."""
+    server, client = await ready(start_service, connect)
+    now = datetime.now(UTC)
+    await client.stub.WriteFeatures(
+        f.WriteFeaturesRequest(batch=batch([row("u1", now - timedelta(minutes=1), 14.0, 3, "FR")])),
+        timeout=10,
+    )
+    inputs = c.FeatureMap(values={"tx_amount": c.Value(double_value=7.0)})
+    reads = [
+        f.GetOnlineFeaturesRequest(entity_keys=[key("u1")], feature_service="fraud",
+                                   request_inputs=[inputs]),
+        f.GetOnlineFeaturesRequest(entity_keys=[key("u1"), key("u2")],
+                                   feature_refs=["user_stats:amount", "user_stats:country"]),
+    ]  # fmt: skip
+    streamed_reads = [
+        f.StreamOnlineFeaturesRequest(read=r, request_id=f"{i:032x}")
+        for i, r in enumerate(reads, start=1)
+    ]
+    pushes = [
+        f.PushFeaturesRequest(batch=batch([row("u5", now, 1.0, 1, "DE")], "s1")),
+        f.PushFeaturesRequest(batch=batch([row("u6", now, 2.0, 2, "FR")], "s2")),
+    ]
+    history = f.GetHistoricalFeaturesRequest(
+        feature_service="fraud",
+        chunk_size=1,
+        entity_rows=[
+            f.EntityRow(entity_key=key(u), event_time=ts(now), request_inputs=inputs)
+            for u in ("u1", "u2")
+        ],
+    )
+    materialize = f.MaterializeRequest(
+        feature_views=["user_stats"], start_time=ts(now - timedelta(hours=1)), end_time=ts(now)
+    )
+    service = "/mlbackend.features.v1.FeatureStoreService/"
+    both: dict[str, Any] = {"request_streaming": True, "response_streaming": True}
+    # A read's own timeout may say its deadline has passed.
+    timed = {**both, "also": frozenset({grpc.StatusCode.DEADLINE_EXCEEDED})}
+    answers = {"request_streaming": False, "response_streaming": True}
+    methods: list[tuple[str, Any, list[list[Message]], dict[str, Any]]] = [
+        ("StreamOnlineFeatures", f.StreamOnlineFeaturesResponse,
+         [streamed_reads[:1], streamed_reads, streamed_reads[::-1]], timed),
+        ("PushFeatures", f.PushFeaturesResponse, [pushes[:1], pushes], both),
+        ("GetHistoricalFeatures", f.GetHistoricalFeaturesResponse, [[history]], answers),
+        ("Materialize", f.MaterializeResponse, [[materialize]], answers),
+    ]  # fmt: skip
+    rng = random.Random(int(os.environ.get("MLBACKEND_TEST_SEED", "20261208")))
+    count = int(os.environ.get("MLBACKEND_TEST_MANGLED", "600")) // 3
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        for name, response_type, calls, streaming in methods:
+            codes = await sweep_streamed(
+                channel, service + name, response_type, calls, count, rng, **streaming
+            )
+            assert grpc.StatusCode.OK in codes, (name, codes)
+    response = await client.stub.GetOnlineFeatures(reads[0], timeout=10)
+    assert [[v for _, v in r] for r in values(response)] == [[2.0, 0.5, 0.0, 1.0, 0.0]]
 
 
 async def test_one_refusal_names_every_bad_key_and_input(

@@ -34,7 +34,7 @@ from mutations import mangled
 from pki import pki
 from prometheus_client import CollectorRegistry
 from sklearn.linear_model import LogisticRegression
-from sweeps import sweep
+from sweeps import sweep, sweep_streamed
 
 from mlbackend.common.v1 import common_pb2 as c
 from mlbackend.features.v1 import features_pb2 as f
@@ -882,6 +882,24 @@ async def test_mangled_requests_get_the_callers_fault_codes_and_lose_nothing(
         for method, (response_type, messages) in seeds.items():
             seen |= await sweep(channel, service + method, response_type, messages, N_MANGLED, rng)
     assert {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT} <= seen, seen
+    streamed = [
+        g.StreamPredictRequest(request=p, request_id=f"{i:032x}")
+        for i, p in enumerate((predict, pinned), start=1)
+    ]
+    async with grpc.aio.insecure_channel(suite.gateway_server.address) as channel:
+        codes = await sweep_streamed(
+            channel,
+            service + "StreamPredict",
+            g.StreamPredictResponse,
+            [streamed[:1], streamed, streamed[::-1]],
+            N_MANGLED // 2,
+            rng,
+            request_streaming=True,
+            response_streaming=True,
+            # A message's own timeout may say its deadline has passed.
+            also=frozenset({grpc.StatusCode.DEADLINE_EXCEEDED}),
+        )
+    assert {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT} <= codes, codes
 
     port = gateway_app.http_port(suite.gateway_server)
     bodies = [

@@ -23,7 +23,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from pg_server import PostgresServer, postgres
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import FunctionTransformer
-from sweeps import sweep_service
+from sweeps import sweep_service, sweep_streamed
 
 from mlbackend.common.v1 import common_pb2
 from mlbackend.registry.v1 import registry_pb2 as pb
@@ -533,6 +533,70 @@ async def test_mangled_requests_get_the_callers_fault_codes(
         assert [v.field for v in decode_error(raised.value).violations] == ["request"]
     else:
         await client.stub.UpdateRegisteredModel(nul)
+
+
+async def test_bad_messages_on_streams_get_the_callers_fault_codes(
+    client: RegistryClient, registry: RunningServer
+) -> None:
+    """Uploads and downloads, one message mangled or with fields changed (and for
+    uploads now and then one dropped or repeated; seeded): each message answered
+    parses, and a call that fails gets a status that is the caller's fault, an
+    INVALID_ARGUMENT naming its fields; no upload half stored."""
+    await client.upload_version(MODEL, skops_bytes(0), version_spec(), create_registered_model=True)
+    data = skops_bytes(1)
+    card = b"# Model card\n" * 100
+    upload = [
+        pb.CreateModelVersionRequest(
+            metadata=pb.CreateModelVersionRequest.Metadata(
+                parent=MODEL,
+                model_version=version_spec(),
+                artifact_sha256=hashlib.sha256(data).hexdigest(),
+            )
+        ),
+        pb.CreateModelVersionRequest(chunk=data[:100]),
+        pb.CreateModelVersionRequest(chunk=data[100:]),
+    ]
+    attach = [
+        pb.UploadAttachmentRequest(
+            metadata=pb.UploadAttachmentRequest.Metadata(
+                parent=f"{MODEL}/versions/1",
+                attachment_id="card.md",
+                content_type="text/markdown",
+                sha256=hashlib.sha256(card).hexdigest(),
+                size_bytes=len(card),
+            )
+        ),
+        pb.UploadAttachmentRequest(chunk=card),
+    ]
+    uploads = {"request_streaming": True, "response_streaming": False}
+    downloads = {"request_streaming": False, "response_streaming": True}
+    methods: list[tuple[str, Any, list[list[Message]], dict[str, bool]]] = [
+        ("CreateModelVersion", pb.CreateModelVersionResponse, [upload], uploads),
+        ("UploadAttachment", pb.UploadAttachmentResponse, [attach], uploads),
+        ("DownloadModelArtifact", pb.DownloadModelArtifactResponse,
+         [[pb.DownloadModelArtifactRequest(name=f"{MODEL}/versions/1", chunk_size_bytes=512)]],
+         downloads),
+        ("DownloadAttachment", pb.DownloadAttachmentResponse,
+         [[pb.DownloadAttachmentRequest(name=f"{MODEL}/versions/1/attachments/card.md")]],
+         downloads),
+    ]  # fmt: skip
+    rng = random.Random(int(os.environ.get("MLBACKEND_TEST_SEED", "20261208")))
+    count = int(os.environ.get("MLBACKEND_TEST_MANGLED", "100"))
+    service = "/mlbackend.registry.v1.ModelRegistryService/"
+    async with grpc.aio.insecure_channel(registry.address) as channel:
+        await channel.stream_unary(service + "UploadAttachment")(
+            iter([m.SerializeToString() for m in attach]), timeout=10
+        )
+        for name, response_type, calls, streaming in methods:
+            await sweep_streamed(
+                channel, service + name, response_type, calls, count, rng, **streaming
+            )
+    # Every version stored is whole: its artifact downloads with its own checksum.
+    listed = await client.stub.ListModelVersions(pb.ListModelVersionsRequest(parent=MODEL))
+    for version in listed.model_versions:
+        _, stored = await client.download_artifact_bytes(version.name)
+        assert hashlib.sha256(stored).hexdigest() == version.artifact.sha256, version.name
+    assert list((registry.settings.data_dir / "artifacts" / "tmp").iterdir()) == []
 
 
 async def test_unknown_model_is_not_found(client: RegistryClient) -> None:

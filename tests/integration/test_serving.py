@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from sklearn.datasets import make_classification, make_regression
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import Ridge
-from sweeps import sweep
+from sweeps import sweep, sweep_streamed
 
 from mlbackend.common.v1 import common_pb2
 from mlbackend.inference.v2 import grpc_predict_v2_pb2 as oip
@@ -344,6 +344,42 @@ async def test_mangled_requests_get_the_callers_fault_codes_and_lose_nothing(
             codes = await sweep(channel, path, response_type, seeds, count, rng)
             # The bad requests reached both sides of the checks.
             assert {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT} <= codes, (path, codes)
+    rows = X[200:204].astype(np.float32)
+    response = await inference.stub.ModelInfer(_infer("fraud", rows, version="1"))
+    proba = np.frombuffer(response.raw_output_contents[1], dtype="<f8").reshape(4, 2)
+    np.testing.assert_allclose(proba, _hgb().predict_proba(rows), rtol=0, atol=1e-12)
+    await inference.close()
+
+
+async def test_bad_messages_on_a_prediction_stream_get_the_callers_fault_codes(
+    server: RunningServer, inference: InferenceClient
+) -> None:
+    """StreamPredict calls of 1-3 valid Predict messages, one of them mangled or with
+    fields changed (and now and then one dropped or repeated; seeded, 300 calls): each
+    message answered parses, and a call that fails gets a status that is the caller's
+    fault; the server then still answers as scikit-learn does."""
+    rng = random.Random(int(os.environ.get("MLBACKEND_TEST_SEED", "20261208")))
+    count = int(os.environ.get("MLBACKEND_TEST_MANGLED", "300"))
+    _, predicts = _request_seeds()["/mlbackend.serving.v1.ModelServingService/Predict"]
+    messages = [
+        serving_pb2.StreamPredictRequest(request=p, request_id=f"{i:032x}")
+        for i, p in enumerate(predicts, start=1)
+    ]
+    calls = [messages[:1], messages, messages[::-1]]
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        codes = await sweep_streamed(
+            channel,
+            "/mlbackend.serving.v1.ModelServingService/StreamPredict",
+            serving_pb2.StreamPredictResponse,
+            calls,
+            count,
+            rng,
+            request_streaming=True,
+            response_streaming=True,
+            # A message's own timeout may say its deadline has passed.
+            also=frozenset({grpc.StatusCode.DEADLINE_EXCEEDED}),
+        )
+    assert {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT} <= codes, codes
     rows = X[200:204].astype(np.float32)
     response = await inference.stub.ModelInfer(_infer("fraud", rows, version="1"))
     proba = np.frombuffer(response.raw_output_contents[1], dtype="<f8").reshape(4, 2)
