@@ -430,6 +430,24 @@ async def test_transforms_apply_online_and_historically(
     assert violations(raised.value)[0][0] == "request_inputs[0].tx_amount"
 
 
+async def _swept_reads(client: Any) -> tuple[datetime, list[f.GetOnlineFeaturesRequest]]:
+    """The bad-request sweeps' start: one user written a minute ago, and two valid reads
+    of it (a feature service with a request input, and feature refs)."""
+    now = datetime.now(UTC)
+    await client.stub.WriteFeatures(
+        f.WriteFeaturesRequest(batch=batch([row("u1", now - timedelta(minutes=1), 14.0, 3, "FR")])),
+        timeout=10,
+    )
+    inputs = c.FeatureMap(values={"tx_amount": c.Value(double_value=7.0)})
+    reads = [
+        f.GetOnlineFeaturesRequest(entity_keys=[key("u1")], feature_service="fraud",
+                                   request_inputs=[inputs]),
+        f.GetOnlineFeaturesRequest(entity_keys=[key("u1"), key("u2")],
+                                   feature_refs=["user_stats:amount", "user_stats:country"]),
+    ]  # fmt: skip
+    return now, reads
+
+
 async def test_mangled_online_reads_get_the_callers_fault_codes(
     start_service: StartService, connect: Connect
 ) -> None:
@@ -438,18 +456,7 @@ async def test_mangled_online_reads_get_the_callers_fault_codes(
     get an answer or a status that is the caller's fault, an INVALID_ARGUMENT naming its
     fields; the store then still reads the same rows."""
     server, client = await ready(start_service, connect)
-    now = datetime.now(UTC)
-    await client.stub.WriteFeatures(
-        f.WriteFeaturesRequest(batch=batch([row("u1", now - timedelta(minutes=1), 14.0, 3, "FR")])),
-        timeout=10,
-    )
-    inputs = c.FeatureMap(values={"tx_amount": c.Value(double_value=7.0)})
-    seeds = [
-        f.GetOnlineFeaturesRequest(entity_keys=[key("u1")], feature_service="fraud",
-                                   request_inputs=[inputs]),
-        f.GetOnlineFeaturesRequest(entity_keys=[key("u1"), key("u2")],
-                                   feature_refs=["user_stats:amount", "user_stats:country"]),
-    ]  # fmt: skip
+    now, seeds = await _swept_reads(client)
     rng = random.Random(int(os.environ.get("MLBACKEND_TEST_SEED", "20261208")))
     count = int(os.environ.get("MLBACKEND_TEST_MANGLED", "600"))
     path = "/mlbackend.features.v1.FeatureStoreService/GetOnlineFeatures"
@@ -503,18 +510,8 @@ async def test_bad_messages_on_streams_get_the_callers_fault_codes(
     answered parses, and a call that fails gets a status that is the caller's fault,
     an INVALID_ARGUMENT naming its fields; the store then still reads the same rows."""
     server, client = await ready(start_service, connect)
-    now = datetime.now(UTC)
-    await client.stub.WriteFeatures(
-        f.WriteFeaturesRequest(batch=batch([row("u1", now - timedelta(minutes=1), 14.0, 3, "FR")])),
-        timeout=10,
-    )
-    inputs = c.FeatureMap(values={"tx_amount": c.Value(double_value=7.0)})
-    reads = [
-        f.GetOnlineFeaturesRequest(entity_keys=[key("u1")], feature_service="fraud",
-                                   request_inputs=[inputs]),
-        f.GetOnlineFeaturesRequest(entity_keys=[key("u1"), key("u2")],
-                                   feature_refs=["user_stats:amount", "user_stats:country"]),
-    ]  # fmt: skip
+    now, reads = await _swept_reads(client)
+    inputs = reads[0].request_inputs[0]
     streamed_reads = [
         f.StreamOnlineFeaturesRequest(read=r, request_id=f"{i:032x}")
         for i, r in enumerate(reads, start=1)

@@ -73,6 +73,18 @@ def version_spec(**kwargs: Any) -> pb.ModelVersion:
     )
 
 
+def card_upload(card: bytes, attachment_id: str) -> list[pb.UploadAttachmentRequest]:
+    """An UploadAttachment call's messages: a markdown ``card`` for version 1."""
+    metadata = pb.UploadAttachmentRequest.Metadata(
+        parent=f"{MODEL}/versions/1",
+        attachment_id=attachment_id,
+        content_type="text/markdown",
+        sha256=hashlib.sha256(card).hexdigest(),
+        size_bytes=len(card),
+    )
+    return [pb.UploadAttachmentRequest(metadata=metadata), pb.UploadAttachmentRequest(chunk=card)]
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def registry(request: pytest.FixtureRequest, start_service: StartService) -> RunningServer:
     """The registry on each metadata engine (PostgreSQL: a fresh database per test)."""
@@ -556,18 +568,7 @@ async def test_bad_messages_on_streams_get_the_callers_fault_codes(
         pb.CreateModelVersionRequest(chunk=data[:100]),
         pb.CreateModelVersionRequest(chunk=data[100:]),
     ]
-    attach = [
-        pb.UploadAttachmentRequest(
-            metadata=pb.UploadAttachmentRequest.Metadata(
-                parent=f"{MODEL}/versions/1",
-                attachment_id="card.md",
-                content_type="text/markdown",
-                sha256=hashlib.sha256(card).hexdigest(),
-                size_bytes=len(card),
-            )
-        ),
-        pb.UploadAttachmentRequest(chunk=card),
-    ]
+    attach = card_upload(card, "card.md")
     uploads = {"request_streaming": True, "response_streaming": False}
     downloads = {"request_streaming": False, "response_streaming": True}
     methods: list[tuple[str, Any, list[list[Message]], dict[str, bool]]] = [
@@ -611,19 +612,7 @@ async def test_attachments_upload_list_download(client: RegistryClient) -> None:
     await client.upload_version(MODEL, skops_bytes(1), version_spec(), create_registered_model=True)
     card = b"# Model card\n" * 1000
 
-    async def requests() -> AsyncIterator[pb.UploadAttachmentRequest]:
-        yield pb.UploadAttachmentRequest(
-            metadata=pb.UploadAttachmentRequest.Metadata(
-                parent=f"{MODEL}/versions/1",
-                attachment_id="model_card.md",
-                content_type="text/markdown",
-                sha256=hashlib.sha256(card).hexdigest(),
-                size_bytes=len(card),
-            )
-        )
-        yield pb.UploadAttachmentRequest(chunk=card)
-
-    stored = await client.stub.UploadAttachment(requests())
+    stored = await client.stub.UploadAttachment(iter(card_upload(card, "model_card.md")))
     assert stored.attachment.name == f"{MODEL}/versions/1/attachments/model_card.md"
     listed = await client.stub.ListAttachments(
         pb.ListAttachmentsRequest(parent=f"{MODEL}/versions/1")
