@@ -66,6 +66,9 @@ def _supported() -> bool:
 SUPPORTED = _supported()
 """Whether the installed grpcio's server internals are the ones this module expects."""
 
+# The task gRPC submits for a unary-request call (None if this grpcio has none).
+_UNARY_IN_POOL = getattr(_grpc_server, "_unary_response_in_pool", None)
+
 
 class EagerRequestPool(ThreadPoolExecutor):
     """A ``ThreadPoolExecutor`` for a thread-pool ``grpc.server`` (its default pool, or a
@@ -93,7 +96,7 @@ class EagerRequestPool(ThreadPoolExecutor):
         self._at_once = at_once
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        if not (args and args[0] is _unary_in_pool()):
+        if not (args and args[0] is _UNARY_IN_POOL):
             return super().submit(fn, *args, **kwargs)
         if not SUPPORTED:
             if not EagerRequestPool._warned:
@@ -153,10 +156,6 @@ class _Deferred:
             self.future.set_exception(exc)
         else:
             self.future.set_result(result)
-
-
-def _unary_in_pool() -> object:
-    return getattr(_grpc_server, "_unary_response_in_pool", None)
 
 
 def _received_early(
